@@ -1,0 +1,3 @@
+"""neeko-npc: one small model, every NPC its own voice (Neeko dynamic LoRA)."""
+
+__version__ = "0.1.0"

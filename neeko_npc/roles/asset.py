@@ -1,0 +1,399 @@
+"""The ``.nrole`` role asset: one character, one file, safe to drop into a running daemon.
+
+Layout (all integers little-endian)::
+
+    offset  size  field
+    0       8     magic  b"NEEKOROL"
+    8       4     format version (uint32)
+    12      8     payload length in bytes (uint64)
+    20      32    sha256 of the payload (the role's content hash)
+    52      n     payload: one msgpack map (never pickle)
+
+The payload map::
+
+    kind        "block" (a trained LoRA block) or "fusion" (weights over other roles)
+    profile     the RoleProfile fields
+    embedding   {"model", "dim", "data": float32 bytes}: the role's gate row
+    gate        {"tau", "top_k", "min_weight"}
+    base        {"fingerprint", "name", "arch", "n_layers", "hidden", "n_heads", "n_kv_heads", "intermediate"}
+    lora        (block) {"r", "alpha", "dtype", "targets": [...],
+                         "tensors": [[layer, target, "A"|"B", [rows, cols], bytes], ...]}
+    fusion      (fusion) {"weights": [{"role", "sha256", "weight"}, ...]}
+    training    {"mode", "seed", "steps", "final_loss", "data_sha256", "lines", "tokens", ...}
+    created, tool
+
+Reading validates everything before a tensor is allocated: size and header
+first, then the checksum, then msgpack with hard limits, then the schema and
+every declared shape against the bytes present and against sane bounds. Each
+failure is an :class:`AssetError` naming the file and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .profile import ProfileError, RoleProfile
+
+MAGIC = b"NEEKOROL"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sIQ32s")
+SUFFIX = ".nrole"
+
+# Bounds on what a role file may declare. A role block for a 135M model is ~2 MB;
+# these caps allow 8B-class bases while rejecting absurd files before reading them.
+MAX_FILE_BYTES = 1 << 30
+MAX_RANK = 256
+MAX_DIM = 65536
+MAX_LAYERS = 512
+MAX_EMBED_DIM = 8192
+MAX_FUSION_REFS = 64
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DTYPES = {"f32": np.float32, "f16": np.float16}
+
+
+class AssetError(ValueError):
+    """A role file that cannot be loaded. ``str()`` names the file and the fix."""
+
+    def __init__(self, path: str | Path, problem: str, fix: str = ""):
+        self.path = str(path)
+        self.problem = problem
+        self.fix = fix
+        msg = f"{self.path}: {problem}"
+        if fix:
+            msg += f" ({fix})"
+        super().__init__(msg)
+
+
+@dataclass
+class BaseInfo:
+    """What a role was baked against. Shapes of every block follow from it."""
+
+    fingerprint: str
+    name: str
+    arch: str
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    intermediate: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.n_heads
+
+    def linear_shape(self, target: str) -> tuple[int, int]:
+        """(out_features, in_features) of a llama linear."""
+        kv = self.n_kv_heads * self.head_dim
+        return {
+            "q_proj": (self.hidden, self.hidden),
+            "k_proj": (kv, self.hidden),
+            "v_proj": (kv, self.hidden),
+            "o_proj": (self.hidden, self.hidden),
+            "gate_proj": (self.intermediate, self.hidden),
+            "up_proj": (self.intermediate, self.hidden),
+            "down_proj": (self.hidden, self.intermediate),
+        }[target]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class GateSettings:
+    tau: float = 0.05
+    top_k: int = 3
+    min_weight: float = 0.02
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class LoraBlock:
+    """One role's block: per (layer, target) an A (r x in) and a B (out x r)."""
+
+    r: int
+    alpha: float
+    targets: tuple[str, ...]
+    A: dict[tuple[int, str], np.ndarray]
+    B: dict[tuple[int, str], np.ndarray]
+    dtype: str = "f32"
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+    def n_params(self) -> int:
+        return sum(a.size for a in self.A.values()) + sum(b.size for b in self.B.values())
+
+
+@dataclass
+class FusionRef:
+    role: str
+    sha256: str
+    weight: float
+
+
+@dataclass
+class RoleAsset:
+    profile: RoleProfile
+    embedding: np.ndarray
+    base: BaseInfo
+    gate: GateSettings = field(default_factory=GateSettings)
+    block: LoraBlock | None = None
+    fusion: list[FusionRef] | None = None
+    training: dict = field(default_factory=dict)
+    embedding_model: str = "all-MiniLM-L6-v2"
+    created: str = ""
+    tool: str = ""
+    sha256: str = ""  # content hash, filled on read/write
+    path: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.profile.id
+
+    @property
+    def kind(self) -> str:
+        return "block" if self.block is not None else "fusion"
+
+
+# -- writing -------------------------------------------------------------------
+
+
+def _tool_version() -> str:
+    from .. import __version__
+
+    return f"neeko-npc {__version__}"
+
+
+def encode(asset: RoleAsset) -> bytes:
+    if (asset.block is None) == (asset.fusion is None):
+        raise ValueError("a role asset holds exactly one of a block or fusion weights")
+    emb = np.ascontiguousarray(asset.embedding, dtype=np.float32)
+    payload: dict[str, Any] = {
+        "kind": asset.kind,
+        "profile": asset.profile.to_dict(),
+        "embedding": {"model": asset.embedding_model, "dim": int(emb.shape[0]), "data": emb.tobytes()},
+        "gate": asset.gate.to_dict(),
+        "base": asset.base.to_dict(),
+        "training": asset.training,
+        "created": asset.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tool": asset.tool or _tool_version(),
+    }
+    if asset.block is not None:
+        b = asset.block
+        np_dtype = DTYPES[b.dtype]
+        tensors = []
+        for (layer, target) in sorted(b.A):
+            for which, arr in (("A", b.A[(layer, target)]), ("B", b.B[(layer, target)])):
+                arr = np.ascontiguousarray(arr, dtype=np_dtype)
+                tensors.append([int(layer), target, which, [int(arr.shape[0]), int(arr.shape[1])], arr.tobytes()])
+        payload["lora"] = {"r": b.r, "alpha": float(b.alpha), "dtype": b.dtype, "targets": list(b.targets), "tensors": tensors}
+    else:
+        payload["fusion"] = {"weights": [{"role": f.role, "sha256": f.sha256, "weight": float(f.weight)} for f in asset.fusion]}
+    body = msgpack.packb(payload, use_bin_type=True)
+    digest = hashlib.sha256(body).digest()
+    return HEADER.pack(MAGIC, FORMAT_VERSION, len(body), digest) + body
+
+
+def write_asset(asset: RoleAsset, path: str | Path) -> Path:
+    """Write atomically (temp file + rename), so a watching daemon never sees half a file."""
+    path = Path(path)
+    data = encode(asset)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    asset.sha256 = hashlib.sha256(data[HEADER.size:]).hexdigest()
+    asset.path = str(path)
+    return path
+
+
+# -- reading -------------------------------------------------------------------
+
+
+def read_asset(path: str | Path, expect_base: BaseInfo | None = None) -> RoleAsset:
+    """Read and validate one role file. Raises :class:`AssetError`; never a raw exception."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise AssetError(path, f"cannot open ({exc.strerror})") from None
+    if size > MAX_FILE_BYTES:
+        raise AssetError(path, f"file is {size} bytes, over the {MAX_FILE_BYTES} byte limit for a role", "this is not a role asset")
+    if size < HEADER.size:
+        raise AssetError(path, f"file is {size} bytes, shorter than the {HEADER.size}-byte header", "the file is truncated or not a .nrole; copy it again or re-bake it")
+    with path.open("rb") as f:
+        head = f.read(HEADER.size)
+        magic, version, length, digest = HEADER.unpack(head)
+        if magic != MAGIC:
+            raise AssetError(path, "not a neeko-npc role asset (bad magic bytes)", "only files made by `neeko-npc bake` or `bake-role` belong in the roles folder")
+        if version != FORMAT_VERSION:
+            raise AssetError(
+                path,
+                f"format version {version} is not supported; this build reads version {FORMAT_VERSION}",
+                "upgrade neeko-npc" if version > FORMAT_VERSION else "re-bake the role with this version",
+            )
+        if length != size - HEADER.size:
+            raise AssetError(path, f"header declares a {length}-byte payload but {size - HEADER.size} bytes follow", "the file is truncated or was modified; copy it again or re-bake it")
+        body = f.read(length)
+    if hashlib.sha256(body).digest() != digest:
+        raise AssetError(path, "checksum mismatch: the file is corrupt", "copy it again or re-bake it")
+    try:
+        payload = msgpack.unpackb(
+            body, raw=False, strict_map_key=True, max_bin_len=length, max_str_len=1 << 20,
+            max_array_len=1 << 20, max_map_len=4096, max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several types for malformed data
+        raise AssetError(path, f"payload is not valid msgpack ({type(exc).__name__})", "re-bake the role") from None
+    asset = _parse_payload(path, payload)
+    asset.sha256 = digest.hex()
+    asset.path = str(path)
+    if expect_base is not None:
+        check_base(asset, expect_base)
+    return asset
+
+
+def check_base(asset: RoleAsset, base: BaseInfo) -> None:
+    if asset.base.fingerprint != base.fingerprint:
+        raise AssetError(
+            asset.path,
+            f"role {asset.id!r} was baked for base model {asset.base.name!r} (fingerprint {asset.base.fingerprint[:12]}), "
+            f"but the loaded base model is {base.name!r} (fingerprint {base.fingerprint[:12]})",
+            "re-bake the role against this base model with `neeko-npc bake-role --base-model ...`, or start with the base it was baked for",
+        )
+
+
+def _req(path: Path, d: Any, key: str, typ: type | tuple, where: str) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise AssetError(path, f"field {where}.{key} is missing", "re-bake the role")
+    v = d[key]
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
+        raise AssetError(path, f"field {where}.{key} has the wrong type", "re-bake the role")
+    return v
+
+
+def _bounded(path: Path, v: int, lo: int, hi: int, what: str) -> int:
+    if not lo <= v <= hi:
+        raise AssetError(path, f"{what} = {v} is outside the sane range [{lo}, {hi}]", "the file is damaged or not made by neeko-npc")
+    return v
+
+
+def _parse_payload(path: Path, p: Any) -> RoleAsset:
+    if not isinstance(p, dict):
+        raise AssetError(path, "payload is not a map", "re-bake the role")
+    kind = _req(path, p, "kind", str, "")
+    if kind not in ("block", "fusion"):
+        raise AssetError(path, f"unknown role kind {kind!r}", "re-bake the role")
+    try:
+        profile = RoleProfile.from_dict(_req(path, p, "profile", dict, ""), source=str(path))
+    except ProfileError as exc:
+        raise AssetError(path, f"bad profile: {exc}", "fix the profile and re-bake") from None
+
+    e = _req(path, p, "embedding", dict, "")
+    dim = _bounded(path, _req(path, e, "dim", int, "embedding"), 1, MAX_EMBED_DIM, "embedding.dim")
+    edata = _req(path, e, "data", bytes, "embedding")
+    if len(edata) != dim * 4:
+        raise AssetError(path, f"embedding declares {dim} floats but holds {len(edata)} bytes", "re-bake the role")
+    embedding = np.frombuffer(edata, dtype=np.float32).copy()
+    if not np.all(np.isfinite(embedding)):
+        raise AssetError(path, "embedding holds NaN or infinite values", "re-bake the role")
+
+    g = _req(path, p, "gate", dict, "")
+    gate = GateSettings(
+        tau=_req(path, g, "tau", float, "gate"), top_k=_req(path, g, "top_k", int, "gate"), min_weight=_req(path, g, "min_weight", float, "gate")
+    )
+    if not (gate.tau > 0 and 1 <= gate.top_k <= MAX_FUSION_REFS and 0 <= gate.min_weight < 1):
+        raise AssetError(path, f"gate settings out of range: {gate}", "tau > 0, 1 <= top_k <= 64, 0 <= min_weight < 1")
+
+    b = _req(path, p, "base", dict, "")
+    try:
+        base = BaseInfo(
+            fingerprint=_req(path, b, "fingerprint", str, "base"), name=_req(path, b, "name", str, "base"),
+            arch=_req(path, b, "arch", str, "base"),
+            n_layers=_bounded(path, _req(path, b, "n_layers", int, "base"), 1, MAX_LAYERS, "base.n_layers"),
+            hidden=_bounded(path, _req(path, b, "hidden", int, "base"), 1, MAX_DIM, "base.hidden"),
+            n_heads=_bounded(path, _req(path, b, "n_heads", int, "base"), 1, MAX_DIM, "base.n_heads"),
+            n_kv_heads=_bounded(path, _req(path, b, "n_kv_heads", int, "base"), 1, MAX_DIM, "base.n_kv_heads"),
+            intermediate=_bounded(path, _req(path, b, "intermediate", int, "base"), 1, 4 * MAX_DIM, "base.intermediate"),
+        )
+    except AssetError:
+        raise
+    if base.hidden % base.n_heads or base.n_heads % base.n_kv_heads:
+        raise AssetError(path, "base shape is inconsistent (hidden, heads, kv heads)", "the file is damaged")
+
+    training = p.get("training", {})
+    if not isinstance(training, dict):
+        raise AssetError(path, "field training must be a map", "re-bake the role")
+
+    asset = RoleAsset(
+        profile=profile, embedding=embedding, base=base, gate=gate, training=training,
+        embedding_model=str(e.get("model", "")), created=str(p.get("created", "")), tool=str(p.get("tool", "")),
+    )
+    if kind == "block":
+        asset.block = _parse_block(path, _req(path, p, "lora", dict, ""), base)
+    else:
+        f = _req(path, p, "fusion", dict, "")
+        refs = _req(path, f, "weights", list, "fusion")
+        if not 1 <= len(refs) <= MAX_FUSION_REFS:
+            raise AssetError(path, f"fusion references {len(refs)} roles; allowed 1..{MAX_FUSION_REFS}", "re-bake with `bake-role --fuse`")
+        asset.fusion = []
+        for r in refs:
+            w = _req(path, r, "weight", float, "fusion.weights[]")
+            if not (np.isfinite(w) and w >= 0):
+                raise AssetError(path, f"fusion weight {w} is not a finite non-negative number", "re-bake with `bake-role --fuse`")
+            asset.fusion.append(FusionRef(_req(path, r, "role", str, "fusion.weights[]"), _req(path, r, "sha256", str, "fusion.weights[]"), w))
+    return asset
+
+
+def _parse_block(path: Path, lora: dict, base: BaseInfo) -> LoraBlock:
+    r = _bounded(path, _req(path, lora, "r", int, "lora"), 1, MAX_RANK, "lora.r")
+    alpha = _req(path, lora, "alpha", float, "lora")
+    if not (np.isfinite(alpha) and alpha > 0):
+        raise AssetError(path, f"lora.alpha = {alpha} must be a positive number", "re-bake the role")
+    dtype = _req(path, lora, "dtype", str, "lora")
+    if dtype not in DTYPES:
+        raise AssetError(path, f"tensor dtype {dtype!r} is not supported (f32, f16)", "re-bake the role")
+    targets = _req(path, lora, "targets", list, "lora")
+    if not targets or any(t not in TARGETS for t in targets) or len(set(targets)) != len(targets):
+        raise AssetError(path, f"lora.targets {targets!r} must be distinct names from {', '.join(TARGETS)}", "re-bake the role")
+    tensors = _req(path, lora, "tensors", list, "lora")
+    expected = base.n_layers * len(targets) * 2
+    if len(tensors) != expected:
+        raise AssetError(path, f"block holds {len(tensors)} tensors; {base.n_layers} layers x {len(targets)} targets x (A, B) = {expected}", "the file is damaged; re-bake the role")
+    itemsize = np.dtype(DTYPES[dtype]).itemsize
+    A: dict = {}
+    B: dict = {}
+    for t in tensors:
+        if not (isinstance(t, list) and len(t) == 5):
+            raise AssetError(path, "a tensor entry is malformed", "re-bake the role")
+        layer, target, which, shape, data = t
+        if not (isinstance(layer, int) and 0 <= layer < base.n_layers and target in targets and which in ("A", "B")):
+            raise AssetError(path, f"unexpected tensor {layer!r}/{target!r}/{which!r}", "the file is damaged; re-bake the role")
+        out_f, in_f = base.linear_shape(target)
+        want = (r, in_f) if which == "A" else (out_f, r)
+        if not (isinstance(shape, list) and tuple(shape) == want):
+            raise AssetError(
+                path, f"shape mismatch: layer {layer} {target}.{which} is {shape}, the base model needs {list(want)}",
+                "the role was baked for a different base model; re-bake it",
+            )
+        if not isinstance(data, bytes) or len(data) != want[0] * want[1] * itemsize:
+            raise AssetError(path, f"layer {layer} {target}.{which} holds {len(data) if isinstance(data, bytes) else '?'} bytes, expected {want[0] * want[1] * itemsize}", "the file is damaged; re-bake the role")
+        arr = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(want)
+        if not np.all(np.isfinite(arr)):
+            raise AssetError(path, f"layer {layer} {target}.{which} holds NaN or infinite values", "training diverged; re-bake with a lower learning rate")
+        (A if which == "A" else B)[(layer, target)] = arr
+    if len(A) != base.n_layers * len(targets) or len(B) != len(A):
+        raise AssetError(path, "block has duplicate or missing tensors", "the file is damaged; re-bake the role")
+    return LoraBlock(r=r, alpha=alpha, targets=tuple(targets), A=A, B=B, dtype=dtype)

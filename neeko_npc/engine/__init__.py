@@ -1,0 +1,1 @@
+"""Inference backends. Nothing here imports torch."""

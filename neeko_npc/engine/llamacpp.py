@@ -1,0 +1,150 @@
+"""llama.cpp through llama-cpp-python's low-level API: one model, many contexts, LoRA adapters.
+
+The model is always loaded with ``use_extra_bufts = False``: on CPUs with AMX,
+ggml otherwise places Q4_1 weights in the AMX buffer and the first decode
+segfaults, which would take the whole daemon down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+_init_lock = threading.Lock()
+_initialised = False
+
+
+def _lib():
+    global _initialised
+    import llama_cpp
+
+    with _init_lock:
+        if not _initialised:
+            llama_cpp.llama_log_set(_SILENT, ctypes.c_void_p(0)) if os.environ.get("NEEKO_NPC_LLAMA_LOG") != "1" else None
+            llama_cpp.llama_backend_init()
+            _initialised = True
+    return llama_cpp
+
+
+def _silent(level, text, user_data):  # pragma: no cover - called from C
+    return None
+
+
+try:
+    import llama_cpp as _lc
+
+    _SILENT = _lc.llama_log_callback(_silent)
+except Exception:  # llama-cpp-python missing: errors surface when a model is loaded
+    _SILENT = None
+
+
+class LlamaError(RuntimeError):
+    pass
+
+
+class LlamaModel:
+    """A GGUF model loaded once; contexts and adapters are made from it."""
+
+    def __init__(self, path: str | Path):
+        L = _lib()
+        self.L = L
+        self.path = Path(path)
+        params = L.llama_model_default_params()
+        params.use_extra_bufts = False  # the AMX guard: see module docstring
+        self.ptr = L.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self.ptr:
+            raise LlamaError(f"{self.path}: llama.cpp could not load this model")
+        self.vocab = L.llama_model_get_vocab(self.ptr)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self._adapters: list = []
+
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (self.L.llama_token * cap)()
+        n = self.L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (self.L.llama_token * cap)()
+            n = self.L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def load_adapter(self, path: str | Path):
+        ptr = self.L.llama_adapter_lora_init(self.ptr, str(path).encode())
+        if not ptr:
+            raise LlamaError(f"{path}: llama.cpp rejected this LoRA adapter (wrong base model or damaged file)")
+        self._adapters.append(ptr)
+        return ptr
+
+    def new_context(self, n_ctx: int = 2048, n_threads: int | None = None) -> "LlamaContext":
+        return LlamaContext(self, n_ctx, n_threads)
+
+    def close(self) -> None:
+        if self.ptr:
+            for a in self._adapters:
+                self.L.llama_adapter_lora_free(a)
+            self._adapters = []
+            self.L.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class LlamaContext:
+    def __init__(self, model: LlamaModel, n_ctx: int, n_threads: int | None):
+        L = model.L
+        self.L, self.model = L, model
+        p = L.llama_context_default_params()
+        p.n_ctx = n_ctx
+        p.n_batch = min(n_ctx, 512)
+        p.n_ubatch = min(n_ctx, 512)
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        p.n_threads = threads
+        p.n_threads_batch = threads
+        self.ptr = L.llama_init_from_model(model.ptr, p)
+        if not self.ptr:
+            raise LlamaError("llama.cpp could not create a context (out of memory?)")
+        self.n_ctx = n_ctx
+
+    def set_adapters(self, adapters: list, scales: list[float]) -> None:
+        """Replace the context's whole active adapter set (scale * alpha / r is applied)."""
+        n = len(adapters)
+        arr = (self.L.llama_adapter_lora_p_ctypes * max(n, 1))(*adapters)
+        sc = (ctypes.c_float * max(n, 1))(*scales)
+        if self.L.llama_set_adapters_lora(self.ptr, arr, n, sc) != 0:
+            raise LlamaError("llama.cpp could not set the LoRA adapters")
+
+    def clear(self) -> None:
+        self.L.llama_memory_clear(self.L.llama_get_memory(self.ptr), True)
+
+    def decode(self, tokens: list[int]) -> np.ndarray:
+        """Append tokens to the context; return the logits after the last one."""
+        arr = (self.L.llama_token * len(tokens))(*tokens)
+        for start in range(0, len(tokens), 512):
+            n = min(512, len(tokens) - start)
+            batch = self.L.llama_batch_get_one(ctypes.cast(ctypes.addressof(arr) + start * ctypes.sizeof(self.L.llama_token),
+                                                           ctypes.POINTER(self.L.llama_token)), n)
+            rc = self.L.llama_decode(self.ptr, batch)
+            if rc != 0:
+                raise LlamaError(f"llama_decode failed ({rc}); the context may be full")
+        ptr = self.L.llama_get_logits_ith(self.ptr, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
+
+    def close(self) -> None:
+        if self.ptr:
+            self.L.llama_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

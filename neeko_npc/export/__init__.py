@@ -1,0 +1,1 @@
+"""Exporting roles as standard LoRA adapters (GGUF for llama.cpp, PEFT for vLLM/LoRAX). numpy only."""

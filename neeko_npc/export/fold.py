@@ -1,0 +1,55 @@
+"""Fold one role into a plain LoRA: (rank, alpha, A and B per layer and target).
+
+A trained role is its own block. A fused role, sum_k w_k s_k B_k A_k, becomes one
+adapter of rank sum_k r_k: A stacks the A_k, B stacks the w_k s_k B_k, and the
+exported alpha equals that rank so the adapter's own scale alpha/r is 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..roles.asset import AssetError, RoleAsset
+
+
+@dataclass
+class PlainLora:
+    r: int
+    alpha: float
+    targets: tuple[str, ...]
+    A: dict[tuple[int, str], np.ndarray]
+    B: dict[tuple[int, str], np.ndarray]
+
+
+def resolve_fusion(asset: RoleAsset, known: dict[str, RoleAsset]) -> list[tuple[RoleAsset, float]]:
+    """The (block asset, weight) pairs a fused role mixes; errors name the missing or changed role."""
+    out = []
+    for ref in asset.fusion or []:
+        src = known.get(ref.role)
+        if src is None or src.block is None:
+            raise AssetError(asset.path or asset.id, f"fused role {asset.id!r} references role {ref.role!r}, which is not in the role set",
+                             f"add {ref.role}.nrole to the roles folder or re-fuse with `bake-role --fuse`")
+        if src.sha256 != ref.sha256:
+            raise AssetError(asset.path or asset.id, f"fused role {asset.id!r} was made from a different version of role {ref.role!r}",
+                             "re-fuse it with `bake-role --fuse` against the current roles")
+        out.append((src, ref.weight))
+    return out
+
+
+def fold(asset: RoleAsset, known: dict[str, RoleAsset] | None = None) -> PlainLora:
+    if asset.block is not None:
+        b = asset.block
+        return PlainLora(b.r, b.alpha, tuple(b.targets), {k: v.astype(np.float32) for k, v in b.A.items()},
+                         {k: v.astype(np.float32) for k, v in b.B.items()})
+    parts = resolve_fusion(asset, known or {})
+    targets = tuple(parts[0][0].block.targets)
+    if any(tuple(src.block.targets) != targets for src, _ in parts):
+        raise AssetError(asset.path or asset.id, "the fused roles target different modules", "re-bake them as one set")
+    rank = sum(src.block.r for src, _ in parts)
+    A, B = {}, {}
+    for key in parts[0][0].block.A:
+        A[key] = np.concatenate([src.block.A[key].astype(np.float32) for src, _ in parts], 0)
+        B[key] = np.concatenate([src.block.B[key].astype(np.float32) * np.float32(w * src.block.scale) for src, w in parts], 1)
+    return PlainLora(rank, float(rank), targets, A, B)

@@ -1,0 +1,219 @@
+"""The three ways a role is made, each ending in a .nrole file:
+
+* pre-finetune  (``neeko-npc bake``): M roles trained together, one block each;
+* expansion     (``neeko-npc bake-role``): one block appended and trained, all others frozen;
+* fusion        (``neeko-npc bake-role --fuse``): no training, weights over existing blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..roles.asset import SUFFIX, AssetError, FusionRef, GateSettings, RoleAsset, read_asset, write_asset
+from ..roles.base_model import BaseModelRef, base_info
+from ..roles.dialogue import Scene, data_hash, load_scenes, split_holdout
+from ..roles.profile import RoleProfile, load_profile
+from .data import Example, encode_scene
+from .embed import MODEL_NAME, embed_texts
+from .gate import Gate, fusion_weights
+from .model import NeekoLoRA
+from .train import TrainConfig, heldout_loss, train_blocks
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    precision: str = "bf16"  # base weights while training; blocks are always float32
+    dtype: str = "f32"  # tensors in the .nrole
+
+
+@dataclass
+class RoleSource:
+    profile: RoleProfile
+    scenes: list[Scene]
+    holdout: float = 0.2
+    train: list[Scene] = field(init=False)
+    held: list[Scene] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.train, self.held = split_holdout(self.scenes, self.holdout)
+
+    @property
+    def n_lines(self) -> int:
+        return sum(s.npc_lines(self.profile.id) for s in self.scenes)
+
+    @classmethod
+    def from_files(cls, profile: str | Path, data: str | Path, holdout: float = 0.2) -> "RoleSource":
+        p = load_profile(profile)
+        return cls(p, load_scenes(data, role_id=p.id), holdout)
+
+    @classmethod
+    def from_dir(cls, folder: str | Path, holdout: float = 0.2) -> "RoleSource":
+        folder = Path(folder)
+        prof, lines = folder / "profile.json", folder / "lines.jsonl"
+        for f in (prof, lines):
+            if not f.is_file():
+                raise FileNotFoundError(f"{folder}: a role folder needs profile.json and lines.jsonl ({f.name} is missing)")
+        return cls.from_files(prof, lines, holdout)
+
+
+@dataclass
+class BakeReport:
+    roles: list[str]
+    assets: list[Path]
+    heldout: dict[str, dict[str, float]]  # role -> {"base": loss, "block": loss}
+    train: dict
+    extra: dict = field(default_factory=dict)
+
+
+def _encode(tok, src: RoleSource, scenes: list[Scene], max_len: int) -> list[Example]:
+    return [ex for s in scenes for ex in encode_scene(tok, src.profile, s, max_len)]
+
+
+def _load(base_ref: BaseModelRef, lora: LoraConfig):
+    from .base import load_for_training
+
+    model, tok = load_for_training(base_ref, lora.precision)
+    return model, tok
+
+
+def _training_record(mode: str, src: RoleSource, rec, cfg: TrainConfig, lora: LoraConfig, held: dict) -> dict:
+    return {
+        "mode": mode, "seed": cfg.seed, "steps": rec.steps, "final_loss": rec.final_loss, "tokens": rec.tokens,
+        "data_sha256": data_hash(src.scenes), "lines": src.n_lines, "scenes": len(src.scenes),
+        "heldout_scenes": len(src.held), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+        "max_len": cfg.max_len, "precision": lora.precision,
+        "heldout_loss_base": held.get("base"), "heldout_loss_block": held.get("block"),
+    }
+
+
+def _evaluate(neeko, tok, src: RoleSource, cfg: TrainConfig) -> dict[str, float]:
+    ex = _encode(tok, src, src.held, cfg.max_len)
+    return {"base": heldout_loss(neeko, ex, None, tok.pad_token_id),
+            "block": heldout_loss(neeko, ex, src.profile.id, tok.pad_token_id)}
+
+
+def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Path, cfg: TrainConfig,
+                 lora: LoraConfig = LoraConfig(), gate: GateSettings = GateSettings(), resume: bool = False,
+                 progress: bool = True) -> BakeReport:
+    ids = [s.profile.id for s in sources]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate role ids: {ids}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = base_info(base_ref)
+    model, tok = _load(base_ref, lora)
+    neeko = NeekoLoRA(model, lora.r, lora.alpha, lora.targets)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for rid in ids:
+        neeko.add_role(rid, generator=gen)
+    examples = {s.profile.id: _encode(tok, s, s.train, cfg.max_len) for s in sources}
+    result = train_blocks(neeko, examples, ids, cfg, tok.pad_token_id, checkpoint=out_dir / ".bake-checkpoint.pt",
+                          resume=resume, run_tag=info.fingerprint, progress=progress)
+    embeddings = embed_texts([s.profile.embedding_text() for s in sources])
+    held, paths = {}, []
+    for i, src in enumerate(sources):
+        held[src.profile.id] = _evaluate(neeko, tok, src, cfg)
+        asset = RoleAsset(
+            profile=src.profile, embedding=embeddings[i], base=info, gate=gate,
+            block=neeko.export_block(src.profile.id, lora.dtype), embedding_model=MODEL_NAME,
+            training=_training_record("pre-finetune", src, result["records"][src.profile.id], cfg, lora, held[src.profile.id]),
+        )
+        paths.append(write_asset(asset, out_dir / f"{src.profile.id}{SUFFIX}"))
+    (out_dir / ".bake-checkpoint.pt").unlink(missing_ok=True)
+    return BakeReport(ids, paths, held, result)
+
+
+def load_role_assets(roles_dir: Path, base_fingerprint: str | None = None) -> tuple[list[RoleAsset], list[AssetError]]:
+    """Every valid .nrole in a folder, sorted by id, and the errors of the others (never raised)."""
+    assets, errors = [], []
+    for path in sorted(roles_dir.glob(f"*{SUFFIX}")):
+        try:
+            a = read_asset(path)
+            if base_fingerprint is not None and a.base.fingerprint != base_fingerprint:
+                raise AssetError(path, f"role {a.id!r} was baked for another base model ({a.base.name})",
+                                 "re-bake it against this base model")
+            assets.append(a)
+        except AssetError as exc:
+            errors.append(exc)
+    return sorted(assets, key=lambda a: a.id), errors
+
+
+def block_gate(assets: list[RoleAsset]) -> Gate:
+    blocks = [a for a in assets if a.block is not None]
+    if not blocks:
+        raise ValueError("no trained role blocks in this role set")
+    return Gate([a.id for a in blocks], np.stack([a.embedding for a in blocks]), blocks[0].gate)
+
+
+def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainConfig, out_path: Path | None = None,
+           lora_precision: str = "bf16", replace: bool = False, resume: bool = False, progress: bool = True) -> BakeReport:
+    info = base_info(base_ref)
+    assets, errors = load_role_assets(roles_dir, info.fingerprint)
+    old = [a for a in assets if a.block is not None and a.id != src.profile.id]
+    if any(a.id == src.profile.id for a in assets) and not replace:
+        raise ValueError(f"{roles_dir} already has a role {src.profile.id!r}; pass --replace to re-bake it")
+    if not old:
+        raise ValueError(f"{roles_dir} has no trained roles to expand; run `neeko-npc bake` first"
+                         + (f" ({len(errors)} file(s) could not be read: {errors[0]})" if errors else ""))
+    first = old[0].block
+    lora = LoraConfig(r=first.r, alpha=first.alpha, targets=tuple(first.targets), precision=lora_precision, dtype=first.dtype)
+    model, tok = _load(base_ref, lora)
+    neeko = NeekoLoRA(model, lora.r, lora.alpha, lora.targets)
+    for a in old:
+        neeko.load_block(a.id, a.block)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    neeko.add_role(src.profile.id, generator=gen)
+    examples = {src.profile.id: _encode(tok, src, src.train, cfg.max_len)}
+    out_path = out_path or roles_dir / f"{src.profile.id}{SUFFIX}"
+    result = train_blocks(neeko, examples, [src.profile.id], cfg, tok.pad_token_id,
+                          checkpoint=out_path.with_name(f".{src.profile.id}.bake-checkpoint.pt"), resume=resume,
+                          run_tag=info.fingerprint, progress=progress)
+    # Nothing forgotten: every old block must be exactly what its file holds.
+    for a in old:
+        now = neeko.export_block(a.id, a.block.dtype)
+        for key in a.block.A:
+            if not (np.array_equal(now.A[key], a.block.A[key].astype(np.float32)) and
+                    np.array_equal(now.B[key], a.block.B[key].astype(np.float32))):
+                raise AssertionError(f"expansion changed the block of old role {a.id!r} at {key}; refusing to write")
+    emb = embed_texts([src.profile.embedding_text()])[0]
+    held = {src.profile.id: _evaluate(neeko, tok, src, cfg)}
+    gate_before = block_gate(old)
+    asset = RoleAsset(profile=src.profile, embedding=emb, base=info, gate=old[0].gate,
+                      block=neeko.export_block(src.profile.id, lora.dtype), embedding_model=MODEL_NAME,
+                      training=_training_record("expansion", src, result["records"][src.profile.id], cfg, lora, held[src.profile.id]))
+    gate_after = block_gate(old + [asset])
+    shifted = [a.id for a in old if gate_after.named(gate_after.for_role(a.id)) != gate_before.named(gate_before.for_role(a.id))]
+    write_asset(asset, out_path)
+    out_path.with_name(f".{src.profile.id}.bake-checkpoint.pt").unlink(missing_ok=True)
+    return BakeReport([src.profile.id], [out_path], held, result, extra={"gate_shifted": shifted})
+
+
+def fuse(base_ref: BaseModelRef, roles_dir: Path, profile: RoleProfile, out_path: Path | None = None, top_k: int = 3,
+         tau: float = 0.1, min_weight: float = 0.02, replace: bool = False) -> tuple[RoleAsset, Path]:
+    info = base_info(base_ref)
+    assets, errors = load_role_assets(roles_dir, info.fingerprint)
+    if any(a.id == profile.id for a in assets) and not replace:
+        raise ValueError(f"{roles_dir} already has a role {profile.id!r}; pass --replace to re-bake it")
+    blocks = [a for a in assets if a.block is not None and a.id != profile.id]
+    if not blocks:
+        raise ValueError(f"{roles_dir} has no trained roles to fuse from; run `neeko-npc bake` first")
+    emb = embed_texts([profile.embedding_text()])[0]
+    E = np.stack([a.embedding for a in blocks])
+    weights = fusion_weights(E, [a.id for a in blocks], emb, top_k=top_k, tau=tau, min_weight=min_weight)
+    sims = {a.id: float(np.dot(a.embedding, emb) / (np.linalg.norm(a.embedding) * np.linalg.norm(emb))) for a in blocks}
+    by_id = {a.id: a for a in blocks}
+    asset = RoleAsset(
+        profile=profile, embedding=emb, base=info, gate=blocks[0].gate, embedding_model=MODEL_NAME,
+        fusion=[FusionRef(rid, by_id[rid].sha256, w) for rid, w in sorted(weights.items(), key=lambda kv: -kv[1])],
+        training={"mode": "fusion", "top_k": top_k, "tau": tau, "min_weight": min_weight, "similarity": sims},
+    )
+    out_path = out_path or roles_dir / f"{profile.id}{SUFFIX}"
+    write_asset(asset, out_path)
+    return asset, out_path
+

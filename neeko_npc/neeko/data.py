@@ -1,0 +1,108 @@
+"""Turning scenes into training examples with the model's own chat template.
+
+The role profile (and the scene text) is the system message, the NPC's own
+lines are assistant messages, everyone else's are user messages. Labels are -100
+everywhere except the NPC's lines (content plus the end-of-turn token), so the
+loss is only on what the NPC says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..roles.dialogue import Scene
+from ..roles.profile import RoleProfile
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    role: str
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_target(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def scene_messages(profile: RoleProfile, scene: Scene) -> list[dict]:
+    msgs = [{"role": "system", "content": profile.system_text(scene.scene)}]
+    for t in scene.turns:
+        if t.speaker == profile.id:
+            msgs.append({"role": "assistant", "content": t.text})
+        elif t.speaker.lower() == "player":
+            msgs.append({"role": "user", "content": t.text})
+        else:
+            msgs.append({"role": "user", "content": f"{t.speaker}: {t.text}"})
+    return msgs
+
+
+def _ids(tok, msgs, gen: bool = False) -> list[int]:
+    out = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen)
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        out = out["input_ids"]
+    return list(out)
+
+
+def _encode_messages(tok, msgs: list[dict], train_on: set[int]) -> tuple[list[int], list[int]]:
+    """input_ids and labels for msgs; only assistant messages with an index in train_on carry labels."""
+    ids: list[int] = []
+    labels: list[int] = []
+    for i in range(1, len(msgs)):
+        if msgs[i]["role"] != "assistant":
+            continue
+        head = _ids(tok, msgs[:i], gen=True)
+        full = _ids(tok, msgs[: i + 1])
+        if full[: len(head)] != head or head[: len(ids)] != ids:
+            raise ValueError("the chat template does not extend its prefix token for token; cannot mask turns")
+        labels += [IGNORE] * (len(head) - len(ids))
+        target = full[len(head):]
+        labels += target if i in train_on else [IGNORE] * len(target)
+        ids = full
+    tail = _ids(tok, msgs)
+    if tail[: len(ids)] != ids:
+        raise ValueError("the chat template does not extend its prefix token for token; cannot mask turns")
+    labels += [IGNORE] * (len(tail) - len(ids))
+    return tail, labels
+
+
+def encode_scene(tok, profile: RoleProfile, scene: Scene, max_len: int) -> list[Example]:
+    """One example per scene; a scene too long for max_len becomes one example per NPC line,
+    each with the oldest turns dropped until it fits."""
+    msgs = scene_messages(profile, scene)
+    npc_idx = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    if not npc_idx:
+        return []
+    ids, labels = _encode_messages(tok, msgs, set(npc_idx))
+    if len(ids) <= max_len:
+        return [Example(profile.id, ids, labels)]
+    out = []
+    for j in npc_idx:
+        window = msgs[: j + 1]
+        while True:
+            ids, labels = _encode_messages(tok, window, {len(window) - 1})
+            if len(ids) <= max_len or len(window) <= 2:
+                break
+            window = [window[0]] + window[2:]
+        if len(ids) > max_len:
+            ids, labels = ids[:max_len], labels[:max_len]  # system text alone is too long; keep what fits
+        if any(x != IGNORE for x in labels):
+            out.append(Example(profile.id, ids, labels))
+    return out
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    n = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
+    lab = torch.full((len(examples), n), IGNORE, dtype=torch.long)
+    att = torch.zeros((len(examples), n), dtype=torch.long)
+    for i, e in enumerate(examples):
+        L = len(e.input_ids)
+        ids[i, :L] = torch.tensor(e.input_ids)
+        lab[i, :L] = torch.tensor(e.labels)
+        att[i, :L] = 1
+    return {"input_ids": ids, "labels": lab, "attention_mask": att}

@@ -1,0 +1,167 @@
+"""The training loop shared by pre-finetune (many roles) and expansion (one new role).
+
+Every batch holds one role's examples and runs with that role's one-hot gate,
+so only that role's block receives gradient; BlockAdamW then steps only that
+block. The batch schedule is fixed by the seed before training starts, which
+makes runs repeatable and lets a checkpoint resume at the exact step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from .data import IGNORE, Example, collate
+from .model import NeekoLoRA
+from .optim import BlockAdamW, cosine_lr
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 4
+    batch_size: int = 4
+    max_len: int = 320
+    lr: float = 2e-3
+    warmup: int = 10
+    weight_decay: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 20
+
+
+@dataclass
+class RoleRecord:
+    steps: int = 0
+    tokens: int = 0
+    final_loss: float = float("nan")
+    losses: list = field(default_factory=list)
+
+
+def make_schedule(examples: dict[str, list[Example]], roles: list[str], cfg: TrainConfig) -> list[tuple[str, list[int]]]:
+    """(role, example indices) per step: each epoch shuffles every role's examples, cuts them
+    into batches, and interleaves all batches. Depends only on the data and the seed."""
+    rng = random.Random(cfg.seed)
+    schedule = []
+    for _ in range(cfg.epochs):
+        epoch = []
+        for rid in roles:
+            idx = list(range(len(examples[rid])))
+            rng.shuffle(idx)
+            epoch += [(rid, idx[i:i + cfg.batch_size]) for i in range(0, len(idx), cfg.batch_size)]
+        rng.shuffle(epoch)
+        schedule += epoch
+    return schedule
+
+
+def _run_key(neeko: NeekoLoRA, roles: list[str], examples: dict[str, list[Example]], cfg: TrainConfig, extra: str) -> str:
+    h = hashlib.sha256(json.dumps([asdict(cfg), roles, neeko.role_ids, neeko.r, neeko.alpha, list(neeko.targets), extra]).encode())
+    for rid in roles:
+        for e in examples[rid]:
+            h.update(bytes(str(e.input_ids), "ascii"))
+    return h.hexdigest()
+
+
+def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: list[str], cfg: TrainConfig,
+                 pad_id: int, checkpoint: Path | None = None, resume: bool = False, run_tag: str = "",
+                 progress: bool = True) -> dict:
+    """Train the blocks of ``roles`` (all already added to ``neeko``). Returns per-role records and speed."""
+    for rid in roles:
+        if not examples.get(rid):
+            raise ValueError(f"role {rid!r} has no training examples")
+    schedule = make_schedule(examples, roles, cfg)
+    total = len(schedule)
+    opt = BlockAdamW([neeko.modules[k] for k in sorted(neeko.modules)], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    records = {rid: RoleRecord() for rid in roles}
+    key = _run_key(neeko, roles, examples, cfg, run_tag)
+    start = 0
+    if checkpoint is not None and resume and checkpoint.is_file():
+        ck = torch.load(checkpoint, weights_only=True)
+        if ck.get("key") != key:
+            raise ValueError(f"{checkpoint}: this checkpoint belongs to a different bake (data, roles or settings changed); "
+                             "delete it or run without --resume")
+        for p, saved in zip(neeko.block_parameters(), ck["params"]):
+            p.data.copy_(saved)
+        opt.load_state_dict(ck["optim"])
+        start = int(ck["step"])
+        for rid, rec in ck["records"].items():
+            records[rid] = RoleRecord(**rec)
+        torch.set_rng_state(ck["rng"])
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=start, desc="baking", unit="step", dynamic_ncols=True)
+    neeko.model.train()
+    t0, tokens_seen = time.perf_counter(), 0
+    try:
+        for step in range(start, total):
+            rid, idx = schedule[step]
+            batch = collate([examples[rid][i] for i in idx], pad_id)
+            k = neeko.index(rid)
+            w = torch.zeros(len(idx), neeko.n_blocks)
+            w[:, k] = 1.0
+            out = neeko.forward(w, **batch)
+            loss = out.loss
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step} (role {rid}); lower --lr")
+            opt.zero_grad()
+            loss.backward()
+            opt.step(k, lr=cosine_lr(step, total, cfg.lr, cfg.warmup))
+            rec = records[rid]
+            rec.steps += 1
+            n_tok = int(batch["attention_mask"].sum())
+            rec.tokens += n_tok
+            tokens_seen += n_tok
+            rec.losses.append(round(loss_value, 5))
+            rec.final_loss = float(sum(rec.losses[-5:]) / len(rec.losses[-5:]))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(role=rid, loss=f"{loss_value:.3f}")
+            done = step + 1
+            if checkpoint is not None and (done % cfg.checkpoint_every == 0 or done == total):
+                _save_checkpoint(checkpoint, key, done, neeko, opt, records)
+    finally:
+        if bar is not None:
+            bar.close()
+        neeko.model.eval()
+    elapsed = time.perf_counter() - t0
+    return {"records": records, "steps": total, "seconds": elapsed,
+            "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else 0.0, "resumed_from": start}
+
+
+def _save_checkpoint(path: Path, key: str, step: int, neeko: NeekoLoRA, opt: BlockAdamW, records: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": key, "step": step, "params": [p.detach().clone() for p in neeko.block_parameters()],
+                "optim": opt.state_dict(), "rng": torch.get_rng_state(),
+                "records": {rid: asdict(r) for rid, r in records.items()}}, tmp)
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def heldout_loss(neeko: NeekoLoRA, examples: list[Example], weights: dict[str, float] | str | None, pad_id: int,
+                 batch_size: int = 4) -> float:
+    """Mean per-token NLL of the examples' target tokens under the given gate (None: base model)."""
+    if not examples:
+        return float("nan")
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        batch = collate(chunk, pad_id)
+        w = None if weights is None else neeko.weights([weights] * len(chunk))
+        with neeko.gate(w):
+            logits = neeko.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"))
+        count += int((labels != IGNORE).sum())
+    return total / count if count else math.nan

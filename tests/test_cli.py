@@ -1,0 +1,51 @@
+"""CLI behaviour that needs no model: clear errors, exit code 1, no tracebacks."""
+
+from click.testing import CliRunner
+
+from neeko_npc.cli import main
+from neeko_npc.roles.asset import write_asset
+from tests.helpers import block_asset
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_inspect_a_good_and_a_corrupt_file(tmp_path):
+    path = write_asset(block_asset("smith"), tmp_path / "smith.nrole")
+    res = invoke("inspect", path)
+    assert res.exit_code == 0 and "smith" in res.output and "checksum ok" in res.output and "r=4" in res.output
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1
+    path.write_bytes(bytes(data))
+    res = invoke("inspect", path)
+    assert res.exit_code == 1
+    assert "checksum mismatch" in res.output and str(path) in res.output and "Traceback" not in res.output
+
+
+def test_bake_role_needs_data_or_fuse(tmp_path):
+    prof = tmp_path / "p.json"
+    prof.write_text('{"id": "x", "name": "X", "persona": "p"}')
+    res = invoke("bake-role", "--profile", prof, "--roles", tmp_path)
+    assert res.exit_code == 2 and "--data lines.jsonl (expansion) or --fuse" in res.output
+
+
+def test_bake_reports_a_missing_profile(tmp_path):
+    (tmp_path / "role").mkdir()
+    res = invoke("bake", tmp_path / "role", "--out", tmp_path / "out")
+    assert res.exit_code == 1 and "needs profile.json and lines.jsonl" in res.output
+
+
+def test_bad_base_model_path(tmp_path):
+    f = tmp_path / "model.bin"
+    f.write_bytes(b"not a model")
+    prof = tmp_path / "p.json"
+    prof.write_text('{"id": "x", "name": "X", "persona": "p"}')
+    res = invoke("bake-role", "--fuse", "--profile", prof, "--roles", tmp_path, "--base-model", f)
+    assert res.exit_code == 1 and "not a GGUF file" in res.output
+
+
+def test_export_unknown_role(tmp_path):
+    write_asset(block_asset("smith"), tmp_path / "smith.nrole")
+    res = invoke("export", "nobody", "--roles", tmp_path, "--format", "gguf-lora")
+    assert res.exit_code == 1 and "no role 'nobody'" in res.output and "known: smith" in res.output

@@ -1,0 +1,49 @@
+"""The layers depend one way (roles <- neeko <- engine <- server <- cli) and serving never imports torch."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "neeko_npc"
+# export sits beside neeko: it reads role files, never the torch side.
+MAY_IMPORT = {
+    "roles": {"roles"},
+    "neeko": {"roles", "neeko"},
+    "export": {"roles", "export"},
+    "engine": {"roles", "export", "engine", "neeko.gate"},
+}
+TORCH_FREE = ["neeko_npc.roles.asset", "neeko_npc.roles.base_model", "neeko_npc.roles.dialogue", "neeko_npc.neeko.gate",
+              "neeko_npc.export.fold", "neeko_npc.export.gguf_lora", "neeko_npc.export.peft", "neeko_npc.engine.llamacpp",
+              "neeko_npc.cli"]
+
+
+def internal_imports(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level >= 1:
+            here = path.relative_to(PKG).parts[:-1]
+            base = list(here[: len(here) - (node.level - 1)])
+            target = ".".join(base + ([node.module] if node.module else []))
+            yield target
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("neeko_npc."):
+            yield node.module[len("neeko_npc."):]
+
+
+def test_dependencies_point_one_way():
+    bad = []
+    for layer, allowed in MAY_IMPORT.items():
+        for path in (PKG / layer).glob("*.py"):
+            for target in internal_imports(path):
+                ok = target == "" or any(target == a or target.startswith(a + ".") for a in allowed)  # "" is __version__
+                if not ok:
+                    bad.append(f"{path.relative_to(PKG)} imports {target}")
+    assert not bad, bad
+    # and the check has teeth: the torch side is seen importing the roles layer
+    assert "roles.asset" in set(internal_imports(PKG / "neeko" / "bake.py"))
+
+
+def test_serving_side_never_imports_torch():
+    code = "import sys\n" + "".join(f"import {m}\n" for m in TORCH_FREE) + "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

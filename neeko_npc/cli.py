@@ -274,5 +274,141 @@ def export(role, fmt, roles_dir, out):
     click.echo(f"exported {asset.id!r} ({asset.kind}, rank {lora.r}) as {fmt}: {dest}")
 
 
+# -- serving -----------------------------------------------------------------------------
+
+@main.command()
+@click.option("--roles", "roles_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_ROLES, show_default=True,
+              help="Folder of .nrole files; watched for changes.")
+@base_model_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the daemon to the network.")
+@click.option("--port", default=50051, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option("--token", envvar="NEEKO_NPC_TOKEN", default="", help="Require 'authorization: Bearer TOKEN' (env NEEKO_NPC_TOKEN).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM certificate for TLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM private key for TLS.")
+@click.option("--pool-size", default=2, show_default=True, type=click.IntRange(1, 64), help="llama.cpp contexts: NPC lines generated at once.")
+@click.option("--threads", default=None, type=click.IntRange(1, 256), help="CPU threads per context. Default: all cores.")
+@click.option("--n-ctx", default=2048, show_default=True, type=click.IntRange(256, 131072), help="Tokens per context.")
+@click.option("--max-queue", default=16, show_default=True, type=click.IntRange(0, 10000),
+              help="Requests that may wait for a context; more get RESOURCE_EXHAUSTED.")
+@click.option("--queue-timeout", default=30.0, show_default=True, type=click.FloatRange(0), help="Seconds a request waits for a context.")
+@click.option("--history-tokens", default=768, show_default=True, type=click.IntRange(0), help="Memory budget per (session, NPC).")
+@click.option("--max-tokens-limit", default=512, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
+@click.option("--max-player-line-chars", default=2000, show_default=True, type=click.IntRange(1))
+@click.option("--max-scene-chars", default=8000, show_default=True, type=click.IntRange(0))
+@click.option("--watch-interval", default=1.0, show_default=True, type=click.FloatRange(0), help="Seconds between roles-folder scans; 0 turns watching off.")
+@click.option("-v", "--verbose", is_flag=True)
+@friendly_errors
+def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
+          history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, watch_interval, verbose):
+    """Run the dialogue daemon (gRPC) on the base model and every role in --roles."""
+    import logging
+    import signal
+    import threading
+
+    from .engine.npc_engine import EngineConfig, LlamaEngine
+    from .server.app import Daemon, ServerConfig
+    from .server.service import Limits
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ecfg = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
+                        history_tokens=history_tokens, max_tokens_limit=max_tokens_limit)
+    scfg = ServerConfig(host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval,
+                        limits=Limits(max_player_line_chars=max_player_line_chars, max_scene_chars=max_scene_chars))
+    daemon = Daemon(scfg, lambda: LlamaEngine(roles_dir, base_model, ecfg)).start()
+    scheme = "grpcs" if tls_cert else "grpc"
+    click.echo(f"neeko-npc {__version__} listening on {scheme}://{daemon.address} (loading the model...)", err=True)
+    daemon.loaded.wait()
+    engine = daemon.service.engine
+    if engine is None:
+        daemon.stop(0)
+        raise click.ClickException(f"the model failed to load: {daemon.service.load_error}")
+    snap = engine.roles.snapshot
+    click.echo(f"ready: {len(snap.roles)} role(s) from {roles_dir} on {engine.base.name}, {pool_size} context(s)"
+               + (", token required" if token else ""), err=True)
+    for f, err in sorted(snap.problems.items()):
+        click.echo(f"skipped: {err}", err=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    click.echo("stopping", err=True)
+    daemon.stop()
+
+
+def client_options(f):
+    f = click.option("--token", envvar="NEEKO_NPC_TOKEN", default="", help="Bearer token (env NEEKO_NPC_TOKEN).")(f)
+    f = click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="PEM CA to verify a TLS daemon.")(f)
+    return click.option("--address", default="127.0.0.1:50051", show_default=True, help="Daemon host:port.")(f)
+
+
+def _rpc_error(exc) -> click.ClickException:
+    return click.ClickException(f"{exc.code().name}: {exc.details()}")
+
+
+@main.command()
+@click.argument("npc_id")
+@click.argument("line", default="")
+@click.option("--scene", "scene_path", type=click.Path(exists=True, dir_okay=False), help="SceneContext JSON (see README).")
+@click.option("--session", default="", help="Conversation id: the daemon remembers earlier lines of this session.")
+@click.option("--max-tokens", default=0, type=click.IntRange(0), help="0: the daemon's default.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=None)
+@click.option("--seed", type=click.IntRange(0), default=None)
+@click.option("--stats", is_flag=True, help="Print token counts, time to first token and the gate's weights.")
+@client_options
+def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, stats, address, tls_ca, token):
+    """Stream NPC_ID's reply to LINE from a running daemon."""
+    import grpc
+
+    from .server.client import Client, load_scene
+
+    try:
+        scene = load_scene(scene_path) if scene_path else None
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    opts = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed)) if v}
+    if temperature == 0:
+        opts["temperature"] = 0.0
+    client = Client(address, token, tls_ca)
+    try:
+        last = None
+        for chunk in client.say(npc_id, line, scene, session, **opts):
+            click.echo(chunk.text, nl=False)
+            sys.stdout.flush()
+            last = chunk
+        click.echo("")
+        if stats and last is not None:
+            w = ", ".join(f"{x.role_id} {x.weight:.2f}" for x in last.role_weights)
+            click.echo(f"[{last.completion_tokens} tokens, prompt {last.prompt_tokens} ({last.cached_prompt_tokens} cached), "
+                       f"first token {last.time_to_first_token_ms:.0f} ms, gate: {w}]", err=True)
+    except grpc.RpcError as exc:
+        raise _rpc_error(exc) from None
+    finally:
+        client.close()
+
+
+@main.command()
+@client_options
+def roles(address, tls_ca, token):
+    """List the roles a running daemon hosts, one a line, id first."""
+    import grpc
+
+    from .server.client import Client
+
+    client = Client(address, token, tls_ca)
+    try:
+        res = client.roles()
+    except grpc.RpcError as exc:
+        raise _rpc_error(exc) from None
+    finally:
+        client.close()
+    for r in res.roles:
+        mix = ", ".join(f"{w.role_id} {w.weight:.2f}" for w in r.weights)
+        click.echo(f"{r.id}\t{r.name}\t{r.kind}\t{mix}")
+    for p in res.problems:
+        click.echo(f"problem: {p.error}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

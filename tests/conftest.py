@@ -1,5 +1,41 @@
 import os
+import shutil
+from pathlib import Path
+
+import pytest
 
 # No model hub, ever: every model in the tests comes from an installed package or is built in-test.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+DATA = Path(__file__).parent / "data" / "roles"
+FAST = ["--epochs", "2", "--precision", "fp32", "--quiet", "--max-len", "256"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Fingerprint and adapter caches live in the test run, not in the user's home."""
+    os.environ["NEEKO_NPC_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+def run(*args):
+    from click.testing import CliRunner
+
+    from neeko_npc.cli import main
+
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.fixture(scope="session")
+def baked(tmp_path_factory):
+    """smith + bard pre-finetuned on the real SmolLM2 (kept in `before`), then fisher added by expansion in `dir`."""
+    root = tmp_path_factory.mktemp("roles")
+    out = root / "set"
+    bake_out = run("bake", DATA / "smith", DATA / "bard", "--out", out, "--seed", "1", *FAST)
+    before = root / "before"
+    shutil.copytree(out, before)
+    expand_out = run("bake-role", "--profile", DATA / "fisher" / "profile.json", "--data", DATA / "fisher" / "lines.jsonl",
+                     "--roles", out, *FAST)
+    return {"dir": out, "before": before, "bake_out": bake_out, "expand_out": expand_out}

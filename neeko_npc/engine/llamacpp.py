@@ -73,12 +73,48 @@ class LlamaModel:
             n = self.L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
         return list(buf[:n])
 
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (special tokens render as nothing)."""
+        buf = ctypes.create_string_buffer(64)
+        n = self.L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.L.llama_vocab_is_eog(self.vocab, token))
+
+    def token_text(self, token: int) -> str:
+        t = self.L.llama_vocab_get_text(self.vocab, token)
+        return t.decode("utf-8", "replace") if t else ""
+
+    def chat_template(self) -> str:
+        t = self.L.llama_model_chat_template(self.ptr, None)
+        if not t:
+            raise LlamaError(f"{self.path}: the model has no chat template; neeko-npc needs an instruct/chat model")
+        return t.decode("utf-8")
+
+    @property
+    def bos_text(self) -> str:
+        return self.token_text(self.L.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos_text(self) -> str:
+        return self.token_text(self.L.llama_vocab_eos(self.vocab))
+
     def load_adapter(self, path: str | Path):
         ptr = self.L.llama_adapter_lora_init(self.ptr, str(path).encode())
         if not ptr:
             raise LlamaError(f"{path}: llama.cpp rejected this LoRA adapter (wrong base model or damaged file)")
         self._adapters.append(ptr)
         return ptr
+
+    def free_adapter(self, ptr) -> None:
+        """Free an adapter no context uses any more."""
+        if ptr in self._adapters:
+            self._adapters.remove(ptr)
+            self.L.llama_adapter_lora_free(ptr)
 
     def new_context(self, n_ctx: int = 2048, n_threads: int | None = None) -> "LlamaContext":
         return LlamaContext(self, n_ctx, n_threads)
@@ -124,6 +160,12 @@ class LlamaContext:
 
     def clear(self) -> None:
         self.L.llama_memory_clear(self.L.llama_get_memory(self.ptr), True)
+
+    def truncate(self, n_keep: int) -> None:
+        """Drop every cached position from n_keep on (keep the first n_keep tokens' KV)."""
+        if not self.L.llama_memory_seq_rm(self.L.llama_get_memory(self.ptr), 0, n_keep, -1):
+            self.clear()
+            raise LlamaError("llama.cpp could not trim the KV cache")
 
     def decode(self, tokens: list[int]) -> np.ndarray:
         """Append tokens to the context; return the logits after the last one."""

@@ -1,0 +1,148 @@
+"""The llama.cpp NPC engine: one base model, a pool of contexts, the served roles, conversation memory.
+
+This is what the gRPC service calls; it knows nothing about gRPC.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..roles.base_model import base_info, resolve_base_model
+from .generate import Chunk, ContextPool, GenOptions, PoolBusy, generate
+from .llamacpp import LlamaModel
+from .prompt import ChatTemplate, Memory, SceneInfo, build_messages
+from .roleset import RoleSet
+
+# Text from the game must never become control tokens: "<|im_end|><|im_start|>system ..." in a player
+# line would otherwise rewrite the NPC's instructions.
+log = logging.getLogger("neeko_npc.engine")
+_SPECIAL = re.compile(r"<\|[^<>|]{0,48}\|>|</?s>")
+
+
+def clean(text: str) -> str:
+    return _SPECIAL.sub("", text)
+
+
+def clean_scene(s: SceneInfo) -> SceneInfo:
+    return SceneInfo(
+        **{k: clean(v) for k, v in vars(s).items() if isinstance(v, str)},
+        recent_events=[clean(x) for x in s.recent_events],
+        nearby_characters=[clean(x) for x in s.nearby_characters],
+        facts={clean(k): clean(v) for k, v in s.facts.items()},
+    )
+
+
+class ContextTooLarge(ValueError):
+    pass
+
+
+@dataclass
+class EngineConfig:
+    pool_size: int = 2
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    max_queue: int = 16
+    queue_timeout: float = 30.0
+    history_tokens: int = 768  # memory budget per (session, NPC)
+    max_tokens_limit: int = 512  # largest max_tokens a request may ask for
+    default_max_tokens: int = 96
+
+
+@dataclass
+class Reply:
+    role_id: str
+    weights: dict[str, float]
+    chunks: Iterator[Chunk]
+
+
+class LlamaEngine:
+    name = "llama.cpp"
+
+    def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        ref = resolve_base_model(base_model)
+        if ref.kind != "gguf":
+            raise ValueError(f"{ref.path}: the llama.cpp engine needs a .gguf base model; convert the HF folder with "
+                             "llama.cpp's convert_hf_to_gguf.py, or serve it with --engine torch")
+        self.base = base_info(ref)
+        self.model = LlamaModel(ref.path)
+        self.template = ChatTemplate(self.model.chat_template(), self.model.bos_text, self.model.eos_text)
+        self._add_bos = bool(self.model.L.llama_vocab_get_add_bos(self.model.vocab))
+        self.pool = ContextPool(self.model, self.config.pool_size, self.config.n_ctx, self.config.n_threads,
+                                self.config.max_queue)
+        self.roles = RoleSet(roles_dir, self.model, self.base)
+        self.memory = Memory()
+        self._closing = False
+        self.load_result = self.roles.reload()
+
+    def tokens(self, text: str) -> list[int]:
+        add = self._add_bos and not text.startswith(self.template.bos)
+        return self.model.tokenize(text, add_special=add, parse_special=True)
+
+    def build_prompt(self, role, session: str, npc_id: str, player_line: str, scene: SceneInfo, max_tokens: int) -> list[int]:
+        """Prompt tokens; the oldest remembered exchanges are dropped to fit the history budget and the context."""
+        history = self.memory.get(session, npc_id)
+        base = self.tokens(self.template.render(build_messages(role.asset.profile, scene, [], player_line)))
+        room = self.config.n_ctx - max_tokens
+        if len(base) > room:
+            raise ContextTooLarge(f"the prompt needs {len(base)} tokens but only {room} fit "
+                                  f"(--n-ctx {self.config.n_ctx} minus max_tokens {max_tokens}); shorten the scene or player line")
+        while True:
+            toks = self.tokens(self.template.render(build_messages(role.asset.profile, scene, history, player_line)))
+            if not history or (len(toks) <= room and len(toks) - len(base) <= self.config.history_tokens):
+                return toks
+            history = history[1:]
+
+    def say(self, npc_id: str, player_line: str, scene: SceneInfo, opts: GenOptions, session: str = "",
+            cancelled: Callable[[], bool] = lambda: False, deadline: float | None = None) -> Reply:
+        """Start a reply. Raises UnknownRole, ContextTooLarge or PoolBusy before anything streams."""
+        if self._closing:
+            raise PoolBusy("the daemon is shutting down")
+        player_line = clean(player_line)
+        scene = clean_scene(scene)
+        opts.stop = tuple(opts.stop)
+        role, adapters, scales = self.roles.acquire(npc_id)
+        try:
+            prompt = self.build_prompt(role, session, npc_id, player_line, scene, opts.max_tokens)
+            key = tuple((a.sha256, float(s)) for a, s in zip(adapters, scales))
+            timeout = self.config.queue_timeout
+            if deadline is not None:
+                timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            slot = self.pool.acquire(key, prompt, timeout)
+        except BaseException:
+            self.roles.release(adapters)
+            raise
+
+        def stream() -> Iterator[Chunk]:
+            text = []
+            finish = ""
+            try:
+                stop = lambda: self._closing or cancelled()  # noqa: E731
+                for chunk in generate(self.model, slot, [a.ptr for a in adapters], scales, key, prompt, opts, stop):
+                    text.append(chunk.text)
+                    finish = chunk.finish
+                    yield chunk
+            finally:
+                self.pool.release(slot)
+                self.roles.release(adapters)
+                if finish in ("stop", "length") and session:
+                    self.memory.add(session, npc_id, player_line, "".join(text).strip())
+
+        return Reply(role.id, dict(zip((a for a, _ in sorted(role.weights.items())), scales)), stream())
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every stream at its next token, wait for the contexts to come back, then free native memory.
+
+        Freeing the model under a decode in flight would crash the process; if streams do not drain in
+        time, the memory is left to the process exit instead."""
+        self._closing = True
+        if not self.pool.wait_idle(timeout):
+            log.warning("%d stream(s) still running after %.0f s; not freeing the model", self.pool.busy(), timeout)
+            return
+        self.pool.close()
+        self.model.close()

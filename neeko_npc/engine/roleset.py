@@ -1,0 +1,195 @@
+"""The roles a daemon serves: loaded from a folder, routed by the gate, hot-reloaded.
+
+Every trained block becomes a llama.cpp LoRA adapter (exported once to a GGUF
+file cached under the asset's content hash). A request for an NPC resolves to
+(adapters, scales): the gate's weights for a trained role, the stored fusion
+weights for a fused one. ``reload`` swaps in a new snapshot atomically; a
+stream in flight keeps the adapters it started with, and an adapter is freed
+only once no request uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..export.fold import fold, resolve_fusion
+from ..export.gguf_lora import write_gguf_lora
+from ..neeko.gate import Gate
+from ..roles.asset import SUFFIX, AssetError, BaseInfo, RoleAsset, check_base, read_asset
+from .llamacpp import LlamaModel
+
+log = logging.getLogger("neeko_npc.roles")
+
+
+class UnknownRole(KeyError):
+    pass
+
+
+@dataclass
+class Adapter:
+    sha256: str
+    ptr: object
+    users: int = 0
+    retired: bool = False
+
+
+@dataclass
+class ServedRole:
+    asset: RoleAsset
+    weights: dict[str, float]  # block role id -> gate weight
+
+    @property
+    def id(self) -> str:
+        return self.asset.id
+
+
+@dataclass
+class Snapshot:
+    roles: dict[str, ServedRole] = field(default_factory=dict)
+    adapters: dict[str, Adapter] = field(default_factory=dict)  # block role id -> adapter
+    problems: dict[str, str] = field(default_factory=dict)  # file -> error
+
+
+@dataclass
+class ReloadResult:
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    problems: dict[str, str]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("NEEKO_NPC_CACHE", Path.home() / ".cache" / "neeko-npc")) / "adapters"
+
+
+class RoleSet:
+    def __init__(self, roles_dir: str | Path, model: LlamaModel, base: BaseInfo, cache_dir: Path | None = None):
+        self.roles_dir = Path(roles_dir)
+        self.model = model
+        self.base = base
+        self.cache_dir = cache_dir or default_cache_dir()
+        self._lock = threading.Lock()  # guards snapshot swaps and adapter refcounts
+        self._reload_lock = threading.Lock()  # one reload at a time
+        self._snap = Snapshot()
+        self._by_sha: dict[str, Adapter] = {}
+        self._seen: dict[str, tuple[int, int]] = {}  # file -> (mtime_ns, size) at the last scan
+
+    # -- loading -----------------------------------------------------------------
+
+    def _adapter_for(self, asset: RoleAsset) -> Adapter:
+        a = self._by_sha.get(asset.sha256)
+        if a is not None and not a.retired:
+            return a
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        path = self.cache_dir / f"{asset.sha256}.gguf"
+        if not path.is_file():
+            write_gguf_lora(fold(asset), self.base, path, name=asset.id)
+        a = Adapter(asset.sha256, self.model.load_adapter(path))
+        self._by_sha[asset.sha256] = a
+        return a
+
+    def scan_changed(self) -> bool:
+        """Cheap check for the file watcher: did any .nrole file appear, change or vanish?"""
+        try:
+            now = {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in self.roles_dir.glob(f"*{SUFFIX}")}
+        except OSError:
+            return False
+        return now != self._seen
+
+    def reload(self) -> ReloadResult:
+        with self._reload_lock:
+            return self._reload()
+
+    def _reload(self) -> ReloadResult:
+        old = self._snap
+        problems: dict[str, str] = {}
+        assets: dict[str, RoleAsset] = {}
+        seen = {}
+        if not self.roles_dir.is_dir():
+            problems[str(self.roles_dir)] = "roles folder does not exist"
+        for path in sorted(self.roles_dir.glob(f"*{SUFFIX}")) if self.roles_dir.is_dir() else []:
+            try:
+                st = path.stat()
+                seen[str(path)] = (st.st_mtime_ns, st.st_size)
+                a = read_asset(path)
+                check_base(a, self.base)
+                if a.id in assets:
+                    raise AssetError(path, f"role id {a.id!r} is also defined in {assets[a.id].path}", "remove one of the two files")
+                assets[a.id] = a
+            except AssetError as exc:
+                problems[str(path)] = str(exc)
+            except OSError as exc:
+                problems[str(path)] = f"{path}: cannot read ({exc})"
+        blocks = {rid: a for rid, a in assets.items() if a.block is not None}
+        new = Snapshot(problems=problems)
+        for rid, a in sorted(blocks.items()):
+            try:
+                new.adapters[rid] = self._adapter_for(a)
+            except Exception as exc:  # llama.cpp refused it: report, keep serving the rest
+                problems[a.path] = f"{a.path}: {exc}"
+        blocks = {rid: a for rid, a in blocks.items() if rid in new.adapters}
+        gate = Gate(list(blocks), np.stack([a.embedding for a in blocks.values()]),
+                    next(iter(blocks.values())).gate) if blocks else None
+        for rid, a in sorted(assets.items()):
+            if a.block is not None:
+                if rid in blocks:
+                    new.roles[rid] = ServedRole(a, gate.named(gate.for_role(rid)))
+                continue
+            try:
+                parts = resolve_fusion(a, blocks)
+                new.roles[rid] = ServedRole(a, {src.id: w for src, w in parts if w > 0})
+            except AssetError as exc:
+                problems[a.path] = str(exc)
+        for path, err in problems.items():
+            log.warning("skipped role file: %s", err)
+        with self._lock:
+            self._snap = new
+            self._seen = seen
+            live = {a.sha256 for a in new.adapters.values()}
+            for sha, ad in list(self._by_sha.items()):
+                if sha not in live:
+                    ad.retired = True
+                    del self._by_sha[sha]
+                    self._maybe_free(ad)
+        # The retired adapters of the old snapshot are freed when their last user releases them.
+        added = sorted(set(new.roles) - set(old.roles))
+        removed = sorted(set(old.roles) - set(new.roles))
+        changed = sorted(r for r in set(new.roles) & set(old.roles) if new.roles[r].asset.sha256 != old.roles[r].asset.sha256)
+        return ReloadResult(added, changed, removed, dict(problems))
+
+    def _maybe_free(self, ad: Adapter) -> None:
+        if ad.retired and ad.users == 0 and ad.ptr is not None:
+            self.model.free_adapter(ad.ptr)
+            ad.ptr = None
+
+    # -- serving -----------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+    def acquire(self, npc_id: str) -> tuple[ServedRole, list[Adapter], list[float]]:
+        """Resolve an NPC to its adapters and scales, and pin those adapters until ``release``."""
+        with self._lock:
+            snap = self._snap
+            role = snap.roles.get(npc_id)
+            if role is None:
+                known = ", ".join(sorted(snap.roles)) or "none"
+                raise UnknownRole(f"no NPC {npc_id!r}; known: {known}")
+            pairs = sorted(role.weights.items())
+            adapters = [snap.adapters[rid] for rid, _ in pairs]
+            for a in adapters:
+                a.users += 1
+            return role, adapters, [w for _, w in pairs]
+
+    def release(self, adapters: list[Adapter]) -> None:
+        with self._lock:
+            for a in adapters:
+                a.users -= 1
+                self._maybe_free(a)

@@ -1,0 +1,1 @@
+"""The gRPC daemon (no torch): the Dialogue service over an inference engine."""

@@ -1,0 +1,123 @@
+"""Building and running the daemon: gRPC server, auth, TLS, health, reflection, model loading, role watcher."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..v1 import dialogue_pb2 as pb
+from ..v1 import dialogue_pb2_grpc as pb_grpc
+from .service import DialogueService, Limits
+
+log = logging.getLogger("neeko_npc.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Dialogue"].full_name
+OPEN_METHODS = ("/grpc.health.v1.Health/",)  # probes work without a token
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Every call but health checks needs `authorization: Bearer <token>`."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token: send metadata 'authorization: Bearer <token>'")
+
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, details):
+        if details.method.startswith(OPEN_METHODS):
+            return continuation(details)
+        got = dict(details.invocation_metadata).get("authorization", "")
+        if hmac.compare_digest(got.encode(), self._expected):
+            return continuation(details)
+        return self._deny_stream if details.method.endswith("/Say") else self._deny_unary
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    token: str = ""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    workers: int = 16
+    watch_interval: float = 1.0  # seconds; 0 disables the roles-folder watcher
+    limits: Limits = field(default_factory=Limits)
+
+
+class Daemon:
+    """A running daemon. ``start`` binds at once; the engine loads in the background."""
+
+    def __init__(self, config: ServerConfig, make_engine):
+        self.config = config
+        self.service = DialogueService(config.limits)
+        self.health = health.HealthServicer()
+        interceptors = [TokenAuth(config.token)] if config.token else []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), interceptors=interceptors,
+                                  options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_DialogueServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert or config.tls_key:
+            if not (config.tls_cert and config.tls_key):
+                raise ValueError("TLS needs both --tls-cert and --tls-key")
+            creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+            self.port = self.server.add_secure_port(address, creds)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot listen on {address} (port in use?)")
+        self.address = f"{config.host}:{self.port}"
+        self._make_engine = make_engine
+        self._stop = threading.Event()
+        self.loaded = threading.Event()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def start(self) -> "Daemon":
+        self.server.start()
+        threading.Thread(target=self._load, name="neeko-load", daemon=True).start()
+        return self
+
+    def _load(self) -> None:
+        try:
+            engine = self._make_engine()
+        except Exception as exc:  # reported through UNAVAILABLE and the log; the daemon stays up
+            log.error("model failed to load: %s", exc)
+            self.service.load_error = str(exc)
+            self.loaded.set()
+            return
+        self.service.set_engine(engine)
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.loaded.set()
+        if self.config.watch_interval > 0:
+            threading.Thread(target=self._watch, args=(engine,), name="neeko-watch", daemon=True).start()
+
+    def _watch(self, engine) -> None:
+        while not self._stop.wait(self.config.watch_interval):
+            try:
+                if engine.roles.scan_changed():
+                    r = engine.roles.reload()
+                    log.info("roles folder changed: +%s ~%s -%s", r.added, r.changed, r.removed)
+                    for f, err in r.problems.items():
+                        log.warning("role file skipped: %s", err)
+            except Exception:  # the watcher must never die
+                log.exception("role reload failed")
+
+    def stop(self, grace: float = 2.0) -> None:
+        self._stop.set()
+        self.server.stop(grace).wait()
+        if self.service.engine is not None:
+            self.service.engine.close()

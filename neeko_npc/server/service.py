@@ -1,0 +1,146 @@
+"""The Dialogue gRPC service: request checks, status codes, streaming. The engine does the work."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from ..engine.generate import GenOptions, PoolBusy
+from ..engine.npc_engine import ContextTooLarge
+from ..engine.prompt import SceneInfo
+from ..engine.roleset import UnknownRole
+from ..v1 import dialogue_pb2 as pb
+from ..v1 import dialogue_pb2_grpc as pb_grpc
+
+log = logging.getLogger("neeko_npc.server")
+
+FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "cancelled": pb.FINISH_REASON_CANCELLED}
+
+
+@dataclass
+class Limits:
+    """Every request limit, each a `serve` flag."""
+
+    max_player_line_chars: int = 2000
+    max_scene_chars: int = 8000
+    max_id_chars: int = 128
+    max_stop_strings: int = 8
+    max_stop_chars: int = 64
+
+
+class DialogueService(pb_grpc.DialogueServicer):
+    def __init__(self, limits: Limits | None = None):
+        self.limits = limits or Limits()
+        self.engine = None  # set once the model has loaded; until then requests get UNAVAILABLE
+        self.load_error: str = ""
+        self._ready = threading.Event()
+
+    def set_engine(self, engine) -> None:
+        self.engine = engine
+        self._ready.set()
+
+    def _engine(self, context):
+        if self.engine is None:
+            msg = f"the model failed to load: {self.load_error}" if self.load_error else "the model is still loading; retry shortly"
+            context.abort(grpc.StatusCode.UNAVAILABLE, msg)
+        return self.engine
+
+    # -- checks ----------------------------------------------------------------------
+
+    def _check(self, req: pb.SayRequest, context) -> tuple[SceneInfo, GenOptions]:
+        L, e = self.limits, self.engine
+        bad = None
+        if not req.npc_id:
+            bad = "npc_id is required"
+        elif len(req.npc_id) > L.max_id_chars or len(req.session_id) > L.max_id_chars:
+            bad = f"npc_id and session_id are limited to {L.max_id_chars} characters (--max-id-chars)"
+        elif len(req.player_line) > L.max_player_line_chars:
+            bad = f"player_line has {len(req.player_line)} characters; the limit is {L.max_player_line_chars} (--max-player-line-chars)"
+        s = req.scene
+        scene = SceneInfo(location=s.location, time_of_day=s.time_of_day, weather=s.weather, npc_mood=s.npc_mood,
+                          npc_activity=s.npc_activity, player_name=s.player_name, player_standing=s.player_standing,
+                          recent_events=list(s.recent_events), nearby_characters=list(s.nearby_characters), facts=dict(s.facts))
+        if bad is None and scene.text_size() > L.max_scene_chars:
+            bad = f"scene context has {scene.text_size()} characters; the limit is {L.max_scene_chars} (--max-scene-chars)"
+        o = req.options
+        opts = GenOptions(max_tokens=o.max_tokens or e.config.default_max_tokens,
+                          temperature=o.temperature if o.HasField("temperature") else 0.7,
+                          top_p=o.top_p if o.HasField("top_p") else 0.95,
+                          seed=o.seed if o.HasField("seed") else None, stop=tuple(o.stop))
+        if bad is None:
+            if opts.max_tokens > e.config.max_tokens_limit:
+                bad = f"max_tokens {opts.max_tokens} is over the limit of {e.config.max_tokens_limit} (--max-tokens-limit)"
+            elif not 0 <= opts.temperature <= 2:
+                bad = "temperature must be between 0 and 2"
+            elif not 0 < opts.top_p <= 1:
+                bad = "top_p must be in (0, 1]"
+            elif len(opts.stop) > L.max_stop_strings or any(len(x) > L.max_stop_chars for x in opts.stop):
+                bad = f"at most {L.max_stop_strings} stop strings of at most {L.max_stop_chars} characters"
+        if bad:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
+        return scene, opts
+
+    # -- rpcs --------------------------------------------------------------------------
+
+    def Say(self, request, context):
+        engine = self._engine(context)
+        scene, opts = self._check(request, context)
+        t0 = time.perf_counter()
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        try:
+            reply = engine.say(request.npc_id, request.player_line, scene, opts, session=request.session_id,
+                               cancelled=lambda: not context.is_active(), deadline=deadline)
+        except UnknownRole as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, exc.args[0])
+        except ContextTooLarge as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PoolBusy as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        ttft = None
+        weights = [pb.RoleWeight(role_id=r, weight=w) for r, w in reply.weights.items()]
+        for chunk in reply.chunks:
+            if chunk.text and ttft is None:
+                ttft = (time.perf_counter() - t0) * 1000
+            if not chunk.done:
+                yield pb.SayChunk(text=chunk.text)
+                continue
+            if ttft is None:
+                ttft = (time.perf_counter() - t0) * 1000
+            yield pb.SayChunk(text=chunk.text, done=True, finish_reason=FINISH.get(chunk.finish, 0),
+                              prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens,
+                              cached_prompt_tokens=chunk.cached_tokens, time_to_first_token_ms=ttft, role_weights=weights)
+
+    def _role(self, served) -> pb.Role:
+        a = served.asset
+        return pb.Role(id=a.id, name=a.profile.name, kind=a.kind, persona=a.profile.persona, style=a.profile.style,
+                       weights=[pb.RoleWeight(role_id=r, weight=w) for r, w in sorted(served.weights.items())],
+                       sha256=a.sha256, file=a.path)
+
+    def ListRoles(self, request, context):
+        snap = self._engine(context).roles.snapshot
+        return pb.ListRolesResponse(roles=[self._role(r) for _, r in sorted(snap.roles.items())],
+                                    problems=[pb.RoleProblem(file=f, error=e) for f, e in sorted(snap.problems.items())])
+
+    def GetRole(self, request, context):
+        snap = self._engine(context).roles.snapshot
+        served = snap.roles.get(request.npc_id)
+        if served is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no NPC {request.npc_id!r}; known: {', '.join(sorted(snap.roles)) or 'none'}")
+        return self._role(served)
+
+    def ReloadRoles(self, request, context):
+        r = self._engine(context).roles.reload()
+        log.info("roles reloaded: +%s ~%s -%s, %d problem(s)", r.added, r.changed, r.removed, len(r.problems))
+        return pb.ReloadRolesResponse(added=r.added, changed=r.changed, removed=r.removed,
+                                      problems=[pb.RoleProblem(file=f, error=e) for f, e in sorted(r.problems.items())])
+
+    def ForgetSession(self, request, context):
+        if not request.session_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id is required")
+        n = self._engine(context).memory.forget(request.session_id, request.npc_id)
+        return pb.ForgetSessionResponse(forgotten=n)

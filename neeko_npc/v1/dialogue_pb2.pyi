@@ -1,0 +1,182 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_STOP: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+    FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_STOP: FinishReason
+FINISH_REASON_LENGTH: FinishReason
+FINISH_REASON_CANCELLED: FinishReason
+
+class SceneContext(_message.Message):
+    __slots__ = ("location", "time_of_day", "weather", "npc_mood", "npc_activity", "player_name", "player_standing", "recent_events", "nearby_characters", "facts")
+    class FactsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    TIME_OF_DAY_FIELD_NUMBER: _ClassVar[int]
+    WEATHER_FIELD_NUMBER: _ClassVar[int]
+    NPC_MOOD_FIELD_NUMBER: _ClassVar[int]
+    NPC_ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    PLAYER_NAME_FIELD_NUMBER: _ClassVar[int]
+    PLAYER_STANDING_FIELD_NUMBER: _ClassVar[int]
+    RECENT_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEARBY_CHARACTERS_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    location: str
+    time_of_day: str
+    weather: str
+    npc_mood: str
+    npc_activity: str
+    player_name: str
+    player_standing: str
+    recent_events: _containers.RepeatedScalarFieldContainer[str]
+    nearby_characters: _containers.RepeatedScalarFieldContainer[str]
+    facts: _containers.ScalarMap[str, str]
+    def __init__(self, location: _Optional[str] = ..., time_of_day: _Optional[str] = ..., weather: _Optional[str] = ..., npc_mood: _Optional[str] = ..., npc_activity: _Optional[str] = ..., player_name: _Optional[str] = ..., player_standing: _Optional[str] = ..., recent_events: _Optional[_Iterable[str]] = ..., nearby_characters: _Optional[_Iterable[str]] = ..., facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GenerationOptions(_message.Message):
+    __slots__ = ("max_tokens", "temperature", "top_p", "seed", "stop")
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SayRequest(_message.Message):
+    __slots__ = ("npc_id", "session_id", "player_line", "scene", "options")
+    NPC_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAYER_LINE_FIELD_NUMBER: _ClassVar[int]
+    SCENE_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    npc_id: str
+    session_id: str
+    player_line: str
+    scene: SceneContext
+    options: GenerationOptions
+    def __init__(self, npc_id: _Optional[str] = ..., session_id: _Optional[str] = ..., player_line: _Optional[str] = ..., scene: _Optional[_Union[SceneContext, _Mapping]] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ...) -> None: ...
+
+class RoleWeight(_message.Message):
+    __slots__ = ("role_id", "weight")
+    ROLE_ID_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    role_id: str
+    weight: float
+    def __init__(self, role_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class SayChunk(_message.Message):
+    __slots__ = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "time_to_first_token_ms", "role_weights", "done")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int
+    time_to_first_token_ms: float
+    role_weights: _containers.RepeatedCompositeFieldContainer[RoleWeight]
+    done: bool
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., role_weights: _Optional[_Iterable[_Union[RoleWeight, _Mapping]]] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class Role(_message.Message):
+    __slots__ = ("id", "name", "kind", "persona", "style", "weights", "sha256", "file")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PERSONA_FIELD_NUMBER: _ClassVar[int]
+    STYLE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    kind: str
+    persona: str
+    style: str
+    weights: _containers.RepeatedCompositeFieldContainer[RoleWeight]
+    sha256: str
+    file: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[str] = ..., persona: _Optional[str] = ..., style: _Optional[str] = ..., weights: _Optional[_Iterable[_Union[RoleWeight, _Mapping]]] = ..., sha256: _Optional[str] = ..., file: _Optional[str] = ...) -> None: ...
+
+class RoleProblem(_message.Message):
+    __slots__ = ("file", "error")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    file: str
+    error: str
+    def __init__(self, file: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListRolesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRolesResponse(_message.Message):
+    __slots__ = ("roles", "problems")
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    roles: _containers.RepeatedCompositeFieldContainer[Role]
+    problems: _containers.RepeatedCompositeFieldContainer[RoleProblem]
+    def __init__(self, roles: _Optional[_Iterable[_Union[Role, _Mapping]]] = ..., problems: _Optional[_Iterable[_Union[RoleProblem, _Mapping]]] = ...) -> None: ...
+
+class GetRoleRequest(_message.Message):
+    __slots__ = ("npc_id",)
+    NPC_ID_FIELD_NUMBER: _ClassVar[int]
+    npc_id: str
+    def __init__(self, npc_id: _Optional[str] = ...) -> None: ...
+
+class ReloadRolesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadRolesResponse(_message.Message):
+    __slots__ = ("added", "changed", "removed", "problems")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    added: _containers.RepeatedScalarFieldContainer[str]
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    problems: _containers.RepeatedCompositeFieldContainer[RoleProblem]
+    def __init__(self, added: _Optional[_Iterable[str]] = ..., changed: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., problems: _Optional[_Iterable[_Union[RoleProblem, _Mapping]]] = ...) -> None: ...
+
+class ForgetSessionRequest(_message.Message):
+    __slots__ = ("session_id", "npc_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NPC_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    npc_id: str
+    def __init__(self, session_id: _Optional[str] = ..., npc_id: _Optional[str] = ...) -> None: ...
+
+class ForgetSessionResponse(_message.Message):
+    __slots__ = ("forgotten",)
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    forgotten: int
+    def __init__(self, forgotten: _Optional[int] = ...) -> None: ...

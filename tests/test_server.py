@@ -1,0 +1,331 @@
+"""The real daemon on 127.0.0.1: real gRPC, real SmolLM2 in llama.cpp, roles baked by the session fixture."""
+
+import shutil
+import threading
+import time
+
+import grpc
+import pytest
+from click.testing import CliRunner
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from neeko_npc.cli import main
+from neeko_npc.engine.generate import GenOptions, generate
+from neeko_npc.engine.npc_engine import EngineConfig, LlamaEngine
+from neeko_npc.engine.prompt import SceneInfo, build_messages
+from neeko_npc.server.app import Daemon, ServerConfig
+from neeko_npc.server.client import Client
+from neeko_npc.v1 import dialogue_pb2 as pb
+
+GREEDY = dict(temperature=0.0, max_tokens=24)
+
+
+def start(roles_dir, pool=2, queue=16, token="", watch=0.2, make=None, **cfg):
+    config = ServerConfig(port=0, token=token, watch_interval=watch, **cfg)
+    engine_cfg = EngineConfig(pool_size=pool, max_queue=queue, n_threads=1)
+    d = Daemon(config, make or (lambda: LlamaEngine(roles_dir, config=engine_cfg))).start()
+    return d
+
+
+@pytest.fixture(scope="module")
+def roles_dir(baked, tmp_path_factory):
+    d = tmp_path_factory.mktemp("served") / "roles"
+    shutil.copytree(baked["before"], d)  # smith and bard
+    return d
+
+
+@pytest.fixture(scope="module")
+def daemon(roles_dir):
+    d = start(roles_dir)
+    assert d.loaded.wait(120) and d.service.engine is not None, d.service.load_error
+    yield d
+    d.stop(0)
+
+
+@pytest.fixture
+def client(daemon):
+    c = Client(daemon.address)
+    yield c
+    c.close()
+
+
+def collect(call):
+    chunks = list(call)
+    return "".join(c.text for c in chunks), chunks
+
+
+def code_of(fn):
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value.code(), e.value.details()
+
+
+def test_stubs_are_fresh():
+    from neeko_npc.protogen import stale
+
+    assert stale() == []
+
+
+def test_streamed_reply(client):
+    text, chunks = collect(client.say("smith", "Can you mend my sword?", **GREEDY))
+    assert len(chunks) >= 3 and text.strip()
+    last = chunks[-1]
+    assert last.done and all(not c.done for c in chunks[:-1])
+    assert last.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+    assert 0 < last.completion_tokens <= 24 and last.prompt_tokens > 50 and last.time_to_first_token_ms > 0
+    assert [(w.role_id, round(w.weight, 3)) for w in last.role_weights] == [("smith", 1.0)]
+
+
+def test_two_npcs_at_once_equal_their_solo_replies(client):
+    solo = {npc: collect(client.say(npc, "What do you do all day?", **GREEDY))[0] for npc in ("smith", "bard")}
+    assert solo["smith"] != solo["bard"]
+    spans, results = {}, {}
+
+    def talk(npc):
+        t0 = time.monotonic()
+        results[npc] = collect(client.say(npc, "What do you do all day?", **GREEDY))[0]
+        spans[npc] = (t0, time.monotonic())
+
+    threads = [threading.Thread(target=talk, args=(n,)) for n in ("smith", "bard")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == solo
+    (a0, a1), (b0, b1) = spans["smith"], spans["bard"]
+    assert a0 < b1 and b0 < a1  # the two streams really overlapped
+
+
+def test_kv_cache_is_keyed_by_adapters(daemon):
+    """Same slot, same prompt, another role: nothing is reused and the reply equals a cold run's."""
+    e = daemon.service.engine
+    roles = e.roles.snapshot.roles
+    prompt = e.tokens(e.template.render(build_messages(roles["smith"].asset.profile, SceneInfo(), [], "Hello there!")))
+    slot = e.pool.acquire(("probe",), prompt, 30)
+    slot.ctx.clear()
+    slot.tokens, slot.key = [], ()  # start from an empty cache
+    try:
+        def run_on(npc, s):
+            role, adapters, scales = e.roles.acquire(npc)
+            key = tuple((a.sha256, x) for a, x in zip(adapters, scales))
+            try:
+                chunks = list(generate(e.model, s, [a.ptr for a in adapters], scales, key, prompt, GenOptions(**GREEDY)))
+            finally:
+                e.roles.release(adapters)
+            return "".join(c.text for c in chunks), chunks[-1].cached_tokens
+
+        cold_bard, cached = run_on("bard", slot)
+        assert cached == 0
+        smith, _ = run_on("smith", slot)
+        again, cached = run_on("smith", slot)
+        assert again == smith and cached == len(prompt) - 1  # same key: the whole prompt is reused
+        switched, cached = run_on("bard", slot)  # the slot holds smith's KV for the very same tokens
+        assert cached == 0 and switched == cold_bard
+    finally:
+        e.pool.release(slot)
+
+
+def test_follow_up_reuses_the_conversation(client):
+    first = collect(client.say("bard", "Sing me a song.", session="s-follow", **GREEDY))[1][-1]
+    second = collect(client.say("bard", "Another one!", session="s-follow", **GREEDY))[1][-1]
+    assert second.prompt_tokens > first.prompt_tokens  # the first exchange is remembered
+    assert second.cached_prompt_tokens > first.prompt_tokens // 2
+    assert client.stub.ForgetSession(pb.ForgetSessionRequest(session_id="s-follow")).forgotten == 1
+    third = collect(client.say("bard", "Another one!", session="s-follow", **GREEDY))[1][-1]
+    assert third.prompt_tokens < second.prompt_tokens
+
+
+def test_cancel_frees_the_context(daemon, client):
+    pool = daemon.service.engine.pool
+    call = client.say("smith", "Tell me everything about iron.", max_tokens=400, temperature=0.8, seed=1)
+    it = iter(call)
+    next(it)
+    assert pool.busy() == 1
+    call.cancel()
+    t0 = time.monotonic()
+    while pool.busy() and time.monotonic() - t0 < 5:
+        time.sleep(0.01)
+    assert pool.busy() == 0, "cancelled stream still holds its context"
+    assert time.monotonic() - t0 < 2
+    assert collect(client.say("smith", "Still there?", **GREEDY))[0].strip()
+
+
+def test_reload_adds_a_role_while_a_stream_runs(baked, roles_dir, client):
+    call = client.say("smith", "Tell me about your forge.", max_tokens=120, temperature=0.8, seed=3)
+    it = iter(call)
+    first = next(it)
+    shutil.copy(baked["dir"] / "fisher.nrole", roles_dir / "fisher.nrole")
+    t0 = time.monotonic()
+    while "fisher" not in [r.id for r in client.roles().roles] and time.monotonic() - t0 < 10:
+        time.sleep(0.1)
+    assert "fisher" in [r.id for r in client.roles().roles]
+    rest = list(it)
+    assert rest[-1].done and rest[-1].finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+    assert first.text is not None
+    assert collect(client.say("fisher", "Caught anything?", **GREEDY))[0].strip()
+    # a corrupt file is reported and skipped; the others keep working
+    (roles_dir / "broken.nrole").write_bytes(b"NEEKOROL" + b"\x00" * 60)
+    res = client.stub.ReloadRoles(pb.ReloadRolesRequest())
+    assert any("broken.nrole" in p.file for p in res.problems)
+    assert {r.id for r in client.roles().roles} == {"smith", "bard", "fisher"}
+    # removal
+    (roles_dir / "broken.nrole").unlink()
+    (roles_dir / "fisher.nrole").unlink()
+    res = client.stub.ReloadRoles(pb.ReloadRolesRequest())
+    assert res.removed == ["fisher"] and not res.problems
+    code, details = code_of(lambda: collect(client.say("fisher", "hi")))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_error_codes(client, daemon):
+    code, details = code_of(lambda: collect(client.say("nobody", "hi")))
+    assert code == grpc.StatusCode.NOT_FOUND and "bard" in details and "smith" in details
+    code, details = code_of(lambda: collect(client.say("smith", "x" * 2001)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "limit is 2000" in details
+    code, details = code_of(lambda: collect(client.say("smith", "hi", max_tokens=10000)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_tokens 10000 is over the limit of 512" in details
+    big = pb.SceneContext(recent_events=["The dragon burned the north farms and the mill."] * 200)
+    code, details = code_of(lambda: collect(client.say("smith", "hi", scene=big)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "limit is 8000" in details
+    huge = pb.SceneContext(recent_events=["Ash, smoke, ruin, fire, crows."] * 240)
+    code, details = code_of(lambda: collect(client.say("smith", "hi", scene=huge, max_tokens=512)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "tokens but only 1536 fit" in details
+    code, _ = code_of(lambda: collect(client.say("", "hi")))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, _ = code_of(lambda: client.stub.GetRole(pb.GetRoleRequest(npc_id="nobody")))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert client.stub.GetRole(pb.GetRoleRequest(npc_id="bard")).name == "Lila the Bard"
+    assert daemon.service.engine.pool.busy() == 0  # no error leaked a context
+
+
+def test_resource_exhausted_when_the_queue_is_full(roles_dir):
+    d = start(roles_dir, pool=1, queue=0, watch=0)
+    try:
+        assert d.loaded.wait(60)
+        c = Client(d.address)
+        hold = iter(c.say("smith", "Talk to me for a long time.", max_tokens=400, temperature=0.9, seed=2))
+        next(hold)
+        code, details = code_of(lambda: collect(c.say("bard", "hi")))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-queue 0" in details
+        c.close()
+    finally:
+        d.stop(0)
+
+
+def test_unavailable_while_the_model_loads(roles_dir):
+    gate = threading.Event()
+
+    def slow_engine():
+        gate.wait(30)
+        return LlamaEngine(roles_dir, config=EngineConfig(pool_size=1, n_threads=1))
+
+    d = start(roles_dir, make=slow_engine, watch=0)
+    try:
+        c = Client(d.address)
+        code, details = code_of(lambda: collect(c.say("smith", "hi")))
+        assert code == grpc.StatusCode.UNAVAILABLE and "still loading" in details
+        health = health_pb2_grpc.HealthStub(c.channel)
+        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        gate.set()
+        assert d.loaded.wait(60)
+        assert health.Check(health_pb2.HealthCheckRequest(service="neeko_npc.v1.Dialogue")).status == health_pb2.HealthCheckResponse.SERVING
+        assert collect(c.say("smith", "hi", **GREEDY))[0].strip()
+        c.close()
+    finally:
+        d.stop(0)
+
+
+def test_token_auth(roles_dir):
+    d = start(roles_dir, pool=1, token="s3cret", watch=0)
+    try:
+        assert d.loaded.wait(60)
+        for tok in ("", "wrong"):
+            c = Client(d.address, token=tok)
+            code, details = code_of(lambda: collect(c.say("smith", "hi")))
+            assert code == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in details
+            code, _ = code_of(lambda: c.roles())
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+            # health probes need no token
+            assert health_pb2_grpc.HealthStub(c.channel).Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+            c.close()
+        c = Client(d.address, token="s3cret")
+        assert collect(c.say("smith", "hi", **GREEDY))[0].strip()
+        c.close()
+        res = CliRunner().invoke(main, ["roles", "--address", d.address])
+        assert res.exit_code == 1 and "UNAUTHENTICATED" in res.output
+        res = CliRunner().invoke(main, ["roles", "--address", d.address, "--token", "s3cret"])
+        assert res.exit_code == 0 and res.output.splitlines()[0].startswith("bard\t")
+    finally:
+        d.stop(0)
+
+
+def test_tls(roles_dir, tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    d = start(roles_dir, pool=1, watch=0, tls_cert=tmp_path / "cert.pem", tls_key=tmp_path / "key.pem")
+    try:
+        assert d.loaded.wait(60)
+        c = Client(d.address, tls_ca=tmp_path / "cert.pem", server_name="localhost")
+        assert [r.id for r in c.roles().roles] == ["bard", "smith"]
+        c.close()
+        plain = Client(d.address)
+        code, _ = code_of(lambda: plain.roles(timeout=3))
+        assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        plain.close()
+    finally:
+        d.stop(0)
+
+
+def test_cli_say_and_roles(daemon):
+    res = CliRunner().invoke(main, ["say", "bard", "Hello!", "--address", daemon.address, "--temperature", "0",
+                                    "--max-tokens", "16", "--stats"])
+    assert res.exit_code == 0 and res.output.strip()
+    res = CliRunner().invoke(main, ["roles", "--address", daemon.address])
+    lines = res.output.splitlines()
+    assert res.exit_code == 0 and lines[0].startswith("bard\tLila the Bard\tblock") and lines[1].startswith("smith\t")
+    res = CliRunner().invoke(main, ["say", "ghost", "boo", "--address", daemon.address])
+    assert res.exit_code == 1 and "NOT_FOUND: no NPC 'ghost'" in res.output
+
+
+def test_reflection_lists_the_services(daemon):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    ch = grpc.insecure_channel(daemon.address)
+    services = set(ProtoReflectionDescriptorDatabase(ch).get_services())
+    assert {"neeko_npc.v1.Dialogue", "grpc.health.v1.Health"} <= services
+    ch.close()
+
+
+def test_stopping_with_a_stream_in_flight_does_not_crash(roles_dir):
+    """Shutdown used to free the model under a running decode (a segfault); now streams stop first."""
+    d = start(roles_dir, pool=1, watch=0)
+    assert d.loaded.wait(60)
+    engine = d.service.engine
+    c = Client(d.address)
+    call = c.say("smith", "Talk to me for a long time.", max_tokens=400, temperature=0.9, seed=4)
+    it = iter(call)
+    next(it)
+    t0 = time.monotonic()
+    d.stop(0)
+    assert time.monotonic() - t0 < 10
+    assert engine.pool.busy() == 0 and engine.model.ptr is None  # drained, then freed
+    with pytest.raises(grpc.RpcError):
+        list(it)  # the client sees the stream end with an error, not a hang
+    c.close()

@@ -109,7 +109,7 @@ def test_kv_cache_is_keyed_by_adapters(daemon):
             role, adapters, scales = e.roles.acquire(npc)
             key = tuple((a.sha256, x) for a, x in zip(adapters, scales))
             try:
-                chunks = list(generate(e.model, s, [a.ptr for a in adapters], scales, key, prompt, GenOptions(**GREEDY)))
+                chunks = list(generate(e.model, s, [a.handle for a in adapters], scales, key, prompt, GenOptions(**GREEDY)))
             finally:
                 e.roles.release(adapters)
             return "".join(c.text for c in chunks), chunks[-1].cached_tokens
@@ -329,3 +329,16 @@ def test_stopping_with_a_stream_in_flight_does_not_crash(roles_dir):
     with pytest.raises(grpc.RpcError):
         list(it)  # the client sees the stream end with an error, not a hang
     c.close()
+
+
+def test_a_reply_dropped_before_its_first_chunk_frees_everything(daemon):
+    e = daemon.service.engine
+    reply = e.say("smith", "hello", SceneInfo(), GenOptions(**GREEDY))
+    assert e.pool.busy() == 1
+    pinned = [a for a in e.roles.snapshot.adapters.values() if a.users]
+    assert len(pinned) == 1
+    del reply  # never iterated
+    import gc
+
+    gc.collect()
+    assert e.pool.busy() == 0 and pinned[0].users == 0

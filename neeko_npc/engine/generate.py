@@ -41,7 +41,6 @@ class Chunk:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
-    ttft_ms: float = 0.0
 
 
 @dataclass
@@ -142,10 +141,84 @@ def sample(logits: np.ndarray, opts: GenOptions, rng: np.random.Generator) -> in
     return int(rng.choice(len(p), p=p))
 
 
+class ReplyStream:
+    """An iterator over a reply's chunks that runs ``on_close(finish, text)`` exactly once: when the
+    reply ends, when it fails, when ``close()`` is called, or when it is garbage-collected unstarted
+    (a generator's ``finally`` would not run in that last case, leaking its context)."""
+
+    def __init__(self, chunks: Iterator[Chunk], on_close: Callable[[str, str], None]):
+        self._chunks = chunks
+        self._on_close = on_close
+        self._text: list[str] = []
+        self._finish = ""
+        self._closed = False
+
+    def __iter__(self) -> "ReplyStream":
+        return self
+
+    def __next__(self) -> Chunk:
+        if self._closed:
+            raise StopIteration
+        try:
+            chunk = next(self._chunks)
+        except BaseException:
+            self.close()
+            raise
+        self._text.append(chunk.text)
+        if chunk.done:
+            self._finish = chunk.finish
+        return chunk
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._on_close(self._finish, "".join(self._text))
+
+    def __del__(self):
+        self.close()
+
+
+class TextStream:
+    """The text a reply has produced so far, cut into stream-safe deltas.
+
+    ``update`` takes the whole decoded text after each token and returns the new text that is safe to
+    send: never half a character, and never the start of what might become a stop string."""
+
+    def __init__(self, stop: tuple[str, ...] = ()):
+        self.stop = tuple(s for s in stop if s)
+        self.hold = max((len(s) for s in self.stop), default=0)
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def update(self, text: str) -> str:
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, self.stopped = text[:cut], True
+        self.text = text
+        ready = len(text) - self.hold
+        while ready > self.sent and text[ready - 1] == "\ufffd":  # an incomplete multi-byte character
+            ready -= 1
+        if self.stopped or ready <= self.sent:
+            return ""
+        delta, self.sent = text[self.sent:ready], ready
+        return delta
+
+    def rest(self) -> str:
+        """Everything not yet sent, once the reply has ended."""
+        delta, self.sent = self.text[self.sent:], len(self.text)
+        return delta
+
+
 def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float], key: tuple, prompt: list[int],
              opts: GenOptions, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Chunk]:
     """Stream one reply. The slot must come from ContextPool.acquire; the caller releases it."""
-    t0 = time.perf_counter()
     ctx = slot.ctx
     ctx.set_adapters(adapters, scales)
     reuse = common_prefix(slot.tokens, prompt) if slot.key == key else 0
@@ -165,10 +238,8 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     slot.tokens = list(prompt)
     rng = np.random.default_rng(opts.seed)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    text, sent = "", 0
-    hold = max((len(s) for s in opts.stop), default=0)
-    stats = dict(prompt_tokens=len(prompt), cached_tokens=reuse)
-    first = True
+    out = TextStream(opts.stop)
+    decoded = ""
     n = 0
     finish = "length"
     while n < opts.max_tokens:
@@ -180,24 +251,16 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
             finish = "stop"
             break
         n += 1
-        text += decoder.decode(model.piece(tok))
-        cut = min((i for i in (text.find(s) for s in opts.stop if s) if i >= 0), default=-1)
-        if cut >= 0:
-            text = text[:cut]
+        decoded += decoder.decode(model.piece(tok))
+        delta = out.update(decoded)
+        if out.stopped:
             finish = "stop"
             break
-        ready = len(text) - hold if hold else len(text)
-        if ready > sent:
-            chunk = Chunk(text[sent:ready], completion_tokens=n)
-            if first:
-                chunk.ttft_ms = (time.perf_counter() - t0) * 1000
-                first = False
-            sent = ready
-            yield chunk
+        if delta:
+            yield Chunk(delta, completion_tokens=n)
         if len(slot.tokens) + 1 >= slot.ctx.n_ctx:
             break
         logits = ctx.decode([tok])
         slot.tokens.append(tok)
-    text += decoder.decode(b"", final=True)
-    yield Chunk(text[sent:], done=True, finish=finish, completion_tokens=n,
-                ttft_ms=(time.perf_counter() - t0) * 1000 if first else 0.0, **stats)
+    out.update(decoded + decoder.decode(b"", final=True))
+    yield Chunk(out.rest(), done=True, finish=finish, completion_tokens=n, prompt_tokens=len(prompt), cached_tokens=reuse)

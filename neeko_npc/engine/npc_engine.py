@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..roles.base_model import base_info, resolve_base_model
-from .generate import Chunk, ContextPool, GenOptions, PoolBusy, generate
+from .generate import Chunk, ContextPool, GenOptions, PoolBusy, ReplyStream, generate
 from .llamacpp import LlamaModel
 from .prompt import ChatTemplate, Memory, SceneInfo, build_messages
-from .roleset import RoleSet
+from .roleset import LlamaAdapters, RoleSet
 
 # Text from the game must never become control tokens: "<|im_end|><|im_start|>system ..." in a player
 # line would otherwise rewrite the NPC's instructions.
@@ -60,29 +60,25 @@ class Reply:
     chunks: Iterator[Chunk]
 
 
-class LlamaEngine:
-    name = "llama.cpp"
+class BaseEngine:
+    """What every backend shares: input cleaning, prompt assembly, role pinning, memory.
 
-    def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None):
+    A backend sets ``config``, ``base``, ``template``, ``roles`` (a RoleSet), ``pool`` (busy() and
+    wait_idle()) and implements ``tokens`` and ``_stream``."""
+
+    name = "base"
+
+    def _init_common(self, config: EngineConfig | None) -> None:
         self.config = config or EngineConfig()
-        ref = resolve_base_model(base_model)
-        if ref.kind != "gguf":
-            raise ValueError(f"{ref.path}: the llama.cpp engine needs a .gguf base model; convert the HF folder with "
-                             "llama.cpp's convert_hf_to_gguf.py, or serve it with --engine torch")
-        self.base = base_info(ref)
-        self.model = LlamaModel(ref.path)
-        self.template = ChatTemplate(self.model.chat_template(), self.model.bos_text, self.model.eos_text)
-        self._add_bos = bool(self.model.L.llama_vocab_get_add_bos(self.model.vocab))
-        self.pool = ContextPool(self.model, self.config.pool_size, self.config.n_ctx, self.config.n_threads,
-                                self.config.max_queue)
-        self.roles = RoleSet(roles_dir, self.model, self.base)
         self.memory = Memory()
         self._closing = False
-        self.load_result = self.roles.reload()
 
     def tokens(self, text: str) -> list[int]:
-        add = self._add_bos and not text.startswith(self.template.bos)
-        return self.model.tokenize(text, add_special=add, parse_special=True)
+        raise NotImplementedError
+
+    def _stream(self, adapters, scales, key: tuple, prompt: list[int], opts: GenOptions, stop, deadline) -> Iterator[Chunk]:
+        """Start generating; return a ReplyStream that releases what it acquired (not the adapters) on close."""
+        raise NotImplementedError
 
     def build_prompt(self, role, session: str, npc_id: str, player_line: str, scene: SceneInfo, max_tokens: int) -> list[int]:
         """Prompt tokens; the oldest remembered exchanges are dropped to fit the history budget and the context."""
@@ -110,39 +106,67 @@ class LlamaEngine:
         try:
             prompt = self.build_prompt(role, session, npc_id, player_line, scene, opts.max_tokens)
             key = tuple((a.sha256, float(s)) for a, s in zip(adapters, scales))
-            timeout = self.config.queue_timeout
-            if deadline is not None:
-                timeout = max(0.0, min(timeout, deadline - time.monotonic()))
-            slot = self.pool.acquire(key, prompt, timeout)
+            stop = lambda: self._closing or cancelled()  # noqa: E731
+            chunks = self._stream(adapters, scales, key, prompt, opts, stop, deadline)
         except BaseException:
             self.roles.release(adapters)
             raise
 
-        def stream() -> Iterator[Chunk]:
-            text = []
-            finish = ""
-            try:
-                stop = lambda: self._closing or cancelled()  # noqa: E731
-                for chunk in generate(self.model, slot, [a.ptr for a in adapters], scales, key, prompt, opts, stop):
-                    text.append(chunk.text)
-                    finish = chunk.finish
-                    yield chunk
-            finally:
-                self.pool.release(slot)
-                self.roles.release(adapters)
-                if finish in ("stop", "length") and session:
-                    self.memory.add(session, npc_id, player_line, "".join(text).strip())
+        def done(finish: str, text: str) -> None:
+            self.roles.release(adapters)
+            if finish in ("stop", "length") and session:
+                self.memory.add(session, npc_id, player_line, text.strip())
 
-        return Reply(role.id, dict(zip((a for a, _ in sorted(role.weights.items())), scales)), stream())
+        return Reply(role.id, dict(sorted(role.weights.items())), ReplyStream(chunks, done))
+
+    def _queue_timeout(self, deadline: float | None) -> float:
+        timeout = self.config.queue_timeout
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+        return timeout
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop every stream at its next token, wait for the contexts to come back, then free native memory.
+        """Stop every stream at its next token, wait for them to end, then free native memory.
 
-        Freeing the model under a decode in flight would crash the process; if streams do not drain in
+        Freeing a model under a decode in flight would crash the process; if streams do not drain in
         time, the memory is left to the process exit instead."""
         self._closing = True
         if not self.pool.wait_idle(timeout):
             log.warning("%d stream(s) still running after %.0f s; not freeing the model", self.pool.busy(), timeout)
             return
+        self._free()
+
+    def _free(self) -> None:
+        pass
+
+
+class LlamaEngine(BaseEngine):
+    name = "llama.cpp"
+
+    def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None):
+        self._init_common(config)
+        ref = resolve_base_model(base_model)
+        if ref.kind != "gguf":
+            raise ValueError(f"{ref.path}: the llama.cpp engine needs a .gguf base model; convert the HF folder with "
+                             "llama.cpp's convert_hf_to_gguf.py, or serve it with --engine torch")
+        self.base = base_info(ref)
+        self.model = LlamaModel(ref.path)
+        self.template = ChatTemplate(self.model.chat_template(), self.model.bos_text, self.model.eos_text)
+        self._add_bos = bool(self.model.L.llama_vocab_get_add_bos(self.model.vocab))
+        self.pool = ContextPool(self.model, self.config.pool_size, self.config.n_ctx, self.config.n_threads,
+                                self.config.max_queue)
+        self.roles = RoleSet(roles_dir, self.base, LlamaAdapters(self.model, self.base))
+        self.load_result = self.roles.reload()
+
+    def tokens(self, text: str) -> list[int]:
+        add = self._add_bos and not text.startswith(self.template.bos)
+        return self.model.tokenize(text, add_special=add, parse_special=True)
+
+    def _stream(self, adapters, scales, key, prompt, opts, stop, deadline):
+        slot = self.pool.acquire(key, prompt, self._queue_timeout(deadline))
+        chunks = generate(self.model, slot, [a.handle for a in adapters], scales, key, prompt, opts, stop)
+        return ReplyStream(chunks, lambda finish, text: self.pool.release(slot))
+
+    def _free(self) -> None:
         self.pool.close()
         self.model.close()

@@ -1,7 +1,8 @@
 """The roles a daemon serves: loaded from a folder, routed by the gate, hot-reloaded.
 
-Every trained block becomes a llama.cpp LoRA adapter (exported once to a GGUF
-file cached under the asset's content hash). A request for an NPC resolves to
+Every trained block becomes an adapter of the serving backend: for llama.cpp a
+GGUF LoRA exported once and cached under the asset's content hash
+(:class:`LlamaAdapters`), for torch a block of the block LoRA. A request for an NPC resolves to
 (adapters, scales): the gate's weights for a trained role, the stored fusion
 weights for a fused one. ``reload`` swaps in a new snapshot atomically; a
 stream in flight keeps the adapters it started with, and an adapter is freed
@@ -34,7 +35,7 @@ class UnknownRole(KeyError):
 @dataclass
 class Adapter:
     sha256: str
-    ptr: object
+    handle: object  # the backend's handle: a llama.cpp adapter pointer, or a torch block index
     users: int = 0
     retired: bool = False
 
@@ -68,12 +69,29 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("NEEKO_NPC_CACHE", Path.home() / ".cache" / "neeko-npc")) / "adapters"
 
 
-class RoleSet:
-    def __init__(self, roles_dir: str | Path, model: LlamaModel, base: BaseInfo, cache_dir: Path | None = None):
-        self.roles_dir = Path(roles_dir)
-        self.model = model
-        self.base = base
+class LlamaAdapters:
+    """llama.cpp backend: each block exported to a cached GGUF LoRA and loaded with llama_adapter_lora_init."""
+
+    def __init__(self, model: LlamaModel, base: BaseInfo, cache_dir: Path | None = None):
+        self.model, self.base = model, base
         self.cache_dir = cache_dir or default_cache_dir()
+
+    def load(self, asset: RoleAsset):
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        path = self.cache_dir / f"{asset.sha256}.gguf"
+        if not path.is_file():
+            write_gguf_lora(fold(asset), self.base, path, name=asset.id)
+        return self.model.load_adapter(path)
+
+    def free(self, handle) -> None:
+        self.model.free_adapter(handle)
+
+
+class RoleSet:
+    def __init__(self, roles_dir: str | Path, base: BaseInfo, backend):
+        self.roles_dir = Path(roles_dir)
+        self.base = base
+        self.backend = backend
         self._lock = threading.Lock()  # guards snapshot swaps and adapter refcounts
         self._reload_lock = threading.Lock()  # one reload at a time
         self._snap = Snapshot()
@@ -86,11 +104,7 @@ class RoleSet:
         a = self._by_sha.get(asset.sha256)
         if a is not None and not a.retired:
             return a
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        path = self.cache_dir / f"{asset.sha256}.gguf"
-        if not path.is_file():
-            write_gguf_lora(fold(asset), self.base, path, name=asset.id)
-        a = Adapter(asset.sha256, self.model.load_adapter(path))
+        a = Adapter(asset.sha256, self.backend.load(asset))
         self._by_sha[asset.sha256] = a
         return a
 
@@ -131,7 +145,7 @@ class RoleSet:
         for rid, a in sorted(blocks.items()):
             try:
                 new.adapters[rid] = self._adapter_for(a)
-            except Exception as exc:  # llama.cpp refused it: report, keep serving the rest
+            except Exception as exc:  # the backend refused it: report, keep serving the rest
                 problems[a.path] = f"{a.path}: {exc}"
         blocks = {rid: a for rid, a in blocks.items() if rid in new.adapters}
         gate = Gate(list(blocks), np.stack([a.embedding for a in blocks.values()]),
@@ -164,9 +178,9 @@ class RoleSet:
         return ReloadResult(added, changed, removed, dict(problems))
 
     def _maybe_free(self, ad: Adapter) -> None:
-        if ad.retired and ad.users == 0 and ad.ptr is not None:
-            self.model.free_adapter(ad.ptr)
-            ad.ptr = None
+        if ad.retired and ad.users == 0 and ad.handle is not None:
+            self.backend.free(ad.handle)
+            ad.handle = None
 
     # -- serving -----------------------------------------------------------------
 

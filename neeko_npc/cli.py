@@ -296,10 +296,15 @@ def export(role, fmt, roles_dir, out):
 @click.option("--max-player-line-chars", default=2000, show_default=True, type=click.IntRange(1))
 @click.option("--max-scene-chars", default=8000, show_default=True, type=click.IntRange(0))
 @click.option("--watch-interval", default=1.0, show_default=True, type=click.FloatRange(0), help="Seconds between roles-folder scans; 0 turns watching off.")
+@click.option("--engine", type=click.Choice(["llama.cpp", "torch"]), default="llama.cpp", show_default=True,
+              help="torch: the block LoRA in torch, batching NPCs' decode steps (GPU; needs the [train] extra).")
+@click.option("--device", default=None, help="torch engine: cuda, cpu, ... Default: cuda when available.")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 256), help="torch engine: NPC lines per batch.")
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
 def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
-          history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, watch_interval, verbose):
+          history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, watch_interval, engine, device, max_batch,
+          verbose):
     """Run the dialogue daemon (gRPC) on the base model and every role in --roles."""
     import logging
     import signal
@@ -314,16 +319,25 @@ def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size
                         history_tokens=history_tokens, max_tokens_limit=max_tokens_limit)
     scfg = ServerConfig(host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval,
                         limits=Limits(max_player_line_chars=max_player_line_chars, max_scene_chars=max_scene_chars))
-    daemon = Daemon(scfg, lambda: LlamaEngine(roles_dir, base_model, ecfg)).start()
+    if engine == "torch":
+        def make():
+            from .engine.torch_engine import TorchEngine
+
+            return TorchEngine(roles_dir, base_model, ecfg, device=device, max_batch=max_batch)
+    else:
+        def make():
+            return LlamaEngine(roles_dir, base_model, ecfg)
+    daemon = Daemon(scfg, make).start()
     scheme = "grpcs" if tls_cert else "grpc"
     click.echo(f"neeko-npc {__version__} listening on {scheme}://{daemon.address} (loading the model...)", err=True)
     daemon.loaded.wait()
-    engine = daemon.service.engine
-    if engine is None:
+    served = daemon.service.engine
+    if served is None:
         daemon.stop(0)
         raise click.ClickException(f"the model failed to load: {daemon.service.load_error}")
-    snap = engine.roles.snapshot
-    click.echo(f"ready: {len(snap.roles)} role(s) from {roles_dir} on {engine.base.name}, {pool_size} context(s)"
+    snap = served.roles.snapshot
+    click.echo(f"ready: {len(snap.roles)} role(s) from {roles_dir} on {served.base.name} ({served.name}, "
+               + (f"{pool_size} context(s))" if served.name == "llama.cpp" else f"batches of up to {max_batch})")
                + (", token required" if token else ""), err=True)
     for f, err in sorted(snap.problems.items()):
         click.echo(f"skipped: {err}", err=True)

@@ -342,3 +342,15 @@ def test_a_reply_dropped_before_its_first_chunk_frees_everything(daemon):
 
     gc.collect()
     assert e.pool.busy() == 0 and pinned[0].users == 0
+
+
+def test_deadline_stops_generation_and_frees_the_context(daemon, client):
+    pool = daemon.service.engine.pool
+    t0 = time.monotonic()
+    code, _ = code_of(lambda: collect(client.say("smith", "Tell me everything.", timeout=0.8, max_tokens=500,
+                                                 temperature=0.9, seed=5)))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 3
+    t1 = time.monotonic()
+    while pool.busy() and time.monotonic() - t1 < 5:
+        time.sleep(0.01)
+    assert pool.busy() == 0

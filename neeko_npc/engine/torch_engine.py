@@ -1,0 +1,248 @@
+"""The torch engine (``serve --engine torch``): the same service on the torch block LoRA.
+
+For GPUs, and for batching: requests that arrive together are prefilled as one
+left-padded batch and decoded in lockstep, one forward pass per token for all of
+them, each row under its own gate weights (the block LoRA takes weights per
+row). This is static batching: a request that arrives while a batch runs waits
+for the next one. Needs the ``[train]`` extra (torch, transformers).
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..neeko.base import load_for_training
+from ..neeko.model import NeekoLoRA
+from ..roles.asset import RoleAsset
+from ..roles.base_model import base_info, resolve_base_model
+from .generate import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, sample
+from .npc_engine import BaseEngine, EngineConfig
+from .prompt import ChatTemplate
+from .roleset import RoleSet
+
+
+class TorchBlocks:
+    """RoleSet backend: a role's block becomes one block of the model's block LoRA; its handle is the index."""
+
+    def __init__(self, engine: "TorchEngine"):
+        self.engine = engine
+
+    def load(self, asset: RoleAsset) -> int:
+        e = self.engine
+        with e.lock:
+            if e.neeko is None:
+                b = asset.block
+                e.neeko = NeekoLoRA(e.model, b.r, b.alpha, tuple(b.targets))
+            k = e.neeko.load_block(asset.sha256, asset.block)
+            for mod in e.neeko.modules.values():
+                mod.lora_A.data = mod.lora_A.data.to(e.device)
+                mod.lora_B.data = mod.lora_B.data.to(e.device)
+            return k
+
+    def free(self, k: int) -> None:
+        """Blocks are never removed (indices must stay stable); a freed block is zeroed and its memory kept."""
+        e = self.engine
+        with e.lock:
+            for mod in e.neeko.modules.values():
+                A, B = mod.block(k)
+                mod.set_block(k, torch.zeros_like(A), torch.zeros_like(B))
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    blocks: list[int]
+    scales: list[float]
+    opts: GenOptions
+    stop: Callable[[], bool]
+    out: "queue.Queue[Chunk | BaseException]" = field(default_factory=queue.Queue)
+    closed: bool = False  # the consumer dropped the stream: stop its row at the next token
+
+
+class BatchScheduler:
+    """Collects requests and runs them in batches of up to ``max_batch`` on one thread."""
+
+    def __init__(self, engine: "TorchEngine", max_batch: int, max_queue: int, window: float = 0.01):
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.window = window
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._cond = threading.Condition()
+        self._active = 0
+        self._stopped = False
+        self.batch_sizes: list[int] = []  # one entry per batch run, for tests and benchmarks
+        self._thread = threading.Thread(target=self._loop, name="neeko-torch-batch", daemon=True)
+        self._thread.start()
+
+    def submit(self, req: _Request) -> None:
+        with self._cond:
+            if len(self._pending) >= self.max_queue + self.max_batch:
+                raise PoolBusy(f"{len(self._pending)} requests are already waiting for the next batch "
+                               f"(--max-queue {self.max_queue}); try again shortly")
+            self._pending.append(req)
+            self._active += 1
+            self._cond.notify_all()
+
+    def busy(self) -> int:
+        with self._cond:
+            return self._active
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+            time.sleep(self.window)  # let requests that arrive together share the batch
+            with self._cond:
+                batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            try:
+                self._run(batch)
+            except BaseException as exc:  # a failed batch fails its requests, never the thread
+                for r in batch:
+                    r.out.put(exc)
+            finally:
+                with self._cond:
+                    self._active -= len(batch)
+                    self._cond.notify_all()
+
+    @torch.no_grad()
+    def _run(self, reqs: list[_Request]) -> None:
+        e = self.engine
+        self.batch_sizes.append(len(reqs))
+        B, L = len(reqs), max(len(r.prompt) for r in reqs)
+        ids = torch.full((B, L), e.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for i, r in enumerate(reqs):  # left padding: every row's next token goes in the same column
+            ids[i, L - len(r.prompt):] = torch.tensor(r.prompt)
+            mask[i, L - len(r.prompt):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        w = torch.zeros(B, e.neeko.n_blocks)
+        for i, r in enumerate(reqs):
+            for k, s in zip(r.blocks, r.scales):
+                w[i, k] = s
+        w = w.to(e.device)
+        with e.lock, e.neeko.gate(w):
+            out = e.model(input_ids=ids.to(e.device), attention_mask=mask.to(e.device), position_ids=pos.to(e.device), use_cache=True)
+        past, logits = _cache(out), out.logits[:, -1].float().cpu().numpy()
+        rows = [dict(gen=[], text=TextStream(r.opts.stop), rng=np.random.default_rng(r.opts.seed), done=False) for r in reqs]
+        step = 0
+        while True:
+            nxt = []
+            for i, (r, row) in enumerate(zip(reqs, rows)):
+                if row["done"]:
+                    nxt.append(e.pad_id)
+                    continue
+                finish = ""
+                tok = sample(logits[i], r.opts, row["rng"])
+                if r.closed or r.stop():
+                    finish = "cancelled"
+                elif tok in e.eos_ids:
+                    finish = "stop"
+                else:
+                    row["gen"].append(tok)
+                    delta = row["text"].update(e.tok.decode(row["gen"], skip_special_tokens=True))
+                    if row["text"].stopped:
+                        finish = "stop"
+                    elif delta:
+                        r.out.put(Chunk(delta, completion_tokens=len(row["gen"])))
+                    if not finish and (len(row["gen"]) >= r.opts.max_tokens or L + step + 1 >= e.config.n_ctx):
+                        finish = "length"
+                if finish:
+                    row["done"] = True
+                    r.out.put(Chunk(row["text"].rest(), done=True, finish=finish, completion_tokens=len(row["gen"]),
+                                    prompt_tokens=len(r.prompt)))
+                nxt.append(tok)
+            if all(row["done"] for row in rows):
+                return
+            step += 1
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], 1)
+            pos = pos[:, -1:] + 1
+            with e.lock, e.neeko.gate(w):
+                out = e.model(input_ids=torch.tensor(nxt)[:, None].to(e.device), attention_mask=mask.to(e.device),
+                              position_ids=pos.to(e.device), use_cache=True, **{e.cache_kwarg: past})
+            past, logits = _cache(out), out.logits[:, -1].float().cpu().numpy()
+
+
+def _cache(out):
+    return getattr(out, "cache", None) or out.past_key_values
+
+
+class TorchEngine(BaseEngine):
+    name = "torch"
+
+    def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None,
+                 device: str | None = None, precision: str = "fp32", max_batch: int = 8):
+        self._init_common(config)
+        ref = resolve_base_model(base_model)
+        self.base = base_info(ref)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.tok = load_for_training(ref, precision)
+        self.model.to(self.device).eval()
+        self.template = ChatTemplate(self.tok.chat_template, self.tok.bos_token or "", self.tok.eos_token or "")
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        eos = {self.tok.eos_token_id, *np.atleast_1d(self.model.config.eos_token_id or []).tolist()}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        self.eos_ids = {int(x) for x in eos | set(np.atleast_1d(gen_eos if gen_eos is not None else []).tolist()) if x is not None}
+        # transformers renamed past_key_values to cache; pass whichever this version takes
+        params = inspect.signature(self.model.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.lock = threading.RLock()
+        self.neeko: NeekoLoRA | None = None
+        self.pool = BatchScheduler(self, max_batch=max_batch, max_queue=self.config.max_queue)
+        self.roles = RoleSet(roles_dir, self.base, TorchBlocks(self))
+        self.load_result = self.roles.reload()
+
+    def tokens(self, text: str) -> list[int]:
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        if getattr(self.tok, "add_bos_token", False) and self.tok.bos_token_id is not None and not text.startswith(self.template.bos):
+            ids = [self.tok.bos_token_id] + ids
+        return ids
+
+    def _stream(self, adapters, scales, key, prompt, opts, stop, deadline):
+        req = _Request(prompt, [a.handle for a in adapters], list(scales), opts, stop)
+        self.pool.submit(req)
+
+        def chunks():
+            while True:
+                item = req.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.done:
+                    return
+
+        def close(finish, text):
+            req.closed = True
+
+        return ReplyStream(chunks(), close)
+
+    def _free(self) -> None:
+        self.pool.close()

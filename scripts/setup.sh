@@ -6,6 +6,17 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 pip_install() { "$PY" -m pip install --disable-pip-version-check "$@"; }
 
+# 0. Debian packages for the Unity client's C# tests: mono's compiler, NUnit, protoc (C# messages).
+DEBS="mono-mcs nunit-console libnunit-cil-dev libmono-system-runtime-serialization4.0-cil protobuf-compiler"
+if ! command -v mcs >/dev/null || ! command -v nunit-console >/dev/null || ! command -v protoc >/dev/null \
+   || ! ls /usr/lib/mono/4.5/System.Runtime.Serialization.dll >/dev/null 2>&1; then
+  echo "==> installing Debian packages: $DEBS"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
+    echo "error: need root or sudo to run: apt-get install -y $DEBS" >&2; exit 1; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $DEBS >/dev/null
+fi
+
 # 1. torch first, pinned: on CPU machines a bare `torch` requirement would pull a multi-GB CUDA build.
 if ! "$PY" -c "import torch" 2>/dev/null; then
   echo "==> installing torch==2.13.0 (CPU)"

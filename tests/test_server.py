@@ -168,13 +168,35 @@ def test_reload_adds_a_role_while_a_stream_runs(baked, roles_dir, client):
     res = client.stub.ReloadRoles(pb.ReloadRolesRequest())
     assert any("broken.nrole" in p.file for p in res.problems)
     assert {r.id for r in client.roles().roles} == {"smith", "bard", "fisher"}
-    # removal
+    # removal (the watcher may see it first, so check the end state)
     (roles_dir / "broken.nrole").unlink()
     (roles_dir / "fisher.nrole").unlink()
     res = client.stub.ReloadRoles(pb.ReloadRolesRequest())
-    assert res.removed == ["fisher"] and not res.problems
+    assert not res.problems and {r.id for r in client.roles().roles} == {"smith", "bard"}
     code, details = code_of(lambda: collect(client.say("fisher", "hi")))
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_reload_rpc_reports_added_changed_removed(baked, tmp_path):
+    roles = tmp_path / "roles"
+    shutil.copytree(baked["before"], roles)
+    d = start(roles, pool=1, watch=0)  # no watcher: only the RPC reloads
+    try:
+        assert d.loaded.wait(60)
+        c = Client(d.address)
+        (roles / "smith.nrole").unlink()
+        shutil.copy(baked["dir"] / "fisher.nrole", roles / "fisher.nrole")
+        from neeko_npc.roles.asset import read_asset, write_asset
+
+        bard = read_asset(roles / "bard.nrole")
+        bard.training["note"] = "re-baked"
+        write_asset(bard, roles / "bard.nrole")
+        res = c.stub.ReloadRoles(pb.ReloadRolesRequest())
+        assert (list(res.added), list(res.changed), list(res.removed)) == (["fisher"], ["bard"], ["smith"])
+        assert [r.id for r in c.roles().roles] == ["bard", "fisher"]
+        c.close()
+    finally:
+        d.stop(0)
 
 
 def test_error_codes(client, daemon):

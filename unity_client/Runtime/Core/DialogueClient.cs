@@ -1,0 +1,193 @@
+using System;
+using System.Collections.Generic;
+using System.Threading;
+using System.Threading.Tasks;
+
+namespace Neeko.Npc
+{
+    /// <summary>
+    /// Runs Say requests on worker threads over an IDialogueTransport and reports on the main thread
+    /// through each DialogueHandle. Per NPC, a second Say interrupts or queues behind the line in
+    /// progress (SayPolicy). Transient failures before the first text are retried with backoff; a daemon
+    /// that stays down ends in OnError with a clear message, never a hang or an exception on the main thread.
+    /// </summary>
+    public sealed class DialogueClient : IDisposable
+    {
+        readonly IDialogueTransport _transport;
+        readonly MainThreadQueue _main;
+        readonly RetryPolicy _retry;
+        readonly object _lock = new object();
+        readonly Dictionary<string, NpcLine> _lines = new Dictionary<string, NpcLine>();
+        bool _disposed;
+
+        public SayPolicy DefaultPolicy = SayPolicy.Interrupt;
+        /// <summary>Session id sent with every request unless the call gives one: the daemon's memory key.</summary>
+        public string SessionId = "";
+        /// <summary>A line that streams nothing for this long fails with DEADLINE_EXCEEDED.</summary>
+        public TimeSpan Timeout = TimeSpan.FromSeconds(30);
+
+        class NpcLine
+        {
+            public DialogueHandle Current;
+            public readonly Queue<DialogueHandle> Waiting = new Queue<DialogueHandle>();
+        }
+
+        public DialogueClient(IDialogueTransport transport, MainThreadQueue main, RetryPolicy retry = null)
+        {
+            if (transport == null) throw new ArgumentNullException("transport");
+            if (main == null) throw new ArgumentNullException("main");
+            _transport = transport;
+            _main = main;
+            _retry = retry ?? new RetryPolicy();
+        }
+
+        public MainThreadQueue MainThread { get { return _main; } }
+
+        public DialogueHandle Say(string npcId, string playerLine, SceneData scene = null, GenerationSettings options = null,
+                                  string sessionId = null, SayPolicy? policy = null)
+        {
+            if (string.IsNullOrEmpty(npcId)) throw new ArgumentException("npcId is required", "npcId");
+            var request = new SayRequestData
+            {
+                NpcId = npcId, PlayerLine = playerLine ?? "", Scene = scene ?? new SceneData(),
+                Options = options ?? new GenerationSettings(), SessionId = sessionId ?? SessionId ?? "",
+            };
+            var handle = new DialogueHandle(request, _main);
+            bool start;
+            DialogueHandle interrupted = null;
+            lock (_lock)
+            {
+                if (_disposed) throw new ObjectDisposedException("DialogueClient");
+                NpcLine line;
+                if (!_lines.TryGetValue(npcId, out line)) _lines[npcId] = line = new NpcLine();
+                var busy = line.Current != null && !line.Current.Task.IsCompleted;
+                if (busy && (policy ?? DefaultPolicy) == SayPolicy.Queue)
+                {
+                    line.Waiting.Enqueue(handle);
+                    start = false;
+                }
+                else
+                {
+                    if (busy) interrupted = line.Current;
+                    line.Current = handle;
+                    start = true;
+                }
+            }
+            if (interrupted != null) interrupted.Cancel();
+            if (start) Start(handle);
+            return handle;
+        }
+
+        /// <summary>Cancel every line of one NPC (in progress and queued), e.g. when its GameObject is destroyed.</summary>
+        public void CancelNpc(string npcId)
+        {
+            var cancel = new List<DialogueHandle>();
+            lock (_lock)
+            {
+                NpcLine line;
+                if (!_lines.TryGetValue(npcId, out line)) return;
+                if (line.Current != null) cancel.Add(line.Current);
+                cancel.AddRange(line.Waiting);
+                line.Waiting.Clear();
+            }
+            foreach (var h in cancel) h.Cancel();
+        }
+
+        void Start(DialogueHandle handle)
+        {
+            handle.Task.ContinueWith(_ => Next(handle.NpcId, handle), TaskContinuationOptions.ExecuteSynchronously);
+            System.Threading.Tasks.Task.Run(() => Run(handle));
+        }
+
+        void Next(string npcId, DialogueHandle finished)
+        {
+            DialogueHandle next = null;
+            lock (_lock)
+            {
+                NpcLine line;
+                if (_disposed || !_lines.TryGetValue(npcId, out line) || line.Current != finished) return;
+                while (line.Waiting.Count > 0 && next == null)
+                {
+                    var h = line.Waiting.Dequeue();
+                    if (h.State == DialogueState.Pending) next = h;
+                }
+                line.Current = next;
+            }
+            if (next != null) Start(next);
+        }
+
+        async Task Run(DialogueHandle handle)
+        {
+            for (int attempt = 1; ; attempt++)
+            {
+                bool gotText = false;
+                try
+                {
+                    using (var timeout = new CancellationTokenSource(Timeout))
+                    using (var linked = CancellationTokenSource.CreateLinkedTokenSource(handle.Cancellation, timeout.Token))
+                    using (var stream = _transport.Open(handle.Request, linked.Token))
+                    {
+                        while (true)
+                        {
+                            DialogueChunk chunk;
+                            try { chunk = await stream.NextAsync(linked.Token).ConfigureAwait(false); }
+                            catch (OperationCanceledException)
+                            {
+                                if (handle.Cancellation.IsCancellationRequested) return;
+                                throw new DialogueException("DEADLINE_EXCEEDED",
+                                    "no reply within " + Timeout.TotalSeconds + " s (DialogueClient.Timeout)", false);
+                            }
+                            if (chunk == null) { handle.Finished(); return; }
+                            gotText |= chunk.Text.Length > 0;
+                            if (!handle.Receive(chunk) || chunk.Done) return;
+                        }
+                    }
+                }
+                catch (Exception e)
+                {
+                    if (handle.Cancellation.IsCancellationRequested) return;
+                    var error = e as DialogueException ?? new DialogueException("UNKNOWN", e.Message, false, e);
+                    var delay = gotText ? null : _retry.NextDelay(attempt, error);
+                    if (delay == null)
+                    {
+                        handle.Fail(attempt > 1
+                            ? new DialogueException(error.Status, error.Message + " (after " + attempt + " attempts)", error.Transient, error)
+                            : error);
+                        return;
+                    }
+                    try { await System.Threading.Tasks.Task.Delay(delay.Value, handle.Cancellation).ConfigureAwait(false); }
+                    catch (OperationCanceledException) { return; }
+                }
+            }
+        }
+
+        public void Dispose()
+        {
+            List<string> npcs;
+            lock (_lock)
+            {
+                if (_disposed) return;
+                npcs = new List<string>(_lines.Keys);
+            }
+            foreach (var npc in npcs) CancelNpc(npc);
+            lock (_lock) _disposed = true;
+        }
+    }
+
+    /// <summary>
+    /// The game-facing entry point: Dialogue.Say(npcId, playerLine, scene). In Unity the package's bootstrap
+    /// sets Client from the NeekoSettings asset; tests and other hosts set it themselves.
+    /// </summary>
+    public static class Dialogue
+    {
+        public static DialogueClient Client { get; set; }
+
+        public static DialogueHandle Say(string npcId, string playerLine = "", SceneData scene = null,
+                                         GenerationSettings options = null, SayPolicy? policy = null)
+        {
+            if (Client == null)
+                throw new InvalidOperationException("Dialogue.Client is not set: add a NeekoSettings asset (Assets/Resources/NeekoSettings) or assign Dialogue.Client");
+            return Client.Say(npcId, playerLine, scene, options, null, policy);
+        }
+    }
+}

@@ -1,0 +1,152 @@
+using System;
+using System.Collections.Generic;
+using System.Threading;
+using System.Threading.Tasks;
+
+namespace Neeko.Npc
+{
+    /// <summary>
+    /// One NPC line in flight. Three ways to use it, all safe on Unity's main thread:
+    /// events (OnText, OnDone, OnError, raised only from MainThreadQueue.Pump), an awaitable Task,
+    /// and polling (IsDone, Text) from a coroutine. Cancel() stops it; a cancelled line completes its
+    /// Task with FinishReason.Cancelled and the text so far, and raises no further events.
+    /// </summary>
+    public sealed class DialogueHandle
+    {
+        readonly MainThreadQueue _main;
+        readonly object _lock = new object();
+        readonly CancellationTokenSource _cts = new CancellationTokenSource();
+        readonly TaskCompletionSource<DialogueResult> _tcs =
+            new TaskCompletionSource<DialogueResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+        readonly System.Text.StringBuilder _received = new System.Text.StringBuilder();  // worker side
+        DialogueState _state = DialogueState.Pending;
+        string _text = "";  // main-thread view
+
+        public readonly string NpcId;
+        public readonly SayRequestData Request;
+
+        /// <summary>New text, in order, on the main thread.</summary>
+        public event Action<string> OnText;
+        /// <summary>The line finished (stop or length), on the main thread.</summary>
+        public event Action<DialogueResult> OnDone;
+        /// <summary>The request failed (daemon down, unknown NPC, ...), on the main thread. Never thrown.</summary>
+        public event Action<DialogueException> OnError;
+
+        internal DialogueHandle(SayRequestData request, MainThreadQueue main)
+        {
+            Request = request;
+            NpcId = request.NpcId;
+            _main = main;
+        }
+
+        public DialogueState State { get { lock (_lock) return _state; } }
+
+        /// <summary>True once the line is done, failed or cancelled (as seen by the main thread).</summary>
+        public bool IsDone { get; private set; }
+
+        /// <summary>The text received so far, updated on the main thread as OnText fires.</summary>
+        public string Text { get { return _text; } }
+
+        public DialogueResult Result { get; private set; }
+        public DialogueException Error { get; private set; }
+
+        /// <summary>Completes with the result; faults with DialogueException; a cancelled line completes normally.</summary>
+        public Task<DialogueResult> Task { get { return _tcs.Task; } }
+
+        internal CancellationToken Cancellation { get { return _cts.Token; } }
+
+        public void Cancel()
+        {
+            string text;
+            lock (_lock)
+            {
+                if (IsTerminal(_state)) return;
+                _state = DialogueState.Cancelled;
+                text = _received.ToString();
+            }
+            _cts.Cancel();
+            var result = new DialogueResult { NpcId = NpcId, Text = text, FinishReason = FinishReason.Cancelled };
+            _main.Post(() => { Result = result; _text = text; IsDone = true; });
+            _tcs.TrySetResult(result);
+        }
+
+        static bool IsTerminal(DialogueState s)
+        {
+            return s == DialogueState.Done || s == DialogueState.Failed || s == DialogueState.Cancelled;
+        }
+
+        // -- called by DialogueClient's worker ------------------------------------------------------------
+
+        /// <summary>Returns false when the handle is already finished (the chunk is dropped).</summary>
+        internal bool Receive(DialogueChunk chunk)
+        {
+            string delta = chunk.Text ?? "";
+            DialogueResult result = null;
+            string all;
+            lock (_lock)
+            {
+                if (IsTerminal(_state)) return false;
+                _state = chunk.Done ? DialogueState.Done : DialogueState.Streaming;
+                _received.Append(delta);
+                all = _received.ToString();
+                if (chunk.Done)
+                {
+                    result = new DialogueResult
+                    {
+                        NpcId = NpcId, Text = all, FinishReason = chunk.FinishReason, PromptTokens = chunk.PromptTokens,
+                        CompletionTokens = chunk.CompletionTokens, TimeToFirstTokenMs = chunk.TimeToFirstTokenMs,
+                        RoleWeights = new Dictionary<string, float>(chunk.RoleWeights),
+                    };
+                }
+            }
+            _main.Post(() =>
+            {
+                if (State == DialogueState.Cancelled) return;
+                if (delta.Length > 0)
+                {
+                    _text = _text + delta;
+                    var t = OnText;
+                    if (t != null) t(delta);
+                }
+                if (result != null)
+                {
+                    Result = result;
+                    IsDone = true;
+                    var d = OnDone;
+                    if (d != null) d(result);
+                }
+            });
+            if (result != null) _tcs.TrySetResult(result);
+            return true;
+        }
+
+        internal void Fail(DialogueException error)
+        {
+            lock (_lock)
+            {
+                if (IsTerminal(_state)) return;
+                _state = DialogueState.Failed;
+            }
+            _main.Post(() =>
+            {
+                Error = error;
+                IsDone = true;
+                var e = OnError;
+                if (e != null) e(error);
+            });
+            _tcs.TrySetException(error);
+            // An unobserved faulted Task must not surface later as an UnobservedTaskException.
+            _tcs.Task.ContinueWith(t => { var ignored = t.Exception; }, TaskContinuationOptions.OnlyOnFaulted);
+        }
+
+        internal void Finished()
+        {
+            // The stream ended without a final chunk: treat it as a dropped connection.
+            lock (_lock)
+            {
+                if (IsTerminal(_state)) return;
+            }
+            Fail(new DialogueException("UNAVAILABLE", "the daemon closed the stream before the line was finished", true));
+        }
+    }
+}

@@ -1,0 +1,107 @@
+// Plain data types of the dialogue API. No UnityEngine and no protobuf here: the core compiles and is
+// tested with mono outside Unity; the gRPC transport maps these to the generated messages.
+using System;
+using System.Collections.Generic;
+
+namespace Neeko.Npc
+{
+    public enum FinishReason { Unspecified = 0, Stop = 1, Length = 2, Cancelled = 3 }
+
+    public enum DialogueState { Pending, Streaming, Done, Failed, Cancelled }
+
+    /// <summary>What a second Say to an NPC that is still speaking does.</summary>
+    public enum SayPolicy
+    {
+        /// <summary>Cancel the line in progress and start the new one at once (the default).</summary>
+        Interrupt,
+        /// <summary>Start the new line when the current one has finished.</summary>
+        Queue,
+    }
+
+    /// <summary>Where and when the NPC speaks. Mirrors neeko_npc.v1.SceneContext.</summary>
+    public sealed class SceneData
+    {
+        public string Location = "";
+        public string TimeOfDay = "";
+        public string Weather = "";
+        public string NpcMood = "";
+        public string NpcActivity = "";
+        public string PlayerName = "";
+        public string PlayerStanding = "";
+        public List<string> RecentEvents = new List<string>();
+        public List<string> NearbyCharacters = new List<string>();
+        public Dictionary<string, string> Facts = new Dictionary<string, string>();
+    }
+
+    /// <summary>Generation options; null or 0 means the daemon's default.</summary>
+    public sealed class GenerationSettings
+    {
+        public int MaxTokens;
+        public float? Temperature;
+        public float? TopP;
+        public uint? Seed;
+        public List<string> Stop = new List<string>();
+    }
+
+    public sealed class SayRequestData
+    {
+        public string NpcId = "";
+        public string SessionId = "";
+        public string PlayerLine = "";
+        public SceneData Scene = new SceneData();
+        public GenerationSettings Options = new GenerationSettings();
+    }
+
+    /// <summary>One streamed piece of a reply. Only the last chunk has Done set and carries the stats.</summary>
+    public sealed class DialogueChunk
+    {
+        public string Text = "";
+        public bool Done;
+        public FinishReason FinishReason;
+        public int PromptTokens;
+        public int CompletionTokens;
+        public int CachedPromptTokens;
+        public float TimeToFirstTokenMs;
+        public Dictionary<string, float> RoleWeights = new Dictionary<string, float>();
+    }
+
+    /// <summary>A finished line.</summary>
+    public sealed class DialogueResult
+    {
+        public string NpcId = "";
+        public string Text = "";
+        public FinishReason FinishReason;
+        public int PromptTokens;
+        public int CompletionTokens;
+        public float TimeToFirstTokenMs;
+        public Dictionary<string, float> RoleWeights = new Dictionary<string, float>();
+    }
+
+    /// <summary>A failed request. Status is the gRPC status name (NOT_FOUND, UNAVAILABLE, ...).</summary>
+    public sealed class DialogueException : Exception
+    {
+        public readonly string Status;
+        /// <summary>True when retrying may help (the daemon is down or busy), false for bad requests.</summary>
+        public readonly bool Transient;
+
+        public DialogueException(string status, string message, bool transient, Exception inner = null)
+            : base(status + ": " + message, inner)
+        {
+            Status = status;
+            Transient = transient;
+        }
+    }
+
+    /// <summary>A reply being received. NextAsync returns null after the last chunk.</summary>
+    public interface IChunkStream : IDisposable
+    {
+        System.Threading.Tasks.Task<DialogueChunk> NextAsync(System.Threading.CancellationToken cancellation);
+    }
+
+    /// <summary>How requests reach the daemon: gRPC in a game, a fake or a recording in tests.</summary>
+    public interface IDialogueTransport
+    {
+        /// <summary>Start a Say call. Failures surface as DialogueException from Open or NextAsync.</summary>
+        IChunkStream Open(SayRequestData request, System.Threading.CancellationToken cancellation);
+    }
+}

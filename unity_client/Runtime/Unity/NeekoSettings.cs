@@ -1,0 +1,21 @@
+using UnityEngine;
+
+namespace Neeko.Npc.Unity
+{
+    /// <summary>
+    /// Connection settings. Create one with Assets > Create > Neeko NPC > Settings and save it as
+    /// Assets/Resources/NeekoSettings.asset: the package then connects at start-up.
+    /// </summary>
+    [CreateAssetMenu(menuName = "Neeko NPC/Settings", fileName = "NeekoSettings")]
+    public sealed class NeekoSettings : ScriptableObject
+    {
+        [Tooltip("host:port of neeko-npc serve")] public string address = "127.0.0.1:50051";
+        [Tooltip("Bearer token, if the daemon runs with --token")] public string token = "";
+        [Tooltip("Seconds a line may take before it fails with DEADLINE_EXCEEDED")] public float timeoutSeconds = 30f;
+        [Tooltip("Connect with TLS (the daemon runs with --tls-cert/--tls-key)")] public bool useTls;
+        [Tooltip("PEM root certificate for a self-signed daemon (TLS only)")] public TextAsset rootCertificate;
+        [Tooltip("What a second Say to a speaking NPC does")] public SayPolicy sayPolicy = SayPolicy.Interrupt;
+        [Tooltip("Tries when the daemon is down or busy")] public int maxAttempts = 4;
+        [Tooltip("Conversation id for the daemon's memory; empty: a new id per play session")] public string sessionId = "";
+    }
+}

@@ -1,0 +1,73 @@
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using UnityEngine;
+
+namespace Neeko.Npc.Unity
+{
+    /// <summary>
+    /// Put this on an NPC. It holds the NPC id, fills the scene context from the scene (location, time of
+    /// day, the other NpcVoices nearby), applies the designer's overrides, and cancels its lines when the
+    /// GameObject is destroyed.
+    /// </summary>
+    public sealed class NpcVoice : MonoBehaviour
+    {
+        [Serializable]
+        public struct Fact { public string key; public string value; }
+
+        /// <summary>The game's clock in hours [0, 24); set it from your day/night system. Null: the computer's clock.</summary>
+        public static float? WorldHour;
+
+        [Tooltip("The role id served by the daemon, e.g. blacksmith")] public string npcId = "";
+        [Tooltip("Shown to other NPCs as a nearby character; empty: the GameObject's name")] public string displayName = "";
+        [Header("Scene overrides (empty: observed from the scene)")]
+        public string location = "";
+        public string weather = "";
+        public string mood = "";
+        public string activity = "";
+        public string playerName = "";
+        public string playerStanding = "";
+        public List<Fact> facts = new List<Fact>();
+        [Tooltip("Other NpcVoices within this distance are listed as nearby characters")] public float nearbyRadius = 12f;
+
+        readonly List<DialogueHandle> _lines = new List<DialogueHandle>();
+        readonly List<string> _recentEvents = new List<string>();
+        readonly SceneContextBuilder _builder = new SceneContextBuilder();
+
+        /// <summary>Something the NPC should know happened (kept to the last few).</summary>
+        public void Remember(string gameEvent) { _recentEvents.Add(gameEvent); }
+
+        public SceneData BuildScene()
+        {
+            _builder.NearbyRadius = nearbyRadius;
+            var here = transform.position;
+            var nearby = FindObjectsOfType<NpcVoice>().Where(v => v != this)
+                .Select(v => new NearbyCharacter(string.IsNullOrEmpty(v.displayName) ? v.name : v.displayName,
+                                                 Vector3.Distance(here, v.transform.position)));
+            var overrides = new SceneData
+            {
+                Location = location, Weather = weather, NpcMood = mood, NpcActivity = activity,
+                PlayerName = playerName, PlayerStanding = playerStanding,
+            };
+            foreach (var f in facts) if (!string.IsNullOrEmpty(f.key)) overrides.Facts[f.key] = f.value ?? "";
+            var hour = WorldHour ?? (float)DateTime.Now.TimeOfDay.TotalHours;
+            return _builder.Build(gameObject.scene.name, hour, nearby, _recentEvents, overrides);
+        }
+
+        /// <summary>Ask this NPC for a line. Events on the handle run on the main thread.</summary>
+        public DialogueHandle Say(string playerLine, GenerationSettings options = null, SayPolicy? policy = null)
+        {
+            if (string.IsNullOrEmpty(npcId)) throw new InvalidOperationException(name + ": NpcVoice.npcId is empty");
+            _lines.RemoveAll(h => h.IsDone);
+            var handle = Dialogue.Say(npcId, playerLine, BuildScene(), options, policy);
+            _lines.Add(handle);
+            return handle;
+        }
+
+        void OnDestroy()
+        {
+            foreach (var h in _lines) h.Cancel();
+            _lines.Clear();
+        }
+    }
+}

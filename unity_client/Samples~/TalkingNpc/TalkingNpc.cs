@@ -1,0 +1,38 @@
+using Neeko.Npc;
+using Neeko.Npc.Unity;
+using UnityEngine;
+
+/// <summary>
+/// Sample: put on a GameObject with an NpcVoice (npcId "blacksmith"), press Play, type a line and press
+/// Enter. The reply streams into the label; a second line interrupts the first.
+/// </summary>
+[RequireComponent(typeof(NpcVoice))]
+public class TalkingNpc : MonoBehaviour
+{
+    NpcVoice _voice;
+    DialogueHandle _line;
+    string _input = "Good morning! Can you mend my sword?";
+    string _status = "";
+
+    void Awake() { _voice = GetComponent<NpcVoice>(); }
+
+    void Ask()
+    {
+        _status = "";
+        _line = _voice.Say(_input);
+        _line.OnDone += r => _status = r.CompletionTokens + " tokens, first token after " + r.TimeToFirstTokenMs.ToString("0") + " ms";
+        _line.OnError += e => _status = "error: " + e.Message;
+    }
+
+    void OnGUI()
+    {
+        GUILayout.BeginArea(new Rect(20, 20, 560, 300), GUI.skin.box);
+        GUILayout.Label(_voice.npcId + " says:");
+        GUILayout.Label(_line != null ? _line.Text : "...");
+        GUILayout.Label(_status);
+        GUI.SetNextControlName("line");
+        _input = GUILayout.TextField(_input);
+        if (GUILayout.Button("Say") || (Event.current.isKey && Event.current.keyCode == KeyCode.Return)) Ask();
+        GUILayout.EndArea();
+    }
+}

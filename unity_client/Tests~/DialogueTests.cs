@@ -1,0 +1,389 @@
+// NUnit tests of the transport-free core, run outside Unity with mono (see tests/test_unity_client.py).
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Linq;
+using System.Runtime.Serialization;
+using System.Runtime.Serialization.Json;
+using System.Text;
+using System.Threading;
+using System.Threading.Tasks;
+using NUnit.Framework;
+
+namespace Neeko.Npc.Tests
+{
+    class Step
+    {
+        public DialogueChunk Chunk;
+        public DialogueException Error;
+        public int DelayMs;
+        public bool Hang;
+        public static Step Text(string t, int delay = 0) { return new Step { Chunk = new DialogueChunk { Text = t }, DelayMs = delay }; }
+        public static Step Done(FinishReason r = FinishReason.Stop, int tokens = 3)
+        {
+            return new Step { Chunk = new DialogueChunk { Done = true, FinishReason = r, CompletionTokens = tokens } };
+        }
+        public static Step Fail(string status, bool transient) { return new Step { Error = new DialogueException(status, "scripted", transient) }; }
+    }
+
+    class FakeStream : IChunkStream
+    {
+        readonly Queue<Step> _steps;
+        public FakeStream(IEnumerable<Step> steps) { _steps = new Queue<Step>(steps); }
+
+        public async Task<DialogueChunk> NextAsync(CancellationToken ct)
+        {
+            if (_steps.Count == 0) return null;
+            var s = _steps.Dequeue();
+            if (s.DelayMs > 0) await Task.Delay(s.DelayMs, ct);
+            if (s.Hang) await Task.Delay(Timeout.Infinite, ct);
+            if (s.Error != null) throw s.Error;
+            return s.Chunk;
+        }
+
+        public void Dispose() { }
+    }
+
+    /// <summary>Scripted daemon: Script(attempt, request) gives the steps; a null script entry means "connection refused".</summary>
+    class FakeTransport : IDialogueTransport
+    {
+        public Func<int, SayRequestData, List<Step>> Script;
+        public int Opens;
+        public readonly List<string> OpenLog = new List<string>();
+
+        public IChunkStream Open(SayRequestData request, CancellationToken ct)
+        {
+            int n = Interlocked.Increment(ref Opens);
+            lock (OpenLog) OpenLog.Add(request.NpcId + ":" + request.PlayerLine);
+            var steps = Script(n, request);
+            if (steps == null) throw new DialogueException("UNAVAILABLE", "failed to connect to 127.0.0.1:50051", true);
+            return new FakeStream(steps);
+        }
+    }
+
+    [DataContract] class RoleWeightJson { [DataMember(Name = "role_id")] public string RoleId = ""; [DataMember(Name = "weight")] public float Weight; }
+
+    [DataContract]
+    class ChunkJson
+    {
+        [DataMember(Name = "text")] public string Text = "";
+        [DataMember(Name = "done")] public bool Done;
+        [DataMember(Name = "finish_reason")] public string FinishReason = "";
+        [DataMember(Name = "prompt_tokens")] public int PromptTokens;
+        [DataMember(Name = "completion_tokens")] public int CompletionTokens;
+        [DataMember(Name = "cached_prompt_tokens")] public int CachedPromptTokens;
+        [DataMember(Name = "time_to_first_token_ms")] public float TimeToFirstTokenMs;
+        [DataMember(Name = "role_weights")] public List<RoleWeightJson> RoleWeights;
+    }
+
+    /// <summary>Replays a chunk stream recorded from the real daemon (protobuf JSON, one chunk a line).</summary>
+    class RecordedTransport : IDialogueTransport
+    {
+        readonly string _file;
+        public RecordedTransport(string name)
+        {
+            var dir = Environment.GetEnvironmentVariable("NEEKO_RECORDED_DIR") ?? "Recorded";
+            _file = Path.Combine(dir, name + ".jsonl");
+        }
+
+        public static List<DialogueChunk> Load(string file)
+        {
+            var ser = new DataContractJsonSerializer(typeof(ChunkJson));
+            var chunks = new List<DialogueChunk>();
+            foreach (var line in File.ReadAllLines(file, Encoding.UTF8))
+            {
+                if (line.Trim().Length == 0) continue;
+                var j = (ChunkJson)ser.ReadObject(new MemoryStream(Encoding.UTF8.GetBytes(line)));
+                var c = new DialogueChunk
+                {
+                    Text = j.Text ?? "", Done = j.Done, PromptTokens = j.PromptTokens, CompletionTokens = j.CompletionTokens,
+                    CachedPromptTokens = j.CachedPromptTokens, TimeToFirstTokenMs = j.TimeToFirstTokenMs,
+                    FinishReason = j.FinishReason == "FINISH_REASON_STOP" ? FinishReason.Stop
+                        : j.FinishReason == "FINISH_REASON_LENGTH" ? FinishReason.Length
+                        : j.FinishReason == "FINISH_REASON_CANCELLED" ? FinishReason.Cancelled : FinishReason.Unspecified,
+                };
+                if (j.RoleWeights != null) foreach (var w in j.RoleWeights) c.RoleWeights[w.RoleId] = w.Weight;
+                chunks.Add(c);
+            }
+            return chunks;
+        }
+
+        public string File_ { get { return _file; } }
+
+        public IChunkStream Open(SayRequestData request, CancellationToken ct)
+        {
+            return new FakeStream(Load(_file).Select(c => new Step { Chunk = c, DelayMs = 1 }));
+        }
+    }
+
+    [TestFixture]
+    public class DialogueTests
+    {
+        MainThreadQueue _main;
+        int _mainThread;
+
+        [SetUp]
+        public void SetUp()
+        {
+            _main = new MainThreadQueue();
+            _mainThread = Thread.CurrentThread.ManagedThreadId;
+        }
+
+        DialogueClient Client(IDialogueTransport t, RetryPolicy retry = null)
+        {
+            return new DialogueClient(t, _main, retry ?? new RetryPolicy { MaxAttempts = 3, InitialDelay = TimeSpan.FromMilliseconds(5), Jitter = 0 });
+        }
+
+        /// <summary>Pump the main-thread queue, as Unity's Update would, until cond holds.</summary>
+        void PumpUntil(Func<bool> cond, int timeoutMs = 5000)
+        {
+            var end = DateTime.UtcNow.AddMilliseconds(timeoutMs);
+            while (!cond())
+            {
+                if (DateTime.UtcNow > end) Assert.Fail("timed out waiting on the main thread");
+                _main.Pump();
+                Thread.Sleep(1);
+            }
+            _main.Pump();
+        }
+
+        static FakeTransport Slow(int chunks, int delayMs)
+        {
+            return new FakeTransport
+            {
+                Script = (n, r) => Enumerable.Range(0, chunks).Select(i => Step.Text(r.PlayerLine + i + " ", delayMs))
+                    .Concat(new[] { Step.Done() }).ToList(),
+            };
+        }
+
+        [Test]
+        public void RecordedStreamIsDeliveredInOrderOnTheMainThread()
+        {
+            var t = new RecordedTransport("innkeeper_greeting");
+            var recorded = RecordedTransport.Load(t.File_);
+            string expected = string.Concat(recorded.Select(c => c.Text));
+            var texts = new List<string>();
+            DialogueResult done = null;
+            var h = Client(t).Say("innkeeper", "Good evening!");
+            h.OnText += s => { Assert.AreEqual(_mainThread, Thread.CurrentThread.ManagedThreadId); texts.Add(s); };
+            h.OnDone += r => { Assert.AreEqual(_mainThread, Thread.CurrentThread.ManagedThreadId); done = r; };
+            Assert.IsTrue(h.Task.Wait(5000));
+            Assert.AreEqual(0, texts.Count, "events fire only when the main thread pumps");
+            PumpUntil(() => done != null);
+            Assert.AreEqual(expected, string.Concat(texts));
+            Assert.AreEqual(expected, h.Text);
+            Assert.IsTrue(h.IsDone);
+            Assert.AreEqual(FinishReason.Stop, done.FinishReason);
+            Assert.AreEqual(recorded.Last().CompletionTokens, done.CompletionTokens);
+            Assert.AreEqual(1.0f, done.RoleWeights["innkeeper"]);
+            Assert.AreEqual(expected, h.Task.Result.Text);
+        }
+
+        [Test]
+        public void RecordedLengthFinish()
+        {
+            var h = Client(new RecordedTransport("blacksmith_length")).Say("blacksmith", "Tell me about your forge.");
+            Assert.IsTrue(h.Task.Wait(5000));
+            Assert.AreEqual(FinishReason.Length, h.Task.Result.FinishReason);
+            Assert.AreEqual(8, h.Task.Result.CompletionTokens);
+        }
+
+        [Test]
+        public void SecondSayInterruptsByDefault()
+        {
+            var client = Client(Slow(1000, 5));
+            var first = client.Say("smith", "a");
+            var firstTexts = 0;
+            first.OnText += s => firstTexts++;
+            PumpUntil(() => first.Text.Length > 0);
+            var second = client.Say("smith", "b");
+            Assert.AreEqual(DialogueState.Cancelled, first.State);
+            Assert.IsTrue(first.Task.Wait(1000));
+            Assert.AreEqual(FinishReason.Cancelled, first.Task.Result.FinishReason);
+            int seen = firstTexts;
+            second.Cancel();
+            PumpUntil(() => second.IsDone);
+            Thread.Sleep(30);
+            _main.Pump();
+            Assert.AreEqual(seen, firstTexts, "no text after cancellation");
+        }
+
+        [Test]
+        public void QueuePolicyWaitsForTheCurrentLine()
+        {
+            var t = Slow(3, 10);
+            var client = Client(t);
+            var first = client.Say("smith", "a");
+            var second = client.Say("smith", "b", policy: SayPolicy.Queue);
+            var other = client.Say("bard", "c", policy: SayPolicy.Queue);  // another NPC is not held up
+            Assert.IsTrue(second.Task.Wait(5000));
+            Assert.AreEqual(DialogueState.Done, first.State);
+            Assert.AreEqual(DialogueState.Done, second.State);
+            Assert.IsTrue(other.Task.Wait(5000));
+            lock (t.OpenLog)
+                Assert.Less(t.OpenLog.IndexOf("smith:a"), t.OpenLog.IndexOf("smith:b"));
+            Assert.AreEqual("a0 a1 a2 ", first.Task.Result.Text);
+            Assert.AreEqual("b0 b1 b2 ", second.Task.Result.Text);
+        }
+
+        [Test]
+        public void DaemonDownEndsInOnErrorAfterRetries()
+        {
+            var t = new FakeTransport { Script = (n, r) => null };
+            DialogueException error = null;
+            var h = Client(t).Say("smith", "hello");
+            h.OnError += e => error = e;
+            PumpUntil(() => error != null);
+            Assert.AreEqual(3, t.Opens);
+            Assert.AreEqual("UNAVAILABLE", error.Status);
+            StringAssert.Contains("failed to connect", error.Message);
+            StringAssert.Contains("after 3 attempts", error.Message);
+            Assert.IsTrue(h.IsDone);
+            Assert.AreEqual(DialogueState.Failed, h.State);
+            Assert.IsTrue(h.Task.IsFaulted);
+        }
+
+        [Test]
+        public void TransientFailuresThenSuccess()
+        {
+            var t = new FakeTransport { Script = (n, r) => n < 3 ? null : new List<Step> { Step.Text("Aye."), Step.Done() } };
+            var h = Client(t).Say("smith", "hello");
+            Assert.IsTrue(h.Task.Wait(5000));
+            Assert.AreEqual("Aye.", h.Task.Result.Text);
+            Assert.AreEqual(3, t.Opens);
+        }
+
+        [Test]
+        public void BadRequestsAreNotRetried()
+        {
+            var t = new FakeTransport { Script = (n, r) => new List<Step> { Step.Fail("NOT_FOUND", false) } };
+            var h = Client(t).Say("nobody", "hello");
+            DialogueException error = null;
+            h.OnError += e => error = e;
+            PumpUntil(() => error != null);
+            Assert.AreEqual(1, t.Opens);
+            Assert.AreEqual("NOT_FOUND", error.Status);
+        }
+
+        [Test]
+        public void AHalfSpokenLineIsNeverRestarted()
+        {
+            var t = new FakeTransport { Script = (n, r) => new List<Step> { Step.Text("Aye, "), Step.Fail("UNAVAILABLE", true) } };
+            var h = Client(t).Say("smith", "hello");
+            DialogueException error = null;
+            h.OnError += e => error = e;
+            PumpUntil(() => error != null);
+            Assert.AreEqual(1, t.Opens);
+            Assert.AreEqual("Aye, ", h.Text);
+        }
+
+        [Test]
+        public void AStreamThatEndsWithoutItsLastChunkIsAnError()
+        {
+            var t = new FakeTransport { Script = (n, r) => new List<Step> { Step.Text("Aye") } };
+            DialogueException error = null;
+            var h = Client(t, RetryPolicy.None).Say("smith", "hello");
+            h.OnError += e => error = e;
+            PumpUntil(() => error != null);
+            StringAssert.Contains("closed the stream", error.Message);
+        }
+
+        [Test]
+        public void TimeoutEndsInOnError()
+        {
+            var t = new FakeTransport { Script = (n, r) => new List<Step> { new Step { Hang = true } } };
+            var client = Client(t);
+            client.Timeout = TimeSpan.FromMilliseconds(100);
+            DialogueException error = null;
+            var h = client.Say("smith", "hello");
+            h.OnError += e => error = e;
+            PumpUntil(() => error != null);
+            Assert.AreEqual("DEADLINE_EXCEEDED", error.Status);
+            Assert.AreEqual(1, t.Opens);
+        }
+
+        [Test]
+        public void CancelNpcStopsEverythingForThatNpc()
+        {
+            var client = Client(Slow(1000, 5));
+            var a = client.Say("smith", "a");
+            var b = client.Say("smith", "b", policy: SayPolicy.Queue);
+            var other = client.Say("bard", "c");
+            PumpUntil(() => a.Text.Length > 0);
+            client.CancelNpc("smith");  // what NpcVoice does in OnDestroy
+            Assert.AreEqual(DialogueState.Cancelled, a.State);
+            Assert.AreEqual(DialogueState.Cancelled, b.State);
+            Assert.AreNotEqual(DialogueState.Cancelled, other.State);
+            other.Cancel();
+        }
+
+        [Test]
+        public void AThrowingHandlerDoesNotBreakThePump()
+        {
+            var t = new FakeTransport { Script = (n, r) => new List<Step> { Step.Text("one "), Step.Text("two"), Step.Done() } };
+            var failures = new List<Exception>();
+            _main.CallbackFailed += failures.Add;
+            var h = Client(t).Say("smith", "hi");
+            DialogueResult done = null;
+            h.OnText += s => { throw new InvalidOperationException("game bug"); };
+            h.OnDone += r => done = r;
+            PumpUntil(() => done != null);
+            Assert.AreEqual(2, failures.Count);
+            Assert.AreEqual("one two", done.Text);
+        }
+
+        [Test]
+        public void SceneBuilderObservesThenAppliesOverrides()
+        {
+            Assert.AreEqual("night", SceneContextBuilder.TimeOfDayFromHour(2));
+            Assert.AreEqual("dawn", SceneContextBuilder.TimeOfDayFromHour(6));
+            Assert.AreEqual("noon", SceneContextBuilder.TimeOfDayFromHour(12));
+            Assert.AreEqual("evening", SceneContextBuilder.TimeOfDayFromHour(19.5f));
+            Assert.AreEqual("night", SceneContextBuilder.TimeOfDayFromHour(23));
+            var b = new SceneContextBuilder { NearbyRadius = 10, MaxNearby = 2 };
+            var overrides = new SceneData { NpcMood = "grumpy", Location = "the old forge" };
+            overrides.Facts["festival"] = "tomorrow";
+            var s = b.Build("Forge", 8f,
+                new[] { new NearbyCharacter("Pip", 4), new NearbyCharacter("Wenna", 2), new NearbyCharacter("Far", 50), new NearbyCharacter("Rook", 9) },
+                new[] { "a", "b" }, overrides);
+            Assert.AreEqual("the old forge", s.Location);
+            Assert.AreEqual("morning", s.TimeOfDay);
+            Assert.AreEqual("grumpy", s.NpcMood);
+            CollectionAssert.AreEqual(new[] { "Wenna", "Pip" }, s.NearbyCharacters);
+            CollectionAssert.AreEqual(new[] { "a", "b" }, s.RecentEvents);
+            Assert.AreEqual("tomorrow", s.Facts["festival"]);
+        }
+
+        [Test]
+        public void RetryDelaysGrowAndAreCapped()
+        {
+            var p = new RetryPolicy { MaxAttempts = 10, InitialDelay = TimeSpan.FromMilliseconds(100), MaxDelay = TimeSpan.FromMilliseconds(500), Jitter = 0 };
+            var down = new DialogueException("UNAVAILABLE", "x", true);
+            Assert.AreEqual(100, p.NextDelay(1, down).Value.TotalMilliseconds, 1e-6);
+            Assert.AreEqual(200, p.NextDelay(2, down).Value.TotalMilliseconds, 1e-6);
+            Assert.AreEqual(500, p.NextDelay(5, down).Value.TotalMilliseconds, 1e-6);
+            Assert.IsNull(p.NextDelay(10, down));
+            Assert.IsNull(p.NextDelay(1, new DialogueException("INVALID_ARGUMENT", "x", false)));
+            var j = new RetryPolicy(seed: 7) { Jitter = 0.5 };
+            var d = j.NextDelay(1, down).Value.TotalMilliseconds;
+            Assert.That(d, Is.InRange(125.0, 375.0));
+        }
+
+        [Test]
+        public void StaticFacadeNeedsAClient()
+        {
+            Dialogue.Client = null;
+            var e = Assert.Throws<InvalidOperationException>(() => Dialogue.Say("smith", "hi"));
+            StringAssert.Contains("NeekoSettings", e.Message);
+            var t = new FakeTransport { Script = (n, r) => new List<Step> { Step.Text("Aye."), Step.Done() } };
+            Dialogue.Client = Client(t);
+            try
+            {
+                var h = Dialogue.Say("smith", "hi");
+                Assert.IsTrue(h.Task.Wait(5000));
+                Assert.AreEqual("Aye.", h.Task.Result.Text);
+            }
+            finally { Dialogue.Client = null; }
+        }
+    }
+}

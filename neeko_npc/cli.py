@@ -381,9 +381,11 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, stats,
         scene = load_scene(scene_path) if scene_path else None
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    opts = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed)) if v}
-    if temperature == 0:
-        opts["temperature"] = 0.0
+    opts = {"max_tokens": max_tokens} if max_tokens else {}  # 0: the daemon's default
+    if temperature is not None:
+        opts["temperature"] = temperature
+    if seed is not None:
+        opts["seed"] = seed  # --seed 0 is a seed too
     client = Client(address, token, tls_ca)
     try:
         last = None

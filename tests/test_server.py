@@ -322,6 +322,10 @@ def test_cli_say_and_roles(daemon):
     res = CliRunner().invoke(main, ["roles", "--address", daemon.address])
     lines = res.output.splitlines()
     assert res.exit_code == 0 and lines[0].startswith("bard\tLila the Bard\tblock") and lines[1].startswith("smith\t")
+    # --seed 0 is honoured: two sampled runs with it agree
+    args = ["say", "bard", "Sing!", "--address", daemon.address, "--temperature", "1.2", "--max-tokens", "12", "--seed", "0"]
+    first, second = CliRunner().invoke(main, args), CliRunner().invoke(main, args)
+    assert first.exit_code == 0 and first.output == second.output
     res = CliRunner().invoke(main, ["say", "ghost", "boo", "--address", daemon.address])
     assert res.exit_code == 1 and "NOT_FOUND: no NPC 'ghost'" in res.output
 

@@ -106,14 +106,8 @@ class ContextPool:
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every context is back in the pool."""
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while len(self._free) < self.size:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+            return self._cond.wait_for(lambda: len(self._free) == self.size, timeout)
 
     def busy(self) -> int:
         with self._cond:

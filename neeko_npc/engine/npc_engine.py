@@ -1,6 +1,8 @@
-"""The llama.cpp NPC engine: one base model, a pool of contexts, the served roles, conversation memory.
+"""The NPC engines the gRPC service calls (they know nothing about gRPC).
 
-This is what the gRPC service calls; it knows nothing about gRPC.
+BaseEngine holds what every backend shares: input cleaning, prompt assembly, role pinning, memory.
+LlamaEngine is the default backend: one llama.cpp model and a pool of contexts. The torch backend
+is in torch_engine.py.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from .llamacpp import LlamaModel
 from .prompt import ChatTemplate, Memory, SceneInfo, build_messages
 from .roleset import LlamaAdapters, RoleSet
 
+log = logging.getLogger("neeko_npc.engine")
+
 # Text from the game must never become control tokens: "<|im_end|><|im_start|>system ..." in a player
 # line would otherwise rewrite the NPC's instructions.
-log = logging.getLogger("neeko_npc.engine")
 _SPECIAL = re.compile(r"<\|[^<>|]{0,48}\|>|</?s>")
 
 

@@ -99,14 +99,8 @@ class BatchScheduler:
             return self._active
 
     def wait_idle(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while self._active:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
+            return self._cond.wait_for(lambda: self._active == 0, timeout)
 
     def close(self) -> None:
         with self._cond:

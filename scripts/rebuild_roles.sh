@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Re-bake the shipped village roles from assets/roles/src/ with fixed seeds (same data, same weights).
+# Shows all three ways a role is made: four roles pre-finetuned together, one added by expansion,
+# one added by fusion. Usage: bash scripts/rebuild_roles.sh [OUT_DIR]   (default assets/roles)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-assets/roles}"
+SRC=assets/roles/src
+mkdir -p "$OUT"
+rm -f "$OUT"/*.nrole
+neeko-npc bake "$SRC/blacksmith" "$SRC/innkeeper" "$SRC/guard_captain" "$SRC/hedge_witch" --out "$OUT" --seed 0
+neeko-npc bake-role --profile "$SRC/merchant/profile.json" --data "$SRC/merchant/lines.jsonl" --roles "$OUT" --seed 0
+neeko-npc bake-role --fuse --profile "$SRC/young_guard/profile.json" --roles "$OUT"
+ls -l "$OUT"/*.nrole

@@ -23,11 +23,12 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   pip_install torch==2.13.0
 fi
 
-# 2. llama.cpp, compiled by pip (3-15 minutes on 2 cores). The native build can crash on CPUs with AMX,
-#    so build for a fixed, safe instruction set. --no-cache-dir keeps pip from reusing a wheel built with other flags.
+# 2. llama.cpp, compiled by pip (about 3 minutes on 2 cores). The native build can crash on CPUs with AMX,
+#    so build for a fixed, safe instruction set; LLAVA_BUILD=OFF skips the multimodal library we never use.
+#    --no-cache-dir keeps pip from reusing a wheel built with other flags.
 if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
   echo "==> building llama-cpp-python with safe CPU flags (takes a few minutes)"
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON}" \
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DLLAVA_BUILD=OFF}" \
     pip_install --no-cache-dir "llama-cpp-python>=0.3.8"
 fi
 

@@ -91,6 +91,8 @@ class BaseEngine:
         if len(base) > room:
             raise ContextTooLarge(f"the prompt needs {len(base)} tokens but only {room} fit "
                                   f"(--n-ctx {self.config.n_ctx} minus max_tokens {max_tokens}); shorten the scene or player line")
+        if not history:
+            return base
         while True:
             toks = self.tokens(self.template.render(build_messages(role.asset.profile, scene, history, player_line)))
             if not history or (len(toks) <= room and len(toks) - len(base) <= self.config.history_tokens):

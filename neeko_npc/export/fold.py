@@ -7,20 +7,9 @@ exported alpha equals that rank so the adapter's own scale alpha/r is 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ..roles.asset import AssetError, RoleAsset
-
-
-@dataclass
-class PlainLora:
-    r: int
-    alpha: float
-    targets: tuple[str, ...]
-    A: dict[tuple[int, str], np.ndarray]
-    B: dict[tuple[int, str], np.ndarray]
+from ..roles.asset import AssetError, LoraBlock, RoleAsset
 
 
 def resolve_fusion(asset: RoleAsset, known: dict[str, RoleAsset]) -> list[tuple[RoleAsset, float]]:
@@ -38,10 +27,11 @@ def resolve_fusion(asset: RoleAsset, known: dict[str, RoleAsset]) -> list[tuple[
     return out
 
 
-def fold(asset: RoleAsset, known: dict[str, RoleAsset] | None = None) -> PlainLora:
+def fold(asset: RoleAsset, known: dict[str, RoleAsset] | None = None) -> LoraBlock:
+    """A float32 LoraBlock equal to the role: its own block, or its fusion folded into one."""
     if asset.block is not None:
         b = asset.block
-        return PlainLora(b.r, b.alpha, tuple(b.targets), {k: v.astype(np.float32) for k, v in b.A.items()},
+        return LoraBlock(b.r, b.alpha, tuple(b.targets), {k: v.astype(np.float32) for k, v in b.A.items()},
                          {k: v.astype(np.float32) for k, v in b.B.items()})
     parts = resolve_fusion(asset, known or {})
     targets = tuple(parts[0][0].block.targets)
@@ -52,4 +42,4 @@ def fold(asset: RoleAsset, known: dict[str, RoleAsset] | None = None) -> PlainLo
     for key in parts[0][0].block.A:
         A[key] = np.concatenate([src.block.A[key].astype(np.float32) for src, _ in parts], 0)
         B[key] = np.concatenate([src.block.B[key].astype(np.float32) * np.float32(w * src.block.scale) for src, w in parts], 1)
-    return PlainLora(rank, float(rank), targets, A, B)
+    return LoraBlock(rank, float(rank), targets, A, B)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..roles.asset import BaseInfo
-from .fold import PlainLora
+from ..roles.asset import BaseInfo, LoraBlock
 
 GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
               "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
@@ -24,7 +23,7 @@ def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf_lora(lora: PlainLora, base: BaseInfo, path: str | Path, name: str = "neeko-role", dtype=np.float32) -> Path:
+def write_gguf_lora(lora: LoraBlock, base: BaseInfo, path: str | Path, name: str = "neeko-role", dtype=np.float32) -> Path:
     import gguf
 
     path = Path(path)

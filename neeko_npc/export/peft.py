@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .fold import PlainLora
+from ..roles.asset import LoraBlock
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def write_peft(lora: PlainLora, folder: str | Path, base_model_name: str = "") -> Path:
+def write_peft(lora: LoraBlock, folder: str | Path, base_model_name: str = "") -> Path:
     from safetensors.numpy import save_file
 
     folder = Path(folder)

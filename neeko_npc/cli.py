@@ -274,6 +274,49 @@ def export(role, fmt, roles_dir, out):
     click.echo(f"exported {asset.id!r} ({asset.kind}, rank {lora.r}) as {fmt}: {dest}")
 
 
+# -- eval ----------------------------------------------------------------------------------
+
+@main.command("eval")
+@click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
+              show_default=True, help="The role set to evaluate.")
+@click.option("--src", "src_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES / "src",
+              show_default=True, help="Role folders (ID/lines.jsonl) whose held-out scenes are scored.")
+@base_model_option
+@click.option("--holdout", default=0.2, show_default=True, type=click.FloatRange(0.01, 0.9), help="Must match the bake's --holdout.")
+@click.option("--max-len", default=320, show_default=True, type=click.IntRange(32, 8192))
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--quick", is_flag=True, help="CI-sized: at most 4 held-out scenes per role.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
+@friendly_errors
+def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, quick, json_out):
+    """Role fidelity: held-out loss of each role's lines under every role's block.
+
+    Prints the role confusion matrix (rows: whose lines; columns: whose block)
+    beside the in-context baseline (base model, profile in the prompt), and the
+    share of rows where the role's own block wins.
+    """
+    from .neeko.evaluate import confusion_matrix
+    from .roles.base_model import resolve_base_model
+
+    rep = confusion_matrix(resolve_base_model(base_model), roles_dir, src_dir, holdout=holdout, max_len=max_len,
+                           precision=precision, max_scenes=4 if quick else None)
+    w = max(12, *(len(c) for c in rep.blocks))
+    click.echo("held-out loss of ROW's lines with COLUMN's block (* = lowest in the row)")
+    corner = "lines / block"
+    click.echo(f"{corner:<16}" + "".join(f"{c:>{w + 2}}" for c in rep.blocks) + f"{'in-context':>{w + 2}}")
+    for rid, row in zip(rep.roles, rep.confusion):
+        best = min(range(len(row)), key=lambda i: row[i])
+        cells = "".join(f"{(f'{v:.4f}' + ('*' if i == best else ' ')):>{w + 2}}" for i, v in enumerate(row))
+        click.echo(f"{rid:<16}{cells}{rep.in_context[rid]:>{w + 1}.4f}")
+    n = len(rep.roles)
+    click.echo(f"\nown block lowest in {round(rep.diagonal_wins * n)}/{n} rows ({rep.diagonal_wins:.0%})")
+    if json_out:
+        import json as _json
+
+        json_out.write_text(_json.dumps(rep.to_dict(), indent=2))
+        click.echo(f"wrote {json_out}")
+
+
 # -- serving -----------------------------------------------------------------------------
 
 @main.command()

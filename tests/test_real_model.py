@@ -200,3 +200,21 @@ def test_cli_exports_and_peft_loads_the_same_block(baked, base, tmp_path):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     res = CliRunner().invoke(main, ["export", "nobody", "--roles", str(baked["dir"]), "--format", "peft"])
     assert res.exit_code == 1 and "no role 'nobody'" in res.output and "bard" in res.output
+
+
+def test_eval_confusion_matrix_reproduces_the_bakes_own_figures(baked, tmp_path):
+    """eval's diagonal and in-context column are the very held-out losses the bake recorded (same split,
+    same prompt, same precision), and the reported win share follows from the matrix."""
+    out = tmp_path / "eval.json"
+    text = run("eval", "--roles", baked["before"], "--src", DATA, "--max-len", "256", "--json", out)
+    rep = json.loads(out.read_text())
+    assert rep["roles"] == ["bard", "smith"] and rep["blocks"] == ["bard", "smith"]
+    for j, rid in enumerate(rep["roles"]):
+        recorded = read_asset(baked["before"] / f"{rid}.nrole").training
+        assert abs(rep["confusion"][j][rep["blocks"].index(rid)] - recorded["heldout_loss_block"]) < 1e-4
+        assert abs(rep["in_context"][rid] - recorded["heldout_loss_base"]) < 1e-4
+        assert all(v == v and v > 0 for v in rep["confusion"][j])  # finite, positive
+    wins = sum(min(range(2), key=lambda i: row[i]) == rep["blocks"].index(rid) for rid, row in zip(rep["roles"], rep["confusion"]))
+    assert rep["diagonal_wins"] == wins / 2
+    assert "own block lowest in" in text and "in-context" in text
+    assert rep["confusion"][0][0] != rep["confusion"][0][1]  # the blocks really differ

@@ -249,8 +249,8 @@ def export(role, fmt, roles_dir, out):
     exactly into one adapter whose rank is the sum of the blocks they mix.
     """
     from .export.fold import fold
-    from .neeko.bake import load_role_assets
     from .roles.asset import read_asset
+    from .roles.folder import load_role_assets
 
     known, errors = load_role_assets(roles_dir)
     by_id = {a.id: a for a in known}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from neeko_npc.export.fold import fold
-from neeko_npc.neeko.bake import load_role_assets
+from neeko_npc.roles.folder import load_role_assets
 from neeko_npc.roles.asset import HEADER, MAGIC, AssetError, check_base, read_asset, write_asset
 from tests.helpers import TINY_BASE, block_asset, fusion_asset
 

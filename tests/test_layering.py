@@ -16,7 +16,7 @@ MAY_IMPORT = {
 }
 # The one engine module allowed on the torch side; the daemon imports it only for --engine torch.
 EXCEPTIONS = {"engine/torch_engine.py": {"neeko"}}
-TORCH_FREE = ["neeko_npc.roles.asset", "neeko_npc.roles.base_model", "neeko_npc.roles.dialogue", "neeko_npc.neeko.gate",
+TORCH_FREE = ["neeko_npc.roles.asset", "neeko_npc.roles.base_model", "neeko_npc.roles.folder", "neeko_npc.roles.dialogue", "neeko_npc.neeko.gate",
               "neeko_npc.export.fold", "neeko_npc.export.gguf_lora", "neeko_npc.export.peft", "neeko_npc.engine.llamacpp",
               "neeko_npc.engine.npc_engine", "neeko_npc.engine.roleset", "neeko_npc.server.app", "neeko_npc.server.client",
               "neeko_npc.cli"]

@@ -67,7 +67,7 @@ def test_bake_writes_valid_assets_and_the_block_beats_the_base(baked):
 
 
 def test_expansion_keeps_every_old_role_bit_identical(baked, base):
-    from neeko_npc.neeko.bake import load_role_assets
+    from neeko_npc.roles.folder import load_role_assets
 
     _, model, tok = base
     assert "old roles' blocks verified bit-identical" in baked["expand_out"]
@@ -188,7 +188,7 @@ def test_cli_exports_and_peft_loads_the_same_block(baked, base, tmp_path):
     assert "rank 8" in out
     out = run("export", "knight", "--roles", baked["dir"], "--format", "gguf-lora", "--out", tmp_path / "k.gguf")
     assert "fusion" in out and (tmp_path / "k.gguf").stat().st_size > 0
-    from neeko_npc.neeko.bake import load_role_assets
+    from neeko_npc.roles.folder import load_role_assets
 
     assets, _ = load_role_assets(baked["dir"])
     ours = neeko_from(model, [a for a in assets if a.id == "bard"])

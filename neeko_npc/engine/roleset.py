@@ -22,7 +22,8 @@ import numpy as np
 from ..export.fold import fold, resolve_fusion
 from ..export.gguf_lora import write_gguf_lora
 from ..neeko.gate import Gate
-from ..roles.asset import SUFFIX, AssetError, BaseInfo, RoleAsset, check_base, read_asset
+from ..roles.asset import AssetError, BaseInfo, RoleAsset
+from ..roles.folder import file_stamps, load_role_assets
 from .llamacpp import LlamaModel
 
 log = logging.getLogger("neeko_npc.roles")
@@ -110,11 +111,7 @@ class RoleSet:
 
     def scan_changed(self) -> bool:
         """Cheap check for the file watcher: did any .nrole file appear, change or vanish?"""
-        try:
-            now = {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in self.roles_dir.glob(f"*{SUFFIX}")}
-        except OSError:
-            return False
-        return now != self._seen
+        return file_stamps(self.roles_dir) != self._seen
 
     def reload(self) -> ReloadResult:
         with self._reload_lock:
@@ -122,24 +119,12 @@ class RoleSet:
 
     def _reload(self) -> ReloadResult:
         old = self._snap
-        problems: dict[str, str] = {}
-        assets: dict[str, RoleAsset] = {}
-        seen = {}
+        seen = file_stamps(self.roles_dir)  # stamped before reading: a later change triggers another reload
+        loaded, errors = load_role_assets(self.roles_dir, self.base)
+        problems = {e.path: str(e) for e in errors}
         if not self.roles_dir.is_dir():
             problems[str(self.roles_dir)] = "roles folder does not exist"
-        for path in sorted(self.roles_dir.glob(f"*{SUFFIX}")) if self.roles_dir.is_dir() else []:
-            try:
-                st = path.stat()
-                seen[str(path)] = (st.st_mtime_ns, st.st_size)
-                a = read_asset(path)
-                check_base(a, self.base)
-                if a.id in assets:
-                    raise AssetError(path, f"role id {a.id!r} is also defined in {assets[a.id].path}", "remove one of the two files")
-                assets[a.id] = a
-            except AssetError as exc:
-                problems[str(path)] = str(exc)
-            except OSError as exc:
-                problems[str(path)] = f"{path}: cannot read ({exc})"
+        assets = {a.id: a for a in loaded}
         blocks = {rid: a for rid, a in assets.items() if a.block is not None}
         new = Snapshot(problems=problems)
         for rid, a in sorted(blocks.items()):

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..roles.asset import SUFFIX, AssetError, FusionRef, GateSettings, RoleAsset, read_asset, write_asset
+from ..roles.asset import SUFFIX, FusionRef, GateSettings, RoleAsset, write_asset
 from ..roles.base_model import BaseModelRef, base_info
 from ..roles.dialogue import Scene, data_hash, load_scenes, split_holdout
+from ..roles.folder import load_role_assets
 from ..roles.profile import RoleProfile, load_profile
 from .data import Example, encode_scene
 from .embed import MODEL_NAME, embed_texts
@@ -129,21 +130,6 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
     return BakeReport(ids, paths, held, result)
 
 
-def load_role_assets(roles_dir: Path, base_fingerprint: str | None = None) -> tuple[list[RoleAsset], list[AssetError]]:
-    """Every valid .nrole in a folder, sorted by id, and the errors of the others (never raised)."""
-    assets, errors = [], []
-    for path in sorted(roles_dir.glob(f"*{SUFFIX}")):
-        try:
-            a = read_asset(path)
-            if base_fingerprint is not None and a.base.fingerprint != base_fingerprint:
-                raise AssetError(path, f"role {a.id!r} was baked for another base model ({a.base.name})",
-                                 "re-bake it against this base model")
-            assets.append(a)
-        except AssetError as exc:
-            errors.append(exc)
-    return sorted(assets, key=lambda a: a.id), errors
-
-
 def block_gate(assets: list[RoleAsset]) -> Gate:
     blocks = [a for a in assets if a.block is not None]
     if not blocks:
@@ -154,7 +140,7 @@ def block_gate(assets: list[RoleAsset]) -> Gate:
 def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainConfig, out_path: Path | None = None,
            lora_precision: str = "bf16", replace: bool = False, resume: bool = False, progress: bool = True) -> BakeReport:
     info = base_info(base_ref)
-    assets, errors = load_role_assets(roles_dir, info.fingerprint)
+    assets, errors = load_role_assets(roles_dir, info)
     old = [a for a in assets if a.block is not None and a.id != src.profile.id]
     if any(a.id == src.profile.id for a in assets) and not replace:
         raise ValueError(f"{roles_dir} already has a role {src.profile.id!r}; pass --replace to re-bake it")
@@ -197,7 +183,7 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
 def fuse(base_ref: BaseModelRef, roles_dir: Path, profile: RoleProfile, out_path: Path | None = None, top_k: int = 3,
          tau: float = 0.1, min_weight: float = 0.02, replace: bool = False) -> tuple[RoleAsset, Path]:
     info = base_info(base_ref)
-    assets, errors = load_role_assets(roles_dir, info.fingerprint)
+    assets, errors = load_role_assets(roles_dir, info)
     if any(a.id == profile.id for a in assets) and not replace:
         raise ValueError(f"{roles_dir} already has a role {profile.id!r}; pass --replace to re-bake it")
     blocks = [a for a in assets if a.block is not None and a.id != profile.id]

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..roles.base_model import BaseModelRef
-from .bake import RoleSource, load_role_assets
+from ..roles.folder import load_role_assets
+from .bake import RoleSource
 from .data import encode_scene
 from .model import NeekoLoRA
 from .train import heldout_loss

@@ -1,0 +1,45 @@
+"""A folder of role files: load every valid one, report the others. No torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .asset import SUFFIX, AssetError, BaseInfo, RoleAsset, check_base, read_asset
+
+
+def role_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []
+
+
+def file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
+    """(mtime_ns, size) per role file: what a watcher compares to notice changes."""
+    stamps = {}
+    for p in role_files(folder):
+        try:
+            st = p.stat()
+        except OSError:  # removed between the listing and the stat
+            continue
+        stamps[str(p)] = (st.st_mtime_ns, st.st_size)
+    return stamps
+
+
+def load_role_assets(folder: Path, base: BaseInfo | None = None) -> tuple[list[RoleAsset], list[AssetError]]:
+    """Every valid .nrole in a folder, sorted by id, and one error per file that is not (never raised).
+
+    With ``base``, a role baked for another base model is an error; so is a second file with a role id
+    already taken by an earlier file."""
+    assets: dict[str, RoleAsset] = {}
+    errors: list[AssetError] = []
+    for path in role_files(folder):
+        try:
+            a = read_asset(path)
+            if base is not None:
+                check_base(a, base)
+            if a.id in assets:
+                raise AssetError(path, f"role id {a.id!r} is also defined in {assets[a.id].path}", "remove one of the two files")
+            assets[a.id] = a
+        except AssetError as exc:
+            errors.append(exc)
+        except OSError as exc:
+            errors.append(AssetError(path, f"cannot read ({exc.strerror or exc})"))
+    return sorted(assets.values(), key=lambda a: a.id), errors

@@ -199,6 +199,36 @@ def test_reload_rpc_reports_added_changed_removed(baked, tmp_path):
         d.stop(0)
 
 
+def test_idle_contexts_keep_their_npc_and_let_go_of_removed_roles(baked, tmp_path):
+    """After a line, the idle context still holds its NPC's adapter, so the next line for that NPC needs no
+    adapter change; removing the role detaches and frees the adapter, and the context serves others."""
+    roles = tmp_path / "roles"
+    shutil.copytree(baked["before"], roles)
+    d = start(roles, pool=2, watch=0)
+    try:
+        assert d.loaded.wait(60)
+        e, c = d.service.engine, Client(d.address)
+        smith = e.roles.snapshot.adapters["smith"].handle
+        collect(c.say("smith", "Hello!", **GREEDY))
+        collect(c.say("bard", "Hello!", **GREEDY))
+        held = {s.index: s.adapters for s in e.pool.slots}
+        bard = e.roles.snapshot.adapters["bard"].handle
+        assert (smith,) in held.values() and (bard,) in held.values()
+        # a new line for smith goes to the context that already holds smith, and reuses its prefix
+        _, chunks = collect(c.say("smith", "Another question.", **GREEDY))
+        assert chunks[-1].cached_prompt_tokens > 50
+        assert {s.index: s.adapters for s in e.pool.slots} == held
+        (roles / "smith.nrole").unlink()
+        c.stub.ReloadRoles(pb.ReloadRolesRequest())
+        assert all(smith not in s.adapters for s in e.pool.slots) and smith not in e.model._adapters
+        for _ in range(3):  # every context, including the one smith left, still works
+            text, chunks = collect(c.say("bard", "Sing!", **GREEDY))
+            assert text.strip() and chunks[-1].done
+        c.close()
+    finally:
+        d.stop(0)
+
+
 def test_error_codes(client, daemon):
     code, details = code_of(lambda: collect(client.say("nobody", "hi")))
     assert code == grpc.StatusCode.NOT_FOUND and "bard" in details and "smith" in details
@@ -380,3 +410,35 @@ def test_deadline_stops_generation_and_frees_the_context(daemon, client):
     while pool.busy() and time.monotonic() - t1 < 5:
         time.sleep(0.01)
     assert pool.busy() == 0
+
+
+def test_core_budget_never_hands_out_more_threads_than_there_are():
+    """Decodes in flight never hold more threads than the pool has; a lone context gets them all."""
+    from neeko_npc.engine.generate import CoreBudget
+
+    busy = [1]
+    budget = CoreBudget(4, lambda: busy[0])
+    with budget.use() as n:
+        assert n == 4
+    busy[0] = 3
+    assert budget.share() == 1
+    busy[0] = 2
+    held, peak, shares, lock = [0], [0], set(), threading.Lock()
+
+    def work():
+        for _ in range(40):
+            with budget.use() as n:
+                with lock:
+                    held[0] += n
+                    peak[0] = max(peak[0], held[0])
+                    shares.add(n)
+                time.sleep(0.0005)
+                with lock:
+                    held[0] -= n
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert shares == {2} and peak[0] == 4 and held[0] == 0 and budget._free == 4

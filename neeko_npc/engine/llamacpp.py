@@ -3,6 +3,12 @@
 The model is always loaded with ``use_extra_bufts = False``: on CPUs with AMX,
 ggml otherwise places Q4_1 weights in the AMX buffer and the first decode
 segfaults, which would take the whole daemon down.
+
+llama.cpp built with OpenMP (pip's default where libgomp exists) keeps a thread
+team per decoding thread; while one thread that had decoded stayed alive, decodes
+on any other thread ran 3 to 4 times slower on a 2-core machine (7 ms a token
+became 25 ms). The daemon decodes on gRPC's worker threads, so setup.sh builds
+with GGML_OPENMP=OFF and ``openmp_build()`` lets the engine warn about it.
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ except Exception:  # llama-cpp-python missing: errors surface when a model is lo
 
 class LlamaError(RuntimeError):
     pass
+
+
+def openmp_build() -> bool:
+    """Whether the loaded llama.cpp uses OpenMP (slow when several threads decode, see above)."""
+    return b"OPENMP = 1" in _lib().llama_print_system_info()
 
 
 class LlamaModel:
@@ -149,6 +160,13 @@ class LlamaContext:
         if not self.ptr:
             raise LlamaError("llama.cpp could not create a context (out of memory?)")
         self.n_ctx = n_ctx
+        self.n_threads = threads
+
+    def set_threads(self, n: int) -> None:
+        """Threads for the next decodes (the pool shares the cores among the contexts decoding at once)."""
+        if n != self.n_threads:
+            self.L.llama_set_n_threads(self.ptr, n, n)
+            self.n_threads = n
 
     def set_adapters(self, adapters: list, scales: list[float]) -> None:
         """Replace the context's whole active adapter set (scale * alpha / r is applied)."""

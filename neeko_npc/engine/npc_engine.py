@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 
 from ..roles.base_model import base_info, resolve_base_model
 from .generate import Chunk, ContextPool, GenOptions, PoolBusy, ReplyStream, generate
-from .llamacpp import LlamaModel
+from .llamacpp import LlamaModel, openmp_build
 from .prompt import ChatTemplate, Memory, SceneInfo, build_messages
 from .roleset import LlamaAdapters, RoleSet
 
@@ -46,7 +46,7 @@ class ContextTooLarge(ValueError):
 
 @dataclass
 class EngineConfig:
-    pool_size: int = 2
+    pool_size: int = 4
     n_ctx: int = 2048
     n_threads: int | None = None
     max_queue: int = 16
@@ -156,11 +156,14 @@ class LlamaEngine(BaseEngine):
                              "llama.cpp's convert_hf_to_gguf.py, or serve it with --engine torch")
         self.base = base_info(ref)
         self.model = LlamaModel(ref.path)
+        if openmp_build():
+            log.warning("llama.cpp was built with OpenMP: replies decode 3-4x slower once several request threads "
+                        "have decoded. Rebuild it with -DGGML_OPENMP=OFF (README, 'llama.cpp on CPUs ...').")
         self.template = ChatTemplate(self.model.chat_template(), self.model.bos_text, self.model.eos_text)
         self._add_bos = bool(self.model.L.llama_vocab_get_add_bos(self.model.vocab))
         self.pool = ContextPool(self.model, self.config.pool_size, self.config.n_ctx, self.config.n_threads,
                                 self.config.max_queue)
-        self.roles = RoleSet(roles_dir, self.base, LlamaAdapters(self.model, self.base))
+        self.roles = RoleSet(roles_dir, self.base, LlamaAdapters(self.model, self.base, before_free=self.pool.drop_adapter))
         self.load_result = self.roles.reload()
 
     def tokens(self, text: str) -> list[int]:
@@ -168,8 +171,9 @@ class LlamaEngine(BaseEngine):
         return self.model.tokenize(text, add_special=add, parse_special=True)
 
     def _stream(self, adapters, scales, key, prompt, opts, stop, deadline):
-        slot = self.pool.acquire(key, prompt, self._queue_timeout(deadline))
-        chunks = generate(self.model, slot, [a.handle for a in adapters], scales, key, prompt, opts, stop)
+        handles = [a.handle for a in adapters]
+        slot = self.pool.acquire(key, prompt, self._queue_timeout(deadline), handles, scales)
+        chunks = generate(self.model, slot, handles, scales, key, prompt, opts, stop, self.pool.cores)
         return ReplyStream(chunks, lambda finish, text: self.pool.release(slot))
 
     def _free(self) -> None:

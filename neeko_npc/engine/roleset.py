@@ -73,9 +73,10 @@ def default_cache_dir() -> Path:
 class LlamaAdapters:
     """llama.cpp backend: each block exported to a cached GGUF LoRA and loaded with llama_adapter_lora_init."""
 
-    def __init__(self, model: LlamaModel, base: BaseInfo, cache_dir: Path | None = None):
+    def __init__(self, model: LlamaModel, base: BaseInfo, cache_dir: Path | None = None, before_free=None):
         self.model, self.base = model, base
         self.cache_dir = cache_dir or default_cache_dir()
+        self.before_free = before_free  # detaches the adapter from idle contexts (ContextPool.drop_adapter)
 
     def load(self, asset: RoleAsset):
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +86,8 @@ class LlamaAdapters:
         return self.model.load_adapter(path)
 
     def free(self, handle) -> None:
+        if self.before_free is not None:
+            self.before_free(handle)
         self.model.free_adapter(handle)
 
 

@@ -236,17 +236,20 @@ def inspect(file, as_json):
 
 @main.command()
 @click.argument("role")
-@click.option("--format", "fmt", type=click.Choice(["peft", "gguf-lora"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["peft", "gguf-lora", "merged-gguf"]), required=True)
 @click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
               show_default=True, help="Role set (needed to resolve fused roles).")
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (peft) or file (gguf-lora).")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (peft) or file (gguf-lora, merged-gguf).")
+@base_model_option
 @friendly_errors
-def export(role, fmt, roles_dir, out):
-    """Export ROLE (an id in --roles, or a .nrole path) as a standard LoRA adapter.
+def export(role, fmt, roles_dir, out, base_model):
+    """Export ROLE (an id in --roles, or a .nrole path) as a standard LoRA adapter or a merged model.
 
     peft: a folder for vLLM (--enable-lora), LoRAX or transformers+peft.
     gguf-lora: a file for llama.cpp (llama-server --lora). Fused roles are folded
     exactly into one adapter whose rank is the sum of the blocks they mix.
+    merged-gguf: the GGUF base model (--base-model) with the role merged into its
+    weights: one character, no adapter, no switching.
     """
     from .export.fold import fold
     from .roles.asset import read_asset
@@ -267,10 +270,21 @@ def export(role, fmt, roles_dir, out):
         from .export.peft import write_peft
 
         dest = write_peft(lora, out or Path(f"{asset.id}-peft"), base_model_name=asset.base.name)
-    else:
+    elif fmt == "gguf-lora":
         from .export.gguf_lora import write_gguf_lora
 
         dest = write_gguf_lora(lora, asset.base, out or Path(f"{asset.id}.lora.gguf"), name=asset.id)
+    else:
+        from .export.merge import merge_into_gguf
+        from .roles.asset import check_base
+        from .roles.base_model import base_info, resolve_base_model
+
+        ref = resolve_base_model(base_model)
+        if ref.kind != "gguf":
+            raise click.ClickException(f"{ref.path}: merged-gguf needs a .gguf base model")
+        base = base_info(ref)
+        check_base(asset, base)
+        dest = merge_into_gguf(ref.path, lora, base, out or Path(f"{asset.id}.merged.gguf"))
     click.echo(f"exported {asset.id!r} ({asset.kind}, rank {lora.r}) as {fmt}: {dest}")
 
 
@@ -284,37 +298,87 @@ def export(role, fmt, roles_dir, out):
 @base_model_option
 @click.option("--holdout", default=0.2, show_default=True, type=click.FloatRange(0.01, 0.9), help="Must match the bake's --holdout.")
 @click.option("--max-len", default=320, show_default=True, type=click.IntRange(32, 8192))
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
-@click.option("--quick", is_flag=True, help="CI-sized: at most 4 held-out scenes per role.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Default: the precision the roles were baked in.")
+@click.option("--no-shared", is_flag=True, help="Skip the shared-LoRA baseline (it trains one LoRA on all roles' lines).")
+@click.option("--shared-weight", type=click.FloatRange(0, min_open=True), default=None,
+              help="Gate weight of each of the shared LoRA's M blocks. Default 1/M: one LoRA of rank M*r with the roles' "
+                   "alpha. 1 gives it M times that scale.")
+@click.option("--no-attribution", is_flag=True, help="Skip attribution (it generates replies for every role).")
+@click.option("--quick", is_flag=True, help="CI-sized: 4 held-out scenes per role, a one-epoch shared LoRA on 6 scenes "
+                                            "per role, 2 prompts per role; figures are rough.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
-def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, quick, json_out):
-    """Role fidelity: held-out loss of each role's lines under every role's block.
+def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_shared, shared_weight, no_attribution, quick,
+             json_out, quiet):
+    """Role fidelity, beside baselines trained and scored in the same run.
 
-    Prints the role confusion matrix (rows: whose lines; columns: whose block)
-    beside the in-context baseline (base model, profile in the prompt), and the
-    share of rows where the role's own block wins.
+    Prints the role confusion matrix (held-out loss; rows: whose lines, columns:
+    whose block) beside in-context prompting and a shared LoRA of the same total
+    rank; forgetting after expansion; leave-one-out fusion; and attribution of
+    generated replies to the nearest role.
     """
-    from .neeko.evaluate import confusion_matrix
+    from dataclasses import replace
+
+    from .neeko.eval_table import report_table
+    from .neeko.evaluate import EvalConfig, evaluate
     from .roles.base_model import resolve_base_model
 
-    rep = confusion_matrix(resolve_base_model(base_model), roles_dir, src_dir, holdout=holdout, max_len=max_len,
-                           precision=precision, max_scenes=4 if quick else None)
-    w = max(12, *(len(c) for c in rep.blocks))
-    click.echo("held-out loss of ROW's lines with COLUMN's block (* = lowest in the row)")
-    corner = "lines / block"
-    click.echo(f"{corner:<16}" + "".join(f"{c:>{w + 2}}" for c in rep.blocks) + f"{'in-context':>{w + 2}}")
-    for rid, row in zip(rep.roles, rep.confusion):
-        best = min(range(len(row)), key=lambda i: row[i])
-        cells = "".join(f"{(f'{v:.4f}' + ('*' if i == best else ' ')):>{w + 2}}" for i, v in enumerate(row))
-        click.echo(f"{rid:<16}{cells}{rep.in_context[rid]:>{w + 1}.4f}")
-    n = len(rep.roles)
-    click.echo(f"\nown block lowest in {round(rep.diagonal_wins * n)}/{n} rows ({rep.diagonal_wins:.0%})")
+    cfg = replace(EvalConfig.quick() if quick else EvalConfig(), holdout=holdout, max_len=max_len, precision=precision,
+                  shared=not no_shared, shared_weight=shared_weight, attribution=not no_attribution)
+    rep = evaluate(resolve_base_model(base_model), roles_dir, src_dir, cfg, progress=not quiet)
+    click.echo(report_table(rep))
     if json_out:
-        import json as _json
-
-        json_out.write_text(_json.dumps(rep.to_dict(), indent=2))
+        json_out.write_text(json.dumps(rep.to_dict(), indent=2))
         click.echo(f"wrote {json_out}")
+
+
+# -- bench -------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
+              show_default=True, help="The role set to serve in process.")
+@base_model_option
+@click.option("--address", default=None, help="Benchmark a running daemon (host:port) instead of an engine in this process; "
+                                               "baselines and memory are then skipped.")
+@click.option("--token", envvar="NEEKO_NPC_TOKEN", default="", help="Bearer token for --address (env NEEKO_NPC_TOKEN).")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="PEM CA to verify a TLS daemon.")
+@click.option("--pool-size", default=4, show_default=True, type=click.IntRange(1, 64), help="In process: llama.cpp contexts.")
+@click.option("--threads", default=None, type=click.IntRange(1, 256), help="In process: CPU threads, shared by the contexts decoding at once. Default: all cores.")
+@click.option("--no-memory", is_flag=True, help="Skip the memory section (it starts one daemon per role count).")
+@click.option("--quick", is_flag=True, help="CI-sized: fewer repetitions, 0/1/3 roles for memory; figures are rougher.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write every figure as JSON.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Also draw a PNG (needs matplotlib).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_memory, quick, json_out, plot_out, quiet):
+    """Speed and memory: time to first token, decode rate, switching NPC,
+    concurrency and resident memory, beside baselines measured in the same run
+    (the base model alone, a merged single LoRA, one merged model per NPC, and a
+    dense mixture running every block)."""
+    from tqdm import tqdm
+
+    from .bench.report import plot, table
+    from .bench.run import BenchConfig, run_bench, total_steps
+
+    if plot_out:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.ClickException("--plot needs matplotlib: pip install 'neeko-npc[bench]'") from None
+    cfg = BenchConfig(roles_dir=roles_dir, base_model=base_model, address=address, token=token, tls_ca=tls_ca, quick=quick,
+                      pool_size=pool_size, threads=threads, memory=not no_memory)
+    with tqdm(total=total_steps(cfg), disable=quiet, unit="step", file=sys.stderr) as bar:
+        result = run_bench(cfg, bar)
+    click.echo(table(result))
+    if json_out:
+        from .bench.report import targets
+
+        result["targets"] = targets(result)
+        json_out.write_text(json.dumps(result, indent=2))
+        click.echo(f"wrote {json_out}")
+    if plot_out:
+        click.echo(f"wrote {plot(result, plot_out)}")
 
 
 # -- serving -----------------------------------------------------------------------------
@@ -328,8 +392,10 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, quick,
 @click.option("--token", envvar="NEEKO_NPC_TOKEN", default="", help="Require 'authorization: Bearer TOKEN' (env NEEKO_NPC_TOKEN).")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM certificate for TLS.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM private key for TLS.")
-@click.option("--pool-size", default=2, show_default=True, type=click.IntRange(1, 64), help="llama.cpp contexts: NPC lines generated at once.")
-@click.option("--threads", default=None, type=click.IntRange(1, 256), help="CPU threads per context. Default: all cores.")
+@click.option("--pool-size", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="llama.cpp contexts: NPC lines generated at once without waiting (about 57 MiB each at --n-ctx 2048).")
+@click.option("--threads", default=None, type=click.IntRange(1, 256),
+              help="CPU threads, shared by the contexts decoding at once. Default: all cores.")
 @click.option("--n-ctx", default=2048, show_default=True, type=click.IntRange(256, 131072), help="Tokens per context.")
 @click.option("--max-queue", default=16, show_default=True, type=click.IntRange(0, 10000),
               help="Requests that may wait for a context; more get RESOURCE_EXHAUSTED.")

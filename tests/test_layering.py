@@ -13,11 +13,15 @@ MAY_IMPORT = {
     "export": {"roles", "export"},
     "engine": {"roles", "export", "engine", "neeko.gate"},
     "server": {"roles", "engine", "server", "v1"},
+    # the benchmark drives the engine in-process or a daemon over gRPC; baselines.py uses the gate's maths
+    "bench": {"roles", "export", "engine", "server", "v1", "neeko.gate", "bench"},
 }
 # The one engine module allowed on the torch side; the daemon imports it only for --engine torch.
 EXCEPTIONS = {"engine/torch_engine.py": {"neeko"}}
 TORCH_FREE = ["neeko_npc.roles.asset", "neeko_npc.roles.base_model", "neeko_npc.roles.folder", "neeko_npc.roles.dialogue", "neeko_npc.neeko.gate",
-              "neeko_npc.export.fold", "neeko_npc.export.gguf_lora", "neeko_npc.export.peft", "neeko_npc.engine.llamacpp",
+              "neeko_npc.export.fold", "neeko_npc.export.gguf_lora", "neeko_npc.export.peft", "neeko_npc.export.merge",
+              "neeko_npc.engine.llamacpp", "neeko_npc.bench.run", "neeko_npc.bench.speed", "neeko_npc.bench.baselines",
+              "neeko_npc.bench.memory", "neeko_npc.bench.report", "neeko_npc.bench.targets",
               "neeko_npc.engine.npc_engine", "neeko_npc.engine.roleset", "neeko_npc.server.app", "neeko_npc.server.client",
               "neeko_npc.cli"]
 

@@ -206,7 +206,8 @@ def test_eval_confusion_matrix_reproduces_the_bakes_own_figures(baked, tmp_path)
     """eval's diagonal and in-context column are the very held-out losses the bake recorded (same split,
     same prompt, same precision), and the reported win share follows from the matrix."""
     out = tmp_path / "eval.json"
-    text = run("eval", "--roles", baked["before"], "--src", DATA, "--max-len", "256", "--json", out)
+    text = run("eval", "--roles", baked["before"], "--src", DATA, "--max-len", "256", "--json", out,
+               "--no-shared", "--no-attribution")
     rep = json.loads(out.read_text())
     assert rep["roles"] == ["bard", "smith"] and rep["blocks"] == ["bard", "smith"]
     for j, rid in enumerate(rep["roles"]):
@@ -218,3 +219,37 @@ def test_eval_confusion_matrix_reproduces_the_bakes_own_figures(baked, tmp_path)
     assert rep["diagonal_wins"] == wins / 2
     assert "own block lowest in" in text and "in-context" in text
     assert rep["confusion"][0][0] != rep["confusion"][0][1]  # the blocks really differ
+
+
+def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(baked, tmp_path):
+    """On the expanded set (smith, bard, then fisher by expansion): our old roles' losses are identical
+    before and after fisher's block, and after the shared LoRA trains beside them; the shared LoRA
+    itself moves when it continues on fisher; leave-one-out fusion mixes only the other blocks; every
+    system's attribution accuracy is a share of the same prompts."""
+    out = tmp_path / "eval.json"
+    text = run("eval", "--quick", "--roles", baked["dir"], "--src", DATA, "--max-len", "256", "--json", out, "--quiet")
+    rep = json.loads(out.read_text())
+    assert rep["roles"] == ["bard", "fisher", "smith"] and rep["blocks"] == ["bard", "smith", "fisher"]
+    fg = rep["forgetting"]
+    assert fg["new_roles"] == ["fisher"] and sorted(fg["neeko"]) == ["bard", "smith"]
+    assert all(r["identical"] and r["before"] == r["after"] for r in fg["neeko"].values())
+    assert all(fg["neeko_after_shared_training"].values())
+    assert fg["shared"]["rank"] == 3 * 8 and fg["shared"]["trained_on_old"]["steps"] > 0
+    assert fg["shared"]["continued_on_new"]["steps"] > 0
+    moved = [r["before"] != r["after"] for r in fg["shared"]["roles"].values()]
+    assert sorted(fg["shared"]["roles"]) == ["bard", "smith"] and any(moved)
+    assert set(rep["shared"]) == {"bard", "fisher", "smith"} and all(v > 0 for v in rep["shared"].values())
+    loo = rep["fusion"]["leave_one_out"]
+    assert sorted(loo) == ["bard", "fisher", "smith"]
+    for rid, f in loo.items():
+        assert rid not in f["weights"] and abs(sum(f["weights"].values()) - 1) < 1e-6
+        assert f["in_context"] == rep["in_context"][rid] and f["fused"] > 0
+    att = rep["attribution"]
+    assert set(att["systems"]) == {"neeko", "in_context", "shared_lora"}
+    assert 0 < att["prompts"] <= 3 * 2  # --quick: at most 2 held-out prompts per role
+    for sysname, res in att["systems"].items():
+        assert sorted(res["per_role"]) == ["bard", "fisher", "smith"]
+        assert all(0.0 <= v <= 1.0 for v in res["per_role"].values())
+        assert res["mean"] == pytest.approx(sum(res["per_role"].values()) / 3)
+    assert "Forgetting" in text and "Fusion, leave-one-out" in text and "Attribution" in text
+    assert rep["settings"]["max_scenes"] == 4 and rep["seconds"]["total"] > 0

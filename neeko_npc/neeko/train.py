@@ -70,8 +70,13 @@ def _run_key(neeko: NeekoLoRA, roles: list[str], examples: dict[str, list[Exampl
 
 def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: list[str], cfg: TrainConfig,
                  pad_id: int, checkpoint: Path | None = None, resume: bool = False, run_tag: str = "",
-                 progress: bool = True) -> dict:
-    """Train the blocks of ``roles`` (all already added to ``neeko``). Returns per-role records and speed."""
+                 progress: bool = True, groups: dict[str, list[str]] | None = None, group_weight: float = 1.0,
+                 desc: str = "baking") -> dict:
+    """Train the blocks of ``roles`` (all already added to ``neeko``). Returns per-role records and speed.
+
+    ``groups`` maps a role of the schedule to several blocks that train together, all at gate weight
+    ``group_weight``: M blocks of rank r trained that way are one ordinary LoRA of rank M*r, scaled
+    by group_weight * alpha / r (the evaluation's shared-LoRA baseline)."""
     for rid in roles:
         if not examples.get(rid):
             raise ValueError(f"role {rid!r} has no training examples")
@@ -98,16 +103,16 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=start, desc="baking", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True)
     neeko.model.train()
     t0, tokens_seen = time.perf_counter(), 0
     try:
         for step in range(start, total):
             rid, idx = schedule[step]
             batch = collate([examples[rid][i] for i in idx], pad_id)
-            k = neeko.index(rid)
+            ks = [neeko.index(b) for b in (groups or {}).get(rid, [rid])]
             w = torch.zeros(len(idx), neeko.n_blocks)
-            w[:, k] = 1.0
+            w[:, ks] = group_weight if groups and rid in groups else 1.0
             out = neeko.forward(w, **batch)
             loss = out.loss
             loss_value = float(loss.detach())
@@ -115,7 +120,8 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
                 raise FloatingPointError(f"loss became {loss_value} at step {step} (role {rid}); lower --lr")
             opt.zero_grad()
             loss.backward()
-            opt.step(k, lr=cosine_lr(step, total, cfg.lr, cfg.warmup))
+            for k in ks:
+                opt.step(k, lr=cosine_lr(step, total, cfg.lr, cfg.warmup))
             rec = records[rid]
             rec.steps += 1
             n_tok = int(batch["attention_mask"].sum())

@@ -1,0 +1,215 @@
+"""The benchmark as one call: build the target and the baselines, run every section, return a dict.
+
+Figures are plain data (JSON-ready); report.py turns them into the table, the targets and the plot.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .targets import BENCH_SCENE, InProcess, Remote
+
+FULL = dict(ttft_reps=10, switch_reps=12, levels=[1, 2, 4, 8], per_stream=3, decode_tokens=64, decode_rounds=5,
+            adapter_switch_reps=40, reload_reps=6, role_counts=[0, 1, 10, 50], merged_counts=[1, 5], mixture_blocks=50)
+QUICK = dict(ttft_reps=3, switch_reps=4, levels=[1, 2, 4, 8], per_stream=1, decode_tokens=24, decode_rounds=2,
+             adapter_switch_reps=10, reload_reps=2, role_counts=[0, 1, 3], merged_counts=[1, 2], mixture_blocks=10)
+
+
+@dataclass
+class BenchConfig:
+    roles_dir: Path = Path("assets/roles")
+    base_model: str | None = None
+    address: str | None = None  # a running daemon; None benchmarks an engine in this process
+    token: str = ""
+    tls_ca: str | None = None
+    quick: bool = False
+    pool_size: int = 4
+    threads: int | None = None
+    memory: bool = True
+    workdir: Path | None = None
+    sizes: dict = field(default_factory=dict)  # overrides of FULL / QUICK
+
+    def size(self, key: str):
+        return self.sizes.get(key, (QUICK if self.quick else FULL)[key])
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor()
+    try:
+        import llama_cpp
+
+        llama = llama_cpp.__version__
+    except Exception:
+        llama = "missing"
+    return {"cpus": os.cpu_count(), "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
+            "llama_cpp_python": llama}
+
+
+def run_bench(cfg: BenchConfig, progress=None) -> dict:
+    tick = progress.update if progress is not None else None
+
+    def step(name: str):
+        if progress is not None:
+            progress.set_description(name)
+
+    out = {"machine": machine(), "mode": "daemon" if cfg.address else "in-process", "quick": cfg.quick}
+    if cfg.address:
+        return _run_remote(cfg, out, step, tick)
+    work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="neeko-bench-"))
+    try:
+        return off_main_thread(_run_local, cfg, out, work, step, tick)
+    finally:
+        if not cfg.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def off_main_thread(fn, *args):
+    """Run ``fn`` in a worker thread, as the daemon runs every request (on gRPC's workers).
+
+    llama.cpp built with OpenMP keeps a team of threads for each thread that decodes; once the main
+    thread has decoded, decodes from other threads ran 3 to 4 times slower on this 2-core machine
+    (7 ms a token became 25 ms), and the concurrency section would measure that instead of the daemon."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name="neeko-bench", daemon=True)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _sections_through(target, cfg: BenchConfig, out: dict, step, tick) -> list[str]:
+    roles = target.roles
+    if not roles:
+        raise ValueError("the role set is empty: nothing to benchmark")
+    out["roles"] = roles
+    from . import speed
+
+    step("time to first token")
+    out["ttft"] = speed.first_and_follow_up(target, roles, cfg.size("ttft_reps"), progress=tick)
+    step("switching NPC")
+    out["switching"] = speed.switching(target, roles, cfg.size("switch_reps"), progress=tick)
+    step("concurrency")
+    out["concurrency"] = speed.concurrency(target, roles, cfg.size("levels"), cfg.size("per_stream"), progress=tick)
+    return roles
+
+
+def _run_remote(cfg: BenchConfig, out: dict, step, tick) -> dict:
+    from ..server.client import Client
+
+    client = Client(cfg.address, token=cfg.token, tls_ca=cfg.tls_ca)
+    try:
+        out["target"] = {"address": cfg.address}
+        _sections_through(Remote(client), cfg, out, step, tick)
+    finally:
+        client.close()
+    out["skipped"] = ["decode rates, the adapter switch alone, baselines and memory need --in-process (no --address)"]
+    return out
+
+
+def _run_local(cfg: BenchConfig, out: dict, work: Path, step, tick) -> dict:
+    from ..engine.npc_engine import EngineConfig, LlamaEngine
+    from ..roles.base_model import resolve_base_model
+    from . import baselines, memory, speed
+    from .speed import DecodeSetup
+
+    step("loading the model")
+    engine = LlamaEngine(cfg.roles_dir, cfg.base_model, EngineConfig(pool_size=cfg.pool_size, n_threads=cfg.threads))
+    try:
+        snap = engine.roles.snapshot
+        out["target"] = {"base_model": engine.base.name, "roles_dir": str(cfg.roles_dir), "pool_size": cfg.pool_size,
+                         "threads": cfg.threads or os.cpu_count()}
+        out["problems"] = dict(snap.problems)
+        _sections_through(InProcess(engine), cfg, out, step, tick)
+
+        blocks = [snap.roles[r].asset for r in sorted(snap.adapters)]
+        if not blocks:
+            out["skipped"] = ["no trained block in the role set: decode, switch and memory sections need one"]
+            return out
+        one = blocks[0]
+        fused = next((r for r in snap.roles.values() if len(r.weights) > 1), None)
+        model = engine.model
+        prompt = engine.build_prompt(snap.roles[one.id], "", one.id, speed.OPENING[0], BENCH_SCENE, 64)
+        ctx = model.new_context(engine.config.n_ctx, cfg.threads)
+        handle = {rid: a.handle for rid, a in snap.adapters.items()}
+
+        step("baselines: merging models")
+        ref = resolve_base_model(cfg.base_model)
+        merged = baselines.merged_models(blocks[: max(2, max(cfg.size("merged_counts")))], ref.path, engine.base, work / "merged")
+        merged_model = baselines.LlamaModel(merged[one.id])
+        merged_ctx = merged_model.new_context(engine.config.n_ctx, cfg.threads)
+        mixture_n = max(cfg.size("mixture_blocks"), len(blocks))
+        adapter_files = [engine.roles.backend.cache_dir / f"{a.sha256}.gguf" for a in blocks]
+        extra = baselines.copies_of_adapters(model, adapter_files, mixture_n - len(blocks))
+        try:
+            dense = baselines.dense_weights(blocks, one.id)
+            setups = [DecodeSetup("base model alone", ctx, [], []),
+                      DecodeSetup(f"neeko: one role ({one.id})", ctx, [handle[one.id]], [1.0])]
+            if fused is not None:
+                pairs = sorted(fused.weights.items())
+                setups.append(DecodeSetup(f"neeko: fused role ({fused.id})", ctx, [handle[r] for r, _ in pairs], [w for _, w in pairs]))
+            setups += [DecodeSetup(f"merged single LoRA ({one.id})", merged_ctx, [], [],
+                                   "role merged into the weights (f16 q/v); cannot switch"),
+                       DecodeSetup(f"dense mixture ({len(blocks)} blocks)", ctx, [handle[a.id] for a in blocks], dense,
+                                   "every block on every request"),
+                       DecodeSetup(f"dense mixture ({mixture_n} blocks)", ctx, [handle[a.id] for a in blocks] + extra,
+                                   dense + [1e-6] * len(extra), f"{mixture_n - len(blocks)} copies of the trained blocks")]
+            step("decode rates")
+            out["decode"] = speed.decode_rates(setups, prompt, cfg.size("decode_tokens"), cfg.size("decode_rounds"), progress=tick)
+            out["decode_prompt_tokens"] = len(prompt)
+            step("adapter switch")
+            other = blocks[1] if len(blocks) > 1 else None
+            if other is not None:
+                out["adapter_switch"] = speed.adapter_switch(ctx, ([handle[one.id]], [1.0]), ([handle[other.id]], [1.0]),
+                                                             prompt[:16], cfg.size("adapter_switch_reps"))
+        finally:
+            for h in extra:
+                model.free_adapter(h)
+            ctx.close()
+            merged_ctx.close()
+            merged_model.close()
+        if len(merged) > 1:
+            step("baseline: one model per NPC")
+            out["reload_per_npc"] = baselines.reload_per_npc(list(merged.values())[:2], prompt, cfg.size("reload_reps"))
+        tick and tick()
+    finally:
+        engine.close()
+
+    if cfg.memory:
+        step("memory: daemon RSS by role count")
+        out["memory"] = memory.memory_by_role_count(blocks, cfg.size("role_counts"), cfg.base_model, work, progress=tick)
+        step("memory: one merged model per NPC")
+        counts = [n for n in cfg.size("merged_counts") if n <= len(merged)]
+        out["memory"]["merged_models"] = [{"count": n, "rss_bytes": memory.models_rss(list(merged.values())[:n]),
+                                           "disk_bytes": sum(p.stat().st_size for p in list(merged.values())[:n])} for n in counts]
+    return out
+
+
+def total_steps(cfg: BenchConfig) -> int:
+    """Progress-bar length: one tick per timed unit of work."""
+    s = cfg.size
+    n = s("ttft_reps") + 3 + len(s("levels"))
+    if not cfg.address:
+        n += 6 * s("decode_rounds") + 1
+        n += len(s("role_counts")) if cfg.memory else 0
+    return n

@@ -1,0 +1,196 @@
+"""The timed sections of the benchmark.
+
+Sections that go through a target (time to first token, switching, concurrency) work the same on an
+in-process engine and on a daemon. The decode and adapter-switch sections drive llama.cpp contexts
+directly, so every configuration (base, one role, fused, dense mixture, merged model) runs the very
+same loop: prefill one prompt, then greedy-decode a fixed number of tokens, end-of-turn ignored.
+Configurations are interleaved round by round so that machine noise hits them all alike.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from .stats import ratio, summary
+
+OPENING = ["Good day. What is this place?", "I need help, and quickly.", "What do you know about the old mill?",
+           "Have you seen a traveller in a grey cloak?", "Is there work for someone like me?",
+           "Why is everyone so nervous today?", "Can I trust you?", "What would you sell me for three silver?",
+           "Tell me about yourself.", "Where can I sleep tonight?"]
+FOLLOW_UP = ["And what happened after that?", "Who else should I ask about it?", "That is not what I heard.",
+             "How long have you lived here?", "Could you say that again, more plainly?",
+             "Is that a threat?", "What would you do in my place?", "And the price?",
+             "Do you have family here?", "Thank you. One more thing: the road north, is it safe?"]
+
+
+# -- through a target ------------------------------------------------------------------
+
+def first_and_follow_up(target, roles: list[str], reps: int, max_tokens: int = 16, progress=None) -> dict:
+    """Time to first token of a conversation's first line and of its follow-up.
+
+    In process, each first line starts cold (no cached prefix), and the follow-up is then replayed cold
+    with the very same prompt: the follow-up's gain is measured against a line of the same length."""
+    tag = uuid.uuid4().hex[:8]
+    rows, errors = [], []
+    for i in range(reps):
+        npc = roles[i % len(roles)]
+        session = f"bench-{tag}-{i}"
+        target.forget_cache()
+        a = target.say(npc, OPENING[i % len(OPENING)], session, max_tokens)
+        hist = target.history(session, npc)
+        b = target.say(npc, FOLLOW_UP[i % len(FOLLOW_UP)], session, max_tokens)
+        row = {"npc": npc, "first_ms": a.ttft * 1000, "first_prompt_tokens": a.prompt_tokens,
+               "first_cached_tokens": a.cached_tokens, "follow_ms": b.ttft * 1000,
+               "follow_prompt_tokens": b.prompt_tokens, "follow_cached_tokens": b.cached_tokens}
+        errors += [x.error for x in (a, b) if x.error]
+        if hist is not None and not a.error and not b.error and target.forget_cache():
+            target.set_history(session, npc, hist)
+            c = target.say(npc, FOLLOW_UP[i % len(FOLLOW_UP)], session, max_tokens)
+            if c.error:
+                errors.append(c.error)
+            elif c.prompt_tokens != b.prompt_tokens:
+                errors.append(f"cold replay of {npc}'s follow-up had {c.prompt_tokens} prompt tokens, not {b.prompt_tokens}")
+            else:
+                row["cold_same_ms"] = c.ttft * 1000
+        rows.append(row)
+        if progress:
+            progress()
+    follow = summary([r["follow_ms"] for r in rows])
+    cold = summary([r.get("cold_same_ms") for r in rows])
+    return {"first_line_ms": summary([r["first_ms"] for r in rows]), "follow_up_ms": follow,
+            "cold_same_length_ms": cold,
+            "follow_over_cold": ratio(follow.get("p50", 0), cold["p50"]) if cold["n"] else None,
+            "first_prompt_tokens": summary([r["first_prompt_tokens"] for r in rows]),
+            "follow_prompt_tokens": summary([r["follow_prompt_tokens"] for r in rows]),
+            "follow_cached_tokens": summary([r["follow_cached_tokens"] for r in rows]),
+            "rows": rows, "errors": errors}
+
+
+def switching(target, roles: list[str], reps: int, max_tokens: int = 8, progress=None) -> dict:
+    """Time to first token when consecutive requests repeat one NPC, alternate two, or rotate all.
+
+    Every request has a new player line and no session, so what is reused is the NPC's cached system
+    prompt; which of those stay cached depends on the pool's contexts (--pool-size)."""
+    orders = {"repeat": [roles[0]] * reps, "alternate_2": [roles[i % 2] for i in range(reps)] if len(roles) > 1 else None,
+              "rotate_all": [roles[i % len(roles)] for i in range(reps)] if len(roles) > 2 else None}
+    out, errors = {}, []
+    for name, seq in orders.items():
+        if seq is None:
+            continue
+        target.forget_cache()
+        for npc in dict.fromkeys(seq):  # warm each NPC once; not timed
+            target.say(npc, "Hello.", "", max_tokens)
+        lines = [target.say(npc, OPENING[i % len(OPENING)], "", max_tokens) for i, npc in enumerate(seq)]
+        errors += [x.error for x in lines if x.error]
+        out[name] = {"ttft_ms": summary([x.ttft for x in lines if not x.error], 1000),
+                     "cached_tokens": summary([x.cached_tokens for x in lines if not x.error])}
+        if progress:
+            progress()
+    base = out["repeat"]["ttft_ms"]["p50"]
+    for name, v in out.items():
+        v["extra_ms_vs_repeat"] = v["ttft_ms"]["p50"] - base
+    out["errors"] = errors
+    return out
+
+
+def concurrency(target, roles: list[str], levels: list[int], per_stream: int, max_tokens: int = 32, progress=None) -> dict:
+    """K streams at once, each a different NPC and session, each saying ``per_stream`` lines."""
+    out = {}
+    for k in levels:
+        lines, lock = [], threading.Lock()
+        start = threading.Barrier(k)
+        tag = uuid.uuid4().hex[:6]
+
+        def stream(j: int) -> None:
+            npc = roles[j % len(roles)]
+            start.wait()
+            for q in range(per_stream):
+                x = target.say(npc, OPENING[(j + q) % len(OPENING)], f"bench-{tag}-{j}", max_tokens, temperature=0.7, seed=j * 31 + q)
+                with lock:
+                    lines.append(x)
+
+        threads = [threading.Thread(target=stream, args=(j,)) for j in range(k)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        ok = [x for x in lines if not x.error]
+        toks = sum(x.completion_tokens for x in ok)
+        out[str(k)] = {"streams": k, "lines": len(lines), "errors": len(lines) - len(ok),
+                       "error_messages": sorted({x.error for x in lines if x.error})[:5],
+                       "completion_tokens": toks, "wall_s": wall, "aggregate_tok_s": toks / wall,
+                       "ttft_ms": summary([x.ttft for x in ok], 1000)}
+        if progress:
+            progress()
+    return out
+
+
+# -- on llama.cpp contexts directly ----------------------------------------------------
+
+@dataclass
+class DecodeSetup:
+    name: str
+    ctx: object  # a LlamaContext
+    adapters: list
+    scales: list[float]
+    note: str = ""
+
+
+def _prefill(s: DecodeSetup, prompt: list[int]) -> np.ndarray:
+    s.ctx.set_adapters(s.adapters, s.scales)
+    s.ctx.clear()
+    return s.ctx.decode(prompt)
+
+
+def decode_rates(setups: list[DecodeSetup], prompt: list[int], n_tokens: int, rounds: int, progress=None) -> dict:
+    """Greedy decode tokens/s (and prefill tokens/s) per setup, end-of-turn ignored."""
+    dec = {s.name: [] for s in setups}
+    pre = {s.name: [] for s in setups}
+    for _ in range(rounds):
+        for s in setups:
+            t0 = time.perf_counter()
+            logits = _prefill(s, prompt)
+            t1 = time.perf_counter()
+            for _ in range(n_tokens):
+                logits = s.ctx.decode([int(np.argmax(logits))])
+            t2 = time.perf_counter()
+            pre[s.name].append(len(prompt) / (t1 - t0))
+            dec[s.name].append(n_tokens / (t2 - t1))
+            if progress:
+                progress()
+    return {s.name: {"decode_tok_s": summary(dec[s.name]), "prefill_tok_s": summary(pre[s.name]),
+                     "blocks": len(s.adapters), "note": s.note} for s in setups}
+
+
+def adapter_switch(ctx, a: tuple[list, list[float]], b: tuple[list, list[float]], prompt: list[int], reps: int) -> dict:
+    """The cost of the adapter switch alone: the same cold request for role A, after a request for A
+    (repeat) or after one for B (switch). Only what the context held before differs. It measured as a
+    fixed overhead (about the same at 8 and 32 prompt tokens), so a short prompt keeps it above the
+    noise of the prefill."""
+    A = DecodeSetup("a", ctx, *a)
+    B = DecodeSetup("b", ctx, *b)
+    repeat, switch, set_cost = [], [], []
+    _prefill(A, prompt)
+    for _ in range(reps):
+        _prefill(A, prompt)
+        t = time.perf_counter()
+        _prefill(A, prompt)
+        repeat.append(time.perf_counter() - t)
+        _prefill(B, prompt)
+        t = time.perf_counter()
+        _prefill(A, prompt)
+        switch.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ctx.set_adapters(*b)
+        ctx.set_adapters(*a)
+        set_cost.append((time.perf_counter() - t) / 2)
+    r, s = summary(repeat, 1000), summary(switch, 1000)
+    return {"repeat_ms": r, "switch_ms": s, "extra_ms": s["p50"] - r["p50"], "set_adapters_us": summary(set_cost, 1e6),
+            "prompt_tokens": len(prompt)}

@@ -1,0 +1,141 @@
+"""The two things a benchmark can talk to: an engine in this process, or a running daemon over gRPC.
+
+Both answer ``say`` with a :class:`Line`: client-side times (to the first text, to the end), the
+token counts the engine reports, and the error if the line failed. Nothing here retries: an error
+is a measured result.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..engine.generate import GenOptions
+from ..engine.prompt import SceneInfo
+
+BENCH_SCENE = SceneInfo(location="the market square", time_of_day="late afternoon", weather="light rain",
+                        npc_mood="busy", player_name="Ash", player_standing="a stranger",
+                        recent_events=["a cart lost a wheel by the well"])
+
+
+@dataclass
+class Line:
+    npc: str
+    ttft: float  # seconds from the request to the first text (or to the end, if there was none)
+    total: float  # seconds from the request to the end
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    text: str = ""
+    error: str = ""
+
+    @property
+    def decode_rate(self) -> float | None:
+        """Tokens per second after the first one (None for replies of fewer than 4 tokens)."""
+        gap = self.total - self.ttft
+        return (self.completion_tokens - 1) / gap if self.completion_tokens >= 4 and gap > 0 else None
+
+
+def timed_line(npc: str, t0: float, chunks, cached) -> Line:
+    """Consume a reply's chunks, timing its first text and its end; ``cached(last_chunk)`` is the reused prefix."""
+    first = None
+    text = []
+    for chunk in chunks:
+        if first is None and (chunk.text or chunk.done):
+            first = time.perf_counter()
+        text.append(chunk.text)
+        if chunk.done:
+            return Line(npc, first - t0, time.perf_counter() - t0, chunk.completion_tokens, chunk.prompt_tokens,
+                        cached(chunk), "".join(text))
+    raise RuntimeError("the reply ended without a final chunk")
+
+
+def failed_line(npc: str, t0: float, error: str) -> Line:
+    t = time.perf_counter() - t0
+    return Line(npc, t, t, error=error)
+
+
+class InProcess:
+    """An engine (LlamaEngine or TorchEngine) in this process."""
+
+    kind = "in-process"
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    @property
+    def roles(self) -> list[str]:
+        return sorted(self.engine.roles.snapshot.roles)
+
+    def say(self, npc: str, line: str, session: str = "", max_tokens: int = 32, temperature: float = 0.0,
+            seed: int | None = 0) -> Line:
+        t0 = time.perf_counter()
+        try:
+            reply = self.engine.say(npc, line, BENCH_SCENE, GenOptions(max_tokens=max_tokens, temperature=temperature, seed=seed),
+                                    session=session)
+            return timed_line(npc, t0, reply.chunks, lambda c: c.cached_tokens)
+        except Exception as exc:  # measured, not raised: the concurrency section counts errors
+            return failed_line(npc, t0, f"{type(exc).__name__}: {exc}")
+
+    def forget_cache(self) -> bool:
+        """Drop every context's cached prefix, so the next line is cold."""
+        forget = getattr(self.engine.pool, "forget", None)
+        if forget is None:
+            return False
+        forget()
+        return True
+
+    def history(self, session: str, npc: str) -> list[tuple[str, str]]:
+        return self.engine.memory.get(session, npc)
+
+    def set_history(self, session: str, npc: str, turns: list[tuple[str, str]]) -> None:
+        self.engine.memory.forget(session, npc)
+        for said, replied in turns:
+            self.engine.memory.add(session, npc, said, replied)
+
+
+class Remote:
+    """A running daemon, through the Python client."""
+
+    kind = "daemon"
+
+    def __init__(self, client):
+        self.client = client
+
+    @property
+    def roles(self) -> list[str]:
+        import grpc
+
+        try:
+            return sorted(r.id for r in self.client.roles().roles)
+        except grpc.RpcError as exc:
+            raise ValueError(f"cannot list the daemon's roles: {exc.code().name}: {exc.details()}") from None
+
+    def say(self, npc: str, line: str, session: str = "", max_tokens: int = 32, temperature: float = 0.0,
+            seed: int | None = 0) -> Line:
+        import grpc
+        from google.protobuf import json_format
+
+        from ..v1 import dialogue_pb2 as pb
+
+        scene = json_format.ParseDict({k: v for k, v in vars(BENCH_SCENE).items() if v}, pb.SceneContext())
+        opts = {"max_tokens": max_tokens, "temperature": temperature}
+        if seed is not None:
+            opts["seed"] = seed
+        t0 = time.perf_counter()
+        try:
+            chunks = self.client.say(npc, line, scene=scene, session=session, timeout=300, **opts)
+            return timed_line(npc, t0, chunks, lambda c: c.cached_prompt_tokens)
+        except grpc.RpcError as exc:
+            return failed_line(npc, t0, f"{exc.code().name}: {exc.details()}")
+        except Exception as exc:
+            return failed_line(npc, t0, f"{type(exc).__name__}: {exc}")
+
+    def forget_cache(self) -> bool:
+        return False  # a daemon's KV cache is not ours to clear
+
+    def history(self, session, npc):
+        return None
+
+    def set_history(self, session, npc, turns):
+        raise NotImplementedError

@@ -1,0 +1,75 @@
+"""`neeko-npc eval`'s report as text tables (the JSON holds the same figures)."""
+
+from __future__ import annotations
+
+from .evaluate import EvalReport
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{(a - b) / b:+.1%}" if b else "n/a"
+
+
+def report_table(rep: EvalReport) -> str:
+    w = max(12, *(len(c) for c in rep.blocks))
+    out = ["held-out loss of ROW's lines with COLUMN's block (* = lowest in the row)"]
+    extra = ["in-context"] + (["shared LoRA"] if rep.shared else [])
+    out.append(f"{'lines / block':<16}" + "".join(f"{c:>{w + 2}}" for c in rep.blocks + extra))
+    for rid, row in zip(rep.roles, rep.confusion):
+        best = min(range(len(row)), key=lambda i: row[i])
+        cells = "".join(f"{(f'{v:.4f}' + ('*' if i == best else ' ')):>{w + 2}}" for i, v in enumerate(row))
+        tail = f"{rep.in_context[rid]:>{w + 1}.4f} " + (f"{rep.shared[rid]:>{w + 1}.4f}" if rep.shared else "")
+        out.append(f"{rid:<16}{cells}{tail}")
+    n = len(rep.roles)
+    out.append(f"\nown block lowest in {round(rep.diagonal_wins * n)}/{n} rows ({rep.diagonal_wins:.0%})")
+    if rep.shared:
+        beats = sum(rep.confusion[j][rep.blocks.index(r)] < rep.shared[r] for j, r in enumerate(rep.roles))
+        sh = rep.forgetting.get("shared", {})
+        scale = f", scale {sh['scale']:g}" if sh.get("scale") else ""
+        out.append(f"own block below the shared LoRA (rank {sh.get('rank')}{scale}, same lines and epochs) in {beats}/{n} rows")
+
+    f = rep.forgetting
+    if f.get("neeko"):
+        new = ", ".join(f["new_roles"]) or "nothing"
+        same = sum(v["identical"] for v in f["neeko"].values())
+        out.append(f"\nForgetting: old roles' held-out loss before and after adding {new}")
+        out.append(f"  {'role':<16}{'neeko before':>14}{'after':>10}{'':>9}" + (f"{'shared before':>15}{'after':>10}{'':>9}" if "roles" in f.get("shared", {}) else ""))
+        for rid, v in f["neeko"].items():
+            line = f"  {rid:<16}{v['before']:>14.4f}{v['after']:>10.4f}{'same' if v['identical'] else _pct(v['after'], v['before']):>9}"
+            s = f.get("shared", {}).get("roles", {}).get(rid)
+            if s:
+                line += f"{s['before']:>15.4f}{s['after']:>10.4f}{_pct(s['after'], s['before']):>9}"
+            out.append(line)
+        out.append(f"  neeko: identical in {same}/{len(f['neeko'])} roles"
+                   + ("" if not f.get("neeko_after_shared_training") else
+                      f"; still identical after the shared baseline's training: "
+                      f"{sum(f['neeko_after_shared_training'].values())}/{len(f['neeko_after_shared_training'])}"))
+        for rid, s in f.get("shared", {}).get("new_roles", {}).items():
+            own = rep.confusion[rep.roles.index(rid)][rep.blocks.index(rid)] if rid in rep.roles else float("nan")
+            out.append(f"  new role {rid}: shared LoRA {s['before']:.4f} -> {s['after']:.4f}, neeko's new block {own:.4f}")
+
+    loo = rep.fusion.get("leave_one_out", {})
+    if loo:
+        out.append(f"\nFusion, leave-one-out: each role rebuilt from the other blocks (tau {rep.fusion['tau']}), no training")
+        out.append(f"  {'role':<16}{'fused':>9}{'in-context':>12}{'own block':>11}  weights")
+        for rid, v in loo.items():
+            ws = ", ".join(f"{k} {x:.2f}" for k, x in sorted(v["weights"].items(), key=lambda kv: -kv[1]))
+            out.append(f"  {rid:<16}{v['fused']:>9.4f}{v['in_context']:>12.4f}{v['own_block']:>11.4f}  {ws}")
+        better = sum(v["fused"] < v["in_context"] for v in loo.values())
+        out.append(f"  fused below in-context in {better}/{len(loo)} roles")
+    for rid, v in rep.fusion.get("shipped", {}).items():
+        out.append(f"  shipped fused role {rid}: fused {v['fused']:.4f}, in-context {v['in_context']:.4f}")
+
+    a = rep.attribution
+    if a:
+        names = list(a["systems"])
+        out.append(f"\nAttribution: {a['prompts']} held-out prompts answered by every role, each reply given to the nearest "
+                   "role centroid of real lines (MiniLM)")
+        out.append(f"  {'role':<16}{'real lines':>12}" + "".join(f"{n:>13}" for n in names))
+        for rid in rep.roles:
+            out.append(f"  {rid:<16}{a['real_held_out_lines'].get(rid, float('nan')):>12.0%}"
+                       + "".join(f"{a['systems'][n]['per_role'].get(rid, float('nan')):>13.0%}" for n in names))
+        real_mean = sum(a["real_held_out_lines"].values()) / max(1, len(a["real_held_out_lines"]))
+        out.append(f"  {'mean':<16}{real_mean:>12.0%}" + "".join(f"{a['systems'][n]['mean']:>13.0%}" for n in names))
+    if rep.seconds:
+        out.append("\n" + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in rep.seconds.items()))
+    return "\n".join(out)

@@ -152,7 +152,7 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
         w = fusion_weights(np.stack([a.embedding for a in others]), [a.id for a in others], by_id[rid].embedding,
                            top_k=by_id[rid].gate.top_k, tau=FUSE_TAU, min_weight=by_id[rid].gate.min_weight)
         fusion["leave_one_out"][rid] = {"weights": w, "fused": loss(rid, w), "in_context": in_context[rid],
-                                        "own_block": own_after.get(rid, matrix[rows.index(rid)][cols.index(rid)])}
+                                        "own_block": matrix[rows.index(rid)][cols.index(rid)]}
         bar.update(1)
     for a in assets:
         if a.fusion is not None and a.id in held:

@@ -178,9 +178,6 @@ def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, bas
     report = expand(ref, roles_dir, src, _train_config(epochs, lr, batch_size, max_len, seed), out, lora_precision=precision,
                     replace=replace, resume=resume, progress=not quiet)
     _print_heldout(report)
-    if report.extra.get("gate_shifted"):
-        click.echo(f"note: the new profile is close enough to {', '.join(report.extra['gate_shifted'])} that the gate now mixes it "
-                   "into their requests; raise --min-weight or lower --tau in those roles to keep them unchanged", err=True)
     click.echo(f"old roles' blocks verified bit-identical; wrote {report.assets[0]} ({report.assets[0].stat().st_size / 1e6:.2f} MB)")
 
 
@@ -404,6 +401,10 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("--max-tokens-limit", default=512, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
 @click.option("--max-player-line-chars", default=2000, show_default=True, type=click.IntRange(1))
 @click.option("--max-scene-chars", default=8000, show_default=True, type=click.IntRange(0))
+@click.option("--max-profile-chars", default=8000, show_default=True, type=click.IntRange(0),
+              help="A procedural NPC's profile, all fields together.")
+@click.option("--max-blend", default=3, show_default=True, type=click.IntRange(1, 64),
+              help="Roles a procedural NPC's blend may name, and blocks it may mix (the gate's top-k).")
 @click.option("--watch-interval", default=1.0, show_default=True, type=click.FloatRange(0), help="Seconds between roles-folder scans; 0 turns watching off.")
 @click.option("--engine", type=click.Choice(["llama.cpp", "torch"]), default="llama.cpp", show_default=True,
               help="torch: the block LoRA in torch, batching NPCs' decode steps (GPU; needs the [train] extra).")
@@ -412,8 +413,8 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("-v", "--verbose", is_flag=True)
 @friendly_errors
 def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
-          history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, watch_interval, engine, device, max_batch,
-          verbose):
+          history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, watch_interval,
+          engine, device, max_batch, verbose):
     """Run the dialogue daemon (gRPC) on the base model and every role in --roles."""
     import logging
     import signal
@@ -425,9 +426,10 @@ def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     ecfg = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
-                        history_tokens=history_tokens, max_tokens_limit=max_tokens_limit)
+                        history_tokens=history_tokens, max_tokens_limit=max_tokens_limit, max_blend=max_blend)
     scfg = ServerConfig(host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval,
-                        limits=Limits(max_player_line_chars=max_player_line_chars, max_scene_chars=max_scene_chars))
+                        limits=Limits(max_player_line_chars=max_player_line_chars, max_scene_chars=max_scene_chars,
+                                      max_profile_chars=max_profile_chars))
     if engine == "torch":
         def make():
             from .engine.torch_engine import TorchEngine
@@ -478,16 +480,24 @@ def _rpc_error(exc) -> click.ClickException:
 @click.option("--max-tokens", default=0, type=click.IntRange(0), help="0: the daemon's default.")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None)
 @click.option("--seed", type=click.IntRange(0), default=None)
-@click.option("--stats", is_flag=True, help="Print token counts, time to first token and the gate's weights.")
+@click.option("--blend", default=None, metavar="ROLE=W,...",
+              help="A procedural NPC (no role file) speaking with a mix of hosted roles, e.g. innkeeper=0.7,merchant=0.3. "
+                   "Needs --profile.")
+@click.option("--profile", "profile_path", type=click.Path(exists=True, dir_okay=False),
+              help="With --blend: the procedural NPC's profile JSON (name and persona; the id may be left out).")
+@click.option("--stats", is_flag=True, help="Print token counts, time to first token and the blocks' weights.")
 @client_options
-def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, stats, address, tls_ca, token):
+def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend, profile_path, stats, address, tls_ca, token):
     """Stream NPC_ID's reply to LINE from a running daemon."""
     import grpc
 
-    from .server.client import Client, load_scene
+    from .server.client import Client, load_npc_profile, load_scene, parse_blend
 
+    if bool(blend) != bool(profile_path):
+        raise click.UsageError("--blend and --profile go together: a procedural NPC needs a voice and a character")
     try:
         scene = load_scene(scene_path) if scene_path else None
+        procedural = {"blend": parse_blend(blend), "profile": load_npc_profile(profile_path, npc_id)} if blend else {}
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     opts = {"max_tokens": max_tokens} if max_tokens else {}  # 0: the daemon's default
@@ -498,7 +508,7 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, stats,
     client = Client(address, token, tls_ca)
     try:
         last = None
-        for chunk in client.say(npc_id, line, scene, session, **opts):
+        for chunk in client.say(npc_id, line, scene, session, **procedural, **opts):
             click.echo(chunk.text, nl=False)
             sys.stdout.flush()
             last = chunk
@@ -506,7 +516,7 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, stats,
         if stats and last is not None:
             w = ", ".join(f"{x.role_id} {x.weight:.2f}" for x in last.role_weights)
             click.echo(f"[{last.completion_tokens} tokens, prompt {last.prompt_tokens} ({last.cached_prompt_tokens} cached), "
-                       f"first token {last.time_to_first_token_ms:.0f} ms, gate: {w}]", err=True)
+                       f"first token {last.time_to_first_token_ms:.0f} ms, blocks: {w}]", err=True)
     except grpc.RpcError as exc:
         raise _rpc_error(exc) from None
     finally:

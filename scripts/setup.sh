@@ -24,12 +24,16 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 
 # 2. llama.cpp, compiled by pip (about 3 minutes on 2 cores). The native build can crash on CPUs with AMX,
-#    so build for a fixed, safe instruction set; LLAVA_BUILD=OFF skips the multimodal library we never use.
-#    GGML_OPENMP=OFF: with OpenMP, decodes from the daemon's several worker threads ran 3-4x slower.
-#    --no-cache-dir keeps pip from reusing a wheel built with other flags. An OpenMP build is rebuilt.
-if ! "$PY" -c "import llama_cpp, sys; sys.exit(b'OPENMP = 1' in llama_cpp.llama_print_system_info())" 2>/dev/null; then
-  echo "==> building llama-cpp-python with safe CPU flags (takes a few minutes)"
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF}" \
+#    so build for a fixed, safe instruction set: AVX2 always, AVX-512 only where this CPU has it (an AVX-512
+#    build dies with "Illegal instruction" on CPUs without, e.g. AMD EPYC Milan). LLAVA_BUILD=OFF skips the
+#    multimodal library we never use. GGML_OPENMP=OFF: with OpenMP, decodes from the daemon's several worker
+#    threads ran 3-4x slower. --no-cache-dir keeps pip from reusing a wheel built with other flags.
+#    A build that is missing, crashes on this CPU, or uses OpenMP is rebuilt.
+AVX512=ON
+for f in avx512f avx512cd avx512vl avx512dq avx512bw; do grep -qw "$f" /proc/cpuinfo 2>/dev/null || AVX512=OFF; done
+if ! "$PY" -c "import llama_cpp, sys; sys.exit(b'OPENMP = 1' in llama_cpp.llama_print_system_info())" >/dev/null 2>&1; then
+  echo "==> building llama-cpp-python with safe CPU flags, AVX-512 $AVX512 (takes a few minutes)"
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=$AVX512 -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF}" \
     pip_install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python>=0.3.8"
   pip_install "llama-cpp-python>=0.3.8"  # its dependencies, if the line above was its first install
 fi

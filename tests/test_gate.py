@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from neeko_npc.neeko.gate import Gate, fusion_weights, gate_weights
+from neeko_npc.neeko.gate import BlendError, fusion_weights, gate_weights, normalise_blend
 from neeko_npc.roles.asset import GateSettings
 
 
@@ -9,13 +10,31 @@ def embeddings(n=5, d=24, seed=0):
     return e / np.linalg.norm(e, axis=1, keepdims=True)
 
 
-def test_known_npc_resolves_to_its_own_block():
+def test_a_role_with_itself_in_the_set_gets_nearly_all_the_weight():
     E = embeddings()
-    gate = Gate([f"r{i}" for i in range(5)], E, GateSettings())
     for i in range(5):
-        w = gate.for_role(f"r{i}")
+        w = gate_weights(E, E[i], GateSettings())
         assert w.argmax() == i and w[i] > 0.98
         assert abs(w.sum() - 1) < 1e-12
+
+
+def test_a_blend_is_normalised_and_drops_zero_weights():
+    assert normalise_blend([("innkeeper", 7.0), ("merchant", 3.0), ("smith", 0.0)], limit=3) == {"innkeeper": 0.7, "merchant": 0.3}
+    assert normalise_blend([("innkeeper", 0.25)], limit=1) == {"innkeeper": 1.0}
+
+
+@pytest.mark.parametrize("pairs,needle", [
+    ([], "empty"),
+    ([("a", 1.0), ("b", 1.0), ("c", 1.0), ("d", 1.0)], "names 4 roles; at most 3"),
+    ([("a", 1.0), ("a", 2.0)], "names role 'a' twice"),
+    ([("a", -0.1), ("b", 1.0)], "finite and not negative"),
+    ([("a", float("nan"))], "finite and not negative"),
+    ([("a", float("inf"))], "finite and not negative"),
+    ([("a", 0.0), ("b", 0.0)], "sum to 0"),
+])
+def test_a_bad_blend_says_why(pairs, needle):
+    with pytest.raises(BlendError, match=needle):
+        normalise_blend(pairs, limit=3)
 
 
 def test_top_k_and_min_weight():

@@ -97,3 +97,38 @@ def test_grpc_service_on_the_torch_engine(f32_setup):
         c.close()
     finally:
         d.stop(0)
+
+
+def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine):
+    """A block that escaped the file checks (set here in memory: 1e30 everywhere) ends its own row with
+    NonFiniteLogits naming the NPC; the NPC batched beside it gets its solo reply."""
+    from neeko_npc.engine.generate import NonFiniteLogits
+
+    solo = reply(torch_engine, "smith")[0]
+    k = torch_engine.roles.snapshot.adapters["bard"].handle
+    saved = {name: [t.clone() for t in mod.block(k)] for name, mod in torch_engine.neeko.modules.items()}
+    try:
+        for mod in torch_engine.neeko.modules.values():
+            A, B = mod.block(k)
+            mod.set_block(k, A.new_full(A.shape, 1e30), B.new_full(B.shape, 1e30))
+        results, errors = {}, {}
+
+        def talk(npc):
+            try:
+                results[npc] = reply(torch_engine, npc)[0]
+            except NonFiniteLogits as exc:
+                errors[npc] = str(exc)
+
+        before = len(torch_engine.pool.batch_sizes)
+        threads = [threading.Thread(target=talk, args=(n,)) for n in ("smith", "bard")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert 2 in torch_engine.pool.batch_sizes[before:]
+        assert results == {"smith": solo}
+        assert list(errors) == ["bard"] and "NPC 'bard' produced non-finite logits" in errors["bard"]
+    finally:
+        for name, mod in torch_engine.neeko.modules.items():
+            mod.set_block(k, *saved[name])
+    assert torch_engine.pool.wait_idle(10)

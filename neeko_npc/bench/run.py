@@ -149,7 +149,7 @@ def _run_local(cfg: BenchConfig, out: dict, work: Path, step, tick) -> dict:
         one = blocks[0]
         fused = next((r for r in snap.roles.values() if len(r.weights) > 1), None)
         model = engine.model
-        prompt = engine.build_prompt(snap.roles[one.id], "", one.id, speed.OPENING[0], BENCH_SCENE, 64)
+        prompt = engine.build_prompt(one.profile, "", one.id, speed.OPENING[0], BENCH_SCENE, 64)
         ctx = model.new_context(engine.config.n_ctx, cfg.threads)
         handle = {rid: a.handle for rid, a in snap.adapters.items()}
 

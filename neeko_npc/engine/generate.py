@@ -32,6 +32,16 @@ class PoolBusy(RuntimeError):
     pass
 
 
+class NonFiniteLogits(RuntimeError):
+    """The model's output for a reply held NaN or infinity (a broken adapter): the reply cannot go on."""
+
+
+def check_finite(logits: np.ndarray) -> np.ndarray:
+    if not np.isfinite(logits).all():
+        raise NonFiniteLogits("the model's logits are not finite")
+    return logits
+
+
 @dataclass
 class GenOptions:
     max_tokens: int = 96
@@ -291,6 +301,10 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
             ctx.set_threads(n)
             return ctx.decode(tokens)
 
+    def forget() -> None:  # the cache holds nothing reusable
+        slot.tokens, slot.key = [], ()
+        ctx.clear()
+
     ctx.set_adapters(adapters, scales)  # normally already set by acquire(); the slot is busy, its adapters pinned
     slot.adapters = tuple(adapters)
     reuse = common_prefix(slot.tokens, prompt) if slot.key == key else 0
@@ -302,10 +316,9 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     slot.tokens = slot.tokens[:reuse]
     slot.key = key
     try:
-        logits = decode(prompt[reuse:])
+        logits = check_finite(decode(prompt[reuse:]))
     except Exception:
-        slot.tokens, slot.key = [], ()
-        ctx.clear()
+        forget()
         raise
     slot.tokens = list(prompt)
     rng = np.random.default_rng(opts.seed)
@@ -332,7 +345,11 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
             yield Chunk(delta, completion_tokens=n)
         if len(slot.tokens) + 1 >= slot.ctx.n_ctx:
             break
-        logits = decode([tok])
+        try:
+            logits = check_finite(decode([tok]))
+        except Exception:
+            forget()
+            raise
         slot.tokens.append(tok)
     out.update(decoded + decoder.decode(b"", final=True))
     yield Chunk(out.rest(), done=True, finish=finish, completion_tokens=n, prompt_tokens=len(prompt), cached_tokens=reuse)

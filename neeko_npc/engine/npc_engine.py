@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..roles.asset import GateSettings
 from ..roles.base_model import base_info, resolve_base_model
-from .generate import Chunk, ContextPool, GenOptions, PoolBusy, ReplyStream, generate
+from ..roles.profile import RoleProfile
+from .generate import Chunk, ContextPool, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream, generate
 from .llamacpp import LlamaModel, openmp_build
 from .prompt import ChatTemplate, Memory, SceneInfo, build_messages
-from .roleset import LlamaAdapters, RoleSet
+from .roleset import InvalidBlend, LlamaAdapters, RoleSet
 
 log = logging.getLogger("neeko_npc.engine")
 
@@ -29,6 +31,11 @@ _SPECIAL = re.compile(r"<\|[^<>|]{0,48}\|>|</?s>")
 
 def clean(text: str) -> str:
     return _SPECIAL.sub("", text)
+
+
+def clean_profile(p: RoleProfile) -> RoleProfile:
+    return RoleProfile(id=p.id, name=clean(p.name), persona=clean(p.persona), style=clean(p.style),
+                       knowledge=clean(p.knowledge), example_lines=[clean(x) for x in p.example_lines])
 
 
 def clean_scene(s: SceneInfo) -> SceneInfo:
@@ -54,6 +61,7 @@ class EngineConfig:
     history_tokens: int = 768  # memory budget per (session, NPC)
     max_tokens_limit: int = 512  # largest max_tokens a request may ask for
     default_max_tokens: int = 96
+    max_blend: int = GateSettings.top_k  # roles a procedural NPC may mix, and blocks that may result
 
 
 @dataclass
@@ -75,6 +83,7 @@ class BaseEngine:
         self.config = config or EngineConfig()
         self.memory = Memory()
         self._closing = False
+        self._broken: set[tuple] = set()  # adapter sets whose output went non-finite, already logged
 
     def tokens(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -83,10 +92,11 @@ class BaseEngine:
         """Start generating; return a ReplyStream that releases what it acquired (not the adapters) on close."""
         raise NotImplementedError
 
-    def build_prompt(self, role, session: str, npc_id: str, player_line: str, scene: SceneInfo, max_tokens: int) -> list[int]:
+    def build_prompt(self, profile: RoleProfile, session: str, npc_id: str, player_line: str, scene: SceneInfo,
+                     max_tokens: int) -> list[int]:
         """Prompt tokens; the oldest remembered exchanges are dropped to fit the history budget and the context."""
         history = self.memory.get(session, npc_id)
-        base = self.tokens(self.template.render(build_messages(role.asset.profile, scene, [], player_line)))
+        base = self.tokens(self.template.render(build_messages(profile, scene, [], player_line)))
         room = self.config.n_ctx - max_tokens
         if len(base) > room:
             raise ContextTooLarge(f"the prompt needs {len(base)} tokens but only {room} fit "
@@ -94,22 +104,30 @@ class BaseEngine:
         if not history:
             return base
         while True:
-            toks = self.tokens(self.template.render(build_messages(role.asset.profile, scene, history, player_line)))
+            toks = self.tokens(self.template.render(build_messages(profile, scene, history, player_line)))
             if not history or (len(toks) <= room and len(toks) - len(base) <= self.config.history_tokens):
                 return toks
             history = history[1:]
 
     def say(self, npc_id: str, player_line: str, scene: SceneInfo, opts: GenOptions, session: str = "",
-            cancelled: Callable[[], bool] = lambda: False, deadline: float | None = None) -> Reply:
-        """Start a reply. Raises UnknownRole, ContextTooLarge or PoolBusy before anything streams."""
+            cancelled: Callable[[], bool] = lambda: False, deadline: float | None = None,
+            blend: list[tuple[str, float]] | None = None, profile: RoleProfile | None = None) -> Reply:
+        """Start a reply. Raises UnknownRole, InvalidBlend, ContextTooLarge or PoolBusy before anything streams;
+        the stream raises NonFiniteLogits if the model's output stops being finite.
+
+        With ``blend`` (role id, weight pairs) and ``profile``, ``npc_id`` is a procedural NPC with no role file."""
         if self._closing:
             raise PoolBusy("the daemon is shutting down")
+        if (blend is None) != (profile is None):
+            raise InvalidBlend("a procedural NPC needs both a blend and a profile")
         player_line = clean(player_line)
         scene = clean_scene(scene)
+        if profile is not None:
+            profile = clean_profile(profile)
         opts.stop = tuple(opts.stop)
-        role, adapters, scales = self.roles.acquire(npc_id)
+        voice, adapters, scales = self.roles.acquire(npc_id, blend, profile, self.config.max_blend)
         try:
-            prompt = self.build_prompt(role, session, npc_id, player_line, scene, opts.max_tokens)
+            prompt = self.build_prompt(voice.profile, session, npc_id, player_line, scene, opts.max_tokens)
             key = tuple((a.sha256, float(s)) for a, s in zip(adapters, scales))
             stop = lambda: self._closing or cancelled()  # noqa: E731
             chunks = self._stream(adapters, scales, key, prompt, opts, stop, deadline)
@@ -122,7 +140,20 @@ class BaseEngine:
             if finish in ("stop", "length") and session:
                 self.memory.add(session, npc_id, player_line, text.strip())
 
-        return Reply(role.id, dict(sorted(role.weights.items())), ReplyStream(chunks, done))
+        return Reply(voice.id, dict(voice.weights), ReplyStream(self._guarded(chunks, voice, key), done))
+
+    def _guarded(self, chunks: ReplyStream, voice, key: tuple) -> "_NamedFailures":
+        """Name the NPC when its output stops being finite, and log that once per adapter set."""
+
+        def named(exc: NonFiniteLogits) -> NonFiniteLogits:
+            msg = (f"NPC {voice.id!r} produced non-finite logits (blocks: {', '.join(sorted(voice.weights))}); the line "
+                   "was stopped and its context cleared. Re-bake or replace the role file.")
+            if key not in self._broken:
+                self._broken.add(key)
+                log.error(msg)
+            return NonFiniteLogits(msg)
+
+        return _NamedFailures(chunks, named)
 
     def _queue_timeout(self, deadline: float | None) -> float:
         timeout = self.config.queue_timeout
@@ -143,6 +174,25 @@ class BaseEngine:
 
     def _free(self) -> None:
         pass
+
+
+class _NamedFailures:
+    """A backend's chunks, with NonFiniteLogits replaced by ``name(exc)``; closing closes the backend's stream."""
+
+    def __init__(self, chunks: ReplyStream, name: Callable[[NonFiniteLogits], NonFiniteLogits]):
+        self._chunks, self._name = chunks, name
+
+    def __iter__(self) -> "_NamedFailures":
+        return self
+
+    def __next__(self) -> Chunk:
+        try:
+            return next(self._chunks)
+        except NonFiniteLogits as exc:
+            raise self._name(exc) from None
+
+    def close(self) -> None:
+        self._chunks.close()
 
 
 class LlamaEngine(BaseEngine):

@@ -1,12 +1,17 @@
-"""The roles a daemon serves: loaded from a folder, routed by the gate, hot-reloaded.
+"""The roles a daemon serves: loaded from a folder, resolved to adapter scales, hot-reloaded.
 
 Every trained block becomes an adapter of the serving backend: for llama.cpp a
 GGUF LoRA exported once and cached under the asset's content hash
-(:class:`LlamaAdapters`), for torch a block of the block LoRA. A request for an NPC resolves to
-(adapters, scales): the gate's weights for a trained role, the stored fusion
-weights for a fused one. ``reload`` swaps in a new snapshot atomically; a
-stream in flight keeps the adapters it started with, and an adapter is freed
-only once no request uses it.
+(:class:`LlamaAdapters`), for torch a block of the block LoRA. A request for an NPC
+resolves to (adapters, scales), and which other roles are loaded never enters it:
+
+* a trained NPC: its own block alone, weight 1;
+* a fused NPC: the weights stored in its file (a fusion whose blocks are gone or
+  changed is reported as a problem and not served);
+* a procedural NPC (no file): the blend its request names, over hosted roles.
+
+``reload`` swaps in a new snapshot atomically; a stream in flight keeps the
+adapters it started with, and an adapter is freed only once no request uses it.
 """
 
 from __future__ import annotations
@@ -17,12 +22,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..export.fold import fold, resolve_fusion
 from ..export.gguf_lora import write_gguf_lora
-from ..neeko.gate import Gate
+from ..neeko.gate import BlendError, normalise_blend
 from ..roles.asset import AssetError, BaseInfo, RoleAsset
+from ..roles.profile import RoleProfile
 from ..roles.folder import file_stamps, load_role_assets
 from .llamacpp import LlamaModel
 
@@ -31,6 +35,10 @@ log = logging.getLogger("neeko_npc.roles")
 
 class UnknownRole(KeyError):
     pass
+
+
+class InvalidBlend(ValueError):
+    """A procedural NPC's blend or profile that cannot be served; the message says why."""
 
 
 @dataclass
@@ -49,6 +57,15 @@ class ServedRole:
     @property
     def id(self) -> str:
         return self.asset.id
+
+
+@dataclass
+class Voice:
+    """Who speaks for one request: the NPC id, the profile its prompt is built from, its block weights."""
+
+    id: str
+    profile: RoleProfile
+    weights: dict[str, float]  # block role id -> scale
 
 
 @dataclass
@@ -136,15 +153,13 @@ class RoleSet:
             except Exception as exc:  # the backend refused it: report, keep serving the rest
                 problems[a.path] = f"{a.path}: {exc}"
         blocks = {rid: a for rid, a in blocks.items() if rid in new.adapters}
-        gate = Gate(list(blocks), np.stack([a.embedding for a in blocks.values()]),
-                    next(iter(blocks.values())).gate) if blocks else None
         for rid, a in sorted(assets.items()):
             if a.block is not None:
                 if rid in blocks:
-                    new.roles[rid] = ServedRole(a, gate.named(gate.for_role(rid)))
+                    new.roles[rid] = ServedRole(a, {rid: 1.0})  # its own block alone, whatever else is loaded
                 continue
             try:
-                parts = resolve_fusion(a, blocks)
+                parts = resolve_fusion(a, {r: x for r, x in assets.items() if x.block is None or r in blocks})
                 new.roles[rid] = ServedRole(a, {src.id: w for src, w in parts if w > 0})
             except AssetError as exc:
                 problems[a.path] = str(exc)
@@ -176,22 +191,55 @@ class RoleSet:
     def snapshot(self) -> Snapshot:
         return self._snap
 
-    def acquire(self, npc_id: str) -> tuple[ServedRole, list[Adapter], list[float]]:
-        """Resolve an NPC to its adapters and scales, and pin those adapters until ``release``."""
+    def acquire(self, npc_id: str, blend: list[tuple[str, float]] | None = None, profile: RoleProfile | None = None,
+                max_blend: int = 3) -> tuple[Voice, list[Adapter], list[float]]:
+        """Resolve an NPC to its adapters and scales, and pin those adapters until ``release``.
+
+        Without ``blend``, ``npc_id`` is a hosted role. With it, ``npc_id`` is a procedural NPC speaking as
+        ``profile`` with a mix of hosted roles (a fused role counts as the blocks it mixes); at most
+        ``max_blend`` roles may be named and at most ``max_blend`` blocks may result."""
         with self._lock:
             snap = self._snap
-            role = snap.roles.get(npc_id)
-            if role is None:
-                known = ", ".join(sorted(snap.roles)) or "none"
-                raise UnknownRole(f"no NPC {npc_id!r}; known: {known}")
-            pairs = sorted(role.weights.items())
+            if blend is None:
+                role = snap.roles.get(npc_id)
+                if role is None:
+                    raise UnknownRole(f"no NPC {npc_id!r}; known: {_known(snap)}")
+                voice = Voice(role.id, role.asset.profile, role.weights)
+            else:
+                voice = Voice(npc_id, profile, self._blend(snap, npc_id, blend, max_blend))
+            pairs = sorted(voice.weights.items())
             adapters = [snap.adapters[rid] for rid, _ in pairs]
             for a in adapters:
                 a.users += 1
-            return role, adapters, [w for _, w in pairs]
+            return voice, adapters, [w for _, w in pairs]
+
+    @staticmethod
+    def _blend(snap: Snapshot, npc_id: str, pairs: list[tuple[str, float]], limit: int) -> dict[str, float]:
+        if npc_id in snap.roles:
+            raise InvalidBlend(f"npc_id {npc_id!r} is a hosted role; a procedural NPC needs an id of its own")
+        try:
+            asked = normalise_blend(pairs, limit)
+        except BlendError as exc:
+            raise InvalidBlend(str(exc)) from None
+        unknown = sorted(rid for rid in asked if rid not in snap.roles)
+        if unknown:
+            raise InvalidBlend(f"the blend names {', '.join(map(repr, unknown))}, not hosted here; known: {_known(snap)}")
+        mixed: dict[str, float] = {}
+        for rid, w in asked.items():
+            for block, x in snap.roles[rid].weights.items():
+                mixed[block] = mixed.get(block, 0.0) + w * x
+        if len(mixed) > limit:
+            raise InvalidBlend(f"the blend mixes {len(mixed)} blocks ({', '.join(sorted(mixed))}); at most {limit} "
+                               "may speak at once (--max-blend)")
+        total = sum(mixed.values())
+        return {block: w / total for block, w in sorted(mixed.items())}
 
     def release(self, adapters: list[Adapter]) -> None:
         with self._lock:
             for a in adapters:
                 a.users -= 1
                 self._maybe_free(a)
+
+
+def _known(snap: Snapshot) -> str:
+    return ", ".join(sorted(snap.roles)) or "none"

@@ -17,7 +17,10 @@ def resolve_fusion(asset: RoleAsset, known: dict[str, RoleAsset]) -> list[tuple[
     out = []
     for ref in asset.fusion or []:
         src = known.get(ref.role)
-        if src is None or src.block is None:
+        if src is not None and src.block is None:
+            raise AssetError(asset.path or asset.id, f"fused role {asset.id!r} references fused role {ref.role!r}; "
+                             "a fusion mixes trained blocks only", "re-fuse it with `bake-role --fuse`")
+        if src is None:
             raise AssetError(asset.path or asset.id, f"fused role {asset.id!r} references role {ref.role!r}, which is not in the role set",
                              f"add {ref.role}.nrole to the roles folder or re-fuse with `bake-role --fuse`")
         if src.sha256 != ref.sha256:

@@ -20,7 +20,7 @@ from ..roles.folder import load_role_assets
 from ..roles.profile import RoleProfile, load_profile
 from .data import Example, encode_scene
 from .embed import MODEL_NAME, embed_texts
-from .gate import Gate, fusion_weights
+from .gate import fusion_weights
 from .model import NeekoLoRA
 from .train import TrainConfig, heldout_loss, train_blocks
 
@@ -70,7 +70,6 @@ class BakeReport:
     assets: list[Path]
     heldout: dict[str, dict[str, float]]  # role -> {"base": loss, "block": loss}
     train: dict
-    extra: dict = field(default_factory=dict)
 
 
 def _encode(tok, src: RoleSource, scenes: list[Scene], max_len: int) -> list[Example]:
@@ -130,13 +129,6 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
     return BakeReport(ids, paths, held, result)
 
 
-def block_gate(assets: list[RoleAsset]) -> Gate:
-    blocks = [a for a in assets if a.block is not None]
-    if not blocks:
-        raise ValueError("no trained role blocks in this role set")
-    return Gate([a.id for a in blocks], np.stack([a.embedding for a in blocks]), blocks[0].gate)
-
-
 def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainConfig, out_path: Path | None = None,
            lora_precision: str = "bf16", replace: bool = False, resume: bool = False, progress: bool = True) -> BakeReport:
     info = base_info(base_ref)
@@ -169,15 +161,12 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
                 raise AssertionError(f"expansion changed the block of old role {a.id!r} at {key}; refusing to write")
     emb = embed_texts([src.profile.embedding_text()])[0]
     held = {src.profile.id: _evaluate(neeko, tok, src, cfg)}
-    gate_before = block_gate(old)
     asset = RoleAsset(profile=src.profile, embedding=emb, base=info, gate=old[0].gate,
                       block=neeko.export_block(src.profile.id, lora.dtype), embedding_model=MODEL_NAME,
                       training=_training_record("expansion", src, result["records"][src.profile.id], cfg, lora, held[src.profile.id]))
-    gate_after = block_gate(old + [asset])
-    shifted = [a.id for a in old if gate_after.named(gate_after.for_role(a.id)) != gate_before.named(gate_before.for_role(a.id))]
     write_asset(asset, out_path)
     out_path.with_name(f".{src.profile.id}.bake-checkpoint.pt").unlink(missing_ok=True)
-    return BakeReport([src.profile.id], [out_path], held, result, extra={"gate_shifted": shifted})
+    return BakeReport([src.profile.id], [out_path], held, result)
 
 
 def fuse(base_ref: BaseModelRef, roles_dir: Path, profile: RoleProfile, out_path: Path | None = None, top_k: int = 3,

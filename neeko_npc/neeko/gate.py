@@ -1,22 +1,21 @@
-"""The role gate: which LoRA blocks speak for a request, and how much.
+"""The role gate: how a role *without a block of its own* mixes the blocks that exist.
 
     w = softmax(E_global e / tau)   restricted to the top-k rows,
                                     then weights under min_weight dropped and the rest renormalised
 
 E_global (M x d) stacks the trained roles' profile embeddings (unit length);
-e is the request's embedding (a known NPC's own profile embedding). Since a
-role's similarity with itself is 1 and tau is small, a known NPC resolves to
-(nearly, and after the min_weight cut usually exactly) its own block.
+e is the new role's profile embedding. Fusion (``bake-role --fuse``) runs this
+once, at bake time, and stores the weights in the role's file.
 
-Fusion uses the same maths for a new role with no training data: its weights
-over the existing blocks come from its profile's similarity to theirs.
+A trained NPC is never routed through the gate: it speaks with its own block
+alone, weight 1, so adding, replacing or removing any other role cannot change
+it. A fused NPC speaks with the weights stored in its file. A procedural NPC
+(no file) names its blend in the request; :func:`normalise_blend` checks it.
 
-numpy only: the daemon routes requests with this file and never imports torch.
+numpy only: the daemon imports this file and never imports torch.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,32 +49,33 @@ def gate_weights(E: np.ndarray, e: np.ndarray, settings: GateSettings) -> np.nda
     return w
 
 
-@dataclass
-class Gate:
-    """The gate over one role set: ids of the roles that own blocks, in block order."""
-
-    role_ids: list[str]
-    E: np.ndarray  # (M, d)
-    settings: GateSettings
-
-    def __post_init__(self) -> None:
-        if len(self.role_ids) != len(self.E):
-            raise ValueError("one embedding per role")
-        self._row = {rid: i for i, rid in enumerate(self.role_ids)}
-
-    def for_embedding(self, e: np.ndarray) -> np.ndarray:
-        return gate_weights(self.E, e, self.settings)
-
-    def for_role(self, role_id: str) -> np.ndarray:
-        """A known NPC: the gate is queried with that role's own profile embedding."""
-        return self.for_embedding(self.E[self._row[role_id]])
-
-    def named(self, w: np.ndarray) -> dict[str, float]:
-        return {self.role_ids[i]: float(w[i]) for i in np.flatnonzero(w)}
-
-
 def fusion_weights(E: np.ndarray, role_ids: list[str], e_new: np.ndarray, top_k: int = 3, tau: float = 0.05,
                    min_weight: float = 0.02) -> dict[str, float]:
     """A new role with little data: mix the existing blocks its profile is closest to."""
     w = gate_weights(E, e_new, GateSettings(tau=tau, top_k=top_k, min_weight=min_weight))
     return {role_ids[i]: float(w[i]) for i in np.flatnonzero(w)}
+
+
+class BlendError(ValueError):
+    """A request-time blend that cannot be used; the message says what is wrong."""
+
+
+def normalise_blend(pairs: list[tuple[str, float]], limit: int) -> dict[str, float]:
+    """A blend named in a request, as (role id, weight) pairs: at most ``limit`` distinct roles, finite
+    non-negative weights with a positive sum. Returns the weights scaled to sum to 1, zero weights dropped."""
+    if not pairs:
+        raise BlendError("the blend is empty; name at least one hosted role and its weight")
+    if len(pairs) > limit:
+        raise BlendError(f"the blend names {len(pairs)} roles; at most {limit} may be mixed (--max-blend)")
+    seen: dict[str, float] = {}
+    for rid, w in pairs:
+        if rid in seen:
+            raise BlendError(f"the blend names role {rid!r} twice")
+        w = float(w)
+        if not (np.isfinite(w) and w >= 0):
+            raise BlendError(f"the blend weight of {rid!r} is {w}; weights must be finite and not negative")
+        seen[rid] = w
+    total = sum(seen.values())
+    if not total > 0:
+        raise BlendError("the blend weights sum to 0; give at least one role a positive weight")
+    return {rid: w / total for rid, w in seen.items() if w > 0}

@@ -24,13 +24,16 @@ The payload map::
 
 Reading validates everything before a tensor is allocated: size and header
 first, then the checksum, then msgpack with hard limits, then the schema and
-every declared shape against the bytes present and against sane bounds. Each
-failure is an :class:`AssetError` naming the file and how to fix it.
+every declared shape against the bytes present and against sane bounds, then
+every value (finite, and within :data:`MAX_ABS_VALUE`). Each failure is an
+:class:`AssetError` naming the file and how to fix it; nothing else is raised.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,7 +43,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .profile import ProfileError, RoleProfile
+from .profile import ROLE_ID_RE, ProfileError, RoleProfile
 
 MAGIC = b"NEEKOROL"
 FORMAT_VERSION = 1
@@ -55,6 +58,21 @@ MAX_DIM = 65536
 MAX_LAYERS = 512
 MAX_EMBED_DIM = 8192
 MAX_FUSION_REFS = 64
+MAX_STR_BYTES = 1 << 16  # any one string in the payload (a profile field is at most 4000 characters)
+MAX_SHORT_CHARS = 256  # names, hashes, dates, tool versions
+MAX_RECORD_DEPTH = 4  # the training record: nested maps and lists
+MAX_RECORD_ITEMS = 4096
+MAX_RECORD_STR = 4096
+
+# The largest magnitude a block's A or B may hold, and the largest alpha / r. Training cannot come near
+# either: A starts Kaiming-uniform (|A| <= 1/sqrt(in_features) <= 1), B starts at zero, and one AdamW step
+# moves a value by at most lr * (1 - beta1) / sqrt(1 - beta2) ~ 3.2 * lr. At the default lr 2e-3 a bake
+# would need 10,000 worst-case steps to reach 64; the shipped roles stay below 0.11. Within the bounds a
+# block's effect on a finite activation stays finite in float32, so a file that passes cannot overflow a
+# decode on its own (3e38, which passes a finiteness check, turned every line into NaN).
+MAX_ABS_VALUE = 64.0
+MAX_LORA_SCALE = 64.0
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = {"f32": np.float32, "f16": np.float16}
@@ -250,11 +268,11 @@ def read_asset(path: str | Path, expect_base: BaseInfo | None = None) -> RoleAss
         raise AssetError(path, "checksum mismatch: the file is corrupt", "copy it again or re-bake it")
     try:
         payload = msgpack.unpackb(
-            body, raw=False, strict_map_key=True, max_bin_len=length, max_str_len=1 << 20,
+            body, raw=False, strict_map_key=True, max_bin_len=length, max_str_len=MAX_STR_BYTES,
             max_array_len=1 << 20, max_map_len=4096, max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises several types for malformed data
-        raise AssetError(path, f"payload is not valid msgpack ({type(exc).__name__})", "re-bake the role") from None
+        raise AssetError(path, f"payload is not valid msgpack ({type(exc).__name__}: {str(exc)[:120]})", "re-bake the role") from None
     asset = _parse_payload(path, payload)
     asset.sha256 = digest.hex()
     asset.path = str(path)
@@ -263,7 +281,12 @@ def read_asset(path: str | Path, expect_base: BaseInfo | None = None) -> RoleAss
     return asset
 
 
+_SHAPE_FIELDS = ("arch", "n_layers", "hidden", "n_heads", "n_kv_heads", "intermediate")
+
+
 def check_base(asset: RoleAsset, base: BaseInfo) -> None:
+    """The role was baked for this base model: same fingerprint and same shape (a file that copies the
+    fingerprint but declares other shapes would otherwise pass its own shape checks)."""
     if asset.base.fingerprint != base.fingerprint:
         raise AssetError(
             asset.path,
@@ -271,6 +294,11 @@ def check_base(asset: RoleAsset, base: BaseInfo) -> None:
             f"but the loaded base model is {base.name!r} (fingerprint {base.fingerprint[:12]})",
             "re-bake the role against this base model with `neeko-npc bake-role --base-model ...`, or start with the base it was baked for",
         )
+    wrong = [f for f in _SHAPE_FIELDS if getattr(asset.base, f) != getattr(base, f)]
+    if wrong:
+        raise AssetError(asset.path, f"role {asset.id!r} declares the base model's fingerprint but another shape "
+                         f"({', '.join(f'{f} {getattr(asset.base, f)} vs {getattr(base, f)}' for f in wrong)})",
+                         "the file is damaged or forged; re-bake the role")
 
 
 def _req(path: Path, d: Any, key: str, typ: type | tuple, where: str) -> Any:
@@ -284,6 +312,39 @@ def _req(path: Path, d: Any, key: str, typ: type | tuple, where: str) -> Any:
     return v
 
 
+def _short(path: Path, d: Any, key: str, where: str, default: str | None = None) -> str:
+    """A short string field (a name, hash, date or version)."""
+    if default is not None and isinstance(d, dict) and key not in d:
+        return default
+    v = _req(path, d, key, str, where)
+    if len(v) > MAX_SHORT_CHARS:
+        raise AssetError(path, f"field {where}.{key} has {len(v)} characters; the limit is {MAX_SHORT_CHARS}", "the file is damaged or not made by neeko-npc")
+    return v
+
+
+def _check_record(path: Path, v: Any, where: str, depth: int = 0) -> int:
+    """The free-form training record: plain values in maps and lists, bounded in depth, size and string length.
+    Returns how many items it holds."""
+    if depth > MAX_RECORD_DEPTH:
+        raise AssetError(path, f"{where} is nested more than {MAX_RECORD_DEPTH} levels deep", "the file is damaged or not made by neeko-npc")
+    if isinstance(v, dict):
+        items = list(v.values())
+    elif isinstance(v, list):
+        items = v
+    elif isinstance(v, str):
+        if len(v) > MAX_RECORD_STR:
+            raise AssetError(path, f"{where} holds a string of {len(v)} characters", "the file is damaged or not made by neeko-npc")
+        return 1
+    elif v is None or isinstance(v, (bool, int, float)):
+        return 1
+    else:
+        raise AssetError(path, f"{where} holds a value of type {type(v).__name__}", "the file is damaged or not made by neeko-npc")
+    n = 1 + sum(_check_record(path, x, where, depth + 1) for x in items)
+    if n > MAX_RECORD_ITEMS:
+        raise AssetError(path, f"{where} holds more than {MAX_RECORD_ITEMS} values", "the file is damaged or not made by neeko-npc")
+    return n
+
+
 def _bounded(path: Path, v: int, lo: int, hi: int, what: str) -> int:
     if not lo <= v <= hi:
         raise AssetError(path, f"{what} = {v} is outside the sane range [{lo}, {hi}]", "the file is damaged or not made by neeko-npc")
@@ -295,11 +356,14 @@ def _parse_payload(path: Path, p: Any) -> RoleAsset:
         raise AssetError(path, "payload is not a map", "re-bake the role")
     kind = _req(path, p, "kind", str, "")
     if kind not in ("block", "fusion"):
-        raise AssetError(path, f"unknown role kind {kind!r}", "re-bake the role")
+        raise AssetError(path, f"unknown role kind {kind[:64]!r}", "re-bake the role")
+    pd = _req(path, p, "profile", dict, "")
+    if "spec" in pd:
+        raise AssetError(path, "the profile is a character card, not a baked profile", "re-bake the role")
     try:
-        profile = RoleProfile.from_dict(_req(path, p, "profile", dict, ""), source=str(path))
+        profile = RoleProfile.from_dict(pd, source="profile")
     except ProfileError as exc:
-        raise AssetError(path, f"bad profile: {exc}", "fix the profile and re-bake") from None
+        raise AssetError(path, str(exc), "fix the profile and re-bake") from None
 
     e = _req(path, p, "embedding", dict, "")
     dim = _bounded(path, _req(path, e, "dim", int, "embedding"), 1, MAX_EMBED_DIM, "embedding.dim")
@@ -309,65 +373,85 @@ def _parse_payload(path: Path, p: Any) -> RoleAsset:
     embedding = np.frombuffer(edata, dtype=np.float32).copy()
     if not np.all(np.isfinite(embedding)):
         raise AssetError(path, "embedding holds NaN or infinite values", "re-bake the role")
+    norm = float(np.linalg.norm(embedding.astype(np.float64)))
+    if not 0.99 <= norm <= 1.01:  # the encoder writes unit-length rows
+        raise AssetError(path, f"embedding has length {norm:.4g}, not 1", "re-bake the role")
 
     g = _req(path, p, "gate", dict, "")
     gate = GateSettings(
         tau=_req(path, g, "tau", float, "gate"), top_k=_req(path, g, "top_k", int, "gate"), min_weight=_req(path, g, "min_weight", float, "gate")
     )
-    if not (gate.tau > 0 and 1 <= gate.top_k <= MAX_FUSION_REFS and 0 <= gate.min_weight < 1):
-        raise AssetError(path, f"gate settings out of range: {gate}", "tau > 0, 1 <= top_k <= 64, 0 <= min_weight < 1")
+    if not (0 < gate.tau <= 1e3 and 1 <= gate.top_k <= MAX_FUSION_REFS and 0 <= gate.min_weight < 1):
+        raise AssetError(path, f"gate settings out of range: {gate}", "0 < tau <= 1000, 1 <= top_k <= 64, 0 <= min_weight < 1")
 
     b = _req(path, p, "base", dict, "")
-    try:
-        base = BaseInfo(
-            fingerprint=_req(path, b, "fingerprint", str, "base"), name=_req(path, b, "name", str, "base"),
-            arch=_req(path, b, "arch", str, "base"),
-            n_layers=_bounded(path, _req(path, b, "n_layers", int, "base"), 1, MAX_LAYERS, "base.n_layers"),
-            hidden=_bounded(path, _req(path, b, "hidden", int, "base"), 1, MAX_DIM, "base.hidden"),
-            n_heads=_bounded(path, _req(path, b, "n_heads", int, "base"), 1, MAX_DIM, "base.n_heads"),
-            n_kv_heads=_bounded(path, _req(path, b, "n_kv_heads", int, "base"), 1, MAX_DIM, "base.n_kv_heads"),
-            intermediate=_bounded(path, _req(path, b, "intermediate", int, "base"), 1, 4 * MAX_DIM, "base.intermediate"),
-        )
-    except AssetError:
-        raise
+    base = BaseInfo(
+        fingerprint=_short(path, b, "fingerprint", "base"), name=_short(path, b, "name", "base"),
+        arch=_short(path, b, "arch", "base"),
+        n_layers=_bounded(path, _req(path, b, "n_layers", int, "base"), 1, MAX_LAYERS, "base.n_layers"),
+        hidden=_bounded(path, _req(path, b, "hidden", int, "base"), 1, MAX_DIM, "base.hidden"),
+        n_heads=_bounded(path, _req(path, b, "n_heads", int, "base"), 1, MAX_DIM, "base.n_heads"),
+        n_kv_heads=_bounded(path, _req(path, b, "n_kv_heads", int, "base"), 1, MAX_DIM, "base.n_kv_heads"),
+        intermediate=_bounded(path, _req(path, b, "intermediate", int, "base"), 1, 4 * MAX_DIM, "base.intermediate"),
+    )
     if base.hidden % base.n_heads or base.n_heads % base.n_kv_heads:
         raise AssetError(path, "base shape is inconsistent (hidden, heads, kv heads)", "the file is damaged")
 
     training = p.get("training", {})
     if not isinstance(training, dict):
         raise AssetError(path, "field training must be a map", "re-bake the role")
+    _check_record(path, training, "field training")
 
     asset = RoleAsset(
         profile=profile, embedding=embedding, base=base, gate=gate, training=training,
-        embedding_model=str(e.get("model", "")), created=str(p.get("created", "")), tool=str(p.get("tool", "")),
+        embedding_model=_short(path, e, "model", "embedding", ""), created=_short(path, p, "created", "", ""),
+        tool=_short(path, p, "tool", "", ""),
     )
     if kind == "block":
         asset.block = _parse_block(path, _req(path, p, "lora", dict, ""), base)
     else:
-        f = _req(path, p, "fusion", dict, "")
-        refs = _req(path, f, "weights", list, "fusion")
-        if not 1 <= len(refs) <= MAX_FUSION_REFS:
-            raise AssetError(path, f"fusion references {len(refs)} roles; allowed 1..{MAX_FUSION_REFS}", "re-bake with `bake-role --fuse`")
-        asset.fusion = []
-        for r in refs:
-            w = _req(path, r, "weight", float, "fusion.weights[]")
-            if not (np.isfinite(w) and w >= 0):
-                raise AssetError(path, f"fusion weight {w} is not a finite non-negative number", "re-bake with `bake-role --fuse`")
-            asset.fusion.append(FusionRef(_req(path, r, "role", str, "fusion.weights[]"), _req(path, r, "sha256", str, "fusion.weights[]"), w))
+        asset.fusion = _parse_fusion(path, _req(path, p, "fusion", dict, ""), profile.id)
     return asset
+
+
+def _parse_fusion(path: Path, f: dict, own_id: str) -> list[FusionRef]:
+    refs = _req(path, f, "weights", list, "fusion")
+    fix = "re-fuse the role with `bake-role --fuse`"
+    if not 1 <= len(refs) <= MAX_FUSION_REFS:
+        raise AssetError(path, f"fusion references {len(refs)} roles; allowed 1..{MAX_FUSION_REFS}", fix)
+    out: list[FusionRef] = []
+    for r in refs:
+        role = _short(path, r, "role", "fusion.weights[]")
+        sha = _short(path, r, "sha256", "fusion.weights[]")
+        w = _req(path, r, "weight", float, "fusion.weights[]")
+        if not ROLE_ID_RE.match(role):
+            raise AssetError(path, f"fusion references {role[:80]!r}, which is not a role id", fix)
+        if role == own_id:
+            raise AssetError(path, f"fused role {own_id!r} references itself", fix)
+        if any(x.role == role for x in out):
+            raise AssetError(path, f"fusion references role {role!r} twice", fix)
+        if not _SHA256_RE.match(sha):
+            raise AssetError(path, f"fusion reference to {role!r} has no valid sha256", fix)
+        if not (math.isfinite(w) and 0 <= w <= 1):
+            raise AssetError(path, f"fusion weight {w} of {role!r} is not in [0, 1]", fix)
+        out.append(FusionRef(role, sha, w))
+    total = sum(x.weight for x in out)
+    if abs(total - 1) > 1e-3:
+        raise AssetError(path, f"fusion weights sum to {total:.6g}, not 1", fix)
+    return out
 
 
 def _parse_block(path: Path, lora: dict, base: BaseInfo) -> LoraBlock:
     r = _bounded(path, _req(path, lora, "r", int, "lora"), 1, MAX_RANK, "lora.r")
     alpha = _req(path, lora, "alpha", float, "lora")
-    if not (np.isfinite(alpha) and alpha > 0):
-        raise AssetError(path, f"lora.alpha = {alpha} must be a positive number", "re-bake the role")
+    if not (math.isfinite(alpha) and 0 < alpha <= MAX_LORA_SCALE * r):
+        raise AssetError(path, f"lora.alpha = {alpha} must be positive and at most {MAX_LORA_SCALE:g} x rank", "re-bake the role")
     dtype = _req(path, lora, "dtype", str, "lora")
     if dtype not in DTYPES:
-        raise AssetError(path, f"tensor dtype {dtype!r} is not supported (f32, f16)", "re-bake the role")
+        raise AssetError(path, f"tensor dtype {dtype[:32]!r} is not supported (f32, f16)", "re-bake the role")
     targets = _req(path, lora, "targets", list, "lora")
-    if not targets or any(t not in TARGETS for t in targets) or len(set(targets)) != len(targets):
-        raise AssetError(path, f"lora.targets {targets!r} must be distinct names from {', '.join(TARGETS)}", "re-bake the role")
+    if not targets or any(not isinstance(t, str) or t not in TARGETS for t in targets) or len(set(targets)) != len(targets):
+        raise AssetError(path, f"lora.targets {str(targets)[:200]} must be distinct names from {', '.join(TARGETS)}", "re-bake the role")
     tensors = _req(path, lora, "tensors", list, "lora")
     expected = base.n_layers * len(targets) * 2
     if len(tensors) != expected:
@@ -379,13 +463,14 @@ def _parse_block(path: Path, lora: dict, base: BaseInfo) -> LoraBlock:
         if not (isinstance(t, list) and len(t) == 5):
             raise AssetError(path, "a tensor entry is malformed", "re-bake the role")
         layer, target, which, shape, data = t
-        if not (isinstance(layer, int) and 0 <= layer < base.n_layers and target in targets and which in ("A", "B")):
-            raise AssetError(path, f"unexpected tensor {layer!r}/{target!r}/{which!r}", "the file is damaged; re-bake the role")
+        if not (type(layer) is int and 0 <= layer < base.n_layers and isinstance(target, str) and target in targets
+                and which in ("A", "B")):
+            raise AssetError(path, f"unexpected tensor {str(layer)[:32]}/{str(target)[:32]}/{str(which)[:32]}", "the file is damaged; re-bake the role")
         out_f, in_f = base.linear_shape(target)
         want = (r, in_f) if which == "A" else (out_f, r)
-        if not (isinstance(shape, list) and tuple(shape) == want):
+        if not (isinstance(shape, list) and all(type(x) is int for x in shape) and tuple(shape) == want):
             raise AssetError(
-                path, f"shape mismatch: layer {layer} {target}.{which} is {shape}, the base model needs {list(want)}",
+                path, f"shape mismatch: layer {layer} {target}.{which} is {str(shape)[:64]}, the base model needs {list(want)}",
                 "the role was baked for a different base model; re-bake it",
             )
         if not isinstance(data, bytes) or len(data) != want[0] * want[1] * itemsize:
@@ -393,7 +478,14 @@ def _parse_block(path: Path, lora: dict, base: BaseInfo) -> LoraBlock:
         arr = np.frombuffer(data, dtype=DTYPES[dtype]).reshape(want)
         if not np.all(np.isfinite(arr)):
             raise AssetError(path, f"layer {layer} {target}.{which} holds NaN or infinite values", "training diverged; re-bake with a lower learning rate")
-        (A if which == "A" else B)[(layer, target)] = arr
+        peak = float(np.abs(arr).max())
+        if peak > MAX_ABS_VALUE:
+            raise AssetError(path, f"layer {layer} {target}.{which} holds a value of magnitude {peak:.3g}, over the "
+                             f"bound of {MAX_ABS_VALUE:g} that training stays far below", "the file is damaged or forged; re-bake the role")
+        key = (layer, target)
+        if key in (A if which == "A" else B):
+            raise AssetError(path, f"layer {layer} {target}.{which} appears twice", "the file is damaged; re-bake the role")
+        (A if which == "A" else B)[key] = arr
     if len(A) != base.n_layers * len(targets) or len(B) != len(A):
         raise AssetError(path, "block has duplicate or missing tensors", "the file is damaged; re-bake the role")
     return LoraBlock(r=r, alpha=alpha, targets=tuple(targets), A=A, B=B, dtype=dtype)

@@ -39,7 +39,7 @@ class RoleProfile:
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not ROLE_ID_RE.match(self.id):
             raise ProfileError(
-                f"role id {self.id!r} is not valid: use 1-64 lowercase letters, digits, '_' or '-', "
+                f"role id {str(self.id)[:80]!r} is not valid: use 1-64 lowercase letters, digits, '_' or '-', "
                 "starting with a letter or digit (for example 'blacksmith')"
             )
         for name in ("name", "persona", "style", "knowledge"):
@@ -60,6 +60,9 @@ class RoleProfile:
             raise ProfileError(
                 f"profile {self.id!r}: {len(self.example_lines)} example lines; the limit is {MAX_EXAMPLE_LINES}"
             )
+        long = next((x for x in self.example_lines if len(x) > MAX_FIELD_CHARS), None)
+        if long is not None:
+            raise ProfileError(f"profile {self.id!r}: an example line has {len(long)} characters; the limit is {MAX_FIELD_CHARS}")
 
     # -- text views -------------------------------------------------------------
 

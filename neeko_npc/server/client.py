@@ -27,8 +27,11 @@ class Client:
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
 
     def say(self, npc_id: str, line: str, scene: pb.SceneContext | None = None, session: str = "",
-            timeout: float | None = None, **options):
-        req = pb.SayRequest(npc_id=npc_id, player_line=line, session_id=session, scene=scene,
+            timeout: float | None = None, profile: pb.NpcProfile | None = None, blend: dict[str, float] | None = None,
+            **options):
+        """Stream a line. ``profile`` and ``blend`` (role id -> weight) make ``npc_id`` a procedural NPC."""
+        req = pb.SayRequest(npc_id=npc_id, player_line=line, session_id=session, scene=scene, profile=profile,
+                            blend=[pb.RoleWeight(role_id=r, weight=w) for r, w in (blend or {}).items()],
                             options=pb.GenerationOptions(**options))
         return self.stub.Say(req, metadata=self.metadata, timeout=timeout)
 
@@ -37,6 +40,41 @@ class Client:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def parse_blend(text: str) -> dict[str, float]:
+    """``innkeeper=0.7,merchant=0.3`` -> {"innkeeper": 0.7, "merchant": 0.3}. The daemon checks the rest."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        rid, eq, w = part.partition("=")
+        try:
+            weight = float(w)
+        except ValueError:
+            weight = None
+        if not part or not eq or not rid.strip() or weight is None:
+            raise ValueError(f"blend {text!r}: write ROLE=WEIGHT pairs separated by commas, e.g. innkeeper=0.7,merchant=0.3")
+        if rid.strip() in out:
+            raise ValueError(f"blend {text!r} names {rid.strip()!r} twice")
+        out[rid.strip()] = weight
+    return out
+
+
+def load_npc_profile(path: str | Path, npc_id: str) -> pb.NpcProfile:
+    """A procedural NPC's profile from a role profile JSON or a Character Card V2 (README, 'Role profile
+    format'). The id may be left out; if given, it must be ``npc_id``."""
+    from ..roles.profile import RoleProfile
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable JSON profile ({exc})") from None
+    if isinstance(data, dict) and data.get("spec") != "chara_card_v2":
+        data = {"id": npc_id, **data}
+    p = RoleProfile.from_dict(data, source=str(path))
+    if p.id != npc_id:
+        raise ValueError(f"{path}: the profile's id {p.id!r} is not the NPC id {npc_id!r}; drop the id or make them match")
+    return pb.NpcProfile(name=p.name, persona=p.persona, style=p.style, knowledge=p.knowledge, example_lines=p.example_lines)
 
 
 def load_scene(path: str | Path) -> pb.SceneContext:

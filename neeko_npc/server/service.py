@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import grpc
 
-from ..engine.generate import GenOptions, PoolBusy
+from ..engine.generate import GenOptions, NonFiniteLogits, PoolBusy
 from ..engine.npc_engine import ContextTooLarge
 from ..engine.prompt import SceneInfo
-from ..engine.roleset import UnknownRole
+from ..engine.roleset import InvalidBlend, UnknownRole
+from ..roles.profile import ProfileError, RoleProfile
 from ..v1 import dialogue_pb2 as pb
 from ..v1 import dialogue_pb2_grpc as pb_grpc
 
@@ -27,6 +28,7 @@ class Limits:
 
     max_player_line_chars: int = 2000
     max_scene_chars: int = 8000
+    max_profile_chars: int = 8000  # a procedural NPC's profile, all fields together
     max_id_chars: int = 128
     max_stop_strings: int = 8
     max_stop_chars: int = 64
@@ -50,6 +52,25 @@ class DialogueService(pb_grpc.DialogueServicer):
         return self.engine
 
     # -- checks ----------------------------------------------------------------------
+
+    def _procedural(self, req: pb.SayRequest, context) -> tuple[list[tuple[str, float]] | None, RoleProfile | None]:
+        """The blend and profile of a procedural NPC, or (None, None) for a hosted role."""
+        if not req.blend and not req.HasField("profile"):
+            return None, None
+        if not req.blend or not req.HasField("profile"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a procedural NPC needs both `profile` and `blend`; "
+                          "for a hosted role, leave both empty")
+        p = req.profile
+        size = sum(len(x) for x in (p.name, p.persona, p.style, p.knowledge, *p.example_lines))
+        if size > self.limits.max_profile_chars:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"profile has {size} characters; the limit is "
+                          f"{self.limits.max_profile_chars} (--max-profile-chars)")
+        try:
+            profile = RoleProfile(id=req.npc_id, name=p.name, persona=p.persona, style=p.style, knowledge=p.knowledge,
+                                  example_lines=list(p.example_lines))
+        except ProfileError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return [(w.role_id, w.weight) for w in req.blend], profile
 
     def _check(self, req: pb.SayRequest, context) -> tuple[SceneInfo, GenOptions]:
         L, e = self.limits, self.engine
@@ -89,20 +110,28 @@ class DialogueService(pb_grpc.DialogueServicer):
     def Say(self, request, context):
         engine = self._engine(context)
         scene, opts = self._check(request, context)
+        blend, profile = self._procedural(request, context)
         t0 = time.perf_counter()
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         try:
             reply = engine.say(request.npc_id, request.player_line, scene, opts, session=request.session_id,
-                               cancelled=lambda: not context.is_active(), deadline=deadline)
+                               cancelled=lambda: not context.is_active(), deadline=deadline, blend=blend, profile=profile)
         except UnknownRole as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, exc.args[0])
-        except ContextTooLarge as exc:
+        except (ContextTooLarge, InvalidBlend) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except PoolBusy as exc:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        weights = [pb.RoleWeight(role_id=r, weight=w) for r, w in sorted(reply.weights.items())]
+        try:
+            yield from self._chunks(reply, weights, t0)
+        except NonFiniteLogits as exc:
+            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+    @staticmethod
+    def _chunks(reply, weights: list, t0: float):
         ttft = None
-        weights = [pb.RoleWeight(role_id=r, weight=w) for r, w in reply.weights.items()]
         for chunk in reply.chunks:
             if chunk.text and ttft is None:
                 ttft = (time.perf_counter() - t0) * 1000

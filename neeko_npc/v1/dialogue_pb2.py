@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bneeko_npc/v1/dialogue.proto\x12\x0cneeko_npc.v1\"\xb2\x02\n\x0cSceneContext\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x13\n\x0btime_of_day\x18\x02 \x01(\t\x12\x0f\n\x07weather\x18\x03 \x01(\t\x12\x10\n\x08npc_mood\x18\x04 \x01(\t\x12\x14\n\x0cnpc_activity\x18\x05 \x01(\t\x12\x13\n\x0bplayer_name\x18\x06 \x01(\t\x12\x17\n\x0fplayer_standing\x18\x07 \x01(\t\x12\x15\n\rrecent_events\x18\x08 \x03(\t\x12\x19\n\x11nearby_characters\x18\t \x03(\t\x12\x34\n\x05\x66\x61\x63ts\x18\n \x03(\x0b\x32%.neeko_npc.v1.SceneContext.FactsEntry\x1a,\n\nFactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x01\n\x11GenerationOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xa2\x01\n\nSayRequest\x12\x0e\n\x06npc_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0bplayer_line\x18\x03 \x01(\t\x12)\n\x05scene\x18\x04 \x01(\x0b\x32\x1a.neeko_npc.v1.SceneContext\x12\x30\n\x07options\x18\x05 \x01(\x0b\x32\x1f.neeko_npc.v1.GenerationOptions\"-\n\nRoleWeight\x12\x0f\n\x07role_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\"\xf9\x01\n\x08SayChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.neeko_npc.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\r\x12\x1e\n\x16time_to_first_token_ms\x18\x06 \x01(\x02\x12.\n\x0crole_weights\x18\x07 \x03(\x0b\x32\x18.neeko_npc.v1.RoleWeight\x12\x0c\n\x04\x64one\x18\x08 \x01(\x08\"\x97\x01\n\x04Role\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07persona\x18\x04 \x01(\t\x12\r\n\x05style\x18\x05 \x01(\t\x12)\n\x07weights\x18\x06 \x03(\x0b\x32\x18.neeko_npc.v1.RoleWeight\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x0c\n\x04\x66ile\x18\x08 \x01(\t\"*\n\x0bRoleProblem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x12\n\x10ListRolesRequest\"c\n\x11ListRolesResponse\x12!\n\x05roles\x18\x01 \x03(\x0b\x32\x12.neeko_npc.v1.Role\x12+\n\x08problems\x18\x02 \x03(\x0b\x32\x19.neeko_npc.v1.RoleProblem\" \n\x0eGetRoleRequest\x12\x0e\n\x06npc_id\x18\x01 \x01(\t\"\x14\n\x12ReloadRolesRequest\"s\n\x13ReloadRolesResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x03(\t\x12\x0f\n\x07removed\x18\x03 \x03(\t\x12+\n\x08problems\x18\x04 \x03(\x0b\x32\x19.neeko_npc.v1.RoleProblem\":\n\x14\x46orgetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06npc_id\x18\x02 \x01(\t\"*\n\x15\x46orgetSessionResponse\x12\x11\n\tforgotten\x18\x01 \x01(\r*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xfe\x02\n\x08\x44ialogue\x12\x39\n\x03Say\x12\x18.neeko_npc.v1.SayRequest\x1a\x16.neeko_npc.v1.SayChunk0\x01\x12L\n\tListRoles\x12\x1e.neeko_npc.v1.ListRolesRequest\x1a\x1f.neeko_npc.v1.ListRolesResponse\x12;\n\x07GetRole\x12\x1c.neeko_npc.v1.GetRoleRequest\x1a\x12.neeko_npc.v1.Role\x12R\n\x0bReloadRoles\x12 .neeko_npc.v1.ReloadRolesRequest\x1a!.neeko_npc.v1.ReloadRolesResponse\x12X\n\rForgetSession\x12\".neeko_npc.v1.ForgetSessionRequest\x1a#.neeko_npc.v1.ForgetSessionResponseB\x0f\xaa\x02\x0cNeeko.Npc.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bneeko_npc/v1/dialogue.proto\x12\x0cneeko_npc.v1\"\xb2\x02\n\x0cSceneContext\x12\x10\n\x08location\x18\x01 \x01(\t\x12\x13\n\x0btime_of_day\x18\x02 \x01(\t\x12\x0f\n\x07weather\x18\x03 \x01(\t\x12\x10\n\x08npc_mood\x18\x04 \x01(\t\x12\x14\n\x0cnpc_activity\x18\x05 \x01(\t\x12\x13\n\x0bplayer_name\x18\x06 \x01(\t\x12\x17\n\x0fplayer_standing\x18\x07 \x01(\t\x12\x15\n\rrecent_events\x18\x08 \x03(\t\x12\x19\n\x11nearby_characters\x18\t \x03(\t\x12\x34\n\x05\x66\x61\x63ts\x18\n \x03(\x0b\x32%.neeko_npc.v1.SceneContext.FactsEntry\x1a,\n\nFactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x99\x01\n\x11GenerationOptions\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"d\n\nNpcProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07persona\x18\x02 \x01(\t\x12\r\n\x05style\x18\x03 \x01(\t\x12\x11\n\tknowledge\x18\x04 \x01(\t\x12\x15\n\rexample_lines\x18\x05 \x03(\t\"\xf6\x01\n\nSayRequest\x12\x0e\n\x06npc_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x13\n\x0bplayer_line\x18\x03 \x01(\t\x12)\n\x05scene\x18\x04 \x01(\x0b\x32\x1a.neeko_npc.v1.SceneContext\x12\x30\n\x07options\x18\x05 \x01(\x0b\x32\x1f.neeko_npc.v1.GenerationOptions\x12)\n\x07profile\x18\x06 \x01(\x0b\x32\x18.neeko_npc.v1.NpcProfile\x12\'\n\x05\x62lend\x18\x07 \x03(\x0b\x32\x18.neeko_npc.v1.RoleWeight\"-\n\nRoleWeight\x12\x0f\n\x07role_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x02\"\xf9\x01\n\x08SayChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.neeko_npc.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x03 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x05 \x01(\r\x12\x1e\n\x16time_to_first_token_ms\x18\x06 \x01(\x02\x12.\n\x0crole_weights\x18\x07 \x03(\x0b\x32\x18.neeko_npc.v1.RoleWeight\x12\x0c\n\x04\x64one\x18\x08 \x01(\x08\"\x97\x01\n\x04Role\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07persona\x18\x04 \x01(\t\x12\r\n\x05style\x18\x05 \x01(\t\x12)\n\x07weights\x18\x06 \x03(\x0b\x32\x18.neeko_npc.v1.RoleWeight\x12\x0e\n\x06sha256\x18\x07 \x01(\t\x12\x0c\n\x04\x66ile\x18\x08 \x01(\t\"*\n\x0bRoleProblem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x12\n\x10ListRolesRequest\"c\n\x11ListRolesResponse\x12!\n\x05roles\x18\x01 \x03(\x0b\x32\x12.neeko_npc.v1.Role\x12+\n\x08problems\x18\x02 \x03(\x0b\x32\x19.neeko_npc.v1.RoleProblem\" \n\x0eGetRoleRequest\x12\x0e\n\x06npc_id\x18\x01 \x01(\t\"\x14\n\x12ReloadRolesRequest\"s\n\x13ReloadRolesResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x03(\t\x12\x0f\n\x07removed\x18\x03 \x03(\t\x12+\n\x08problems\x18\x04 \x03(\x0b\x32\x19.neeko_npc.v1.RoleProblem\":\n\x14\x46orgetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06npc_id\x18\x02 \x01(\t\"*\n\x15\x46orgetSessionResponse\x12\x11\n\tforgotten\x18\x01 \x01(\r*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xfe\x02\n\x08\x44ialogue\x12\x39\n\x03Say\x12\x18.neeko_npc.v1.SayRequest\x1a\x16.neeko_npc.v1.SayChunk0\x01\x12L\n\tListRoles\x12\x1e.neeko_npc.v1.ListRolesRequest\x1a\x1f.neeko_npc.v1.ListRolesResponse\x12;\n\x07GetRole\x12\x1c.neeko_npc.v1.GetRoleRequest\x1a\x12.neeko_npc.v1.Role\x12R\n\x0bReloadRoles\x12 .neeko_npc.v1.ReloadRolesRequest\x1a!.neeko_npc.v1.ReloadRolesResponse\x12X\n\rForgetSession\x12\".neeko_npc.v1.ForgetSessionRequest\x1a#.neeko_npc.v1.ForgetSessionResponseB\x0f\xaa\x02\x0cNeeko.Npc.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,38 +34,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\252\002\014Neeko.Npc.V1'
   _globals['_SCENECONTEXT_FACTSENTRY']._loaded_options = None
   _globals['_SCENECONTEXT_FACTSENTRY']._serialized_options = b'8\001'
-  _globals['_FINISHREASON']._serialized_start=1570
-  _globals['_FINISHREASON']._serialized_end=1694
+  _globals['_FINISHREASON']._serialized_start=1756
+  _globals['_FINISHREASON']._serialized_end=1880
   _globals['_SCENECONTEXT']._serialized_start=46
   _globals['_SCENECONTEXT']._serialized_end=352
   _globals['_SCENECONTEXT_FACTSENTRY']._serialized_start=308
   _globals['_SCENECONTEXT_FACTSENTRY']._serialized_end=352
   _globals['_GENERATIONOPTIONS']._serialized_start=355
   _globals['_GENERATIONOPTIONS']._serialized_end=508
-  _globals['_SAYREQUEST']._serialized_start=511
-  _globals['_SAYREQUEST']._serialized_end=673
-  _globals['_ROLEWEIGHT']._serialized_start=675
-  _globals['_ROLEWEIGHT']._serialized_end=720
-  _globals['_SAYCHUNK']._serialized_start=723
-  _globals['_SAYCHUNK']._serialized_end=972
-  _globals['_ROLE']._serialized_start=975
-  _globals['_ROLE']._serialized_end=1126
-  _globals['_ROLEPROBLEM']._serialized_start=1128
-  _globals['_ROLEPROBLEM']._serialized_end=1170
-  _globals['_LISTROLESREQUEST']._serialized_start=1172
-  _globals['_LISTROLESREQUEST']._serialized_end=1190
-  _globals['_LISTROLESRESPONSE']._serialized_start=1192
-  _globals['_LISTROLESRESPONSE']._serialized_end=1291
-  _globals['_GETROLEREQUEST']._serialized_start=1293
-  _globals['_GETROLEREQUEST']._serialized_end=1325
-  _globals['_RELOADROLESREQUEST']._serialized_start=1327
-  _globals['_RELOADROLESREQUEST']._serialized_end=1347
-  _globals['_RELOADROLESRESPONSE']._serialized_start=1349
-  _globals['_RELOADROLESRESPONSE']._serialized_end=1464
-  _globals['_FORGETSESSIONREQUEST']._serialized_start=1466
-  _globals['_FORGETSESSIONREQUEST']._serialized_end=1524
-  _globals['_FORGETSESSIONRESPONSE']._serialized_start=1526
-  _globals['_FORGETSESSIONRESPONSE']._serialized_end=1568
-  _globals['_DIALOGUE']._serialized_start=1697
-  _globals['_DIALOGUE']._serialized_end=2079
+  _globals['_NPCPROFILE']._serialized_start=510
+  _globals['_NPCPROFILE']._serialized_end=610
+  _globals['_SAYREQUEST']._serialized_start=613
+  _globals['_SAYREQUEST']._serialized_end=859
+  _globals['_ROLEWEIGHT']._serialized_start=861
+  _globals['_ROLEWEIGHT']._serialized_end=906
+  _globals['_SAYCHUNK']._serialized_start=909
+  _globals['_SAYCHUNK']._serialized_end=1158
+  _globals['_ROLE']._serialized_start=1161
+  _globals['_ROLE']._serialized_end=1312
+  _globals['_ROLEPROBLEM']._serialized_start=1314
+  _globals['_ROLEPROBLEM']._serialized_end=1356
+  _globals['_LISTROLESREQUEST']._serialized_start=1358
+  _globals['_LISTROLESREQUEST']._serialized_end=1376
+  _globals['_LISTROLESRESPONSE']._serialized_start=1378
+  _globals['_LISTROLESRESPONSE']._serialized_end=1477
+  _globals['_GETROLEREQUEST']._serialized_start=1479
+  _globals['_GETROLEREQUEST']._serialized_end=1511
+  _globals['_RELOADROLESREQUEST']._serialized_start=1513
+  _globals['_RELOADROLESREQUEST']._serialized_end=1533
+  _globals['_RELOADROLESRESPONSE']._serialized_start=1535
+  _globals['_RELOADROLESRESPONSE']._serialized_end=1650
+  _globals['_FORGETSESSIONREQUEST']._serialized_start=1652
+  _globals['_FORGETSESSIONREQUEST']._serialized_end=1710
+  _globals['_FORGETSESSIONRESPONSE']._serialized_start=1712
+  _globals['_FORGETSESSIONRESPONSE']._serialized_end=1754
+  _globals['_DIALOGUE']._serialized_start=1883
+  _globals['_DIALOGUE']._serialized_end=2265
 # @@protoc_insertion_point(module_scope)

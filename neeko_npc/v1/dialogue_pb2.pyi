@@ -63,19 +63,37 @@ class GenerationOptions(_message.Message):
     stop: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class NpcProfile(_message.Message):
+    __slots__ = ("name", "persona", "style", "knowledge", "example_lines")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PERSONA_FIELD_NUMBER: _ClassVar[int]
+    STYLE_FIELD_NUMBER: _ClassVar[int]
+    KNOWLEDGE_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_LINES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    persona: str
+    style: str
+    knowledge: str
+    example_lines: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., persona: _Optional[str] = ..., style: _Optional[str] = ..., knowledge: _Optional[str] = ..., example_lines: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class SayRequest(_message.Message):
-    __slots__ = ("npc_id", "session_id", "player_line", "scene", "options")
+    __slots__ = ("npc_id", "session_id", "player_line", "scene", "options", "profile", "blend")
     NPC_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PLAYER_LINE_FIELD_NUMBER: _ClassVar[int]
     SCENE_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    BLEND_FIELD_NUMBER: _ClassVar[int]
     npc_id: str
     session_id: str
     player_line: str
     scene: SceneContext
     options: GenerationOptions
-    def __init__(self, npc_id: _Optional[str] = ..., session_id: _Optional[str] = ..., player_line: _Optional[str] = ..., scene: _Optional[_Union[SceneContext, _Mapping]] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ...) -> None: ...
+    profile: NpcProfile
+    blend: _containers.RepeatedCompositeFieldContainer[RoleWeight]
+    def __init__(self, npc_id: _Optional[str] = ..., session_id: _Optional[str] = ..., player_line: _Optional[str] = ..., scene: _Optional[_Union[SceneContext, _Mapping]] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., profile: _Optional[_Union[NpcProfile, _Mapping]] = ..., blend: _Optional[_Iterable[_Union[RoleWeight, _Mapping]]] = ...) -> None: ...
 
 class RoleWeight(_message.Message):
     __slots__ = ("role_id", "weight")

@@ -370,6 +370,61 @@ namespace Neeko.Npc.Tests
         }
 
         [Test]
+        public void AProceduralNpcTravelsWithItsRequest()
+        {
+            SayRequestData seen = null;
+            var t = new FakeTransport { Script = (n, r) => { seen = r; return new List<Step> { Step.Text("Welcome, love."), Step.Done() }; } };
+            var villager = new ProceduralNpc { Name = "Ada Thorne", Persona = "A widowed baker who trades gossip for flour." };
+            villager.Blend["innkeeper"] = 0.7f;
+            villager.Blend["merchant"] = 0.3f;
+            var h = Client(t).Say("villager_0042", "Morning!", procedural: villager);
+            Assert.IsTrue(h.Task.Wait(5000));
+            Assert.AreEqual("villager_0042", seen.NpcId);
+            Assert.AreSame(villager, seen.Procedural);
+            Assert.AreEqual(0.7f, seen.Procedural.Blend["innkeeper"]);
+            var hosted = Client(t).Say("smith", "hi");
+            Assert.IsTrue(hosted.Task.Wait(5000));
+            Assert.IsNull(seen.Procedural, "a hosted role's request carries no blend");
+        }
+
+        [Test]
+        public void ABadProceduralNpcIsRefusedBeforeAnyRequest()
+        {
+            var t = new FakeTransport { Script = (n, r) => new List<Step> { Step.Done() } };
+            var client = Client(t);
+            var noBlend = new ProceduralNpc { Name = "Ada", Persona = "A baker." };
+            StringAssert.Contains("Blend", Assert.Throws<ArgumentException>(() => client.Say("v1", "hi", procedural: noBlend)).Message);
+            var negative = new ProceduralNpc { Name = "Ada", Persona = "A baker." };
+            negative.Blend["innkeeper"] = -0.5f;
+            StringAssert.Contains("not negative", Assert.Throws<ArgumentException>(() => client.Say("v1", "hi", procedural: negative)).Message);
+            var nan = new ProceduralNpc { Name = "Ada", Persona = "A baker." };
+            nan.Blend["innkeeper"] = float.NaN;
+            Assert.Throws<ArgumentException>(() => client.Say("v1", "hi", procedural: nan));
+            var zero = new ProceduralNpc { Name = "Ada", Persona = "A baker." };
+            zero.Blend["innkeeper"] = 0f;
+            StringAssert.Contains("sum to 0", Assert.Throws<ArgumentException>(() => client.Say("v1", "hi", procedural: zero)).Message);
+            var nameless = new ProceduralNpc { Persona = "A baker." };
+            nameless.Blend["innkeeper"] = 1f;
+            StringAssert.Contains("Name", Assert.Throws<ArgumentException>(() => client.Say("v1", "hi", procedural: nameless)).Message);
+            Assert.AreEqual(0, t.Opens);
+        }
+
+        [Test]
+        public void RecordedProceduralLineReportsTheBlendThatSpoke()
+        {
+            var villager = new ProceduralNpc { Name = "Ada Thorne", Persona = "A widowed baker." };
+            villager.Blend["innkeeper"] = 0.7f;
+            villager.Blend["merchant"] = 0.3f;
+            var h = Client(new RecordedTransport("procedural_blend")).Say("villager_0042", "Morning!", procedural: villager);
+            Assert.IsTrue(h.Task.Wait(5000));
+            var w = h.Task.Result.RoleWeights;
+            CollectionAssert.AreEquivalent(new[] { "innkeeper", "merchant" }, w.Keys);
+            Assert.AreEqual(0.7f, w["innkeeper"], 1e-6);
+            Assert.AreEqual(0.3f, w["merchant"], 1e-6);
+            Assert.IsNotEmpty(h.Task.Result.Text);
+        }
+
+        [Test]
         public void StaticFacadeNeedsAClient()
         {
             Dialogue.Client = null;

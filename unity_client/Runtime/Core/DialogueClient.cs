@@ -43,14 +43,17 @@ namespace Neeko.Npc
 
         public MainThreadQueue MainThread { get { return _main; } }
 
+        /// <param name="procedural">Null for a role the daemon hosts; set for an NPC with no role file.</param>
         public DialogueHandle Say(string npcId, string playerLine, SceneData scene = null, GenerationSettings options = null,
-                                  string sessionId = null, SayPolicy? policy = null)
+                                  string sessionId = null, SayPolicy? policy = null, ProceduralNpc procedural = null)
         {
             if (string.IsNullOrEmpty(npcId)) throw new ArgumentException("npcId is required", "npcId");
+            if (procedural != null) procedural.Validate();
             var request = new SayRequestData
             {
                 NpcId = npcId, PlayerLine = playerLine ?? "", Scene = scene ?? new SceneData(),
                 Options = options ?? new GenerationSettings(), SessionId = sessionId ?? SessionId ?? "",
+                Procedural = procedural,
             };
             var handle = new DialogueHandle(request, _main);
             bool start;
@@ -183,11 +186,11 @@ namespace Neeko.Npc
         public static DialogueClient Client { get; set; }
 
         public static DialogueHandle Say(string npcId, string playerLine = "", SceneData scene = null,
-                                         GenerationSettings options = null, SayPolicy? policy = null)
+                                         GenerationSettings options = null, SayPolicy? policy = null, ProceduralNpc procedural = null)
         {
             if (Client == null)
                 throw new InvalidOperationException("Dialogue.Client is not set: add a NeekoSettings asset (Assets/Resources/NeekoSettings) or assign Dialogue.Client");
-            return Client.Say(npcId, playerLine, scene, options, null, policy);
+            return Client.Say(npcId, playerLine, scene, options, null, policy, procedural);
         }
     }
 }

@@ -43,6 +43,41 @@ namespace Neeko.Npc
         public List<string> Stop = new List<string>();
     }
 
+    /// <summary>
+    /// An NPC with no role file, e.g. a generated villager: who it is, and its voice as a mix of roles the
+    /// daemon hosts (<c>Blend["innkeeper"] = 0.7f; Blend["merchant"] = 0.3f;</c>). Mirrors SayRequest.profile
+    /// and SayRequest.blend. The daemon normalises the weights and answers INVALID_ARGUMENT for unknown roles
+    /// or more roles than its --max-blend.
+    /// </summary>
+    public sealed class ProceduralNpc
+    {
+        public string Name = "";
+        public string Persona = "";
+        public string Style = "";
+        public string Knowledge = "";
+        public List<string> ExampleLines = new List<string>();
+        /// <summary>Hosted role id -> weight (finite, not negative, at least one positive).</summary>
+        public Dictionary<string, float> Blend = new Dictionary<string, float>();
+
+        /// <summary>Throws ArgumentException for what the daemon would refuse anyway, before any request is sent.</summary>
+        public void Validate()
+        {
+            if (string.IsNullOrEmpty(Name) || string.IsNullOrEmpty(Persona))
+                throw new ArgumentException("a procedural NPC needs a Name and a Persona");
+            if (Blend == null || Blend.Count == 0)
+                throw new ArgumentException("a procedural NPC needs a Blend: at least one hosted role id and its weight");
+            float sum = 0;
+            foreach (var kv in Blend)
+            {
+                if (string.IsNullOrEmpty(kv.Key)) throw new ArgumentException("a Blend entry has an empty role id");
+                if (float.IsNaN(kv.Value) || float.IsInfinity(kv.Value) || kv.Value < 0)
+                    throw new ArgumentException("the Blend weight of '" + kv.Key + "' must be finite and not negative");
+                sum += kv.Value;
+            }
+            if (!(sum > 0)) throw new ArgumentException("the Blend weights sum to 0; give a role a positive weight");
+        }
+    }
+
     public sealed class SayRequestData
     {
         public string NpcId = "";
@@ -50,6 +85,8 @@ namespace Neeko.Npc
         public string PlayerLine = "";
         public SceneData Scene = new SceneData();
         public GenerationSettings Options = new GenerationSettings();
+        /// <summary>Null for a hosted role; set for an NPC with no role file (NpcId then only keys its memory).</summary>
+        public ProceduralNpc Procedural;
     }
 
     /// <summary>One streamed piece of a reply. Only the last chunk has Done set and carries the stats.</summary>
@@ -62,6 +99,7 @@ namespace Neeko.Npc
         public int CompletionTokens;
         public int CachedPromptTokens;
         public float TimeToFirstTokenMs;
+        /// <summary>The blocks that spoke and their weights (a procedural NPC's blend as the daemon resolved it).</summary>
         public Dictionary<string, float> RoleWeights = new Dictionary<string, float>();
     }
 

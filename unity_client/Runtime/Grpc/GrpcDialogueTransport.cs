@@ -105,7 +105,15 @@ namespace Neeko.Npc.Grpc
             if (r.Options.TopP.HasValue) options.TopP = r.Options.TopP.Value;
             if (r.Options.Seed.HasValue) options.Seed = r.Options.Seed.Value;
             options.Stop.AddRange(r.Options.Stop);
-            return new SayRequest { NpcId = r.NpcId, SessionId = r.SessionId ?? "", PlayerLine = r.PlayerLine ?? "", Scene = scene, Options = options };
+            var request = new SayRequest { NpcId = r.NpcId, SessionId = r.SessionId ?? "", PlayerLine = r.PlayerLine ?? "", Scene = scene, Options = options };
+            var p = r.Procedural;
+            if (p != null)
+            {
+                request.Profile = new NpcProfile { Name = p.Name ?? "", Persona = p.Persona ?? "", Style = p.Style ?? "", Knowledge = p.Knowledge ?? "" };
+                request.Profile.ExampleLines.AddRange(p.ExampleLines);
+                foreach (var kv in p.Blend) request.Blend.Add(new RoleWeight { RoleId = kv.Key, Weight = kv.Value });
+            }
+            return request;
         }
 
         static DialogueChunk FromProto(SayChunk c)

@@ -15,6 +15,9 @@ namespace Neeko.Npc.Unity
         [Serializable]
         public struct Fact { public string key; public string value; }
 
+        [Serializable]
+        public struct BlendEntry { public string roleId; [Min(0)] public float weight; }
+
         /// <summary>The game's clock in hours [0, 24); set it from your day/night system. Null: the computer's clock.</summary>
         public static float? WorldHour;
 
@@ -29,6 +32,14 @@ namespace Neeko.Npc.Unity
         public string playerStanding = "";
         public List<Fact> facts = new List<Fact>();
         [Tooltip("Other NpcVoices within this distance are listed as nearby characters")] public float nearbyRadius = 12f;
+
+        [Header("Procedural NPC (no role file): fill a blend to use it")]
+        [Tooltip("Hosted roles this NPC's voice mixes, e.g. innkeeper 0.7 and merchant 0.3; empty: npcId is a hosted role")]
+        public List<BlendEntry> blend = new List<BlendEntry>();
+        [Tooltip("The procedural NPC's name, as in a role profile")] public string characterName = "";
+        [TextArea] public string persona = "";
+        [TextArea] public string style = "";
+        [TextArea] public string knowledge = "";
 
         readonly List<DialogueHandle> _lines = new List<DialogueHandle>();
         readonly List<string> _recentEvents = new List<string>();
@@ -59,9 +70,18 @@ namespace Neeko.Npc.Unity
         {
             if (string.IsNullOrEmpty(npcId)) throw new InvalidOperationException(name + ": NpcVoice.npcId is empty");
             _lines.RemoveAll(h => h.IsDone);
-            var handle = Dialogue.Say(npcId, playerLine, BuildScene(), options, policy);
+            var handle = Dialogue.Say(npcId, playerLine, BuildScene(), options, policy, Procedural());
             _lines.Add(handle);
             return handle;
+        }
+
+        /// <summary>The procedural NPC this component describes, or null when it has no blend (a hosted role).</summary>
+        public ProceduralNpc Procedural()
+        {
+            if (blend.Count == 0) return null;
+            var npc = new ProceduralNpc { Name = characterName, Persona = persona, Style = style, Knowledge = knowledge };
+            foreach (var b in blend) npc.Blend[b.roleId] = b.weight;
+            return npc;
         }
 
         void OnDestroy()

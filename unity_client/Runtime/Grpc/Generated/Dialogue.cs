@@ -35,48 +35,53 @@ namespace Neeko.Npc.V1 {
             "ZXJhdGlvbk9wdGlvbnMSEgoKbWF4X3Rva2VucxgBIAEoDRIYCgt0ZW1wZXJh",
             "dHVyZRgCIAEoAkgAiAEBEhIKBXRvcF9wGAMgASgCSAGIAQESEQoEc2VlZBgE",
             "IAEoDUgCiAEBEgwKBHN0b3AYBSADKAlCDgoMX3RlbXBlcmF0dXJlQggKBl90",
-            "b3BfcEIHCgVfc2VlZCKiAQoKU2F5UmVxdWVzdBIOCgZucGNfaWQYASABKAkS",
-            "EgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtwbGF5ZXJfbGluZRgDIAEoCRIpCgVz",
-            "Y2VuZRgEIAEoCzIaLm5lZWtvX25wYy52MS5TY2VuZUNvbnRleHQSMAoHb3B0",
-            "aW9ucxgFIAEoCzIfLm5lZWtvX25wYy52MS5HZW5lcmF0aW9uT3B0aW9ucyIt",
-            "CgpSb2xlV2VpZ2h0Eg8KB3JvbGVfaWQYASABKAkSDgoGd2VpZ2h0GAIgASgC",
-            "IvkBCghTYXlDaHVuaxIMCgR0ZXh0GAEgASgJEjEKDWZpbmlzaF9yZWFzb24Y",
-            "AiABKA4yGi5uZWVrb19ucGMudjEuRmluaXNoUmVhc29uEhUKDXByb21wdF90",
-            "b2tlbnMYAyABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYBCABKA0SHAoUY2Fj",
-            "aGVkX3Byb21wdF90b2tlbnMYBSABKA0SHgoWdGltZV90b19maXJzdF90b2tl",
-            "bl9tcxgGIAEoAhIuCgxyb2xlX3dlaWdodHMYByADKAsyGC5uZWVrb19ucGMu",
-            "djEuUm9sZVdlaWdodBIMCgRkb25lGAggASgIIpcBCgRSb2xlEgoKAmlkGAEg",
-            "ASgJEgwKBG5hbWUYAiABKAkSDAoEa2luZBgDIAEoCRIPCgdwZXJzb25hGAQg",
-            "ASgJEg0KBXN0eWxlGAUgASgJEikKB3dlaWdodHMYBiADKAsyGC5uZWVrb19u",
-            "cGMudjEuUm9sZVdlaWdodBIOCgZzaGEyNTYYByABKAkSDAoEZmlsZRgIIAEo",
-            "CSIqCgtSb2xlUHJvYmxlbRIMCgRmaWxlGAEgASgJEg0KBWVycm9yGAIgASgJ",
-            "IhIKEExpc3RSb2xlc1JlcXVlc3QiYwoRTGlzdFJvbGVzUmVzcG9uc2USIQoF",
-            "cm9sZXMYASADKAsyEi5uZWVrb19ucGMudjEuUm9sZRIrCghwcm9ibGVtcxgC",
-            "IAMoCzIZLm5lZWtvX25wYy52MS5Sb2xlUHJvYmxlbSIgCg5HZXRSb2xlUmVx",
-            "dWVzdBIOCgZucGNfaWQYASABKAkiFAoSUmVsb2FkUm9sZXNSZXF1ZXN0InMK",
-            "E1JlbG9hZFJvbGVzUmVzcG9uc2USDQoFYWRkZWQYASADKAkSDwoHY2hhbmdl",
-            "ZBgCIAMoCRIPCgdyZW1vdmVkGAMgAygJEisKCHByb2JsZW1zGAQgAygLMhku",
-            "bmVla29fbnBjLnYxLlJvbGVQcm9ibGVtIjoKFEZvcmdldFNlc3Npb25SZXF1",
-            "ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDgoGbnBjX2lkGAIgASgJIioKFUZv",
-            "cmdldFNlc3Npb25SZXNwb25zZRIRCglmb3Jnb3R0ZW4YASABKA0qfAoMRmlu",
-            "aXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJG",
-            "SU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBAC",
-            "EhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAMy/gIKCERpYWxvZ3VlEjkK",
-            "A1NheRIYLm5lZWtvX25wYy52MS5TYXlSZXF1ZXN0GhYubmVla29fbnBjLnYx",
-            "LlNheUNodW5rMAESTAoJTGlzdFJvbGVzEh4ubmVla29fbnBjLnYxLkxpc3RS",
-            "b2xlc1JlcXVlc3QaHy5uZWVrb19ucGMudjEuTGlzdFJvbGVzUmVzcG9uc2US",
-            "OwoHR2V0Um9sZRIcLm5lZWtvX25wYy52MS5HZXRSb2xlUmVxdWVzdBoSLm5l",
-            "ZWtvX25wYy52MS5Sb2xlElIKC1JlbG9hZFJvbGVzEiAubmVla29fbnBjLnYx",
-            "LlJlbG9hZFJvbGVzUmVxdWVzdBohLm5lZWtvX25wYy52MS5SZWxvYWRSb2xl",
-            "c1Jlc3BvbnNlElgKDUZvcmdldFNlc3Npb24SIi5uZWVrb19ucGMudjEuRm9y",
-            "Z2V0U2Vzc2lvblJlcXVlc3QaIy5uZWVrb19ucGMudjEuRm9yZ2V0U2Vzc2lv",
-            "blJlc3BvbnNlQg+qAgxOZWVrby5OcGMuVjFiBnByb3RvMw=="));
+            "b3BfcEIHCgVfc2VlZCJkCgpOcGNQcm9maWxlEgwKBG5hbWUYASABKAkSDwoH",
+            "cGVyc29uYRgCIAEoCRINCgVzdHlsZRgDIAEoCRIRCglrbm93bGVkZ2UYBCAB",
+            "KAkSFQoNZXhhbXBsZV9saW5lcxgFIAMoCSL2AQoKU2F5UmVxdWVzdBIOCgZu",
+            "cGNfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtwbGF5ZXJfbGlu",
+            "ZRgDIAEoCRIpCgVzY2VuZRgEIAEoCzIaLm5lZWtvX25wYy52MS5TY2VuZUNv",
+            "bnRleHQSMAoHb3B0aW9ucxgFIAEoCzIfLm5lZWtvX25wYy52MS5HZW5lcmF0",
+            "aW9uT3B0aW9ucxIpCgdwcm9maWxlGAYgASgLMhgubmVla29fbnBjLnYxLk5w",
+            "Y1Byb2ZpbGUSJwoFYmxlbmQYByADKAsyGC5uZWVrb19ucGMudjEuUm9sZVdl",
+            "aWdodCItCgpSb2xlV2VpZ2h0Eg8KB3JvbGVfaWQYASABKAkSDgoGd2VpZ2h0",
+            "GAIgASgCIvkBCghTYXlDaHVuaxIMCgR0ZXh0GAEgASgJEjEKDWZpbmlzaF9y",
+            "ZWFzb24YAiABKA4yGi5uZWVrb19ucGMudjEuRmluaXNoUmVhc29uEhUKDXBy",
+            "b21wdF90b2tlbnMYAyABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYBCABKA0S",
+            "HAoUY2FjaGVkX3Byb21wdF90b2tlbnMYBSABKA0SHgoWdGltZV90b19maXJz",
+            "dF90b2tlbl9tcxgGIAEoAhIuCgxyb2xlX3dlaWdodHMYByADKAsyGC5uZWVr",
+            "b19ucGMudjEuUm9sZVdlaWdodBIMCgRkb25lGAggASgIIpcBCgRSb2xlEgoK",
+            "AmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDAoEa2luZBgDIAEoCRIPCgdwZXJz",
+            "b25hGAQgASgJEg0KBXN0eWxlGAUgASgJEikKB3dlaWdodHMYBiADKAsyGC5u",
+            "ZWVrb19ucGMudjEuUm9sZVdlaWdodBIOCgZzaGEyNTYYByABKAkSDAoEZmls",
+            "ZRgIIAEoCSIqCgtSb2xlUHJvYmxlbRIMCgRmaWxlGAEgASgJEg0KBWVycm9y",
+            "GAIgASgJIhIKEExpc3RSb2xlc1JlcXVlc3QiYwoRTGlzdFJvbGVzUmVzcG9u",
+            "c2USIQoFcm9sZXMYASADKAsyEi5uZWVrb19ucGMudjEuUm9sZRIrCghwcm9i",
+            "bGVtcxgCIAMoCzIZLm5lZWtvX25wYy52MS5Sb2xlUHJvYmxlbSIgCg5HZXRS",
+            "b2xlUmVxdWVzdBIOCgZucGNfaWQYASABKAkiFAoSUmVsb2FkUm9sZXNSZXF1",
+            "ZXN0InMKE1JlbG9hZFJvbGVzUmVzcG9uc2USDQoFYWRkZWQYASADKAkSDwoH",
+            "Y2hhbmdlZBgCIAMoCRIPCgdyZW1vdmVkGAMgAygJEisKCHByb2JsZW1zGAQg",
+            "AygLMhkubmVla29fbnBjLnYxLlJvbGVQcm9ibGVtIjoKFEZvcmdldFNlc3Np",
+            "b25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDgoGbnBjX2lkGAIgASgJ",
+            "IioKFUZvcmdldFNlc3Npb25SZXNwb25zZRIRCglmb3Jnb3R0ZW4YASABKA0q",
+            "fAoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQ",
+            "ABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xF",
+            "TkdUSBACEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAMy/gIKCERpYWxv",
+            "Z3VlEjkKA1NheRIYLm5lZWtvX25wYy52MS5TYXlSZXF1ZXN0GhYubmVla29f",
+            "bnBjLnYxLlNheUNodW5rMAESTAoJTGlzdFJvbGVzEh4ubmVla29fbnBjLnYx",
+            "Lkxpc3RSb2xlc1JlcXVlc3QaHy5uZWVrb19ucGMudjEuTGlzdFJvbGVzUmVz",
+            "cG9uc2USOwoHR2V0Um9sZRIcLm5lZWtvX25wYy52MS5HZXRSb2xlUmVxdWVz",
+            "dBoSLm5lZWtvX25wYy52MS5Sb2xlElIKC1JlbG9hZFJvbGVzEiAubmVla29f",
+            "bnBjLnYxLlJlbG9hZFJvbGVzUmVxdWVzdBohLm5lZWtvX25wYy52MS5SZWxv",
+            "YWRSb2xlc1Jlc3BvbnNlElgKDUZvcmdldFNlc3Npb24SIi5uZWVrb19ucGMu",
+            "djEuRm9yZ2V0U2Vzc2lvblJlcXVlc3QaIy5uZWVrb19ucGMudjEuRm9yZ2V0",
+            "U2Vzc2lvblJlc3BvbnNlQg+qAgxOZWVrby5OcGMuVjFiBnByb3RvMw=="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
           new pbr::GeneratedClrTypeInfo(new[] {typeof(global::Neeko.Npc.V1.FinishReason), }, null, new pbr::GeneratedClrTypeInfo[] {
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SceneContext), global::Neeko.Npc.V1.SceneContext.Parser, new[]{ "Location", "TimeOfDay", "Weather", "NpcMood", "NpcActivity", "PlayerName", "PlayerStanding", "RecentEvents", "NearbyCharacters", "Facts" }, null, null, null, new pbr::GeneratedClrTypeInfo[] { null, }),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.GenerationOptions), global::Neeko.Npc.V1.GenerationOptions.Parser, new[]{ "MaxTokens", "Temperature", "TopP", "Seed", "Stop" }, new[]{ "Temperature", "TopP", "Seed" }, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayRequest), global::Neeko.Npc.V1.SayRequest.Parser, new[]{ "NpcId", "SessionId", "PlayerLine", "Scene", "Options" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.NpcProfile), global::Neeko.Npc.V1.NpcProfile.Parser, new[]{ "Name", "Persona", "Style", "Knowledge", "ExampleLines" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayRequest), global::Neeko.Npc.V1.SayRequest.Parser, new[]{ "NpcId", "SessionId", "PlayerLine", "Scene", "Options", "Profile", "Blend" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.RoleWeight), global::Neeko.Npc.V1.RoleWeight.Parser, new[]{ "RoleId", "Weight" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayChunk), global::Neeko.Npc.V1.SayChunk.Parser, new[]{ "Text", "FinishReason", "PromptTokens", "CompletionTokens", "CachedPromptTokens", "TimeToFirstTokenMs", "RoleWeights", "Done" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.Role), global::Neeko.Npc.V1.Role.Parser, new[]{ "Id", "Name", "Kind", "Persona", "Style", "Weights", "Sha256", "File" }, null, null, null, null),
@@ -972,6 +977,335 @@ namespace Neeko.Npc.V1 {
 
   }
 
+  /// <summary>
+  /// Who a procedural NPC is (one with no role file): the same fields as a role's profile.
+  /// </summary>
+  public sealed partial class NpcProfile : pb::IMessage<NpcProfile>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<NpcProfile> _parser = new pb::MessageParser<NpcProfile>(() => new NpcProfile());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<NpcProfile> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[2]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public NpcProfile() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public NpcProfile(NpcProfile other) : this() {
+      name_ = other.name_;
+      persona_ = other.persona_;
+      style_ = other.style_;
+      knowledge_ = other.knowledge_;
+      exampleLines_ = other.exampleLines_.Clone();
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public NpcProfile Clone() {
+      return new NpcProfile(this);
+    }
+
+    /// <summary>Field number for the "name" field.</summary>
+    public const int NameFieldNumber = 1;
+    private string name_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Name {
+      get { return name_; }
+      set {
+        name_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "persona" field.</summary>
+    public const int PersonaFieldNumber = 2;
+    private string persona_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Persona {
+      get { return persona_; }
+      set {
+        persona_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "style" field.</summary>
+    public const int StyleFieldNumber = 3;
+    private string style_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Style {
+      get { return style_; }
+      set {
+        style_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "knowledge" field.</summary>
+    public const int KnowledgeFieldNumber = 4;
+    private string knowledge_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Knowledge {
+      get { return knowledge_; }
+      set {
+        knowledge_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "example_lines" field.</summary>
+    public const int ExampleLinesFieldNumber = 5;
+    private static readonly pb::FieldCodec<string> _repeated_exampleLines_codec
+        = pb::FieldCodec.ForString(42);
+    private readonly pbc::RepeatedField<string> exampleLines_ = new pbc::RepeatedField<string>();
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> ExampleLines {
+      get { return exampleLines_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as NpcProfile);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(NpcProfile other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Name != other.Name) return false;
+      if (Persona != other.Persona) return false;
+      if (Style != other.Style) return false;
+      if (Knowledge != other.Knowledge) return false;
+      if(!exampleLines_.Equals(other.exampleLines_)) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Name.Length != 0) hash ^= Name.GetHashCode();
+      if (Persona.Length != 0) hash ^= Persona.GetHashCode();
+      if (Style.Length != 0) hash ^= Style.GetHashCode();
+      if (Knowledge.Length != 0) hash ^= Knowledge.GetHashCode();
+      hash ^= exampleLines_.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Name.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Name);
+      }
+      if (Persona.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(Persona);
+      }
+      if (Style.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(Style);
+      }
+      if (Knowledge.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(Knowledge);
+      }
+      exampleLines_.WriteTo(output, _repeated_exampleLines_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Name.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Name);
+      }
+      if (Persona.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(Persona);
+      }
+      if (Style.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(Style);
+      }
+      if (Knowledge.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(Knowledge);
+      }
+      exampleLines_.WriteTo(ref output, _repeated_exampleLines_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Name.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Name);
+      }
+      if (Persona.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Persona);
+      }
+      if (Style.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Style);
+      }
+      if (Knowledge.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Knowledge);
+      }
+      size += exampleLines_.CalculateSize(_repeated_exampleLines_codec);
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(NpcProfile other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Name.Length != 0) {
+        Name = other.Name;
+      }
+      if (other.Persona.Length != 0) {
+        Persona = other.Persona;
+      }
+      if (other.Style.Length != 0) {
+        Style = other.Style;
+      }
+      if (other.Knowledge.Length != 0) {
+        Knowledge = other.Knowledge;
+      }
+      exampleLines_.Add(other.exampleLines_);
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            Name = input.ReadString();
+            break;
+          }
+          case 18: {
+            Persona = input.ReadString();
+            break;
+          }
+          case 26: {
+            Style = input.ReadString();
+            break;
+          }
+          case 34: {
+            Knowledge = input.ReadString();
+            break;
+          }
+          case 42: {
+            exampleLines_.AddEntriesFrom(input, _repeated_exampleLines_codec);
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            Name = input.ReadString();
+            break;
+          }
+          case 18: {
+            Persona = input.ReadString();
+            break;
+          }
+          case 26: {
+            Style = input.ReadString();
+            break;
+          }
+          case 34: {
+            Knowledge = input.ReadString();
+            break;
+          }
+          case 42: {
+            exampleLines_.AddEntriesFrom(ref input, _repeated_exampleLines_codec);
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
   public sealed partial class SayRequest : pb::IMessage<SayRequest>
   #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
       , pb::IBufferMessage
@@ -986,7 +1320,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[2]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[3]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -1011,6 +1345,8 @@ namespace Neeko.Npc.V1 {
       playerLine_ = other.playerLine_;
       scene_ = other.scene_ != null ? other.scene_.Clone() : null;
       options_ = other.options_ != null ? other.options_.Clone() : null;
+      profile_ = other.profile_ != null ? other.profile_.Clone() : null;
+      blend_ = other.blend_.Clone();
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -1023,6 +1359,9 @@ namespace Neeko.Npc.V1 {
     /// <summary>Field number for the "npc_id" field.</summary>
     public const int NpcIdFieldNumber = 1;
     private string npcId_ = "";
+    /// <summary>
+    /// A hosted role's id; or, with `blend` and `profile`, the id of a procedural NPC (not a hosted role's).
+    /// </summary>
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public string NpcId {
@@ -1083,6 +1422,37 @@ namespace Neeko.Npc.V1 {
       }
     }
 
+    /// <summary>Field number for the "profile" field.</summary>
+    public const int ProfileFieldNumber = 6;
+    private global::Neeko.Npc.V1.NpcProfile profile_;
+    /// <summary>
+    /// A procedural NPC: its character (name and persona required) ...
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Neeko.Npc.V1.NpcProfile Profile {
+      get { return profile_; }
+      set {
+        profile_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "blend" field.</summary>
+    public const int BlendFieldNumber = 7;
+    private static readonly pb::FieldCodec<global::Neeko.Npc.V1.RoleWeight> _repeated_blend_codec
+        = pb::FieldCodec.ForMessage(58, global::Neeko.Npc.V1.RoleWeight.Parser);
+    private readonly pbc::RepeatedField<global::Neeko.Npc.V1.RoleWeight> blend_ = new pbc::RepeatedField<global::Neeko.Npc.V1.RoleWeight>();
+    /// <summary>
+    /// ... and its voice, a mix of hosted roles (e.g. innkeeper 0.7, merchant 0.3). Weights must be finite and
+    /// not negative, with a positive sum; they are normalised. A fused role counts as the blocks it mixes; at
+    /// most the daemon's --max-blend roles, and blocks, may be mixed. Leave both empty for a hosted role.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<global::Neeko.Npc.V1.RoleWeight> Blend {
+      get { return blend_; }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -1103,6 +1473,8 @@ namespace Neeko.Npc.V1 {
       if (PlayerLine != other.PlayerLine) return false;
       if (!object.Equals(Scene, other.Scene)) return false;
       if (!object.Equals(Options, other.Options)) return false;
+      if (!object.Equals(Profile, other.Profile)) return false;
+      if(!blend_.Equals(other.blend_)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -1115,6 +1487,8 @@ namespace Neeko.Npc.V1 {
       if (PlayerLine.Length != 0) hash ^= PlayerLine.GetHashCode();
       if (scene_ != null) hash ^= Scene.GetHashCode();
       if (options_ != null) hash ^= Options.GetHashCode();
+      if (profile_ != null) hash ^= Profile.GetHashCode();
+      hash ^= blend_.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -1153,6 +1527,11 @@ namespace Neeko.Npc.V1 {
         output.WriteRawTag(42);
         output.WriteMessage(Options);
       }
+      if (profile_ != null) {
+        output.WriteRawTag(50);
+        output.WriteMessage(Profile);
+      }
+      blend_.WriteTo(output, _repeated_blend_codec);
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -1183,6 +1562,11 @@ namespace Neeko.Npc.V1 {
         output.WriteRawTag(42);
         output.WriteMessage(Options);
       }
+      if (profile_ != null) {
+        output.WriteRawTag(50);
+        output.WriteMessage(Profile);
+      }
+      blend_.WriteTo(ref output, _repeated_blend_codec);
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -1208,6 +1592,10 @@ namespace Neeko.Npc.V1 {
       if (options_ != null) {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Options);
       }
+      if (profile_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Profile);
+      }
+      size += blend_.CalculateSize(_repeated_blend_codec);
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -1241,6 +1629,13 @@ namespace Neeko.Npc.V1 {
         }
         Options.MergeFrom(other.Options);
       }
+      if (other.profile_ != null) {
+        if (profile_ == null) {
+          Profile = new global::Neeko.Npc.V1.NpcProfile();
+        }
+        Profile.MergeFrom(other.Profile);
+      }
+      blend_.Add(other.blend_);
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
 
@@ -1280,6 +1675,17 @@ namespace Neeko.Npc.V1 {
               Options = new global::Neeko.Npc.V1.GenerationOptions();
             }
             input.ReadMessage(Options);
+            break;
+          }
+          case 50: {
+            if (profile_ == null) {
+              Profile = new global::Neeko.Npc.V1.NpcProfile();
+            }
+            input.ReadMessage(Profile);
+            break;
+          }
+          case 58: {
+            blend_.AddEntriesFrom(input, _repeated_blend_codec);
             break;
           }
         }
@@ -1323,6 +1729,17 @@ namespace Neeko.Npc.V1 {
             input.ReadMessage(Options);
             break;
           }
+          case 50: {
+            if (profile_ == null) {
+              Profile = new global::Neeko.Npc.V1.NpcProfile();
+            }
+            input.ReadMessage(Profile);
+            break;
+          }
+          case 58: {
+            blend_.AddEntriesFrom(ref input, _repeated_blend_codec);
+            break;
+          }
         }
       }
     }
@@ -1344,7 +1761,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[3]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[4]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -1570,7 +1987,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[4]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[5]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -1693,6 +2110,9 @@ namespace Neeko.Npc.V1 {
     private static readonly pb::FieldCodec<global::Neeko.Npc.V1.RoleWeight> _repeated_roleWeights_codec
         = pb::FieldCodec.ForMessage(58, global::Neeko.Npc.V1.RoleWeight.Parser);
     private readonly pbc::RepeatedField<global::Neeko.Npc.V1.RoleWeight> roleWeights_ = new pbc::RepeatedField<global::Neeko.Npc.V1.RoleWeight>();
+    /// <summary>
+    /// The blocks that spoke and their weights (normalised; a procedural NPC's blend as resolved).
+    /// </summary>
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public pbc::RepeatedField<global::Neeko.Npc.V1.RoleWeight> RoleWeights {
@@ -2016,7 +2436,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[5]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[6]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2122,7 +2542,7 @@ namespace Neeko.Npc.V1 {
         = pb::FieldCodec.ForMessage(50, global::Neeko.Npc.V1.RoleWeight.Parser);
     private readonly pbc::RepeatedField<global::Neeko.Npc.V1.RoleWeight> weights_ = new pbc::RepeatedField<global::Neeko.Npc.V1.RoleWeight>();
     /// <summary>
-    /// the gate's weights for this NPC
+    /// The blocks this NPC speaks with: its own block at weight 1, or a fused role's stored weights.
     /// </summary>
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
@@ -2459,7 +2879,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[6]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[7]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2685,7 +3105,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[7]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[8]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2837,7 +3257,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[8]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[9]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3041,7 +3461,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[9]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[10]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3230,7 +3650,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[10]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[11]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3382,7 +3802,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[11]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[12]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3638,7 +4058,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[12]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[13]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3867,7 +4287,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[13]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[14]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]

@@ -1,4 +1,5 @@
-// NUnit tests of the transport-free core, run outside Unity with mono (see tests/test_unity_client.py).
+// NUnit tests of the transport-free core: run by Unity's Test Runner (add "testables": ["com.neeko.npc"] to the
+// project's Packages/manifest.json), and outside Unity with mono + nunit-console (tests/test_unity_client.py).
 using System;
 using System.Collections.Generic;
 using System.IO;
@@ -82,7 +83,9 @@ namespace Neeko.Npc.Tests
         readonly string _file;
         public RecordedTransport(string name)
         {
-            var dir = Environment.GetEnvironmentVariable("NEEKO_RECORDED_DIR") ?? "Recorded";
+            // mono + NUnit in the repository's suite set NEEKO_RECORDED_DIR; in Unity's Test Runner the package path resolves
+            var dir = Environment.GetEnvironmentVariable("NEEKO_RECORDED_DIR")
+                      ?? Path.GetFullPath("Packages/com.neeko.npc/Tests/Editor/Recorded");
             _file = Path.Combine(dir, name + ".jsonl");
         }
 

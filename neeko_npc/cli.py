@@ -485,9 +485,11 @@ def _rpc_error(exc) -> click.ClickException:
                    "Needs --profile.")
 @click.option("--profile", "profile_path", type=click.Path(exists=True, dir_okay=False),
               help="With --blend: the procedural NPC's profile JSON (name and persona; the id may be left out).")
+@click.option("--sentences", is_flag=True, help="Print one complete sentence a line, as each completes (for text-to-speech).")
 @click.option("--stats", is_flag=True, help="Print token counts, time to first token and the blocks' weights.")
 @client_options
-def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend, profile_path, stats, address, tls_ca, token):
+def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend, profile_path, sentences, stats, address,
+        tls_ca, token):
     """Stream NPC_ID's reply to LINE from a running daemon."""
     import grpc
 
@@ -505,14 +507,26 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend,
         opts["temperature"] = temperature
     if seed is not None:
         opts["seed"] = seed  # --seed 0 is a seed too
+    from .server.sentences import sentences as split_sentences
+
     client = Client(address, token, tls_ca)
     try:
         last = None
-        for chunk in client.say(npc_id, line, scene, session, **procedural, **opts):
-            click.echo(chunk.text, nl=False)
-            sys.stdout.flush()
-            last = chunk
-        click.echo("")
+
+        def texts():
+            nonlocal last
+            for chunk in client.say(npc_id, line, scene, session, **procedural, **opts):
+                last = chunk
+                yield chunk.text
+
+        if sentences:
+            for sentence in split_sentences(texts()):
+                click.echo(sentence)
+        else:
+            for text in texts():
+                click.echo(text, nl=False)
+                sys.stdout.flush()
+            click.echo("")
         if stats and last is not None:
             w = ", ".join(f"{x.role_id} {x.weight:.2f}" for x in last.role_weights)
             click.echo(f"[{last.completion_tokens} tokens, prompt {last.prompt_tokens} ({last.cached_prompt_tokens} cached), "

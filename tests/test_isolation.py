@@ -16,6 +16,7 @@ from neeko_npc.roles.asset import read_asset, write_asset
 from neeko_npc.server.client import Client
 from neeko_npc.v1 import dialogue_pb2 as pb
 from tests.conftest import DATA, FAST, run
+from tests.helpers import fusion_asset
 from tests.test_server import GREEDY, code_of, collect, start
 
 
@@ -34,10 +35,8 @@ def served_state(daemon, client, npcs):
 def test_adding_and_removing_a_near_duplicate_role_changes_no_other_npc(baked, tmp_path):
     roles = tmp_path / "roles"
     shutil.copytree(baked["dir"], roles)  # smith, bard (pre-finetuned), fisher (expansion)
-    singer = tmp_path / "singer.json"
-    singer.write_text(json.dumps({"id": "harbor_singer", "name": "Marra", "persona": "A fisherwoman who sings sea shanties "
-                                  "while mending nets.", "style": "Lilting, fond of rhyme."}))
-    run("bake-role", "--fuse", "--profile", singer, "--roles", roles)
+    smith, bard = read_asset(roles / "smith.nrole"), read_asset(roles / "bard.nrole")
+    write_asset(fusion_asset("harbor_singer", [(bard, 0.6), (smith, 0.4)], base=smith.base), roles / "harbor_singer.nrole")
     old = ["bard", "fisher", "harbor_singer", "smith"]
 
     # The twin: the smith's own profile under a new id, trained on the smith's lines. Its profile embedding is
@@ -48,10 +47,9 @@ def test_adding_and_removing_a_near_duplicate_role_changes_no_other_npc(baked, t
     lines = (DATA / "smith" / "lines.jsonl").read_text().replace('"speaker": "smith"', '"speaker": "smith_twin"')
     (tmp_path / "twin.jsonl").write_text(lines)
     run("bake-role", "--profile", tmp_path / "twin.json", "--data", tmp_path / "twin.jsonl", "--roles", roles,
-        "--out", tmp_path / "smith_twin.nrole", *FAST)
-    e_smith = read_asset(roles / "smith.nrole").embedding
+        "--out", tmp_path / "smith_twin.nrole", *FAST, "--epochs", "1")
     e_twin = read_asset(tmp_path / "smith_twin.nrole").embedding
-    assert float(np.dot(e_smith, e_twin)) > 0.95
+    assert float(np.dot(smith.embedding, e_twin)) > 0.95
 
     d = start(roles, pool=1, watch=0)
     try:
@@ -59,7 +57,7 @@ def test_adding_and_removing_a_near_duplicate_role_changes_no_other_npc(baked, t
         c = Client(d.address)
         before = served_state(d, c, old)
         assert before[0]["smith"] == [("smith", 1.0)] and before[0]["fisher"] == [("fisher", 1.0)]
-        assert len(before[0]["harbor_singer"]) > 1  # the fused role mixes its stored weights
+        assert before[0]["harbor_singer"] == [("bard", pytest.approx(0.6)), ("smith", pytest.approx(0.4))]  # as stored
 
         shutil.copy(tmp_path / "smith_twin.nrole", roles)  # the designer drops the new role in
         res = c.stub.ReloadRoles(pb.ReloadRolesRequest())

@@ -123,7 +123,7 @@ def _run_remote(cfg: BenchConfig, out: dict, step, tick) -> dict:
         _sections_through(Remote(client), cfg, out, step, tick)
     finally:
         client.close()
-    out["skipped"] = ["decode rates, the adapter switch alone, baselines and memory need --in-process (no --address)"]
+    out["skipped"] = ["decode rates, the adapter switch alone, baselines and memory run only in process (without --address)"]
     return out
 
 

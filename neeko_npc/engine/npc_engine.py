@@ -155,6 +155,12 @@ class BaseEngine:
 
         return _NamedFailures(chunks, named)
 
+    def restore_session(self, session: str, npcs: dict[str, list[tuple[str, str]]]) -> int:
+        """Put a saved session's memory back, its text cleaned like any request's. Returns the exchanges restored."""
+        cleaned = {npc: [(clean(said), clean(replied)) for said, replied in turns] for npc, turns in npcs.items()}
+        self.memory.restore(session, cleaned)
+        return sum(len(t) for t in self.memory.export(session).values())
+
     def _queue_timeout(self, deadline: float | None) -> float:
         timeout = self.config.queue_timeout
         if deadline is not None:

@@ -120,6 +120,22 @@ class Memory:
             while len(self._data) > self.max_conversations:
                 self._data.popitem(last=False)
 
+    def export(self, session: str) -> dict[str, list[tuple[str, str]]]:
+        """Every NPC's exchanges in one session, oldest first (for a game's save file)."""
+        with self._lock:
+            return {npc: list(turns) for (s, npc), turns in self._data.items() if s == session}
+
+    def restore(self, session: str, npcs: dict[str, list[tuple[str, str]]]) -> None:
+        """Replace one session's memory with ``npcs`` (each list trimmed to the last ``max_turns``)."""
+        with self._lock:
+            for key in [k for k in self._data if k[0] == session]:
+                del self._data[key]
+            for npc, turns in npcs.items():
+                if turns:
+                    self._data[(session, npc)] = list(turns)[-self.max_turns:]
+            while len(self._data) > self.max_conversations:
+                self._data.popitem(last=False)
+
     def forget(self, session: str, npc: str = "") -> int:
         with self._lock:
             keys = [k for k in self._data if k[0] == session and (not npc or k[1] == npc)]

@@ -35,6 +35,12 @@ class Client:
                             options=pb.GenerationOptions(**options))
         return self.stub.Say(req, metadata=self.metadata, timeout=timeout)
 
+    def get_session(self, session: str, timeout: float = 10) -> pb.SessionMemory:
+        return self.stub.GetSession(pb.GetSessionRequest(session_id=session), metadata=self.metadata, timeout=timeout)
+
+    def restore_session(self, memory: pb.SessionMemory, timeout: float = 10) -> pb.RestoreSessionResponse:
+        return self.stub.RestoreSession(memory, metadata=self.metadata, timeout=timeout)
+
     def roles(self, timeout: float = 10) -> pb.ListRolesResponse:
         return self.stub.ListRoles(pb.ListRolesRequest(), metadata=self.metadata, timeout=timeout)
 

@@ -13,7 +13,7 @@ from ..engine.generate import GenOptions, NonFiniteLogits, PoolBusy
 from ..engine.npc_engine import ContextTooLarge
 from ..engine.prompt import SceneInfo
 from ..engine.roleset import InvalidBlend, UnknownRole
-from ..roles.profile import ProfileError, RoleProfile
+from ..roles.profile import ROLE_ID_RE, ProfileError, RoleProfile
 from ..v1 import dialogue_pb2 as pb
 from ..v1 import dialogue_pb2_grpc as pb_grpc
 
@@ -32,6 +32,8 @@ class Limits:
     max_id_chars: int = 128
     max_stop_strings: int = 8
     max_stop_chars: int = 64
+    max_session_npcs: int = 256  # NPCs in one restored session
+    max_npc_line_chars: int = 8000  # one remembered NPC line in a restored session
 
 
 class DialogueService(pb_grpc.DialogueServicer):
@@ -78,7 +80,7 @@ class DialogueService(pb_grpc.DialogueServicer):
         if not req.npc_id:
             bad = "npc_id is required"
         elif len(req.npc_id) > L.max_id_chars or len(req.session_id) > L.max_id_chars:
-            bad = f"npc_id and session_id are limited to {L.max_id_chars} characters (--max-id-chars)"
+            bad = f"npc_id and session_id are limited to {L.max_id_chars} characters"
         elif len(req.player_line) > L.max_player_line_chars:
             bad = f"player_line has {len(req.player_line)} characters; the limit is {L.max_player_line_chars} (--max-player-line-chars)"
         s = req.scene
@@ -167,6 +169,42 @@ class DialogueService(pb_grpc.DialogueServicer):
         log.info("roles reloaded: +%s ~%s -%s, %d problem(s)", r.added, r.changed, r.removed, len(r.problems))
         return pb.ReloadRolesResponse(added=r.added, changed=r.changed, removed=r.removed,
                                       problems=[pb.RoleProblem(file=f, error=e) for f, e in sorted(r.problems.items())])
+
+    def GetSession(self, request, context):
+        engine = self._engine(context)
+        if not request.session_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id is required")
+        npcs = engine.memory.export(request.session_id)
+        return pb.SessionMemory(session_id=request.session_id, npcs=[
+            pb.NpcMemory(npc_id=npc, exchanges=[pb.Exchange(player_line=a, npc_line=b) for a, b in turns])
+            for npc, turns in sorted(npcs.items())])
+
+    def RestoreSession(self, request, context):
+        engine = self._engine(context)
+        L, max_turns = self.limits, engine.memory.max_turns
+        bad = None
+        if not request.session_id or len(request.session_id) > L.max_id_chars:
+            bad = f"session_id is required and limited to {L.max_id_chars} characters"
+        elif len(request.npcs) > L.max_session_npcs:
+            bad = f"the session holds {len(request.npcs)} NPCs; at most {L.max_session_npcs} may be restored"
+        npcs: dict[str, list[tuple[str, str]]] = {}
+        for m in request.npcs if bad is None else ():
+            if not ROLE_ID_RE.match(m.npc_id):
+                bad = f"npc_id {m.npc_id[:80]!r} is not a valid NPC id"
+            elif m.npc_id in npcs:
+                bad = f"npc_id {m.npc_id!r} appears twice"
+            elif len(m.exchanges) > max_turns:
+                bad = f"{m.npc_id!r} has {len(m.exchanges)} exchanges; the daemon keeps at most {max_turns}"
+            elif any(len(x.player_line) > L.max_player_line_chars or len(x.npc_line) > L.max_npc_line_chars for x in m.exchanges):
+                bad = (f"a line of {m.npc_id!r} is over the limit ({L.max_player_line_chars} characters for the player, "
+                       f"{L.max_npc_line_chars} for the NPC)")
+            if bad:
+                break
+            npcs[m.npc_id] = [(x.player_line, x.npc_line) for x in m.exchanges]
+        if bad:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
+        n = engine.restore_session(request.session_id, npcs)
+        return pb.RestoreSessionResponse(npcs=len(npcs), exchanges=n)
 
     def ForgetSession(self, request, context):
         if not request.session_id:

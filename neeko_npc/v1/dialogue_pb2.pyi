@@ -198,3 +198,41 @@ class ForgetSessionResponse(_message.Message):
     FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
     forgotten: int
     def __init__(self, forgotten: _Optional[int] = ...) -> None: ...
+
+class Exchange(_message.Message):
+    __slots__ = ("player_line", "npc_line")
+    PLAYER_LINE_FIELD_NUMBER: _ClassVar[int]
+    NPC_LINE_FIELD_NUMBER: _ClassVar[int]
+    player_line: str
+    npc_line: str
+    def __init__(self, player_line: _Optional[str] = ..., npc_line: _Optional[str] = ...) -> None: ...
+
+class NpcMemory(_message.Message):
+    __slots__ = ("npc_id", "exchanges")
+    NPC_ID_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGES_FIELD_NUMBER: _ClassVar[int]
+    npc_id: str
+    exchanges: _containers.RepeatedCompositeFieldContainer[Exchange]
+    def __init__(self, npc_id: _Optional[str] = ..., exchanges: _Optional[_Iterable[_Union[Exchange, _Mapping]]] = ...) -> None: ...
+
+class SessionMemory(_message.Message):
+    __slots__ = ("session_id", "npcs")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NPCS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    npcs: _containers.RepeatedCompositeFieldContainer[NpcMemory]
+    def __init__(self, session_id: _Optional[str] = ..., npcs: _Optional[_Iterable[_Union[NpcMemory, _Mapping]]] = ...) -> None: ...
+
+class GetSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class RestoreSessionResponse(_message.Message):
+    __slots__ = ("npcs", "exchanges")
+    NPCS_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGES_FIELD_NUMBER: _ClassVar[int]
+    npcs: int
+    exchanges: int
+    def __init__(self, npcs: _Optional[int] = ..., exchanges: _Optional[int] = ...) -> None: ...

@@ -59,6 +59,16 @@ class DialogueStub:
                 request_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.ForgetSessionRequest.SerializeToString,
                 response_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.ForgetSessionResponse.FromString,
                 _registered_method=True)
+        self.GetSession = channel.unary_unary(
+                '/neeko_npc.v1.Dialogue/GetSession',
+                request_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.GetSessionRequest.SerializeToString,
+                response_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.SessionMemory.FromString,
+                _registered_method=True)
+        self.RestoreSession = channel.unary_unary(
+                '/neeko_npc.v1.Dialogue/RestoreSession',
+                request_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.SessionMemory.SerializeToString,
+                response_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.RestoreSessionResponse.FromString,
+                _registered_method=True)
 
 
 class DialogueServicer:
@@ -98,6 +108,21 @@ class DialogueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSession(self, request, context):
+        """One conversation's memory, every NPC's exchanges in it, as plain data for the game's save file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreSession(self, request, context):
+        """Put a saved conversation's memory back (after a restart, on loading a save). It replaces what the daemon
+        holds for that session; sizes and ids are checked like any request's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DialogueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +150,16 @@ def add_DialogueServicer_to_server(servicer, server):
                     servicer.ForgetSession,
                     request_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.ForgetSessionRequest.FromString,
                     response_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.ForgetSessionResponse.SerializeToString,
+            ),
+            'GetSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSession,
+                    request_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.GetSessionRequest.FromString,
+                    response_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.SessionMemory.SerializeToString,
+            ),
+            'RestoreSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreSession,
+                    request_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.SessionMemory.FromString,
+                    response_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.RestoreSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +297,60 @@ class Dialogue:
             '/neeko_npc.v1.Dialogue/ForgetSession',
             neeko__npc_dot_v1_dot_dialogue__pb2.ForgetSessionRequest.SerializeToString,
             neeko__npc_dot_v1_dot_dialogue__pb2.ForgetSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neeko_npc.v1.Dialogue/GetSession',
+            neeko__npc_dot_v1_dot_dialogue__pb2.GetSessionRequest.SerializeToString,
+            neeko__npc_dot_v1_dot_dialogue__pb2.SessionMemory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neeko_npc.v1.Dialogue/RestoreSession',
+            neeko__npc_dot_v1_dot_dialogue__pb2.SessionMemory.SerializeToString,
+            neeko__npc_dot_v1_dot_dialogue__pb2.RestoreSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,38 @@ namespace Neeko.Npc
             return handle;
         }
 
+        /// <summary>An NPC speaks first: a line with no player line (a greeting, a shout across the square).</summary>
+        public DialogueHandle Bark(string npcId, SceneData scene = null, GenerationSettings options = null, SayPolicy? policy = null,
+                                   ProceduralNpc procedural = null)
+        {
+            return Say(npcId, "", scene, options, null, policy, procedural);
+        }
+
+        /// <summary>The daemon's memory of a session (default: this client's SessionId), to keep in a save file.</summary>
+        public System.Threading.Tasks.Task<SavedSession> SaveSession(string sessionId = null)
+        {
+            var id = sessionId ?? SessionId;
+            if (string.IsNullOrEmpty(id)) throw new ArgumentException("a session id is required: set DialogueClient.SessionId or pass one");
+            return Store().GetSessionAsync(id, CancellationToken.None);
+        }
+
+        /// <summary>Put a saved session back into the daemon (after loading a save, or after the daemon restarted).
+        /// It replaces what the daemon holds for that session; faults with DialogueException on bad data.</summary>
+        public System.Threading.Tasks.Task<int> LoadSession(SavedSession session)
+        {
+            if (session == null) throw new ArgumentNullException("session");
+            if (string.IsNullOrEmpty(session.SessionId)) throw new ArgumentException("the saved session has no SessionId");
+            return Store().RestoreSessionAsync(session, CancellationToken.None);
+        }
+
+        ISessionStore Store()
+        {
+            var store = _transport as ISessionStore;
+            if (store == null)
+                throw new NotSupportedException(_transport.GetType().Name + " cannot save or load sessions: implement ISessionStore");
+            return store;
+        }
+
         /// <summary>Cancel every line of one NPC (in progress and queued), e.g. when its GameObject is destroyed.</summary>
         public void CancelNpc(string npcId)
         {
@@ -188,9 +220,27 @@ namespace Neeko.Npc
         public static DialogueHandle Say(string npcId, string playerLine = "", SceneData scene = null,
                                          GenerationSettings options = null, SayPolicy? policy = null, ProceduralNpc procedural = null)
         {
+            return Need().Say(npcId, playerLine, scene, options, null, policy, procedural);
+        }
+
+        /// <summary>An NPC speaks first, with no player line.</summary>
+        public static DialogueHandle Bark(string npcId, SceneData scene = null, GenerationSettings options = null,
+                                          SayPolicy? policy = null, ProceduralNpc procedural = null)
+        {
+            return Need().Bark(npcId, scene, options, policy, procedural);
+        }
+
+        /// <summary>The daemon's memory of a session (default: the client's SessionId), for the game's save file.</summary>
+        public static System.Threading.Tasks.Task<SavedSession> SaveSession(string sessionId = null) { return Need().SaveSession(sessionId); }
+
+        /// <summary>Put a saved session back into the daemon.</summary>
+        public static System.Threading.Tasks.Task<int> LoadSession(SavedSession session) { return Need().LoadSession(session); }
+
+        static DialogueClient Need()
+        {
             if (Client == null)
                 throw new InvalidOperationException("Dialogue.Client is not set: add a NeekoSettings asset (Assets/Resources/NeekoSettings) or assign Dialogue.Client");
-            return Client.Say(npcId, playerLine, scene, options, null, policy, procedural);
+            return Client;
         }
     }
 }

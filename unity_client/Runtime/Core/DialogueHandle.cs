@@ -7,7 +7,7 @@ namespace Neeko.Npc
 {
     /// <summary>
     /// One NPC line in flight. Three ways to use it, all safe on Unity's main thread:
-    /// events (OnText, OnDone, OnError, raised only from MainThreadQueue.Pump), an awaitable Task,
+    /// events (OnText, OnSentence, OnDone, OnError, raised only from MainThreadQueue.Pump), an awaitable Task,
     /// and polling (IsDone, Text) from a coroutine. Cancel() stops it; a cancelled line completes its
     /// Task with FinishReason.Cancelled and the text so far, and raises no further events.
     /// </summary>
@@ -21,12 +21,16 @@ namespace Neeko.Npc
         readonly System.Text.StringBuilder _received = new System.Text.StringBuilder();  // worker side
         DialogueState _state = DialogueState.Pending;
         string _text = "";  // main-thread view
+        readonly SentenceSplitter _sentences = new SentenceSplitter();  // main thread only
 
         public readonly string NpcId;
         public readonly SayRequestData Request;
 
         /// <summary>New text, in order, on the main thread.</summary>
         public event Action<string> OnText;
+        /// <summary>Each sentence once it is complete (see SentenceSplitter), on the main thread; the last one just
+        /// before OnDone. For text-to-speech and subtitle boxes. A cancelled or failed line raises no partial sentence.</summary>
+        public event Action<string> OnSentence;
         /// <summary>The line finished (stop or length), on the main thread.</summary>
         public event Action<DialogueResult> OnDone;
         /// <summary>The request failed (daemon down, unknown NPC, ...), on the main thread. Never thrown.</summary>
@@ -107,9 +111,12 @@ namespace Neeko.Npc
                     _text = _text + delta;
                     var t = OnText;
                     if (t != null) t(delta);
+                    foreach (var sentence in _sentences.Push(delta)) RaiseSentence(sentence);
                 }
                 if (result != null)
                 {
+                    var last = _sentences.Flush();
+                    if (last != null) RaiseSentence(last);
                     Result = result;
                     IsDone = true;
                     var d = OnDone;
@@ -118,6 +125,13 @@ namespace Neeko.Npc
             });
             if (result != null) _tcs.TrySetResult(result);
             return true;
+        }
+
+        void RaiseSentence(string sentence)
+        {
+            if (State == DialogueState.Cancelled) return;  // a handler above may have cancelled the line
+            var s = OnSentence;
+            if (s != null) s(sentence);
         }
 
         internal void Fail(DialogueException error)

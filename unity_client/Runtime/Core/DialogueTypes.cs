@@ -136,6 +136,41 @@ namespace Neeko.Npc
         System.Threading.Tasks.Task<DialogueChunk> NextAsync(System.Threading.CancellationToken cancellation);
     }
 
+    /// <summary>One exchange the daemon remembers: what the player said and what the NPC answered.</summary>
+    [Serializable]
+    public sealed class SavedExchange
+    {
+        public string PlayerLine = "";
+        public string NpcLine = "";
+    }
+
+    /// <summary>One NPC's remembered exchanges in a session, oldest first.</summary>
+    [Serializable]
+    public sealed class SavedNpcMemory
+    {
+        public string NpcId = "";
+        public List<SavedExchange> Exchanges = new List<SavedExchange>();
+    }
+
+    /// <summary>
+    /// A session's conversation memory, every NPC's, as plain serialisable data (public fields and lists only,
+    /// so Unity's JsonUtility writes it into a save file). Mirrors neeko_npc.v1.SessionMemory.
+    /// </summary>
+    [Serializable]
+    public sealed class SavedSession
+    {
+        public string SessionId = "";
+        public List<SavedNpcMemory> Npcs = new List<SavedNpcMemory>();
+    }
+
+    /// <summary>A transport that can read and restore a session's memory (GrpcDialogueTransport can).</summary>
+    public interface ISessionStore
+    {
+        System.Threading.Tasks.Task<SavedSession> GetSessionAsync(string sessionId, System.Threading.CancellationToken cancellation);
+        /// <summary>Replaces what the daemon holds for the session; returns the exchanges restored.</summary>
+        System.Threading.Tasks.Task<int> RestoreSessionAsync(SavedSession session, System.Threading.CancellationToken cancellation);
+    }
+
     /// <summary>How requests reach the daemon: gRPC in a game, a fake or a recording in tests.</summary>
     public interface IDialogueTransport
     {

@@ -14,7 +14,7 @@ using Neeko.Npc.V1;
 
 namespace Neeko.Npc.Grpc
 {
-    public sealed class GrpcDialogueTransport : IDialogueTransport, IDisposable
+    public sealed class GrpcDialogueTransport : IDialogueTransport, ISessionStore, IDisposable
     {
         const string Service = "neeko_npc.v1.Dialogue";
 
@@ -25,6 +25,17 @@ namespace Neeko.Npc.Grpc
         // Say stays a unary request with a server stream, so a gRPC-Web handler can carry it for WebGL.
         static readonly Method<SayRequest, SayChunk> SayMethod =
             new Method<SayRequest, SayChunk>(MethodType.ServerStreaming, Service, "Say", SayRequestMarshaller, SayChunkMarshaller);
+
+        static readonly Marshaller<GetSessionRequest> GetSessionRequestMarshaller =
+            Marshallers.Create(m => Google.Protobuf.MessageExtensions.ToByteArray(m), GetSessionRequest.Parser.ParseFrom);
+        static readonly Marshaller<SessionMemory> SessionMemoryMarshaller =
+            Marshallers.Create(m => Google.Protobuf.MessageExtensions.ToByteArray(m), SessionMemory.Parser.ParseFrom);
+        static readonly Marshaller<RestoreSessionResponse> RestoreSessionResponseMarshaller =
+            Marshallers.Create(m => Google.Protobuf.MessageExtensions.ToByteArray(m), RestoreSessionResponse.Parser.ParseFrom);
+        static readonly Method<GetSessionRequest, SessionMemory> GetSessionMethod =
+            new Method<GetSessionRequest, SessionMemory>(MethodType.Unary, Service, "GetSession", GetSessionRequestMarshaller, SessionMemoryMarshaller);
+        static readonly Method<SessionMemory, RestoreSessionResponse> RestoreSessionMethod =
+            new Method<SessionMemory, RestoreSessionResponse>(MethodType.Unary, Service, "RestoreSession", SessionMemoryMarshaller, RestoreSessionResponseMarshaller);
 
         readonly GrpcChannel _channel;
         readonly CallInvoker _invoker;
@@ -56,6 +67,42 @@ namespace Neeko.Npc.Grpc
         }
 
         public void Dispose() { _channel.Dispose(); }
+
+        public async Task<SavedSession> GetSessionAsync(string sessionId, CancellationToken cancellation)
+        {
+            try
+            {
+                var m = await _invoker.AsyncUnaryCall(GetSessionMethod, null, new CallOptions(headers: _headers, cancellationToken: cancellation),
+                    new GetSessionRequest { SessionId = sessionId }).ResponseAsync.ConfigureAwait(false);
+                var saved = new SavedSession { SessionId = m.SessionId };
+                foreach (var npc in m.Npcs)
+                {
+                    var mem = new SavedNpcMemory { NpcId = npc.NpcId };
+                    foreach (var x in npc.Exchanges) mem.Exchanges.Add(new SavedExchange { PlayerLine = x.PlayerLine, NpcLine = x.NpcLine });
+                    saved.Npcs.Add(mem);
+                }
+                return saved;
+            }
+            catch (RpcException e) { throw Map(e); }
+        }
+
+        public async Task<int> RestoreSessionAsync(SavedSession session, CancellationToken cancellation)
+        {
+            var m = new SessionMemory { SessionId = session.SessionId ?? "" };
+            foreach (var npc in session.Npcs)
+            {
+                var mem = new NpcMemory { NpcId = npc.NpcId ?? "" };
+                foreach (var x in npc.Exchanges) mem.Exchanges.Add(new Exchange { PlayerLine = x.PlayerLine ?? "", NpcLine = x.NpcLine ?? "" });
+                m.Npcs.Add(mem);
+            }
+            try
+            {
+                var r = await _invoker.AsyncUnaryCall(RestoreSessionMethod, null, new CallOptions(headers: _headers, cancellationToken: cancellation), m)
+                    .ResponseAsync.ConfigureAwait(false);
+                return (int)r.Exchanges;
+            }
+            catch (RpcException e) { throw Map(e); }
+        }
 
         sealed class Stream : IChunkStream
         {

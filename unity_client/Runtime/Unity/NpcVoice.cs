@@ -75,6 +75,12 @@ namespace Neeko.Npc.Unity
             return handle;
         }
 
+        /// <summary>This NPC speaks first (no player line), e.g. when the player comes near.</summary>
+        public DialogueHandle Bark(GenerationSettings options = null, SayPolicy? policy = null)
+        {
+            return Say("", options, policy);
+        }
+
         /// <summary>The procedural NPC this component describes, or null when it has no blend (a hosted role).</summary>
         public ProceduralNpc Procedural()
         {

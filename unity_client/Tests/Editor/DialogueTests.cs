@@ -62,6 +62,24 @@ namespace Neeko.Npc.Tests
         }
     }
 
+    /// <summary>A daemon's session memory, kept in a dictionary: what GetSession/RestoreSession do, minus gRPC.</summary>
+    class FakeSessionTransport : FakeTransport, ISessionStore
+    {
+        public readonly Dictionary<string, SavedSession> Sessions = new Dictionary<string, SavedSession>();
+
+        public Task<SavedSession> GetSessionAsync(string sessionId, CancellationToken ct)
+        {
+            SavedSession s;
+            return Task.FromResult(Sessions.TryGetValue(sessionId, out s) ? s : new SavedSession { SessionId = sessionId });
+        }
+
+        public Task<int> RestoreSessionAsync(SavedSession session, CancellationToken ct)
+        {
+            Sessions[session.SessionId] = session;
+            return Task.FromResult(session.Npcs.Sum(n => n.Exchanges.Count));
+        }
+    }
+
     [DataContract] class RoleWeightJson { [DataMember(Name = "role_id")] public string RoleId = ""; [DataMember(Name = "weight")] public float Weight; }
 
     [DataContract]
@@ -76,6 +94,14 @@ namespace Neeko.Npc.Tests
         [DataMember(Name = "time_to_first_token_ms")] public float TimeToFirstTokenMs;
         [DataMember(Name = "role_weights")] public List<RoleWeightJson> RoleWeights;
     }
+
+    [DataContract] class SentenceCase
+    {
+        [DataMember(Name = "chunks")] public List<string> Chunks = new List<string>();
+        [DataMember(Name = "sentences")] public List<string> Sentences = new List<string>();
+    }
+
+    [DataContract] class SentenceCases { [DataMember(Name = "cases")] public List<SentenceCase> Cases = new List<SentenceCase>(); }
 
     /// <summary>Replays a chunk stream recorded from the real daemon (protobuf JSON, one chunk a line).</summary>
     class RecordedTransport : IDialogueTransport
@@ -112,6 +138,8 @@ namespace Neeko.Npc.Tests
         }
 
         public string File_ { get { return _file; } }
+
+        public static string Dir { get { return Path.GetDirectoryName(new RecordedTransport("x")._file); } }
 
         public IChunkStream Open(SayRequestData request, CancellationToken ct)
         {
@@ -425,6 +453,96 @@ namespace Neeko.Npc.Tests
             Assert.AreEqual(0.7f, w["innkeeper"], 1e-6);
             Assert.AreEqual(0.3f, w["merchant"], 1e-6);
             Assert.IsNotEmpty(h.Task.Result.Text);
+        }
+
+        [Test]
+        public void SentenceSplitterPassesTheSharedCases()
+        {
+            var file = Path.Combine(RecordedTransport.Dir, "..", "sentence_cases.json");
+            var ser = new DataContractJsonSerializer(typeof(SentenceCases));
+            var cases = (SentenceCases)ser.ReadObject(new MemoryStream(File.ReadAllBytes(file)));
+            Assert.GreaterOrEqual(cases.Cases.Count, 15);
+            foreach (var c in cases.Cases)
+            {
+                var splitter = new SentenceSplitter();
+                var got = new List<string>();
+                foreach (var chunk in c.Chunks) got.AddRange(splitter.Push(chunk));
+                var last = splitter.Flush();
+                if (last != null) got.Add(last);
+                CollectionAssert.AreEqual(c.Sentences, got, string.Join("|", c.Chunks));
+            }
+        }
+
+        [Test]
+        public void SentencesArriveOnTheMainThreadBeforeOnDone()
+        {
+            var t = new RecordedTransport("innkeeper_greeting");
+            var expected = string.Concat(RecordedTransport.Load(t.File_).Select(c => c.Text));
+            var events = new List<string>();
+            var h = Client(t).Say("innkeeper", "Good evening!");
+            h.OnSentence += s => { Assert.AreEqual(_mainThread, Thread.CurrentThread.ManagedThreadId); events.Add("S:" + s); };
+            h.OnDone += r => events.Add("DONE");
+            PumpUntil(() => events.Contains("DONE"));
+            Assert.AreEqual("DONE", events.Last());
+            var sentences = events.Where(e => e.StartsWith("S:")).Select(e => e.Substring(2)).ToList();
+            Assert.GreaterOrEqual(sentences.Count, 2, expected);
+            Assert.AreEqual(string.Join(" ", expected.Split((char[])null, StringSplitOptions.RemoveEmptyEntries)),
+                            string.Join(" ", sentences), "the sentences are the whole line, in order");
+        }
+
+        [Test]
+        public void ACancelledLineSpeaksNoHalfSentence()
+        {
+            var t = new FakeTransport { Script = (n, r) => new List<Step> { Step.Text("Aye. Leave it "), Step.Text("by the", 5), new Step { Hang = true } } };
+            var sentences = new List<string>();
+            var h = Client(t).Say("smith", "hi");
+            h.OnSentence += sentences.Add;
+            PumpUntil(() => h.Text.Contains("by the"));
+            h.Cancel();
+            PumpUntil(() => h.IsDone);
+            CollectionAssert.AreEqual(new[] { "Aye." }, sentences);
+        }
+
+        [Test]
+        public void BarkIsALineWithNoPlayerLine()
+        {
+            SayRequestData seen = null;
+            var t = new FakeTransport { Script = (n, r) => { seen = r; return new List<Step> { Step.Text("Fresh bread!"), Step.Done() }; } };
+            var h = Client(t).Bark("innkeeper", new SceneData { Location = "the square" });
+            Assert.IsTrue(h.Task.Wait(5000));
+            Assert.AreEqual("", seen.PlayerLine);
+            Assert.AreEqual("the square", seen.Scene.Location);
+            Assert.AreEqual("Fresh bread!", h.Task.Result.Text);
+        }
+
+        [Test]
+        public void ASavedSessionGoesBackAndSurvivesSerialisation()
+        {
+            var daemon = new FakeSessionTransport();
+            var saved = new SavedSession { SessionId = "save-1" };
+            var smith = new SavedNpcMemory { NpcId = "smith" };
+            smith.Exchanges.Add(new SavedExchange { PlayerLine = "Can you mend my sword?", NpcLine = "Aye. Leave it by the anvil." });
+            saved.Npcs.Add(smith);
+            var client = Client(daemon);
+            client.SessionId = "save-1";
+            // what a game does: write it into its save file, read it back later, hand it to the (restarted) daemon
+            var ser = new DataContractJsonSerializer(typeof(SavedSession));
+            var file = new MemoryStream();
+            ser.WriteObject(file, saved);
+            var loaded = (SavedSession)ser.ReadObject(new MemoryStream(file.ToArray()));
+            Assert.AreEqual(1, client.LoadSession(loaded).Result);
+            var back = client.SaveSession().Result;
+            Assert.AreEqual("save-1", back.SessionId);
+            Assert.AreEqual("Aye. Leave it by the anvil.", back.Npcs.Single().Exchanges.Single().NpcLine);
+            Assert.Throws<ArgumentException>(() => client.LoadSession(new SavedSession()));
+        }
+
+        [Test]
+        public void ATransportWithoutSessionsSaysSo()
+        {
+            var client = Client(new FakeTransport { Script = (n, r) => null });
+            var e = Assert.Throws<NotSupportedException>(() => client.SaveSession("s1"));
+            StringAssert.Contains("ISessionStore", e.Message);
         }
 
         [Test]

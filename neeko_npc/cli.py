@@ -14,8 +14,9 @@ from pathlib import Path
 import click
 
 from . import __version__
+from . import defaults as D
 
-DEFAULT_ROLES = Path("assets/roles")
+DEFAULT_ROLES = Path(D.ROLES_DIR)
 
 
 def friendly_errors(fn):
@@ -54,14 +55,14 @@ def base_model_option(f):
 
 def train_options(f):
     opts = [
-        click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000)),
-        click.option("--lr", default=2e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True)),
-        click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 256)),
-        click.option("--max-len", default=320, show_default=True, type=click.IntRange(32, 8192), help="Tokens per training example."),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--precision", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
+        click.option("--epochs", default=D.EPOCHS, show_default=True, type=click.IntRange(1, 1000), help="Passes over the training scenes."),
+        click.option("--lr", default=D.LR, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Peak learning rate (AdamW, cosine)."),
+        click.option("--batch-size", default=D.BATCH_SIZE, show_default=True, type=click.IntRange(1, 256), help="Examples per step."),
+        click.option("--max-len", default=D.MAX_LEN, show_default=True, type=click.IntRange(32, 8192), help="Tokens per training example."),
+        click.option("--seed", default=D.SEED, show_default=True, type=int, help="Seed for the block initialisation and the data order."),
+        click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=D.PRECISION, show_default=True,
                      help="Base weights while training (blocks are always fp32)."),
-        click.option("--holdout", default=0.2, show_default=True, type=click.FloatRange(0, 0.9),
+        click.option("--holdout", default=D.HOLDOUT, show_default=True, type=click.FloatRange(0, 0.9),
                      help="Share of scenes held out to measure the block."),
         click.option("--resume", is_flag=True, help="Continue from the checkpoint of an interrupted bake."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
@@ -95,13 +96,13 @@ def _print_heldout(report) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_ROLES, show_default=True,
               help="Folder the .nrole files are written to.")
 @base_model_option
-@click.option("--rank", "r", default=8, show_default=True, type=click.IntRange(1, 256), help="LoRA rank of each role's block.")
-@click.option("--alpha", default=16.0, show_default=True, type=float)
-@click.option("--targets", default="q_proj,v_proj", show_default=True,
+@click.option("--rank", "r", default=D.RANK, show_default=True, type=click.IntRange(1, 256), help="LoRA rank of each role's block.")
+@click.option("--alpha", default=D.ALPHA, show_default=True, type=float, help="LoRA alpha; a block is scaled by alpha / rank.")
+@click.option("--targets", default=",".join(D.TARGETS), show_default=True,
               help="Comma-separated llama linears: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.")
-@click.option("--tau", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True), help="Gate temperature.")
-@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 64), help="Gate: at most this many blocks per request.")
-@click.option("--min-weight", default=0.02, show_default=True, type=click.FloatRange(0, 1), help="Gate: drop blocks weighted below this.")
+@click.option("--tau", default=D.GATE_TAU, show_default=True, type=click.FloatRange(0, min_open=True), help="Gate temperature.")
+@click.option("--top-k", default=D.TOP_K, show_default=True, type=click.IntRange(1, 64), help="Gate: at most this many blocks per request.")
+@click.option("--min-weight", default=D.MIN_WEIGHT, show_default=True, type=click.FloatRange(0, 1), help="Gate: drop blocks weighted below this.")
 @train_options
 @friendly_errors
 def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, epochs, lr, batch_size, max_len, seed,
@@ -138,8 +139,8 @@ def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, 
 @click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
               show_default=True, help="The existing role set.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Output file. Default: ROLES/ROLE_ID.nrole")
-@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 64), help="Fusion: blocks to mix.")
-@click.option("--tau", default=0.1, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--top-k", default=D.TOP_K, show_default=True, type=click.IntRange(1, 64), help="Fusion: blocks to mix.")
+@click.option("--tau", default=D.FUSE_TAU, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Fusion: temperature (softer than the gate's, so close roles mix).")
 @click.option("--replace", is_flag=True, help="Overwrite a role with the same id.")
 @base_model_option
@@ -233,7 +234,8 @@ def inspect(file, as_json):
 
 @main.command()
 @click.argument("role")
-@click.option("--format", "fmt", type=click.Choice(["peft", "gguf-lora", "merged-gguf"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(["peft", "gguf-lora", "merged-gguf"]), required=True,
+              help="peft (vLLM, LoRAX, transformers), gguf-lora (llama.cpp), or merged-gguf (one model with the role baked in).")
 @click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
               show_default=True, help="Role set (needed to resolve fused roles).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder (peft) or file (gguf-lora, merged-gguf).")
@@ -293,8 +295,8 @@ def export(role, fmt, roles_dir, out, base_model):
 @click.option("--src", "src_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES / "src",
               show_default=True, help="Role folders (ID/lines.jsonl) whose held-out scenes are scored.")
 @base_model_option
-@click.option("--holdout", default=0.2, show_default=True, type=click.FloatRange(0.01, 0.9), help="Must match the bake's --holdout.")
-@click.option("--max-len", default=320, show_default=True, type=click.IntRange(32, 8192))
+@click.option("--holdout", default=D.HOLDOUT, show_default=True, type=click.FloatRange(0.01, 0.9), help="Must match the bake's --holdout.")
+@click.option("--max-len", default=D.MAX_LEN, show_default=True, type=click.IntRange(32, 8192), help="Tokens per scored example (as the bake's).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Default: the precision the roles were baked in.")
 @click.option("--no-shared", is_flag=True, help="Skip the shared-LoRA baseline (it trains one LoRA on all roles' lines).")
 @click.option("--shared-weight", type=click.FloatRange(0, min_open=True), default=None,
@@ -340,7 +342,7 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
                                                "baselines and memory are then skipped.")
 @click.option("--token", envvar="NEEKO_NPC_TOKEN", default="", help="Bearer token for --address (env NEEKO_NPC_TOKEN).")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="PEM CA to verify a TLS daemon.")
-@click.option("--pool-size", default=4, show_default=True, type=click.IntRange(1, 64), help="In process: llama.cpp contexts.")
+@click.option("--pool-size", default=D.POOL_SIZE, show_default=True, type=click.IntRange(1, 64), help="In process: llama.cpp contexts.")
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="In process: CPU threads, shared by the contexts decoding at once. Default: all cores.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory section (it starts one daemon per role count).")
 @click.option("--quick", is_flag=True, help="CI-sized: fewer repetitions, 0/1/3 roles for memory; figures are rougher.")
@@ -384,33 +386,35 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("--roles", "roles_dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_ROLES, show_default=True,
               help="Folder of .nrole files; watched for changes.")
 @base_model_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the daemon to the network.")
-@click.option("--port", default=50051, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
+@click.option("--host", default=D.HOST, show_default=True, help="Address to bind; 0.0.0.0 exposes the daemon to the network.")
+@click.option("--port", default=D.PORT, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--token", envvar="NEEKO_NPC_TOKEN", default="", help="Require 'authorization: Bearer TOKEN' (env NEEKO_NPC_TOKEN).")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM certificate for TLS.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM private key for TLS.")
-@click.option("--pool-size", default=4, show_default=True, type=click.IntRange(1, 64),
+@click.option("--pool-size", default=D.POOL_SIZE, show_default=True, type=click.IntRange(1, 64),
               help="llama.cpp contexts: NPC lines generated at once without waiting (about 57 MiB each at --n-ctx 2048).")
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
               help="CPU threads, shared by the contexts decoding at once. Default: all cores.")
-@click.option("--n-ctx", default=2048, show_default=True, type=click.IntRange(256, 131072), help="Tokens per context.")
-@click.option("--max-queue", default=16, show_default=True, type=click.IntRange(0, 10000),
+@click.option("--n-ctx", default=D.N_CTX, show_default=True, type=click.IntRange(256, 131072), help="Tokens per context.")
+@click.option("--max-queue", default=D.MAX_QUEUE, show_default=True, type=click.IntRange(0, 10000),
               help="Requests that may wait for a context; more get RESOURCE_EXHAUSTED.")
-@click.option("--queue-timeout", default=30.0, show_default=True, type=click.FloatRange(0), help="Seconds a request waits for a context.")
-@click.option("--history-tokens", default=768, show_default=True, type=click.IntRange(0), help="Memory budget per (session, NPC).")
-@click.option("--max-tokens-limit", default=512, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
-@click.option("--max-player-line-chars", default=2000, show_default=True, type=click.IntRange(1))
-@click.option("--max-scene-chars", default=8000, show_default=True, type=click.IntRange(0))
-@click.option("--max-profile-chars", default=8000, show_default=True, type=click.IntRange(0),
+@click.option("--queue-timeout", default=D.QUEUE_TIMEOUT, show_default=True, type=click.FloatRange(0), help="Seconds a request waits for a context.")
+@click.option("--history-tokens", default=D.HISTORY_TOKENS, show_default=True, type=click.IntRange(0), help="Memory budget per (session, NPC).")
+@click.option("--max-tokens-limit", default=D.MAX_TOKENS_LIMIT, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
+@click.option("--max-player-line-chars", default=D.MAX_PLAYER_LINE_CHARS, show_default=True, type=click.IntRange(1),
+              help="Longest player line a request may send.")
+@click.option("--max-scene-chars", default=D.MAX_SCENE_CHARS, show_default=True, type=click.IntRange(0),
+              help="Largest scene context a request may send, all fields together.")
+@click.option("--max-profile-chars", default=D.MAX_PROFILE_CHARS, show_default=True, type=click.IntRange(0),
               help="A procedural NPC's profile, all fields together.")
-@click.option("--max-blend", default=3, show_default=True, type=click.IntRange(1, 64),
+@click.option("--max-blend", default=D.TOP_K, show_default=True, type=click.IntRange(1, 64),
               help="Roles a procedural NPC's blend may name, and blocks it may mix (the gate's top-k).")
-@click.option("--watch-interval", default=1.0, show_default=True, type=click.FloatRange(0), help="Seconds between roles-folder scans; 0 turns watching off.")
+@click.option("--watch-interval", default=D.WATCH_INTERVAL, show_default=True, type=click.FloatRange(0), help="Seconds between roles-folder scans; 0 turns watching off.")
 @click.option("--engine", type=click.Choice(["llama.cpp", "torch"]), default="llama.cpp", show_default=True,
               help="torch: the block LoRA in torch, batching NPCs' decode steps (GPU; needs the [train] extra).")
 @click.option("--device", default=None, help="torch engine: cuda, cpu, ... Default: cuda when available.")
-@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(1, 256), help="torch engine: NPC lines per batch.")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("--max-batch", default=D.MAX_BATCH, show_default=True, type=click.IntRange(1, 256), help="torch engine: NPC lines per batch.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every request and reload (INFO), not only warnings.")
 @friendly_errors
 def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
           history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, watch_interval,
@@ -465,7 +469,7 @@ def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size
 def client_options(f):
     f = click.option("--token", envvar="NEEKO_NPC_TOKEN", default="", help="Bearer token (env NEEKO_NPC_TOKEN).")(f)
     f = click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="PEM CA to verify a TLS daemon.")(f)
-    return click.option("--address", default="127.0.0.1:50051", show_default=True, help="Daemon host:port.")(f)
+    return click.option("--address", default=D.ADDRESS, show_default=True, help="Daemon host:port.")(f)
 
 
 def _rpc_error(exc) -> click.ClickException:
@@ -478,8 +482,8 @@ def _rpc_error(exc) -> click.ClickException:
 @click.option("--scene", "scene_path", type=click.Path(exists=True, dir_okay=False), help="SceneContext JSON (see README).")
 @click.option("--session", default="", help="Conversation id: the daemon remembers earlier lines of this session.")
 @click.option("--max-tokens", default=0, type=click.IntRange(0), help="0: the daemon's default.")
-@click.option("--temperature", type=click.FloatRange(0, 2), default=None)
-@click.option("--seed", type=click.IntRange(0), default=None)
+@click.option("--temperature", type=click.FloatRange(0, 2), default=None, help=f"Sampling temperature; 0 is greedy. Default: the daemon's ({D.TEMPERATURE}).")
+@click.option("--seed", type=click.IntRange(0), default=None, help="Sampling seed, for a repeatable line.")
 @click.option("--blend", default=None, metavar="ROLE=W,...",
               help="A procedural NPC (no role file) speaking with a mix of hosted roles, e.g. innkeeper=0.7,merchant=0.3. "
                    "Needs --profile.")

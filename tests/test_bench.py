@@ -17,6 +17,8 @@ from neeko_npc.engine.npc_engine import EngineConfig, LlamaEngine
 from neeko_npc.server.app import Daemon, ServerConfig
 from tests.conftest import run
 
+pytestmark = pytest.mark.slow  # the real model
+
 SHIPPED = Path(__file__).parent.parent / "assets" / "roles"
 MiB = 1024 * 1024
 

@@ -8,6 +8,8 @@ from neeko_npc.roles.asset import read_asset
 from neeko_npc.roles.base_model import BaseModelError, base_info, resolve_base_model
 from tests.conftest import DATA
 
+pytestmark = pytest.mark.slow  # the real model
+
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):

@@ -288,6 +288,7 @@ def test_fusions_that_reference_each_other_or_missing_roles_are_skipped(good_fil
     assert "references fused role 'pong'" in problems["ping.nrole"] and "references fused role 'ping'" in problems["pong.nrole"]
 
 
+@pytest.mark.slow
 def test_the_real_daemon_serves_the_good_roles_beside_every_poison(baked, cases, tmp_path):
     """Every hostile file above, plus poisons cut from a real role (3e38 with a valid checksum, the base model's
     fingerprint with another shape), dropped beside two real roles: the daemon serves the two and lists the rest."""

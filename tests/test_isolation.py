@@ -19,6 +19,8 @@ from tests.conftest import DATA, FAST, run
 from tests.helpers import fusion_asset
 from tests.test_server import GREEDY, code_of, collect, start
 
+pytestmark = pytest.mark.slow  # the real model
+
 
 def served_state(daemon, client, npcs):
     """Every NPC's served weights, and its greedy reply from a cold cache (so every reply is computed the same way)."""

@@ -17,6 +17,8 @@ from neeko_npc.roles.base_model import base_info, resolve_base_model
 
 from tests.conftest import DATA, run
 
+pytestmark = pytest.mark.slow  # the real model
+
 
 @pytest.fixture(scope="module")
 def base():
@@ -166,12 +168,12 @@ def test_gguf_lora_export_matches_torch_in_llama_cpp(base, tmp_path):
 
     qk, dt_qk = probe(("q_proj", "k_proj"))
     err = {"qk": rel_err(qk, dt_qk, "qk")}
-    real_permute = gguf_lora.rope_permute
-    gguf_lora.rope_permute = lambda w, n_head: w
+    real_rows = gguf_lora.gguf_rows
+    gguf_lora.gguf_rows = lambda w, target, n_heads, n_kv_heads: w  # q/k rows left in the Hugging Face order
     try:
         err["qk_unpermuted"] = rel_err(qk, dt_qk, "qk_bad")
     finally:
-        gguf_lora.rope_permute = real_permute
+        gguf_lora.gguf_rows = real_rows
     vo, dt_vo = probe(("v_proj", "o_proj"))
     err["vo"] = rel_err(vo, dt_vo, "vo")
     print("relative error of the adapter's effect:", err)

@@ -17,6 +17,8 @@ from neeko_npc.server.app import Daemon, ServerConfig
 from neeko_npc.server.client import Client
 from neeko_npc.v1 import dialogue_pb2 as pb
 
+pytestmark = pytest.mark.slow  # the real model
+
 GREEDY = dict(temperature=0.0, max_tokens=24)
 
 

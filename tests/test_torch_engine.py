@@ -12,6 +12,8 @@ from neeko_npc.roles.asset import read_asset, write_asset
 from neeko_npc.roles.base_model import base_info, default_model_path, resolve_base_model
 from tests.gguf_f32 import write_f32_copy
 
+pytestmark = pytest.mark.slow  # the real model
+
 LINE = "What do you do all day?"
 
 

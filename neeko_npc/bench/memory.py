@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -43,49 +44,60 @@ def synthetic_roles(blocks: list[RoleAsset], n: int, folder: Path) -> list[Path]
     return out
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def daemon_rss(roles_dir: Path, base_model: str | None, cache_dir: Path, timeout: float = 300) -> dict:
-    """Start a daemon on ``roles_dir``, say one line, and read its resident memory."""
+    """Start a daemon on ``roles_dir``, wait until its health check says SERVING, say one line, and read its
+    resident memory."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from ..server.app import SERVICE_NAME
     from ..server.client import Client
 
-    cmd = [sys.executable, "-m", "neeko_npc.cli", "serve", "--roles", str(roles_dir), "--port", "0", "--watch-interval", "0"]
+    address = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "neeko_npc.cli", "serve", "--roles", str(roles_dir), "--port", address.rsplit(":", 1)[1],
+           "--watch-interval", "0"]
     if base_model:
         cmd += ["--base-model", str(base_model)]
     env = dict(os.environ, NEEKO_NPC_CACHE=str(cache_dir))
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stderr=log, stdout=subprocess.DEVNULL, text=True, env=env)
+    client = Client(address)
     try:
-        address, roles = None, None
+        health = health_pb2_grpc.HealthStub(client.channel)
         deadline = time.monotonic() + timeout
-        for line in proc.stderr:
-            m = re.search(r"listening on grpcs?://(\S+)", line)
-            if m:
-                address = m.group(1)
-            m = re.match(r"ready: (\d+) role", line)
-            if m:
-                roles = int(m.group(1))
-                break
-            if time.monotonic() > deadline:
-                break
-        if address is None or roles is None:
-            raise RuntimeError(f"the daemon did not start: {' '.join(cmd)} (exit {proc.poll()})")
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"the daemon did not start: {' '.join(cmd)} (exit {proc.poll()}): {log.read()[-500:]}")
+            try:
+                req = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+                if health.Check(req, timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                pass  # not listening yet
+            time.sleep(0.1)
         ready_s = time.perf_counter() - t0
-        client = Client(address)
-        try:
-            ids = sorted(r.id for r in client.roles().roles)
-            npc = ids[0] if ids else None
-            if npc:
-                for _ in client.say(npc, "Hello.", max_tokens=4, timeout=120):
-                    pass
-        finally:
-            client.close()
-        return {"roles": roles, "rss_bytes": rss_bytes(proc.pid), "ready_s": ready_s}
+        ids = sorted(r.id for r in client.roles().roles)
+        if ids:
+            for _ in client.say(ids[0], "Hello.", max_tokens=4, timeout=120):
+                pass
+        return {"roles": len(ids), "rss_bytes": rss_bytes(proc.pid), "ready_s": ready_s}
     finally:
+        client.close()
         proc.terminate()
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 def models_rss(paths: list[Path]) -> int | None:

@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import defaults
 from .targets import BENCH_SCENE, InProcess, Remote
 
 FULL = dict(ttft_reps=10, switch_reps=12, levels=[1, 2, 4, 8], per_stream=3, decode_tokens=64, decode_rounds=5,
@@ -23,13 +24,13 @@ QUICK = dict(ttft_reps=3, switch_reps=4, levels=[1, 2, 4, 8], per_stream=1, deco
 
 @dataclass
 class BenchConfig:
-    roles_dir: Path = Path("assets/roles")
+    roles_dir: Path = Path(defaults.ROLES_DIR)
     base_model: str | None = None
     address: str | None = None  # a running daemon; None benchmarks an engine in this process
     token: str = ""
     tls_ca: str | None = None
     quick: bool = False
-    pool_size: int = 4
+    pool_size: int = defaults.POOL_SIZE
     threads: int | None = None
     memory: bool = True
     workdir: Path | None = None

@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .. import defaults
 from .llamacpp import LlamaContext, LlamaModel
 
 
@@ -44,9 +45,9 @@ def check_finite(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class GenOptions:
-    max_tokens: int = 96
-    temperature: float = 0.7
-    top_p: float = 0.95
+    max_tokens: int = defaults.MAX_TOKENS
+    temperature: float = defaults.TEMPERATURE
+    top_p: float = defaults.TOP_P
     seed: int | None = None
     stop: tuple[str, ...] = ()
 
@@ -115,8 +116,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class ContextPool:
-    def __init__(self, model: LlamaModel, size: int = 2, n_ctx: int = 2048, n_threads: int | None = None,
-                 max_queue: int = 16):
+    def __init__(self, model: LlamaModel, size: int = defaults.POOL_SIZE, n_ctx: int = defaults.N_CTX,
+                 n_threads: int | None = None, max_queue: int = defaults.MAX_QUEUE):
         self.model = model
         self.n_ctx = n_ctx
         self.threads = n_threads or max(1, os.cpu_count() or 1)  # shared by the contexts decoding at once

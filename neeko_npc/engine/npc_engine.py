@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..roles.asset import GateSettings
+from .. import defaults
 from ..roles.base_model import base_info, resolve_base_model
 from ..roles.profile import RoleProfile
 from .generate import Chunk, ContextPool, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream, generate
@@ -53,15 +53,15 @@ class ContextTooLarge(ValueError):
 
 @dataclass
 class EngineConfig:
-    pool_size: int = 4
-    n_ctx: int = 2048
-    n_threads: int | None = None
-    max_queue: int = 16
-    queue_timeout: float = 30.0
-    history_tokens: int = 768  # memory budget per (session, NPC)
-    max_tokens_limit: int = 512  # largest max_tokens a request may ask for
-    default_max_tokens: int = 96
-    max_blend: int = GateSettings.top_k  # roles a procedural NPC may mix, and blocks that may result
+    pool_size: int = defaults.POOL_SIZE
+    n_ctx: int = defaults.N_CTX
+    n_threads: int | None = None  # None: all cores
+    max_queue: int = defaults.MAX_QUEUE
+    queue_timeout: float = defaults.QUEUE_TIMEOUT
+    history_tokens: int = defaults.HISTORY_TOKENS  # memory budget per (session, NPC)
+    max_tokens_limit: int = defaults.MAX_TOKENS_LIMIT  # largest max_tokens a request may ask for
+    default_max_tokens: int = defaults.MAX_TOKENS
+    max_blend: int = defaults.TOP_K  # roles a procedural NPC may mix, and blocks that may result
 
 
 @dataclass

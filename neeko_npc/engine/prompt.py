@@ -13,6 +13,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from .. import defaults
 from ..roles.profile import RoleProfile
 
 OPENING_LINE = "(The player approaches you.)"
@@ -93,7 +94,7 @@ class Memory:
 
     Trimming to a token budget happens at prompt time (the engine knows the tokenizer)."""
 
-    def __init__(self, max_conversations: int = 10000, max_turns: int = 32):
+    def __init__(self, max_conversations: int = defaults.MAX_CONVERSATIONS, max_turns: int = defaults.MAX_TURNS):
         self.max_conversations = max_conversations
         self.max_turns = max_turns
         self._data: OrderedDict[tuple[str, str], list[tuple[str, str]]] = OrderedDict()

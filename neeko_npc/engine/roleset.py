@@ -22,12 +22,13 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..export.fold import fold, resolve_fusion
+from .. import defaults
+from ..export.fold import fold
 from ..export.gguf_lora import write_gguf_lora
 from ..neeko.gate import BlendError, normalise_blend
 from ..roles.asset import AssetError, BaseInfo, RoleAsset
 from ..roles.profile import RoleProfile
-from ..roles.folder import file_stamps, load_role_assets
+from ..roles.folder import file_stamps, load_role_assets, resolve_fusion
 from .llamacpp import LlamaModel
 
 log = logging.getLogger("neeko_npc.roles")
@@ -192,7 +193,7 @@ class RoleSet:
         return self._snap
 
     def acquire(self, npc_id: str, blend: list[tuple[str, float]] | None = None, profile: RoleProfile | None = None,
-                max_blend: int = 3) -> tuple[Voice, list[Adapter], list[float]]:
+                max_blend: int = defaults.TOP_K) -> tuple[Voice, list[Adapter], list[float]]:
         """Resolve an NPC to its adapters and scales, and pin those adapters until ``release``.
 
         Without ``blend``, ``npc_id`` is a hosted role. With it, ``npc_id`` is a procedural NPC speaking as

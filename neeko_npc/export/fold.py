@@ -10,24 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..roles.asset import AssetError, LoraBlock, RoleAsset
-
-
-def resolve_fusion(asset: RoleAsset, known: dict[str, RoleAsset]) -> list[tuple[RoleAsset, float]]:
-    """The (block asset, weight) pairs a fused role mixes; errors name the missing or changed role."""
-    out = []
-    for ref in asset.fusion or []:
-        src = known.get(ref.role)
-        if src is not None and src.block is None:
-            raise AssetError(asset.path or asset.id, f"fused role {asset.id!r} references fused role {ref.role!r}; "
-                             "a fusion mixes trained blocks only", "re-fuse it with `bake-role --fuse`")
-        if src is None:
-            raise AssetError(asset.path or asset.id, f"fused role {asset.id!r} references role {ref.role!r}, which is not in the role set",
-                             f"add {ref.role}.nrole to the roles folder or re-fuse with `bake-role --fuse`")
-        if src.sha256 != ref.sha256:
-            raise AssetError(asset.path or asset.id, f"fused role {asset.id!r} was made from a different version of role {ref.role!r}",
-                             "re-fuse it with `bake-role --fuse` against the current roles")
-        out.append((src, ref.weight))
-    return out
+from ..roles.folder import resolve_fusion
 
 
 def fold(asset: RoleAsset, known: dict[str, RoleAsset] | None = None) -> LoraBlock:

@@ -13,14 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..roles.asset import BaseInfo, LoraBlock
-
-GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-              "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
-
-
-def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """The row permutation llama.cpp's converter applies to llama q/k weights (HF -> GGUF layout)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+from ..roles.llama import gguf_name, gguf_rows
 
 
 def write_gguf_lora(lora: LoraBlock, base: BaseInfo, path: str | Path, name: str = "neeko-role", dtype=np.float32) -> Path:
@@ -34,12 +27,9 @@ def write_gguf_lora(lora: LoraBlock, base: BaseInfo, path: str | Path, name: str
     w.add_string("adapter.type", "lora")
     w.add_float32("adapter.lora.alpha", float(lora.alpha))
     for (layer, target) in sorted(lora.A):
-        A, B = lora.A[(layer, target)], lora.B[(layer, target)]
-        if target == "q_proj":
-            B = rope_permute(B, base.n_heads)
-        elif target == "k_proj":
-            B = rope_permute(B, base.n_kv_heads)
-        stem = f"blk.{layer}.{GGUF_NAMES[target]}.weight"
+        A = lora.A[(layer, target)]
+        B = gguf_rows(lora.B[(layer, target)], target, base.n_heads, base.n_kv_heads)
+        stem = gguf_name(layer, target)
         w.add_tensor(f"{stem}.lora_a", np.ascontiguousarray(A, dtype=dtype))
         w.add_tensor(f"{stem}.lora_b", np.ascontiguousarray(B, dtype=dtype))
     w.write_header_to_file()

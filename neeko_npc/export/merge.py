@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..roles.asset import BaseInfo, LoraBlock
-from .gguf_lora import GGUF_NAMES, rope_permute
+from ..roles.llama import gguf_name, gguf_rows
 
 # A transform gets (tensor name, float32 array in numpy order (out x in)) and returns the new array,
 # or None to keep the tensor's bytes as they are.
@@ -70,12 +70,8 @@ def lora_deltas(lora: LoraBlock, base: BaseInfo) -> dict[str, np.ndarray]:
     """GGUF tensor name -> the dense update s * B @ A in llama.cpp's layout (q/k rows RoPE-permuted)."""
     out = {}
     for (layer, target), A in lora.A.items():
-        B = lora.B[(layer, target)].astype(np.float32)
-        if target == "q_proj":
-            B = rope_permute(B, base.n_heads)
-        elif target == "k_proj":
-            B = rope_permute(B, base.n_kv_heads)
-        out[f"blk.{layer}.{GGUF_NAMES[target]}.weight"] = np.float32(lora.scale) * (B @ A.astype(np.float32))
+        B = gguf_rows(lora.B[(layer, target)].astype(np.float32), target, base.n_heads, base.n_kv_heads)
+        out[gguf_name(layer, target)] = np.float32(lora.scale) * (B @ A.astype(np.float32))
     return out
 
 

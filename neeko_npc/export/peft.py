@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..roles.asset import LoraBlock
-
-ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+from ..roles.llama import submodule
 
 
 def write_peft(lora: LoraBlock, folder: str | Path, base_model_name: str = "") -> Path:
@@ -23,8 +22,7 @@ def write_peft(lora: LoraBlock, folder: str | Path, base_model_name: str = "") -
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for (layer, target), A in lora.A.items():
-        sub = "self_attn" if target in ATTN else "mlp"
-        stem = f"base_model.model.model.layers.{layer}.{sub}.{target}"
+        stem = f"base_model.model.model.layers.{layer}.{submodule(target)}.{target}"
         tensors[f"{stem}.lora_A.weight"] = np.ascontiguousarray(A, dtype=np.float32)
         tensors[f"{stem}.lora_B.weight"] = np.ascontiguousarray(lora.B[(layer, target)], dtype=np.float32)
     save_file(tensors, str(folder / "adapter_model.safetensors"))

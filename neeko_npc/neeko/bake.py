@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import defaults
 from ..roles.asset import SUFFIX, FusionRef, GateSettings, RoleAsset, write_asset
 from ..roles.base_model import BaseModelRef, base_info
 from ..roles.dialogue import Scene, data_hash, load_scenes, split_holdout
@@ -27,10 +28,10 @@ from .train import TrainConfig, heldout_loss, train_blocks
 
 @dataclass
 class LoraConfig:
-    r: int = 8
-    alpha: float = 16.0
-    targets: tuple[str, ...] = ("q_proj", "v_proj")
-    precision: str = "bf16"  # base weights while training; blocks are always float32
+    r: int = defaults.RANK
+    alpha: float = defaults.ALPHA
+    targets: tuple[str, ...] = defaults.TARGETS
+    precision: str = defaults.PRECISION  # base weights while training; blocks are always float32
     dtype: str = "f32"  # tensors in the .nrole
 
 
@@ -38,7 +39,7 @@ class LoraConfig:
 class RoleSource:
     profile: RoleProfile
     scenes: list[Scene]
-    holdout: float = 0.2
+    holdout: float = defaults.HOLDOUT
     train: list[Scene] = field(init=False)
     held: list[Scene] = field(init=False)
 
@@ -50,12 +51,12 @@ class RoleSource:
         return sum(s.npc_lines(self.profile.id) for s in self.scenes)
 
     @classmethod
-    def from_files(cls, profile: str | Path, data: str | Path, holdout: float = 0.2) -> "RoleSource":
+    def from_files(cls, profile: str | Path, data: str | Path, holdout: float = defaults.HOLDOUT) -> "RoleSource":
         p = load_profile(profile)
         return cls(p, load_scenes(data, role_id=p.id), holdout)
 
     @classmethod
-    def from_dir(cls, folder: str | Path, holdout: float = 0.2) -> "RoleSource":
+    def from_dir(cls, folder: str | Path, holdout: float = defaults.HOLDOUT) -> "RoleSource":
         folder = Path(folder)
         prof, lines = folder / "profile.json", folder / "lines.jsonl"
         for f in (prof, lines):
@@ -169,8 +170,9 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
     return BakeReport([src.profile.id], [out_path], held, result)
 
 
-def fuse(base_ref: BaseModelRef, roles_dir: Path, profile: RoleProfile, out_path: Path | None = None, top_k: int = 3,
-         tau: float = 0.1, min_weight: float = 0.02, replace: bool = False) -> tuple[RoleAsset, Path]:
+def fuse(base_ref: BaseModelRef, roles_dir: Path, profile: RoleProfile, out_path: Path | None = None,
+         top_k: int = defaults.TOP_K, tau: float = defaults.FUSE_TAU, min_weight: float = defaults.MIN_WEIGHT,
+         replace: bool = False) -> tuple[RoleAsset, Path]:
     info = base_info(base_ref)
     assets, errors = load_role_assets(roles_dir, info)
     if any(a.id == profile.id for a in assets) and not replace:

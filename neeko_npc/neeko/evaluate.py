@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import defaults
 from ..roles.base_model import BaseModelRef
 from ..roles.folder import load_role_assets
 from .attribution import CentroidClassifier, accuracy, generate_replies, prompt_messages, prompts_from, role_lines
@@ -36,7 +37,7 @@ from .gate import fusion_weights
 from .model import NeekoLoRA
 from .train import TrainConfig, heldout_loss, train_blocks
 
-FUSE_TAU = 0.1  # bake-role --fuse's default
+FUSE_TAU = defaults.FUSE_TAU  # bake-role --fuse's default
 
 
 @dataclass
@@ -59,8 +60,8 @@ class EvalReport:
 
 @dataclass
 class EvalConfig:
-    holdout: float = 0.2
-    max_len: int = 320
+    holdout: float = defaults.HOLDOUT
+    max_len: int = defaults.MAX_LEN
     precision: str | None = None  # None: the precision the roles were baked in
     max_scenes: int | None = None  # held-out scenes scored per role (None: all)
     shared: bool = True  # train the shared-LoRA baseline

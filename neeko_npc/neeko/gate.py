@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import defaults
 from ..roles.asset import GateSettings
 
 
@@ -49,8 +50,8 @@ def gate_weights(E: np.ndarray, e: np.ndarray, settings: GateSettings) -> np.nda
     return w
 
 
-def fusion_weights(E: np.ndarray, role_ids: list[str], e_new: np.ndarray, top_k: int = 3, tau: float = 0.05,
-                   min_weight: float = 0.02) -> dict[str, float]:
+def fusion_weights(E: np.ndarray, role_ids: list[str], e_new: np.ndarray, top_k: int = defaults.TOP_K,
+                   tau: float = defaults.FUSE_TAU, min_weight: float = defaults.MIN_WEIGHT) -> dict[str, float]:
     """A new role with little data: mix the existing blocks its profile is closest to."""
     w = gate_weights(E, e_new, GateSettings(tau=tau, top_k=top_k, min_weight=min_weight))
     return {role_ids[i]: float(w[i]) for i in np.flatnonzero(w)}

@@ -12,14 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..roles.asset import TARGETS, LoraBlock
+from .. import defaults
+from ..roles.asset import LoraBlock
+from ..roles.llama import TARGETS, submodule
 from .blocks import BlockLoRALinear, GateState
-
-ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 class NeekoLoRA:
-    def __init__(self, model: nn.Module, r: int = 8, alpha: float = 16.0, targets: tuple[str, ...] = ("q_proj", "v_proj")):
+    def __init__(self, model: nn.Module, r: int = defaults.RANK, alpha: float = defaults.ALPHA,
+                 targets: tuple[str, ...] = defaults.TARGETS):
         bad = [t for t in targets if t not in TARGETS]
         if bad or not targets:
             raise ValueError(f"unknown target module(s) {bad}; choose from {', '.join(TARGETS)}")
@@ -34,7 +35,7 @@ class NeekoLoRA:
         self.modules: dict[tuple[int, str], BlockLoRALinear] = {}
         for i, layer in enumerate(model.model.layers):
             for t in self.targets:
-                parent = layer.self_attn if t in ATTN else layer.mlp
+                parent = getattr(layer, submodule(t))
                 base = getattr(parent, t)
                 if isinstance(base, BlockLoRALinear):
                     raise ValueError("this model already carries block LoRA")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from .. import defaults
 from .data import IGNORE, Example, collate
 from .model import NeekoLoRA
 from .optim import BlockAdamW, cosine_lr
@@ -26,13 +27,13 @@ from .optim import BlockAdamW, cosine_lr
 
 @dataclass
 class TrainConfig:
-    epochs: int = 4
-    batch_size: int = 4
-    max_len: int = 320
-    lr: float = 2e-3
+    epochs: int = defaults.EPOCHS
+    batch_size: int = defaults.BATCH_SIZE
+    max_len: int = defaults.MAX_LEN
+    lr: float = defaults.LR
     warmup: int = 10
     weight_decay: float = 0.0
-    seed: int = 0
+    seed: int = defaults.SEED
     checkpoint_every: int = 20
 
 

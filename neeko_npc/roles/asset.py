@@ -43,6 +43,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from .. import defaults
+from . import llama
+from .llama import TARGETS
 from .profile import ROLE_ID_RE, ProfileError, RoleProfile
 
 MAGIC = b"NEEKOROL"
@@ -74,7 +77,6 @@ MAX_ABS_VALUE = 64.0
 MAX_LORA_SCALE = 64.0
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = {"f32": np.float32, "f16": np.float16}
 
 
@@ -110,16 +112,7 @@ class BaseInfo:
 
     def linear_shape(self, target: str) -> tuple[int, int]:
         """(out_features, in_features) of a llama linear."""
-        kv = self.n_kv_heads * self.head_dim
-        return {
-            "q_proj": (self.hidden, self.hidden),
-            "k_proj": (kv, self.hidden),
-            "v_proj": (kv, self.hidden),
-            "o_proj": (self.hidden, self.hidden),
-            "gate_proj": (self.intermediate, self.hidden),
-            "up_proj": (self.intermediate, self.hidden),
-            "down_proj": (self.hidden, self.intermediate),
-        }[target]
+        return llama.linear_shape(target, self.hidden, self.n_heads, self.n_kv_heads, self.intermediate)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -127,9 +120,9 @@ class BaseInfo:
 
 @dataclass
 class GateSettings:
-    tau: float = 0.05
-    top_k: int = 3
-    min_weight: float = 0.02
+    tau: float = defaults.GATE_TAU
+    top_k: int = defaults.TOP_K
+    min_weight: float = defaults.MIN_WEIGHT
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

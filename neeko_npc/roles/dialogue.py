@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import defaults
+
 MAX_TURN_CHARS = 2000
 MAX_TURNS = 64
 
@@ -95,7 +97,7 @@ def load_scenes(path: str | Path, role_id: str | None = None) -> list[Scene]:
     return scenes
 
 
-def split_holdout(scenes: list[Scene], fraction: float = 0.2) -> tuple[list[Scene], list[Scene]]:
+def split_holdout(scenes: list[Scene], fraction: float = defaults.HOLDOUT) -> tuple[list[Scene], list[Scene]]:
     """Deterministic scene-level split: a scene is held out by its content hash.
 
     The split does not depend on file order or a seed, so adding scenes never

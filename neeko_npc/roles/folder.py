@@ -1,4 +1,4 @@
-"""A folder of role files: load every valid one, report the others. No torch."""
+"""A folder of role files: load every valid one, report the others, resolve fused roles' references. No torch."""
 
 from __future__ import annotations
 
@@ -43,3 +43,21 @@ def load_role_assets(folder: Path, base: BaseInfo | None = None) -> tuple[list[R
         except OSError as exc:
             errors.append(AssetError(path, f"cannot read ({exc.strerror or exc})"))
     return sorted(assets.values(), key=lambda a: a.id), errors
+
+
+def resolve_fusion(asset: RoleAsset, known: dict[str, RoleAsset]) -> list[tuple[RoleAsset, float]]:
+    """The (block asset, weight) pairs a fused role mixes; errors name the missing or changed role."""
+    out = []
+    for ref in asset.fusion or []:
+        src = known.get(ref.role)
+        if src is not None and src.block is None:
+            raise AssetError(asset.path or asset.id, f"fused role {asset.id!r} references fused role {ref.role!r}; "
+                             "a fusion mixes trained blocks only", "re-fuse it with `bake-role --fuse`")
+        if src is None:
+            raise AssetError(asset.path or asset.id, f"fused role {asset.id!r} references role {ref.role!r}, which is not in the role set",
+                             f"add {ref.role}.nrole to the roles folder or re-fuse with `bake-role --fuse`")
+        if src.sha256 != ref.sha256:
+            raise AssetError(asset.path or asset.id, f"fused role {asset.id!r} was made from a different version of role {ref.role!r}",
+                             "re-fuse it with `bake-role --fuse` against the current roles")
+        out.append((src, ref.weight))
+    return out

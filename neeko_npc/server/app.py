@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .. import defaults
 from ..v1 import dialogue_pb2 as pb
 from ..v1 import dialogue_pb2_grpc as pb_grpc
 from .service import DialogueService, Limits
@@ -45,13 +46,13 @@ class TokenAuth(grpc.ServerInterceptor):
 
 @dataclass
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 50051
+    host: str = defaults.HOST
+    port: int = defaults.PORT
     token: str = ""
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    workers: int = 16
-    watch_interval: float = 1.0  # seconds; 0 disables the roles-folder watcher
+    workers: int = defaults.WORKERS
+    watch_interval: float = defaults.WATCH_INTERVAL  # seconds; 0 disables the roles-folder watcher
     limits: Limits = field(default_factory=Limits)
 
 

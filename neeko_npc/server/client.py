@@ -8,10 +8,11 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 
+from .. import defaults
 from ..v1 import dialogue_pb2 as pb
 from ..v1 import dialogue_pb2_grpc as pb_grpc
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_ADDRESS = defaults.ADDRESS
 
 
 class Client:

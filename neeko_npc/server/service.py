@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from .. import defaults
 from ..engine.generate import GenOptions, NonFiniteLogits, PoolBusy
 from ..engine.npc_engine import ContextTooLarge
 from ..engine.prompt import SceneInfo
@@ -26,14 +27,14 @@ FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "can
 class Limits:
     """Every request limit, each a `serve` flag."""
 
-    max_player_line_chars: int = 2000
-    max_scene_chars: int = 8000
-    max_profile_chars: int = 8000  # a procedural NPC's profile, all fields together
-    max_id_chars: int = 128
-    max_stop_strings: int = 8
-    max_stop_chars: int = 64
-    max_session_npcs: int = 256  # NPCs in one restored session
-    max_npc_line_chars: int = 8000  # one remembered NPC line in a restored session
+    max_player_line_chars: int = defaults.MAX_PLAYER_LINE_CHARS
+    max_scene_chars: int = defaults.MAX_SCENE_CHARS
+    max_profile_chars: int = defaults.MAX_PROFILE_CHARS
+    max_id_chars: int = defaults.MAX_ID_CHARS
+    max_stop_strings: int = defaults.MAX_STOP_STRINGS
+    max_stop_chars: int = defaults.MAX_STOP_CHARS
+    max_session_npcs: int = defaults.MAX_SESSION_NPCS
+    max_npc_line_chars: int = defaults.MAX_NPC_LINE_CHARS
 
 
 class DialogueService(pb_grpc.DialogueServicer):
@@ -91,8 +92,8 @@ class DialogueService(pb_grpc.DialogueServicer):
             bad = f"scene context has {scene.text_size()} characters; the limit is {L.max_scene_chars} (--max-scene-chars)"
         o = req.options
         opts = GenOptions(max_tokens=o.max_tokens or e.config.default_max_tokens,
-                          temperature=o.temperature if o.HasField("temperature") else 0.7,
-                          top_p=o.top_p if o.HasField("top_p") else 0.95,
+                          temperature=o.temperature if o.HasField("temperature") else defaults.TEMPERATURE,
+                          top_p=o.top_p if o.HasField("top_p") else defaults.TOP_P,
                           seed=o.seed if o.HasField("seed") else None, stop=tuple(o.stop))
         if bad is None:
             if opts.max_tokens > e.config.max_tokens_limit:

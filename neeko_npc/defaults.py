@@ -1,0 +1,54 @@
+"""Every default and limit, once. The dataclasses (EngineConfig, Limits, GateSettings, TrainConfig, LoraConfig,
+ServerConfig, ...) take their field defaults from here, and the CLI's option defaults come from the same names,
+so a value changed here changes everywhere. Standard library only: the CLI imports it at start-up."""
+
+# -- the daemon -------------------------------------------------------------------------------------------
+HOST = "127.0.0.1"  # loopback only unless told otherwise
+PORT = 50051
+ADDRESS = f"{HOST}:{PORT}"  # where the client commands look for a daemon
+WORKERS = 16  # gRPC worker threads
+WATCH_INTERVAL = 1.0  # seconds between scans of the roles folder; 0 turns watching off
+ROLES_DIR = "assets/roles"
+
+POOL_SIZE = 4  # llama.cpp contexts: NPC lines generated at once
+N_CTX = 2048  # tokens per context
+MAX_QUEUE = 16  # requests that may wait for a context
+QUEUE_TIMEOUT = 30.0  # seconds a request waits for one
+HISTORY_TOKENS = 768  # conversation memory kept in the prompt per (session, NPC)
+MAX_TURNS = 32  # exchanges remembered per (session, NPC)
+MAX_CONVERSATIONS = 10000  # (session, NPC) pairs remembered, least recently used dropped
+MAX_BATCH = 8  # torch engine: NPC lines decoded together
+
+# -- sampling -----------------------------------------------------------------------------------------------
+MAX_TOKENS = 96  # a line's length when the request leaves it at 0
+TEMPERATURE = 0.7
+TOP_P = 0.95
+
+# -- request limits ---------------------------------------------------------------------------------------
+MAX_TOKENS_LIMIT = 512  # the largest max_tokens a request may ask for
+MAX_PLAYER_LINE_CHARS = 2000
+MAX_SCENE_CHARS = 8000
+MAX_PROFILE_CHARS = 8000  # a procedural NPC's profile, all fields together
+MAX_ID_CHARS = 128  # npc_id and session_id
+MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 64
+MAX_SESSION_NPCS = 256  # NPCs in one restored session
+MAX_NPC_LINE_CHARS = 8000  # one remembered NPC line in a restored session
+
+# -- the gate ----------------------------------------------------------------------------------------------
+GATE_TAU = 0.05  # stored in each role baked by `bake`
+TOP_K = 3  # blocks a fused role or a procedural NPC's blend may mix (--max-blend)
+MIN_WEIGHT = 0.02  # gate weights below this are dropped
+FUSE_TAU = 0.1  # bake-role --fuse: softer than the gate's, so close roles mix
+
+# -- baking -----------------------------------------------------------------------------------------------
+RANK = 8
+ALPHA = 16.0
+TARGETS = ("q_proj", "v_proj")
+EPOCHS = 4
+LR = 2e-3
+BATCH_SIZE = 4
+MAX_LEN = 320  # tokens per training example
+SEED = 0
+PRECISION = "bf16"  # base weights while training; blocks are always float32
+HOLDOUT = 0.2  # share of scenes held out to measure a block

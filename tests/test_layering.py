@@ -18,7 +18,7 @@ MAY_IMPORT = {
 }
 # The one engine module allowed on the torch side; the daemon imports it only for --engine torch.
 EXCEPTIONS = {"engine/torch_engine.py": {"neeko"}}
-TORCH_FREE = ["neeko_npc.roles.asset", "neeko_npc.roles.base_model", "neeko_npc.roles.folder", "neeko_npc.roles.dialogue", "neeko_npc.neeko.gate",
+TORCH_FREE = ["neeko_npc.defaults", "neeko_npc.roles.prompt", "neeko_npc.roles.llama", "neeko_npc.roles.asset", "neeko_npc.roles.base_model", "neeko_npc.roles.folder", "neeko_npc.roles.dialogue", "neeko_npc.neeko.gate",
               "neeko_npc.export.fold", "neeko_npc.export.gguf_lora", "neeko_npc.export.peft", "neeko_npc.export.merge",
               "neeko_npc.engine.llamacpp", "neeko_npc.bench.run", "neeko_npc.bench.speed", "neeko_npc.bench.baselines",
               "neeko_npc.bench.memory", "neeko_npc.bench.report", "neeko_npc.bench.targets",

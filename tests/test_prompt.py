@@ -1,7 +1,8 @@
 """Prompt assembly without a model: scene rendering, injection cleaning, memory, the chat template."""
 
 from neeko_npc.engine.npc_engine import clean, clean_scene
-from neeko_npc.engine.prompt import ChatTemplate, Memory, SceneInfo, build_messages, render_scene
+from neeko_npc.engine.memory import Memory
+from neeko_npc.roles.prompt import ChatTemplate, SceneInfo, build_messages, render_scene
 from neeko_npc.roles.profile import RoleProfile
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"

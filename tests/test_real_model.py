@@ -5,6 +5,7 @@ The bake itself is the session fixture `baked` in conftest.py.
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +56,37 @@ def test_masking_trains_only_on_the_npc_lines(base):
     # too long for max_len: one example per NPC line, each within budget, each training only its last line
     parts = encode_scene(tok, prof, scene, max_len=len(ex.input_ids) - 5)
     assert len(parts) == len(npc) and all(len(p.input_ids) <= len(ex.input_ids) - 5 for p in parts)
+
+
+def test_the_daemon_serves_the_tokens_the_trainer_trains_on(base, tmp_path):
+    """For the same profile, scene, history and line, the prompt llama.cpp is fed (ChatTemplate + llama.cpp's
+    tokenizer) is token for token the trainer's context (the HF tokenizer's template), and the trainer's labels
+    start exactly where the daemon starts generating."""
+    from neeko_npc.engine.npc_engine import EngineConfig, LlamaEngine
+    from neeko_npc.neeko.data import IGNORE, encode_scene
+    from neeko_npc.roles.dialogue import Scene, Turn
+    from neeko_npc.roles.profile import load_profile
+    from neeko_npc.roles.prompt import OPENING_LINE, SceneInfo, render_scene
+
+    _, _, tok = base
+    prof = load_profile(Path(__file__).parent.parent / "assets" / "roles" / "src" / "blacksmith" / "profile.json")
+    scene = SceneInfo(location="the forge", time_of_day="dawn", npc_mood="tired", player_name="Ada",
+                      recent_events=["Bandits robbed a cart on the north road."], facts={"festival": "in two days"})
+    history = [("Can you mend my sword?", "Aye. Leave it by the anvil."), ("How long?", "Till sundown. Good iron won't be hurried.")]
+    engine = LlamaEngine(tmp_path, config=EngineConfig(pool_size=1, n_threads=1))
+    try:
+        for said, replied in history:
+            engine.memory.add("s", prof.id, said, replied)
+        for line in ("What do I owe you, then?", ""):
+            served = engine.build_prompt(prof, "s", prof.id, line, scene, 64)
+            turns = [Turn(w, t) for said, replied in history for w, t in (("player", said), (prof.id, replied))]
+            written = Scene(tuple(turns + [Turn("player", line or OPENING_LINE), Turn(prof.id, "Two silver.")]), render_scene(scene))
+            [ex] = encode_scene(tok, prof, written, max_len=1024)
+            assert ex.input_ids[: len(served)] == served, line
+            first_label = next(i for i in range(len(served), len(ex.labels)) if ex.labels[i] != IGNORE)
+            assert first_label == len(served) and tok.decode(ex.input_ids[len(served):]).startswith("Two silver.")
+    finally:
+        engine.close()
 
 
 def test_bake_writes_valid_assets_and_the_block_beats_the_base(baked):

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from neeko_npc.cli import main
 from neeko_npc.engine.generate import GenOptions, generate
 from neeko_npc.engine.npc_engine import EngineConfig, LlamaEngine
-from neeko_npc.engine.prompt import SceneInfo, build_messages
+from neeko_npc.roles.prompt import SceneInfo, build_messages
 from neeko_npc.server.app import Daemon, ServerConfig
 from neeko_npc.server.client import Client
 from neeko_npc.v1 import dialogue_pb2 as pb

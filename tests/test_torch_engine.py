@@ -6,7 +6,7 @@ import pytest
 
 from neeko_npc.engine.generate import GenOptions
 from neeko_npc.engine.npc_engine import EngineConfig, LlamaEngine
-from neeko_npc.engine.prompt import SceneInfo
+from neeko_npc.roles.prompt import SceneInfo
 from neeko_npc.engine.torch_engine import TorchEngine
 from neeko_npc.roles.asset import read_asset, write_asset
 from neeko_npc.roles.base_model import base_info, default_model_path, resolve_base_model

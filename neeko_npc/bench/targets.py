@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from ..engine.generate import GenOptions
-from ..engine.prompt import SceneInfo
+from ..roles.prompt import SceneInfo
 
 BENCH_SCENE = SceneInfo(location="the market square", time_of_day="late afternoon", weather="light rain",
                         npc_mood="busy", player_name="Ash", player_standing="a stranger",

@@ -19,7 +19,8 @@ from ..roles.base_model import base_info, resolve_base_model
 from ..roles.profile import RoleProfile
 from .generate import Chunk, ContextPool, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream, generate
 from .llamacpp import LlamaModel, openmp_build
-from .prompt import ChatTemplate, Memory, SceneInfo, build_messages
+from ..roles.prompt import ChatTemplate, SceneInfo, build_messages
+from .memory import Memory
 from .roleset import InvalidBlend, LlamaAdapters, RoleSet
 
 log = logging.getLogger("neeko_npc.engine")

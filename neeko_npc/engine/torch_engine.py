@@ -27,7 +27,7 @@ from ..roles.asset import RoleAsset
 from ..roles.base_model import base_info, resolve_base_model
 from .generate import Chunk, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, sample
 from .npc_engine import BaseEngine, EngineConfig
-from .prompt import ChatTemplate
+from ..roles.prompt import ChatTemplate
 from .roleset import RoleSet
 
 

@@ -15,6 +15,7 @@ import torch
 
 from ..roles.dialogue import Scene
 from ..roles.profile import RoleProfile
+from ..roles.prompt import chat_messages
 from .embed import embed_texts
 from .model import NeekoLoRA
 
@@ -40,12 +41,9 @@ def prompts_from(role_id: str, scenes: list[Scene], limit: int | None) -> list[P
 
 def prompt_messages(profile: RoleProfile, p: Prompt) -> list[dict]:
     """Role ``profile`` answers the conversation of prompt ``p`` (other speakers become user turns)."""
-    msgs = [{"role": "system", "content": profile.system_text(p.scene.scene)}]
-    for t in p.scene.turns[: p.cut]:
-        msgs.append({"role": "user", "content": t.text if t.speaker.lower() == "player" else f"{t.speaker}: {t.text}"})
-    if len(msgs) == 1:
-        msgs.append({"role": "user", "content": "(The player approaches you.)"})
-    return msgs
+    # npc="": every earlier turn, even one by the answering role, is someone the NPC hears (as the bake's
+    # figures were measured)
+    return chat_messages(profile, p.scene.scene, [(t.speaker, t.text) for t in p.scene.turns[: p.cut]], npc="")
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ import torch
 
 from ..roles.dialogue import Scene
 from ..roles.profile import RoleProfile
+from ..roles.prompt import chat_messages
 
 IGNORE = -100
 
@@ -30,15 +31,8 @@ class Example:
 
 
 def scene_messages(profile: RoleProfile, scene: Scene) -> list[dict]:
-    msgs = [{"role": "system", "content": profile.system_text(scene.scene)}]
-    for t in scene.turns:
-        if t.speaker == profile.id:
-            msgs.append({"role": "assistant", "content": t.text})
-        elif t.speaker.lower() == "player":
-            msgs.append({"role": "user", "content": t.text})
-        else:
-            msgs.append({"role": "user", "content": f"{t.speaker}: {t.text}"})
-    return msgs
+    """A training scene as it is written: the NPC's lines are what the block learns to say."""
+    return chat_messages(profile, scene.scene, [(t.speaker, t.text) for t in scene.turns], open_with_player=False)
 
 
 def _ids(tok, msgs, gen: bool = False) -> list[int]:

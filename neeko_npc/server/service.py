@@ -12,7 +12,7 @@ import grpc
 from .. import defaults
 from ..engine.generate import GenOptions, NonFiniteLogits, PoolBusy
 from ..engine.npc_engine import ContextTooLarge
-from ..engine.prompt import SceneInfo
+from ..roles.prompt import SceneInfo
 from ..engine.roleset import InvalidBlend, UnknownRole
 from ..roles.profile import ROLE_ID_RE, ProfileError, RoleProfile
 from ..v1 import dialogue_pb2 as pb

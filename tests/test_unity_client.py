@@ -41,7 +41,7 @@ def test_csharp_core_passes_its_nunit_tests(tmp_path):
     tests = tmp_path / "Neeko.Npc.Tests.dll"
     subprocess.run([mcs, "-langversion:7", "-warnaserror", "-target:library", f"-out:{core}", "-r:System.Core.dll",
                     *map(str, CORE)], check=True, capture_output=True, text=True)
-    subprocess.run([mcs, "-langversion:7", "-target:library", f"-out:{tests}", f"-r:{core}", f"-r:{nunit}",
+    subprocess.run([mcs, "-langversion:7", "-warnaserror", "-target:library", f"-out:{tests}", f"-r:{core}", f"-r:{nunit}",
                     "-r:System.Core.dll", "-r:System.Runtime.Serialization.dll", *map(str, sorted(TESTS.glob("*.cs")))],
                    check=True, capture_output=True, text=True)
     shutil.copy(nunit, tmp_path)

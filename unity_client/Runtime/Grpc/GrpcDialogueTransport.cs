@@ -18,24 +18,19 @@ namespace Neeko.Npc.Grpc
     {
         const string Service = "neeko_npc.v1.Dialogue";
 
-        static readonly Marshaller<SayRequest> SayRequestMarshaller =
-            Marshallers.Create(m => Google.Protobuf.MessageExtensions.ToByteArray(m), SayRequest.Parser.ParseFrom);
-        static readonly Marshaller<SayChunk> SayChunkMarshaller =
-            Marshallers.Create(m => Google.Protobuf.MessageExtensions.ToByteArray(m), SayChunk.Parser.ParseFrom);
-        // Say stays a unary request with a server stream, so a gRPC-Web handler can carry it for WebGL.
-        static readonly Method<SayRequest, SayChunk> SayMethod =
-            new Method<SayRequest, SayChunk>(MethodType.ServerStreaming, Service, "Say", SayRequestMarshaller, SayChunkMarshaller);
+        /// <summary>A protobuf message's marshaller (the stub's one piece of wiring per message type).</summary>
+        static Marshaller<T> Proto<T>(Google.Protobuf.MessageParser<T> parser) where T : Google.Protobuf.IMessage<T>
+        {
+            return Marshallers.Create(m => Google.Protobuf.MessageExtensions.ToByteArray(m), parser.ParseFrom);
+        }
 
-        static readonly Marshaller<GetSessionRequest> GetSessionRequestMarshaller =
-            Marshallers.Create(m => Google.Protobuf.MessageExtensions.ToByteArray(m), GetSessionRequest.Parser.ParseFrom);
-        static readonly Marshaller<SessionMemory> SessionMemoryMarshaller =
-            Marshallers.Create(m => Google.Protobuf.MessageExtensions.ToByteArray(m), SessionMemory.Parser.ParseFrom);
-        static readonly Marshaller<RestoreSessionResponse> RestoreSessionResponseMarshaller =
-            Marshallers.Create(m => Google.Protobuf.MessageExtensions.ToByteArray(m), RestoreSessionResponse.Parser.ParseFrom);
-        static readonly Method<GetSessionRequest, SessionMemory> GetSessionMethod =
-            new Method<GetSessionRequest, SessionMemory>(MethodType.Unary, Service, "GetSession", GetSessionRequestMarshaller, SessionMemoryMarshaller);
-        static readonly Method<SessionMemory, RestoreSessionResponse> RestoreSessionMethod =
-            new Method<SessionMemory, RestoreSessionResponse>(MethodType.Unary, Service, "RestoreSession", SessionMemoryMarshaller, RestoreSessionResponseMarshaller);
+        // Say stays a unary request with a server stream, so a gRPC-Web handler can carry it for WebGL.
+        static readonly Method<SayRequest, SayChunk> SayMethod = new Method<SayRequest, SayChunk>(
+            MethodType.ServerStreaming, Service, "Say", Proto(SayRequest.Parser), Proto(SayChunk.Parser));
+        static readonly Method<GetSessionRequest, SessionMemory> GetSessionMethod = new Method<GetSessionRequest, SessionMemory>(
+            MethodType.Unary, Service, "GetSession", Proto(GetSessionRequest.Parser), Proto(SessionMemory.Parser));
+        static readonly Method<SessionMemory, RestoreSessionResponse> RestoreSessionMethod = new Method<SessionMemory, RestoreSessionResponse>(
+            MethodType.Unary, Service, "RestoreSession", Proto(SessionMemory.Parser), Proto(RestoreSessionResponse.Parser));
 
         readonly GrpcChannel _channel;
         readonly CallInvoker _invoker;

@@ -296,15 +296,17 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     ctx = slot.ctx
 
     def decode(tokens: list[int]) -> np.ndarray:
-        if cores is None:
-            return ctx.decode(tokens)
-        with cores.use() as n:
-            ctx.set_threads(n)
-            return ctx.decode(tokens)
-
-    def forget() -> None:  # the cache holds nothing reusable
-        slot.tokens, slot.key = [], ()
-        ctx.clear()
+        """Finite logits after ``tokens``; on any failure the cache holds nothing reusable and is cleared."""
+        try:
+            if cores is None:
+                return check_finite(ctx.decode(tokens))
+            with cores.use() as n:
+                ctx.set_threads(n)
+                return check_finite(ctx.decode(tokens))
+        except Exception:
+            slot.tokens, slot.key = [], ()
+            ctx.clear()
+            raise
 
     ctx.set_adapters(adapters, scales)  # normally already set by acquire(); the slot is busy, its adapters pinned
     slot.adapters = tuple(adapters)
@@ -316,11 +318,7 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
         ctx.clear()
     slot.tokens = slot.tokens[:reuse]
     slot.key = key
-    try:
-        logits = check_finite(decode(prompt[reuse:]))
-    except Exception:
-        forget()
-        raise
+    logits = decode(prompt[reuse:])
     slot.tokens = list(prompt)
     rng = np.random.default_rng(opts.seed)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -346,11 +344,7 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
             yield Chunk(delta, completion_tokens=n)
         if len(slot.tokens) + 1 >= slot.ctx.n_ctx:
             break
-        try:
-            logits = check_finite(decode([tok]))
-        except Exception:
-            forget()
-            raise
+        logits = decode([tok])
         slot.tokens.append(tok)
     out.update(decoded + decoder.decode(b"", final=True))
     yield Chunk(out.rest(), done=True, finish=finish, completion_tokens=n, prompt_tokens=len(prompt), cached_tokens=reuse)

@@ -25,7 +25,7 @@ from ..neeko.base import load_for_training
 from ..neeko.model import NeekoLoRA
 from ..roles.asset import RoleAsset
 from ..roles.base_model import base_info, resolve_base_model
-from .generate import Chunk, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, sample
+from .generate import Chunk, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, check_finite, sample
 from .npc_engine import BaseEngine, EngineConfig
 from ..roles.prompt import ChatTemplate
 from .roleset import RoleSet
@@ -155,9 +155,11 @@ class BatchScheduler:
                     nxt.append(e.pad_id)
                     continue
                 finish = ""
-                if not np.isfinite(logits[i]).all():  # a broken block: this row fails, the others go on
+                try:
+                    check_finite(logits[i])
+                except NonFiniteLogits as exc:  # a broken block: this row fails, the others go on
                     row["done"] = True
-                    r.out.put(NonFiniteLogits("the model's logits are not finite"))
+                    r.out.put(exc)
                     nxt.append(e.pad_id)
                     continue
                 tok = sample(logits[i], r.opts, row["rng"])

@@ -19,22 +19,24 @@ from . import defaults as D
 DEFAULT_ROLES = Path(D.ROLES_DIR)
 
 
+TRAIN_EXTRA = {"torch", "transformers", "safetensors", "sentence_transformers", "tqdm", "accelerate"}
+
+
 def friendly_errors(fn):
-    """Known failures become one clear line and exit code 1, never a traceback."""
+    """Expected failures (NeekoError, a missing or unreadable file, the train extra not installed) become one
+    clear line and exit code 1. Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .roles.asset import AssetError
-        from .roles.base_model import BaseModelError
-        from .roles.dialogue import DialogueError
-        from .roles.profile import ProfileError
+        from .errors import NeekoError
 
         try:
             return fn(*args, **kwargs)
-        except (AssetError, BaseModelError, DialogueError, ProfileError, FileNotFoundError, ValueError, KeyError) as exc:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            raise click.ClickException(str(msg)) from None
-        except ImportError as exc:
+        except (NeekoError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in TRAIN_EXTRA:
+                raise
             raise click.ClickException(f"{exc}. Training needs the extra: pip install 'neeko-npc[train]'") from None
 
     return wrapper
@@ -82,11 +84,10 @@ def _print_heldout(report) -> None:
     click.echo("")
     click.echo(f"{'role':<20} {'held-out loss: base+profile':>28} {'with block':>12} {'change':>8}")
     for rid, h in report.heldout.items():
-        change = (h["block"] - h["base"]) / h["base"] * 100 if h["base"] == h["base"] else float("nan")
-        click.echo(f"{rid:<20} {h['base']:>28.4f} {h['block']:>12.4f} {change:>7.1f}%")
+        click.echo(f"{rid:<20} {h.base:>28.4f} {h.block:>12.4f} {h.change:>8.1%}")
     t = report.train
-    click.echo(f"\n{t['steps']} steps in {t['seconds']:.1f} s, {t['tokens_per_s']:.0f} tokens/s"
-               + (f" (resumed at step {t['resumed_from']})" if t.get("resumed_from") else ""))
+    click.echo(f"\n{t.steps} steps in {t.seconds:.1f} s, {t.tokens_per_s:.0f} tokens/s"
+               + (f" (resumed at step {t.resumed_from})" if t.resumed_from else ""))
 
 
 # -- bake (pre-finetune) -------------------------------------------------------------
@@ -193,16 +194,7 @@ def inspect(file, as_json):
     from .roles.asset import read_asset
 
     a = read_asset(file)
-    info = {
-        "file": str(file), "bytes": file.stat().st_size, "sha256": a.sha256, "kind": a.kind, "profile": a.profile.to_dict(),
-        "embedding": {"model": a.embedding_model, "dim": int(a.embedding.shape[0])}, "gate": a.gate.to_dict(),
-        "base": a.base.to_dict(), "training": a.training, "created": a.created, "tool": a.tool,
-    }
-    if a.block:
-        info["block"] = {"r": a.block.r, "alpha": a.block.alpha, "targets": list(a.block.targets), "dtype": a.block.dtype,
-                         "tensors": 2 * len(a.block.A), "params": a.block.n_params()}
-    else:
-        info["fusion"] = [{"role": f.role, "weight": f.weight, "sha256": f.sha256} for f in a.fusion]
+    info = a.summary()
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
@@ -234,7 +226,7 @@ def inspect(file, as_json):
 
 @main.command()
 @click.argument("role")
-@click.option("--format", "fmt", type=click.Choice(["peft", "gguf-lora", "merged-gguf"]), required=True,
+@click.option("--format", "fmt", type=click.Choice(list(D.EXPORT_FORMATS)), required=True,
               help="peft (vLLM, LoRAX, transformers), gguf-lora (llama.cpp), or merged-gguf (one model with the role baked in).")
 @click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
               show_default=True, help="Role set (needed to resolve fused roles).")
@@ -250,40 +242,11 @@ def export(role, fmt, roles_dir, out, base_model):
     merged-gguf: the GGUF base model (--base-model) with the role merged into its
     weights: one character, no adapter, no switching.
     """
-    from .export.fold import fold
-    from .roles.asset import read_asset
-    from .roles.folder import load_role_assets
+    from .export import export_role
+    from .roles.folder import find_role
 
-    known, errors = load_role_assets(roles_dir)
-    by_id = {a.id: a for a in known}
-    path = Path(role)
-    if path.suffix == ".nrole" and path.is_file():
-        asset = read_asset(path)
-    elif role in by_id:
-        asset = by_id[role]
-    else:
-        bad = f"; {len(errors)} unreadable file(s) in {roles_dir}" if errors else ""
-        raise click.ClickException(f"no role {role!r} in {roles_dir}; known: {', '.join(sorted(by_id)) or 'none'}{bad}")
-    lora = fold(asset, by_id)
-    if fmt == "peft":
-        from .export.peft import write_peft
-
-        dest = write_peft(lora, out or Path(f"{asset.id}-peft"), base_model_name=asset.base.name)
-    elif fmt == "gguf-lora":
-        from .export.gguf_lora import write_gguf_lora
-
-        dest = write_gguf_lora(lora, asset.base, out or Path(f"{asset.id}.lora.gguf"), name=asset.id)
-    else:
-        from .export.merge import merge_into_gguf
-        from .roles.asset import check_base
-        from .roles.base_model import base_info, resolve_base_model
-
-        ref = resolve_base_model(base_model)
-        if ref.kind != "gguf":
-            raise click.ClickException(f"{ref.path}: merged-gguf needs a .gguf base model")
-        base = base_info(ref)
-        check_base(asset, base)
-        dest = merge_into_gguf(ref.path, lora, base, out or Path(f"{asset.id}.merged.gguf"))
+    asset, known = find_role(roles_dir, role)
+    lora, dest = export_role(asset, known, fmt, out, base_model)
     click.echo(f"exported {asset.id!r} ({asset.kind}, rank {lora.r}) as {fmt}: {dest}")
 
 
@@ -371,10 +334,11 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
         result = run_bench(cfg, bar)
     click.echo(table(result))
     if json_out:
+        from dataclasses import asdict
+
         from .bench.report import targets
 
-        result["targets"] = targets(result)
-        json_out.write_text(json.dumps(result, indent=2))
+        json_out.write_text(json.dumps({**result.to_dict(), "targets": [asdict(t) for t in targets(result)]}, indent=2))
         click.echo(f"wrote {json_out}")
     if plot_out:
         click.echo(f"wrote {plot(result, plot_out)}")
@@ -410,7 +374,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("--max-blend", default=D.TOP_K, show_default=True, type=click.IntRange(1, 64),
               help="Roles a procedural NPC's blend may name, and blocks it may mix (the gate's top-k).")
 @click.option("--watch-interval", default=D.WATCH_INTERVAL, show_default=True, type=click.FloatRange(0), help="Seconds between roles-folder scans; 0 turns watching off.")
-@click.option("--engine", type=click.Choice(["llama.cpp", "torch"]), default="llama.cpp", show_default=True,
+@click.option("--engine", type=click.Choice(list(D.ENGINES)), default=D.ENGINES[0], show_default=True,
               help="torch: the block LoRA in torch, batching NPCs' decode steps (GPU; needs the [train] extra).")
 @click.option("--device", default=None, help="torch engine: cuda, cpu, ... Default: cuda when available.")
 @click.option("--max-batch", default=D.MAX_BATCH, show_default=True, type=click.IntRange(1, 256), help="torch engine: NPC lines per batch.")
@@ -420,50 +384,19 @@ def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size
           history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, watch_interval,
           engine, device, max_batch, verbose):
     """Run the dialogue daemon (gRPC) on the base model and every role in --roles."""
-    import logging
-    import signal
-    import threading
+    from functools import partial
 
-    from .engine.npc_engine import EngineConfig, LlamaEngine
-    from .server.app import Daemon, ServerConfig
-    from .server.service import Limits
+    from .engine import open_engine
+    from .engine.base import EngineConfig, Limits
+    from .server import app
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    ecfg = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
-                        history_tokens=history_tokens, max_tokens_limit=max_tokens_limit, max_blend=max_blend)
-    scfg = ServerConfig(host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval,
-                        limits=Limits(max_player_line_chars=max_player_line_chars, max_scene_chars=max_scene_chars,
-                                      max_profile_chars=max_profile_chars))
-    if engine == "torch":
-        def make():
-            from .engine.torch_engine import TorchEngine
-
-            return TorchEngine(roles_dir, base_model, ecfg, device=device, max_batch=max_batch)
-    else:
-        def make():
-            return LlamaEngine(roles_dir, base_model, ecfg)
-    daemon = Daemon(scfg, make).start()
-    scheme = "grpcs" if tls_cert else "grpc"
-    click.echo(f"neeko-npc {__version__} listening on {scheme}://{daemon.address} (loading the model...)", err=True)
-    daemon.loaded.wait()
-    served = daemon.service.engine
-    if served is None:
-        daemon.stop(0)
-        raise click.ClickException(f"the model failed to load: {daemon.service.load_error}")
-    snap = served.roles.snapshot
-    click.echo(f"ready: {len(snap.roles)} role(s) from {roles_dir} on {served.base.name} ({served.name}, "
-               + (f"{pool_size} context(s))" if served.name == "llama.cpp" else f"batches of up to {max_batch})")
-               + (", token required" if token else ""), err=True)
-    for f, err in sorted(snap.problems.items()):
-        click.echo(f"skipped: {err}", err=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        done.wait()
-    except KeyboardInterrupt:
-        pass
-    click.echo("stopping", err=True)
-    daemon.stop()
+    limits = Limits(max_tokens_limit=max_tokens_limit, max_player_line_chars=max_player_line_chars,
+                    max_scene_chars=max_scene_chars, max_profile_chars=max_profile_chars, max_blend=max_blend)
+    config = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
+                          history_tokens=history_tokens, max_batch=max_batch, limits=limits)
+    server = app.ServerConfig(host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval)
+    app.run(server, partial(open_engine, engine, roles_dir, base_model, config, device=device),
+            echo=lambda line: click.echo(line, err=True), verbose=verbose)
 
 
 def client_options(f):

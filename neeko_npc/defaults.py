@@ -9,6 +9,7 @@ ADDRESS = f"{HOST}:{PORT}"  # where the client commands look for a daemon
 WORKERS = 16  # gRPC worker threads
 WATCH_INTERVAL = 1.0  # seconds between scans of the roles folder; 0 turns watching off
 ROLES_DIR = "assets/roles"
+EXPORT_FORMATS = ("peft", "gguf-lora", "merged-gguf")  # neeko-npc export --format
 
 POOL_SIZE = 4  # llama.cpp contexts: NPC lines generated at once
 N_CTX = 2048  # tokens per context
@@ -18,6 +19,7 @@ HISTORY_TOKENS = 768  # conversation memory kept in the prompt per (session, NPC
 MAX_TURNS = 32  # exchanges remembered per (session, NPC)
 MAX_CONVERSATIONS = 10000  # (session, NPC) pairs remembered, least recently used dropped
 MAX_BATCH = 8  # torch engine: NPC lines decoded together
+ENGINES = ("llama.cpp", "torch")  # serve --engine; the first is the default
 
 # -- sampling -----------------------------------------------------------------------------------------------
 MAX_TOKENS = 96  # a line's length when the request leaves it at 0

@@ -55,14 +55,13 @@ def test_every_option_says_what_it_does_and_defaults_come_from_one_place():
     import click
 
     from neeko_npc import defaults
-    from neeko_npc.engine.npc_engine import EngineConfig
-    from neeko_npc.server.service import Limits
+    from neeko_npc.engine.base import EngineConfig, Limits
 
     bare = [(name, p.opts[0]) for name, cmd in main.commands.items() for p in cmd.params
             if isinstance(p, click.Option) and not p.help]
     assert bare == []
     serve = {p.name: p.default for p in main.commands["serve"].params}
     assert serve["pool_size"] == EngineConfig().pool_size == defaults.POOL_SIZE
-    assert serve["max_blend"] == EngineConfig().max_blend and serve["max_scene_chars"] == Limits().max_scene_chars
+    assert serve["max_blend"] == Limits().max_blend and serve["max_scene_chars"] == Limits().max_scene_chars
     fuse = {p.name: p.default for p in main.commands["bake-role"].params}
     assert fuse["tau"] == defaults.FUSE_TAU != defaults.GATE_TAU

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from neeko_npc.engine.roleset import default_cache_dir
+from neeko_npc.engine.llama_engine import default_cache_dir
 from neeko_npc.export.fold import fold
 from neeko_npc.export.gguf_lora import write_gguf_lora
 from neeko_npc.roles.asset import read_asset, write_asset
@@ -27,7 +27,7 @@ def served_state(daemon, client, npcs):
     weights = {r.id: [(w.role_id, w.weight) for w in r.weights] for r in client.roles().roles}
     replies = {}
     for npc in npcs:
-        daemon.service.engine.pool.forget()
+        daemon.service.engine.forget_cache()
         text, chunks = collect(client.say(npc, "What news from the road?", **GREEDY))
         assert chunks[-1].cached_prompt_tokens == 0 and text.strip()
         replies[npc] = text
@@ -102,9 +102,9 @@ def test_a_role_whose_output_goes_non_finite_fails_alone(baked, tmp_path, caplog
             for _ in range(2):
                 code, details = code_of(lambda: collect(c.say("smith_broken", "Hello?", **GREEDY)))
                 assert code == grpc.StatusCode.INTERNAL and "NPC 'smith_broken' produced non-finite logits" in details
-                assert engine.pool.busy() == 0 and engine.pool.slots[0].tokens == []  # context freed and cleared
+                assert engine.busy() == 0 and engine.pool.slots[0].tokens == []  # context freed and cleared
         assert len([r for r in caplog.records if "smith_broken" in r.getMessage()]) == 1  # logged once
-        engine.pool.forget()
+        engine.forget_cache()
         assert collect(c.say("bard", "Sing!", **GREEDY))[0] == good  # the same context serves others as before
         assert collect(c.say("smith", "Hello?", **GREEDY))[0].strip()
         c.close()

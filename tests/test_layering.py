@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "neeko_npc"
-# export sits beside neeko: it reads role files, never the torch side.
+# export sits beside neeko: it reads role files, never the torch side. defaults.py and errors.py are standard
+# library only, below every layer.
+SHARED = {"defaults", "errors"}
 MAY_IMPORT = {
     "roles": {"roles"},
     "neeko": {"roles", "neeko"},
@@ -18,11 +20,11 @@ MAY_IMPORT = {
 }
 # The one engine module allowed on the torch side; the daemon imports it only for --engine torch.
 EXCEPTIONS = {"engine/torch_engine.py": {"neeko"}}
-TORCH_FREE = ["neeko_npc.defaults", "neeko_npc.roles.prompt", "neeko_npc.roles.llama", "neeko_npc.roles.asset", "neeko_npc.roles.base_model", "neeko_npc.roles.folder", "neeko_npc.roles.dialogue", "neeko_npc.neeko.gate",
+TORCH_FREE = ["neeko_npc.defaults", "neeko_npc.errors", "neeko_npc.engine", "neeko_npc.export", "neeko_npc.roles.prompt", "neeko_npc.roles.llama", "neeko_npc.roles.asset", "neeko_npc.roles.base_model", "neeko_npc.roles.folder", "neeko_npc.roles.dialogue", "neeko_npc.neeko.gate",
               "neeko_npc.export.fold", "neeko_npc.export.gguf_lora", "neeko_npc.export.peft", "neeko_npc.export.merge",
               "neeko_npc.engine.llamacpp", "neeko_npc.bench.run", "neeko_npc.bench.speed", "neeko_npc.bench.baselines",
               "neeko_npc.bench.memory", "neeko_npc.bench.report", "neeko_npc.bench.targets",
-              "neeko_npc.engine.npc_engine", "neeko_npc.engine.roleset", "neeko_npc.server.app", "neeko_npc.server.client",
+              "neeko_npc.engine.base", "neeko_npc.engine.stream", "neeko_npc.engine.llama_engine", "neeko_npc.engine.roleset", "neeko_npc.server.app", "neeko_npc.server.client",
               "neeko_npc.cli"]
 
 
@@ -42,7 +44,7 @@ def test_dependencies_point_one_way():
     bad = []
     for layer, allowed in MAY_IMPORT.items():
         for path in (PKG / layer).glob("*.py"):
-            ok_here = allowed | EXCEPTIONS.get(str(path.relative_to(PKG)), set())
+            ok_here = allowed | SHARED | EXCEPTIONS.get(str(path.relative_to(PKG)), set())
             for target in internal_imports(path):
                 ok = target == "" or any(target == a or target.startswith(a + ".") for a in ok_here)  # "" is __version__
                 if not ok:
@@ -56,3 +58,27 @@ def test_serving_side_never_imports_torch():
     code = "import sys\n" + "".join(f"import {m}\n" for m in TORCH_FREE) + "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# What only an engine's backend may touch; everyone above the engine goes through the facade (engine/base.py).
+ENGINE_INSIDES = {"pool", "roleset", "memory", "_stream", "model", "adapters"}
+FACADE_USERS = [PKG / "cli.py", *(PKG / "server").glob("*.py"), PKG / "bench" / "targets.py"]
+
+
+def engine_insides_used(path: Path) -> list[str]:
+    """`engine.pool`, `self.engine.memory`, `daemon.service.engine.roleset` ...: an attribute of an engine inside."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in ENGINE_INSIDES:
+            owner = node.value
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if name in ("engine", "served", "e"):
+                found.append(f"{path.relative_to(PKG)}:{node.lineno} .{node.attr}")
+    return found
+
+
+def test_callers_use_the_engine_facade_only():
+    bad = [x for p in FACADE_USERS for x in engine_insides_used(p)]
+    assert not bad, bad
+    # and the check has teeth: the llama.cpp-only decode section of the bench does reach inside
+    assert any(".model" in x for x in engine_insides_used(PKG / "bench" / "run.py"))

@@ -62,7 +62,8 @@ def test_the_daemon_serves_the_tokens_the_trainer_trains_on(base, tmp_path):
     """For the same profile, scene, history and line, the prompt llama.cpp is fed (ChatTemplate + llama.cpp's
     tokenizer) is token for token the trainer's context (the HF tokenizer's template), and the trainer's labels
     start exactly where the daemon starts generating."""
-    from neeko_npc.engine.npc_engine import EngineConfig, LlamaEngine
+    from neeko_npc.engine.base import EngineConfig
+    from neeko_npc.engine.llama_engine import LlamaEngine
     from neeko_npc.neeko.data import IGNORE, encode_scene
     from neeko_npc.roles.dialogue import Scene, Turn
     from neeko_npc.roles.profile import load_profile
@@ -236,34 +237,38 @@ def test_cli_exports_and_peft_loads_the_same_block(baked, base, tmp_path):
     assert res.exit_code == 1 and "no role 'nobody'" in res.output and "bard" in res.output
 
 
-def test_eval_confusion_matrix_reproduces_the_bakes_own_figures(baked, tmp_path):
+@pytest.fixture(scope="module")
+def quick_eval(baked, tmp_path_factory):
+    """One `eval --quick` on the expanded set (smith, bard, then fisher by expansion), shared by the eval tests.
+    --quick scores at most 4 held-out scenes per role; these roles hold out 1 or 2, so every score is complete."""
+    out = tmp_path_factory.mktemp("eval") / "eval.json"
+    text = run("eval", "--quick", "--roles", baked["dir"], "--src", DATA, "--max-len", "256", "--json", out, "--quiet")
+    return text, json.loads(out.read_text())
+
+
+def test_eval_confusion_matrix_reproduces_the_bakes_own_figures(baked, quick_eval):
     """eval's diagonal and in-context column are the very held-out losses the bake recorded (same split,
     same prompt, same precision), and the reported win share follows from the matrix."""
-    out = tmp_path / "eval.json"
-    text = run("eval", "--roles", baked["before"], "--src", DATA, "--max-len", "256", "--json", out,
-               "--no-shared", "--no-attribution")
-    rep = json.loads(out.read_text())
-    assert rep["roles"] == ["bard", "smith"] and rep["blocks"] == ["bard", "smith"]
+    text, rep = quick_eval
+    assert rep["roles"] == ["bard", "fisher", "smith"] and rep["blocks"] == ["bard", "smith", "fisher"]
     for j, rid in enumerate(rep["roles"]):
-        recorded = read_asset(baked["before"] / f"{rid}.nrole").training
+        recorded = read_asset(baked["dir"] / f"{rid}.nrole").training
         assert abs(rep["confusion"][j][rep["blocks"].index(rid)] - recorded["heldout_loss_block"]) < 1e-4
         assert abs(rep["in_context"][rid] - recorded["heldout_loss_base"]) < 1e-4
         assert all(v == v and v > 0 for v in rep["confusion"][j])  # finite, positive
-    wins = sum(min(range(2), key=lambda i: row[i]) == rep["blocks"].index(rid) for rid, row in zip(rep["roles"], rep["confusion"]))
-    assert rep["diagonal_wins"] == wins / 2
+    n = len(rep["blocks"])
+    wins = sum(min(range(n), key=lambda i: row[i]) == rep["blocks"].index(rid) for rid, row in zip(rep["roles"], rep["confusion"]))
+    assert rep["diagonal_wins"] == wins / len(rep["roles"])
     assert "own block lowest in" in text and "in-context" in text
-    assert rep["confusion"][0][0] != rep["confusion"][0][1]  # the blocks really differ
+    assert len({round(v, 6) for v in rep["confusion"][0]}) == n  # the blocks really differ
 
 
-def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(baked, tmp_path):
+def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(quick_eval):
     """On the expanded set (smith, bard, then fisher by expansion): our old roles' losses are identical
     before and after fisher's block, and after the shared LoRA trains beside them; the shared LoRA
     itself moves when it continues on fisher; leave-one-out fusion mixes only the other blocks; every
     system's attribution accuracy is a share of the same prompts."""
-    out = tmp_path / "eval.json"
-    text = run("eval", "--quick", "--roles", baked["dir"], "--src", DATA, "--max-len", "256", "--json", out, "--quiet")
-    rep = json.loads(out.read_text())
-    assert rep["roles"] == ["bard", "fisher", "smith"] and rep["blocks"] == ["bard", "smith", "fisher"]
+    text, rep = quick_eval
     fg = rep["forgetting"]
     assert fg["new_roles"] == ["fisher"] and sorted(fg["neeko"]) == ["bard", "smith"]
     assert all(r["identical"] and r["before"] == r["after"] for r in fg["neeko"].values())

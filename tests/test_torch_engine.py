@@ -4,8 +4,9 @@ import threading
 
 import pytest
 
-from neeko_npc.engine.generate import GenOptions
-from neeko_npc.engine.npc_engine import EngineConfig, LlamaEngine
+from neeko_npc.engine.stream import GenOptions
+from neeko_npc.engine.base import EngineConfig
+from neeko_npc.engine.llama_engine import LlamaEngine
 from neeko_npc.roles.prompt import SceneInfo
 from neeko_npc.engine.torch_engine import TorchEngine
 from neeko_npc.roles.asset import read_asset, write_asset
@@ -35,7 +36,7 @@ def f32_setup(baked, tmp_path_factory):
 @pytest.fixture(scope="module")
 def torch_engine(f32_setup):
     model, roles = f32_setup
-    e = TorchEngine(roles, str(model), EngineConfig(), device="cpu", max_batch=4)
+    e = TorchEngine(roles, str(model), EngineConfig(max_batch=4), device="cpu")
     yield e
     e.close()
 
@@ -104,10 +105,10 @@ def test_grpc_service_on_the_torch_engine(f32_setup):
 def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine):
     """A block that escaped the file checks (set here in memory: 1e30 everywhere) ends its own row with
     NonFiniteLogits naming the NPC; the NPC batched beside it gets its solo reply."""
-    from neeko_npc.engine.generate import NonFiniteLogits
+    from neeko_npc.engine.stream import NonFiniteLogits
 
     solo = reply(torch_engine, "smith")[0]
-    k = torch_engine.roles.snapshot.adapters["bard"].handle
+    k = torch_engine.roles().adapters["bard"].handle
     saved = {name: [t.clone() for t in mod.block(k)] for name, mod in torch_engine.neeko.modules.items()}
     try:
         for mod in torch_engine.neeko.modules.values():

@@ -86,7 +86,7 @@ def test_interrupted_bake_resumes_to_the_identical_result(tmp_path):
 
     resumed = fresh()
     res = train_blocks(resumed, data, ["a", "b"], cfg, pad_id=0, checkpoint=ck, resume=True, progress=False)
-    assert res["resumed_from"] == 4
+    assert res.resumed_from == 4
     for x, y in zip(snapshot(full), snapshot(resumed)):
         assert torch.equal(x, y)
 

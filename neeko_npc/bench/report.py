@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+from .run import BenchResult
 
 MiB = 1024 * 1024
 
@@ -15,59 +18,67 @@ def _p(s: dict, key: str = "p50", fmt: str = "{:.1f}") -> str:
     return _f(s.get(key) if s else None, fmt)
 
 
-def targets(r: dict) -> list[dict]:
-    """The issue's targets, each with the measured value and whether it is met (None: not measured)."""
+@dataclass
+class Target:
+    key: str
+    target: str  # what the table says
+    value: float
+    met: bool
+    shown: str
+
+
+def targets(r: BenchResult) -> list[Target]:
+    """The issue's targets that this run measured, each with the measured value and whether it is met."""
     out = []
 
-    def add(name, value, ok, shown):
-        out.append({"target": name, "value": value, "met": ok, "shown": shown})
+    def add(key, name, value, ok, shown):
+        out.append(Target(key, name, value, bool(ok), shown))
 
-    dec = r.get("decode")
-    if dec:
-        base = dec["base model alone"]["decode_tok_s"]["p50"]
-        one = next(v for k, v in dec.items() if k.startswith("neeko: one role"))["decode_tok_s"]["p50"]
-        add("decode with one role >= 90% of the base model alone", one / base, one / base >= 0.9, f"{one / base:.0%}")
-    e2e = r.get("switching", {}).get("alternate_2")
+    base, one = r.decode_row("base"), r.decode_row("one_role")
+    if base and one:
+        x = one.decode_tok_s["p50"] / base.decode_tok_s["p50"]
+        add("decode_one_role", "decode with one role >= 90% of the base model alone", x, x >= 0.9, f"{x:.0%}")
+    e2e = r.switching.get("alternate_2")
     if e2e:
         x = e2e["extra_ms_vs_repeat"]
-        add("switching NPC costs < 5 ms more than repeating one (engine, 2 NPCs alternating)", x, x < 5,
+        add("switch_engine", "switching NPC costs < 5 ms more than repeating one (engine, 2 NPCs alternating)", x, x < 5,
             f"{x:+.2f} ms time to first token")
-    sw = r.get("adapter_switch")
+    sw = r.adapter_switch
     if sw:
-        add("... and when one context must change its adapter set (worst case)", sw["extra_ms"], sw["extra_ms"] < 5,
+        add("switch_adapters", "... and when one context must change its adapter set (worst case)", sw["extra_ms"], sw["extra_ms"] < 5,
             f"{sw['extra_ms']:+.2f} ms")
-    t = r.get("ttft", {})
+    t = r.ttft
     if t.get("follow_over_cold") is not None:
         v = t["follow_over_cold"]
-        add("follow-up time to first token <= half a cold line of the same length", v, v <= 0.5, f"{v:.2f}x")
-    c = r.get("concurrency", {})
+        add("follow_up", "follow-up time to first token <= half a cold line of the same length", v, v <= 0.5, f"{v:.2f}x")
+    c = r.concurrency
     if "1" in c and "4" in c:
         a1 = c["1"]["aggregate_tok_s"]
         worst = min(c[k]["aggregate_tok_s"] for k in ("2", "4") if k in c)
-        add("aggregate throughput does not fall from 1 to 4 streams (5% noise allowed)", worst / a1, worst / a1 >= 0.95,
+        add("throughput", "aggregate throughput does not fall from 1 to 4 streams (5% noise allowed)", worst / a1, worst / a1 >= 0.95,
             f"lowest of 2 and 4 streams: {worst / a1:.2f}x of 1 stream")
     if c:
         errs = sum(v["errors"] for v in c.values())
-        add("no errors under concurrency", errs, errs == 0, f"{errs} error(s)")
+        add("no_errors", "no errors under concurrency", errs, errs == 0, f"{errs} error(s)")
     return out
 
 
-def table(r: dict) -> str:
-    m = r["machine"]
-    tgt = r.get("target", {})
-    lines = [f"neeko-npc bench ({r['mode']}{', quick' if r.get('quick') else ''}): "
-             f"{tgt.get('base_model') or tgt.get('address')}, {len(r.get('roles', []))} roles, "
+def table(r: BenchResult) -> str:
+    m = r.machine
+    tgt = r.target
+    lines = [f"neeko-npc bench ({r.mode}{', quick' if r.quick else ''}): "
+             f"{tgt.get('base_model') or tgt.get('address')}, {len(r.roles)} roles, "
              f"{m['cpus']} CPUs ({m['cpu'] or m['platform']})", ""]
-    dec = r.get("decode")
-    if dec:
-        base = dec["base model alone"]["decode_tok_s"]["p50"]
-        lines += [f"Decode: greedy, {r['decode_prompt_tokens']}-token prompt; median of rounds, setups interleaved",
+    base = r.decode_row("base")
+    if base:
+        b = base.decode_tok_s["p50"]
+        lines += [f"Decode: greedy, {r.decode_prompt_tokens}-token prompt; median of rounds, setups interleaved",
                   f"  {'setup':<38}{'blocks':>7}{'decode tok/s':>14}{'vs base':>9}{'prefill tok/s':>15}"]
-        for name, v in dec.items():
-            d = v["decode_tok_s"]["p50"]
-            lines.append(f"  {name:<38}{v['blocks']:>7}{d:>14.1f}{d / base:>9.0%}{v['prefill_tok_s']['p50']:>15.0f}")
+        for row in r.decode:
+            d = row.decode_tok_s["p50"]
+            lines.append(f"  {row.name:<38}{row.blocks:>7}{d:>14.1f}{d / b:>9.0%}{row.prefill_tok_s['p50']:>15.0f}")
         lines.append("")
-    t = r.get("ttft")
+    t = r.ttft
     if t:
         lines += ["Time to first token (ms)          p50      p95   prompt tokens",
                   f"  first line{' (cold)' if 'cold_same_length_ms' in t and t['cold_same_length_ms']['n'] else '':<14}"
@@ -78,7 +89,7 @@ def table(r: dict) -> str:
             lines.append(f"  same prompt, cold     {_p(t['cold_same_length_ms']):>9}{_p(t['cold_same_length_ms'], 'p95'):>9}"
                          f"      follow-up / cold: {_f(t['follow_over_cold'], '{:.2f}')}x")
         lines.append("")
-    sw, e2e, rl = r.get("adapter_switch"), r.get("switching"), r.get("reload_per_npc")
+    sw, e2e, rl = r.adapter_switch, r.switching, r.reload_per_npc
     if sw or e2e:
         lines.append("Switching NPC between consecutive requests")
         if sw:
@@ -93,7 +104,7 @@ def table(r: dict) -> str:
             lines.append(f"  baseline, one merged model per NPC: load + context + prefill {_p(rl['switch_ms'])} ms "
                          f"(p95 {_p(rl['switch_ms'], 'p95')} ms)")
         lines.append("")
-    c = r.get("concurrency")
+    c = r.concurrency
     if c:
         lines.append(f"Concurrency      {'agg tok/s':>10}{'TTFT p50':>10}{'TTFT p95':>10}{'errors':>8}{'lines':>7}")
         for k, v in c.items():
@@ -102,7 +113,7 @@ def table(r: dict) -> str:
             for e in v["error_messages"]:
                 lines.append(f"      error: {e}")
         lines.append("")
-    mem = r.get("memory")
+    mem = r.memory
     if mem:
         lines.append(f"Memory: daemon RSS    {'roles':>6}{'RSS MiB':>9}{'ready s':>9}{'.nrole MiB':>12}")
         for row in mem["rows"]:
@@ -115,17 +126,17 @@ def table(r: dict) -> str:
             lines.append(f"  baseline, {row['count']} merged model(s) loaded: RSS {_f(row['rss_bytes'] and row['rss_bytes'] / MiB)} MiB, "
                          f"on disk {row['disk_bytes'] / MiB:.0f} MiB")
         lines.append("")
-    for s in r.get("skipped", []):
+    for s in r.skipped:
         lines.append(f"skipped: {s}")
     ts = targets(r)
     if ts:
         lines.append("Targets")
         for x in ts:
-            lines.append(f"  [{'met' if x['met'] else 'MISSED'}] {x['target']}: {x['shown']}")
+            lines.append(f"  [{'met' if x.met else 'MISSED'}] {x.target}: {x.shown}")
     return "\n".join(lines)
 
 
-def plot(r: dict, path: str | Path) -> Path:
+def plot(r: BenchResult, path: str | Path) -> Path:
     """A 2x2 PNG: decode rates, time to first token, concurrency, memory. Needs matplotlib."""
     try:
         import matplotlib
@@ -135,13 +146,11 @@ def plot(r: dict, path: str | Path) -> Path:
     except ImportError:
         raise ImportError("--plot needs matplotlib: pip install 'neeko-npc[bench]'") from None
     fig, ax = plt.subplots(2, 2, figsize=(12, 8))
-    dec = r.get("decode", {})
-    if dec:
-        names = list(dec)
-        ax[0, 0].barh(names, [dec[n]["decode_tok_s"]["p50"] for n in names])
+    if r.decode:
+        ax[0, 0].barh([row.name for row in r.decode], [row.decode_tok_s["p50"] for row in r.decode])
         ax[0, 0].invert_yaxis()
     ax[0, 0].set_title("decode tokens/s (median)")
-    t = r.get("ttft", {})
+    t = r.ttft
     if t:
         keys = [("first line", "first_line_ms"), ("follow-up", "follow_up_ms"), ("same prompt, cold", "cold_same_length_ms")]
         keys = [(a, b) for a, b in keys if t.get(b, {}).get("n")]
@@ -149,7 +158,7 @@ def plot(r: dict, path: str | Path) -> Path:
         ax[0, 1].scatter([a for a, _ in keys], [t[b]["p95"] for _, b in keys], color="k", label="p95", zorder=3)
         ax[0, 1].legend()
     ax[0, 1].set_title("time to first token (ms)")
-    c = r.get("concurrency", {})
+    c = r.concurrency
     if c:
         ks = [int(k) for k in c]
         ax[1, 0].plot(ks, [c[str(k)]["aggregate_tok_s"] for k in ks], "o-", label="aggregate tok/s")
@@ -159,7 +168,7 @@ def plot(r: dict, path: str | Path) -> Path:
         ax[1, 0].legend(loc="upper left")
         ax2.legend(loc="lower right")
     ax[1, 0].set_title("concurrency")
-    mem = r.get("memory", {})
+    mem = r.memory
     if mem:
         rows = [x for x in mem["rows"] if x["rss_bytes"]]
         ax[1, 1].plot([x["count"] for x in rows], [x["rss_bytes"] / MiB for x in rows], "o-", label="neeko daemon")

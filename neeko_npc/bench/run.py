@@ -1,6 +1,7 @@
-"""The benchmark as one call: build the target and the baselines, run every section, return a dict.
+"""The benchmark as one call: build the target and the baselines, run every section, return a BenchResult.
 
-Figures are plain data (JSON-ready); report.py turns them into the table, the targets and the plot.
+Each section's figures are plain data (JSON-ready, snake_case keys); report.py turns a BenchResult into the
+table, the targets and the plot.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import platform
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import InputError
 from .. import defaults
+from .speed import DecodeRow
 from .targets import BENCH_SCENE, InProcess, Remote
 
 FULL = dict(ttft_reps=10, switch_reps=12, levels=[1, 2, 4, 8], per_stream=3, decode_tokens=64, decode_rounds=5,
@@ -40,6 +43,31 @@ class BenchConfig:
         return self.sizes.get(key, (QUICK if self.quick else FULL)[key])
 
 
+@dataclass
+class BenchResult:
+    machine: dict
+    mode: str  # "in-process" or "daemon"
+    quick: bool
+    target: dict = field(default_factory=dict)  # what was measured: base model, roles folder, pool, or an address
+    roles: list[str] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)  # role files the engine skipped
+    ttft: dict = field(default_factory=dict)  # speed.first_and_follow_up
+    switching: dict = field(default_factory=dict)  # speed.switching
+    concurrency: dict = field(default_factory=dict)  # streams ("1", "2", ...) -> speed.concurrency's figures
+    decode: list[DecodeRow] = field(default_factory=list)  # speed.decode_rates, one row per setup
+    decode_prompt_tokens: int = 0
+    adapter_switch: dict = field(default_factory=dict)  # speed.adapter_switch
+    reload_per_npc: dict = field(default_factory=dict)  # baselines.reload_per_npc
+    memory: dict = field(default_factory=dict)  # memory.memory_by_role_count, plus merged_models
+    skipped: list[str] = field(default_factory=list)
+
+    def decode_row(self, key: str) -> DecodeRow | None:
+        return next((row for row in self.decode if row.key == key), None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def machine() -> dict:
     cpu = ""
     try:
@@ -59,14 +87,14 @@ def machine() -> dict:
             "llama_cpp_python": llama}
 
 
-def run_bench(cfg: BenchConfig, progress=None) -> dict:
+def run_bench(cfg: BenchConfig, progress=None) -> BenchResult:
     tick = progress.update if progress is not None else None
 
     def step(name: str):
         if progress is not None:
             progress.set_description(name)
 
-    out = {"machine": machine(), "mode": "daemon" if cfg.address else "in-process", "quick": cfg.quick}
+    out = BenchResult(machine(), "daemon" if cfg.address else "in-process", cfg.quick)
     if cfg.address:
         return _run_remote(cfg, out, step, tick)
     work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="neeko-bench-"))
@@ -99,37 +127,38 @@ def off_main_thread(fn, *args):
     return box["value"]
 
 
-def _sections_through(target, cfg: BenchConfig, out: dict, step, tick) -> list[str]:
+def _sections_through(target, cfg: BenchConfig, out: BenchResult, step, tick) -> list[str]:
     roles = target.roles
     if not roles:
-        raise ValueError("the role set is empty: nothing to benchmark")
-    out["roles"] = roles
+        raise InputError("the role set is empty: nothing to benchmark")
+    out.roles = roles
     from . import speed
 
     step("time to first token")
-    out["ttft"] = speed.first_and_follow_up(target, roles, cfg.size("ttft_reps"), progress=tick)
+    out.ttft = speed.first_and_follow_up(target, roles, cfg.size("ttft_reps"), progress=tick)
     step("switching NPC")
-    out["switching"] = speed.switching(target, roles, cfg.size("switch_reps"), progress=tick)
+    out.switching = speed.switching(target, roles, cfg.size("switch_reps"), progress=tick)
     step("concurrency")
-    out["concurrency"] = speed.concurrency(target, roles, cfg.size("levels"), cfg.size("per_stream"), progress=tick)
+    out.concurrency = speed.concurrency(target, roles, cfg.size("levels"), cfg.size("per_stream"), progress=tick)
     return roles
 
 
-def _run_remote(cfg: BenchConfig, out: dict, step, tick) -> dict:
+def _run_remote(cfg: BenchConfig, out: BenchResult, step, tick) -> BenchResult:
     from ..server.client import Client
 
     client = Client(cfg.address, token=cfg.token, tls_ca=cfg.tls_ca)
     try:
-        out["target"] = {"address": cfg.address}
+        out.target = {"address": cfg.address}
         _sections_through(Remote(client), cfg, out, step, tick)
     finally:
         client.close()
-    out["skipped"] = ["decode rates, the adapter switch alone, baselines and memory run only in process (without --address)"]
+    out.skipped = ["decode rates, the adapter switch alone, baselines and memory run only in process (without --address)"]
     return out
 
 
-def _run_local(cfg: BenchConfig, out: dict, work: Path, step, tick) -> dict:
-    from ..engine.npc_engine import EngineConfig, LlamaEngine
+def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> BenchResult:
+    from ..engine.base import EngineConfig
+    from ..engine.llama_engine import LlamaEngine
     from ..roles.base_model import resolve_base_model
     from . import baselines, memory, speed
     from .speed import DecodeSetup
@@ -137,15 +166,15 @@ def _run_local(cfg: BenchConfig, out: dict, work: Path, step, tick) -> dict:
     step("loading the model")
     engine = LlamaEngine(cfg.roles_dir, cfg.base_model, EngineConfig(pool_size=cfg.pool_size, n_threads=cfg.threads))
     try:
-        snap = engine.roles.snapshot
-        out["target"] = {"base_model": engine.base.name, "roles_dir": str(cfg.roles_dir), "pool_size": cfg.pool_size,
+        snap = engine.roles()
+        out.target = {"base_model": engine.base.name, "roles_dir": str(cfg.roles_dir), "pool_size": cfg.pool_size,
                          "threads": cfg.threads or os.cpu_count()}
-        out["problems"] = dict(snap.problems)
+        out.problems = dict(snap.problems)
         _sections_through(InProcess(engine), cfg, out, step, tick)
 
         blocks = [snap.roles[r].asset for r in sorted(snap.adapters)]
         if not blocks:
-            out["skipped"] = ["no trained block in the role set: decode, switch and memory sections need one"]
+            out.skipped = ["no trained block in the role set: decode, switch and memory sections need one"]
             return out
         one = blocks[0]
         fused = next((r for r in snap.roles.values() if len(r.weights) > 1), None)
@@ -160,28 +189,28 @@ def _run_local(cfg: BenchConfig, out: dict, work: Path, step, tick) -> dict:
         merged_model = baselines.LlamaModel(merged[one.id])
         merged_ctx = merged_model.new_context(engine.config.n_ctx, cfg.threads)
         mixture_n = max(cfg.size("mixture_blocks"), len(blocks))
-        adapter_files = [engine.roles.backend.cache_dir / f"{a.sha256}.gguf" for a in blocks]
+        adapter_files = [engine.adapters.path(a) for a in blocks]
         extra = baselines.copies_of_adapters(model, adapter_files, mixture_n - len(blocks))
         try:
             dense = baselines.dense_weights(blocks, one.id)
-            setups = [DecodeSetup("base model alone", ctx, [], []),
-                      DecodeSetup(f"neeko: one role ({one.id})", ctx, [handle[one.id]], [1.0])]
+            setups = [DecodeSetup("base", "base model alone", ctx, [], []),
+                      DecodeSetup("one_role", f"neeko: one role ({one.id})", ctx, [handle[one.id]], [1.0])]
             if fused is not None:
                 pairs = sorted(fused.weights.items())
-                setups.append(DecodeSetup(f"neeko: fused role ({fused.id})", ctx, [handle[r] for r, _ in pairs], [w for _, w in pairs]))
-            setups += [DecodeSetup(f"merged single LoRA ({one.id})", merged_ctx, [], [],
+                setups.append(DecodeSetup("fused", f"neeko: fused role ({fused.id})", ctx, [handle[r] for r, _ in pairs], [w for _, w in pairs]))
+            setups += [DecodeSetup("merged", f"merged single LoRA ({one.id})", merged_ctx, [], [],
                                    "role merged into the weights (f16 q/v); cannot switch"),
-                       DecodeSetup(f"dense mixture ({len(blocks)} blocks)", ctx, [handle[a.id] for a in blocks], dense,
+                       DecodeSetup("dense", f"dense mixture ({len(blocks)} blocks)", ctx, [handle[a.id] for a in blocks], dense,
                                    "every block on every request"),
-                       DecodeSetup(f"dense mixture ({mixture_n} blocks)", ctx, [handle[a.id] for a in blocks] + extra,
+                       DecodeSetup("dense_many", f"dense mixture ({mixture_n} blocks)", ctx, [handle[a.id] for a in blocks] + extra,
                                    dense + [1e-6] * len(extra), f"{mixture_n - len(blocks)} copies of the trained blocks")]
             step("decode rates")
-            out["decode"] = speed.decode_rates(setups, prompt, cfg.size("decode_tokens"), cfg.size("decode_rounds"), progress=tick)
-            out["decode_prompt_tokens"] = len(prompt)
+            out.decode = speed.decode_rates(setups, prompt, cfg.size("decode_tokens"), cfg.size("decode_rounds"), progress=tick)
+            out.decode_prompt_tokens = len(prompt)
             step("adapter switch")
             other = blocks[1] if len(blocks) > 1 else None
             if other is not None:
-                out["adapter_switch"] = speed.adapter_switch(ctx, ([handle[one.id]], [1.0]), ([handle[other.id]], [1.0]),
+                out.adapter_switch = speed.adapter_switch(ctx, ([handle[one.id]], [1.0]), ([handle[other.id]], [1.0]),
                                                              prompt[:16], cfg.size("adapter_switch_reps"))
         finally:
             for h in extra:
@@ -191,17 +220,17 @@ def _run_local(cfg: BenchConfig, out: dict, work: Path, step, tick) -> dict:
             merged_model.close()
         if len(merged) > 1:
             step("baseline: one model per NPC")
-            out["reload_per_npc"] = baselines.reload_per_npc(list(merged.values())[:2], prompt, cfg.size("reload_reps"))
+            out.reload_per_npc = baselines.reload_per_npc(list(merged.values())[:2], prompt, cfg.size("reload_reps"))
         tick and tick()
     finally:
         engine.close()
 
     if cfg.memory:
         step("memory: daemon RSS by role count")
-        out["memory"] = memory.memory_by_role_count(blocks, cfg.size("role_counts"), cfg.base_model, work, progress=tick)
+        out.memory = memory.memory_by_role_count(blocks, cfg.size("role_counts"), cfg.base_model, work, progress=tick)
         step("memory: one merged model per NPC")
         counts = [n for n in cfg.size("merged_counts") if n <= len(merged)]
-        out["memory"]["merged_models"] = [{"count": n, "rss_bytes": memory.models_rss(list(merged.values())[:n]),
+        out.memory["merged_models"] = [{"count": n, "rss_bytes": memory.models_rss(list(merged.values())[:n]),
                                            "disk_bytes": sum(p.stat().st_size for p in list(merged.values())[:n])} for n in counts]
     return out
 

@@ -136,10 +136,21 @@ def concurrency(target, roles: list[str], levels: list[int], per_stream: int, ma
 
 @dataclass
 class DecodeSetup:
-    name: str
+    key: str  # what the report and the targets look it up by: base, one_role, fused, merged, dense, dense_many
+    name: str  # what the table shows
     ctx: object  # a LlamaContext
     adapters: list
     scales: list[float]
+    note: str = ""
+
+
+@dataclass
+class DecodeRow:
+    key: str
+    name: str
+    blocks: int
+    decode_tok_s: dict  # summary() of the rounds
+    prefill_tok_s: dict
     note: str = ""
 
 
@@ -149,7 +160,7 @@ def _prefill(s: DecodeSetup, prompt: list[int]) -> np.ndarray:
     return s.ctx.decode(prompt)
 
 
-def decode_rates(setups: list[DecodeSetup], prompt: list[int], n_tokens: int, rounds: int, progress=None) -> dict:
+def decode_rates(setups: list[DecodeSetup], prompt: list[int], n_tokens: int, rounds: int, progress=None) -> list[DecodeRow]:
     """Greedy decode tokens/s (and prefill tokens/s) per setup, end-of-turn ignored."""
     dec = {s.name: [] for s in setups}
     pre = {s.name: [] for s in setups}
@@ -165,8 +176,7 @@ def decode_rates(setups: list[DecodeSetup], prompt: list[int], n_tokens: int, ro
             dec[s.name].append(n_tokens / (t2 - t1))
             if progress:
                 progress()
-    return {s.name: {"decode_tok_s": summary(dec[s.name]), "prefill_tok_s": summary(pre[s.name]),
-                     "blocks": len(s.adapters), "note": s.note} for s in setups}
+    return [DecodeRow(s.key, s.name, len(s.adapters), summary(dec[s.name]), summary(pre[s.name]), s.note) for s in setups]
 
 
 def adapter_switch(ctx, a: tuple[list, list[float]], b: tuple[list, list[float]], prompt: list[int], reps: int) -> dict:
@@ -174,8 +184,8 @@ def adapter_switch(ctx, a: tuple[list, list[float]], b: tuple[list, list[float]]
     (repeat) or after one for B (switch). Only what the context held before differs. It measured as a
     fixed overhead (about the same at 8 and 32 prompt tokens), so a short prompt keeps it above the
     noise of the prefill."""
-    A = DecodeSetup("a", ctx, *a)
-    B = DecodeSetup("b", ctx, *b)
+    A = DecodeSetup("a", "a", ctx, *a)
+    B = DecodeSetup("b", "b", ctx, *b)
     repeat, switch, set_cost = [], [], []
     _prefill(A, prompt)
     for _ in range(reps):

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ..engine.generate import GenOptions
+from ..errors import InputError
+from ..engine.stream import GenOptions
 from ..roles.prompt import SceneInfo
 
 BENCH_SCENE = SceneInfo(location="the market square", time_of_day="late afternoon", weather="light rain",
@@ -65,7 +66,7 @@ class InProcess:
 
     @property
     def roles(self) -> list[str]:
-        return sorted(self.engine.roles.snapshot.roles)
+        return sorted(self.engine.roles().roles)
 
     def say(self, npc: str, line: str, session: str = "", max_tokens: int = 32, temperature: float = 0.0,
             seed: int | None = 0) -> Line:
@@ -79,19 +80,14 @@ class InProcess:
 
     def forget_cache(self) -> bool:
         """Drop every context's cached prefix, so the next line is cold."""
-        forget = getattr(self.engine.pool, "forget", None)
-        if forget is None:
-            return False
-        forget()
+        self.engine.forget_cache()
         return True
 
     def history(self, session: str, npc: str) -> list[tuple[str, str]]:
-        return self.engine.memory.get(session, npc)
+        return self.engine.session(session).get(npc, [])
 
     def set_history(self, session: str, npc: str, turns: list[tuple[str, str]]) -> None:
-        self.engine.memory.forget(session, npc)
-        for said, replied in turns:
-            self.engine.memory.add(session, npc, said, replied)
+        self.engine.restore_session(session, [(npc, turns)])
 
 
 class Remote:
@@ -109,7 +105,7 @@ class Remote:
         try:
             return sorted(r.id for r in self.client.roles().roles)
         except grpc.RpcError as exc:
-            raise ValueError(f"cannot list the daemon's roles: {exc.code().name}: {exc.details()}") from None
+            raise InputError(f"cannot list the daemon's roles: {exc.code().name}: {exc.details()}") from None
 
     def say(self, npc: str, line: str, session: str = "", max_tokens: int = 32, temperature: float = 0.0,
             seed: int | None = 0) -> Line:

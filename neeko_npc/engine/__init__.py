@@ -1,1 +1,29 @@
-"""Inference backends. Nothing here imports torch."""
+"""Inference backends behind one facade (base.Engine). Nothing here imports torch unless the torch engine is asked for.
+
+    stream.py        what replies are made of, shared by every backend
+    base.py          the facade, request limits, prompt assembly, memory of conversations
+    roleset.py       the roles a daemon serves, hot-reloaded, resolved to adapters and scales
+    llamacpp.py      the llama.cpp binding;  llama_engine.py  the llama.cpp backend
+    torch_engine.py  the torch backend (GPU, batched decoding; needs the [train] extra)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..defaults import ENGINES
+from .base import Engine, EngineConfig
+
+
+def open_engine(kind: str, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None,
+                device: str | None = None) -> Engine:
+    """Load the base model and the roles folder on the backend ``kind`` (one of ENGINES)."""
+    if kind == "llama.cpp":
+        from .llama_engine import LlamaEngine
+
+        return LlamaEngine(roles_dir, base_model, config)
+    if kind == "torch":
+        from .torch_engine import TorchEngine
+
+        return TorchEngine(roles_dir, base_model, config, device=device)
+    raise ValueError(f"unknown engine {kind!r}; choose from {', '.join(ENGINES)}")

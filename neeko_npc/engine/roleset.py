@@ -1,8 +1,9 @@
 """The roles a daemon serves: loaded from a folder, resolved to adapter scales, hot-reloaded.
 
-Every trained block becomes an adapter of the serving backend: for llama.cpp a
-GGUF LoRA exported once and cached under the asset's content hash
-(:class:`LlamaAdapters`), for torch a block of the block LoRA. A request for an NPC
+Every trained block becomes an adapter of the serving backend, through the backend's
+``load(asset) -> handle`` and ``free(handle)``: for llama.cpp a GGUF LoRA exported once
+and cached under the asset's content hash (llama_engine.LlamaAdapters), for torch a
+block of the block LoRA (torch_engine.TorchBlocks). A request for an NPC
 resolves to (adapters, scales), and which other roles are loaded never enters it:
 
 * a trained NPC: its own block alone, weight 1;
@@ -17,28 +18,25 @@ adapters it started with, and an adapter is freed only once no request uses it.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import defaults
-from ..export.fold import fold
-from ..export.gguf_lora import write_gguf_lora
+from ..errors import InputError, NeekoError
 from ..neeko.gate import BlendError, normalise_blend
 from ..roles.asset import AssetError, BaseInfo, RoleAsset
 from ..roles.profile import RoleProfile
 from ..roles.folder import file_stamps, load_role_assets, resolve_fusion
-from .llamacpp import LlamaModel
 
 log = logging.getLogger("neeko_npc.roles")
 
 
-class UnknownRole(KeyError):
-    pass
+class UnknownRole(NeekoError, KeyError):
+    """No hosted NPC has this id; the message lists the known ones."""
 
 
-class InvalidBlend(ValueError):
+class InvalidBlend(InputError):
     """A procedural NPC's blend or profile that cannot be served; the message says why."""
 
 
@@ -82,31 +80,6 @@ class ReloadResult:
     changed: list[str]
     removed: list[str]
     problems: dict[str, str]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("NEEKO_NPC_CACHE", Path.home() / ".cache" / "neeko-npc")) / "adapters"
-
-
-class LlamaAdapters:
-    """llama.cpp backend: each block exported to a cached GGUF LoRA and loaded with llama_adapter_lora_init."""
-
-    def __init__(self, model: LlamaModel, base: BaseInfo, cache_dir: Path | None = None, before_free=None):
-        self.model, self.base = model, base
-        self.cache_dir = cache_dir or default_cache_dir()
-        self.before_free = before_free  # detaches the adapter from idle contexts (ContextPool.drop_adapter)
-
-    def load(self, asset: RoleAsset):
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        path = self.cache_dir / f"{asset.sha256}.gguf"
-        if not path.is_file():
-            write_gguf_lora(fold(asset), self.base, path, name=asset.id)
-        return self.model.load_adapter(path)
-
-    def free(self, handle) -> None:
-        if self.before_free is not None:
-            self.before_free(handle)
-        self.model.free_adapter(handle)
 
 
 class RoleSet:
@@ -204,7 +177,7 @@ class RoleSet:
             if blend is None:
                 role = snap.roles.get(npc_id)
                 if role is None:
-                    raise UnknownRole(f"no NPC {npc_id!r}; known: {_known(snap)}")
+                    raise UnknownRole(f"no NPC {npc_id!r}; known: {known_roles(snap)}")
                 voice = Voice(role.id, role.asset.profile, role.weights)
             else:
                 voice = Voice(npc_id, profile, self._blend(snap, npc_id, blend, max_blend))
@@ -224,7 +197,7 @@ class RoleSet:
             raise InvalidBlend(str(exc)) from None
         unknown = sorted(rid for rid in asked if rid not in snap.roles)
         if unknown:
-            raise InvalidBlend(f"the blend names {', '.join(map(repr, unknown))}, not hosted here; known: {_known(snap)}")
+            raise InvalidBlend(f"the blend names {', '.join(map(repr, unknown))}, not hosted here; known: {known_roles(snap)}")
         mixed: dict[str, float] = {}
         for rid, w in asked.items():
             for block, x in snap.roles[rid].weights.items():
@@ -242,5 +215,5 @@ class RoleSet:
                 self._maybe_free(a)
 
 
-def _known(snap: Snapshot) -> str:
+def known_roles(snap: Snapshot) -> str:
     return ", ".join(sorted(snap.roles)) or "none"

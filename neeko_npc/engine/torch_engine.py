@@ -25,10 +25,9 @@ from ..neeko.base import load_for_training
 from ..neeko.model import NeekoLoRA
 from ..roles.asset import RoleAsset
 from ..roles.base_model import base_info, resolve_base_model
-from .generate import Chunk, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, check_finite, sample
-from .npc_engine import BaseEngine, EngineConfig
 from ..roles.prompt import ChatTemplate
-from .roleset import RoleSet
+from .base import Engine, EngineConfig
+from .stream import Chunk, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, check_finite, sample
 
 
 class TorchBlocks:
@@ -196,12 +195,12 @@ def _cache(out):
     return getattr(out, "cache", None) or out.past_key_values
 
 
-class TorchEngine(BaseEngine):
+class TorchEngine(Engine):
     name = "torch"
 
     def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None,
-                 device: str | None = None, precision: str = "fp32", max_batch: int = 8):
-        self._init_common(config)
+                 device: str | None = None, precision: str = "fp32"):
+        super().__init__(config)
         ref = resolve_base_model(base_model)
         self.base = base_info(ref)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -217,9 +216,8 @@ class TorchEngine(BaseEngine):
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.lock = threading.RLock()
         self.neeko: NeekoLoRA | None = None
-        self.pool = BatchScheduler(self, max_batch=max_batch, max_queue=self.config.max_queue)
-        self.roles = RoleSet(roles_dir, self.base, TorchBlocks(self))
-        self.load_result = self.roles.reload()
+        self.pool = BatchScheduler(self, max_batch=self.config.max_batch, max_queue=self.config.max_queue)
+        self._open_roles(roles_dir, TorchBlocks(self))
 
     def tokens(self, text: str) -> list[int]:
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
@@ -244,6 +242,15 @@ class TorchEngine(BaseEngine):
             req.closed = True
 
         return ReplyStream(chunks(), close)
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device}, batches of up to {self.pool.max_batch}"
+
+    def busy(self) -> int:
+        return self.pool.busy()
+
+    def _wait_idle(self, timeout: float) -> bool:
+        return self.pool.wait_idle(timeout)
 
     def _free(self) -> None:
         self.pool.close()

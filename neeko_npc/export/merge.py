@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import InputError
 from ..roles.asset import BaseInfo, LoraBlock
 from ..roles.llama import gguf_name, gguf_rows
 
@@ -91,5 +92,5 @@ def merge_into_gguf(base_path: str | Path, lora: LoraBlock, base: BaseInfo, dst:
     missing = set(deltas) - applied
     if missing:
         out.unlink()
-        raise ValueError(f"{base_path}: the base has no tensors {sorted(missing)[:3]}; is this the role's base model?")
+        raise InputError(f"{base_path}: the base has no tensors {sorted(missing)[:3]}; is this the role's base model?")
     return out

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .. import defaults
 from ..roles.asset import SUFFIX, FusionRef, GateSettings, RoleAsset, write_asset
 from ..roles.base_model import BaseModelRef, base_info
@@ -23,7 +24,7 @@ from .data import Example, encode_scene
 from .embed import MODEL_NAME, embed_texts
 from .gate import fusion_weights
 from .model import NeekoLoRA
-from .train import TrainConfig, heldout_loss, train_blocks
+from .train import TrainConfig, TrainResult, heldout_loss, train_blocks
 
 
 @dataclass
@@ -66,11 +67,24 @@ class RoleSource:
 
 
 @dataclass
+class HeldOut:
+    """A role's held-out loss: the base model with its profile prompt, and with its block too."""
+
+    base: float
+    block: float
+
+    @property
+    def change(self) -> float:
+        """Relative change of the loss the block brings (negative: better)."""
+        return (self.block - self.base) / self.base if self.base == self.base and self.base else float("nan")
+
+
+@dataclass
 class BakeReport:
     roles: list[str]
     assets: list[Path]
-    heldout: dict[str, dict[str, float]]  # role -> {"base": loss, "block": loss}
-    train: dict
+    heldout: dict[str, HeldOut]
+    train: TrainResult
 
 
 def _encode(tok, src: RoleSource, scenes: list[Scene], max_len: int) -> list[Example]:
@@ -84,20 +98,19 @@ def _load(base_ref: BaseModelRef, lora: LoraConfig):
     return model, tok
 
 
-def _training_record(mode: str, src: RoleSource, rec, cfg: TrainConfig, lora: LoraConfig, held: dict) -> dict:
+def _training_record(mode: str, src: RoleSource, rec, cfg: TrainConfig, lora: LoraConfig, held: HeldOut) -> dict:
     return {
         "mode": mode, "seed": cfg.seed, "steps": rec.steps, "final_loss": rec.final_loss, "tokens": rec.tokens,
         "data_sha256": data_hash(src.scenes), "lines": src.n_lines, "scenes": len(src.scenes),
         "heldout_scenes": len(src.held), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
         "max_len": cfg.max_len, "precision": lora.precision,
-        "heldout_loss_base": held.get("base"), "heldout_loss_block": held.get("block"),
+        "heldout_loss_base": held.base, "heldout_loss_block": held.block,
     }
 
 
-def _evaluate(neeko, tok, src: RoleSource, cfg: TrainConfig) -> dict[str, float]:
+def _evaluate(neeko, tok, src: RoleSource, cfg: TrainConfig) -> HeldOut:
     ex = _encode(tok, src, src.held, cfg.max_len)
-    return {"base": heldout_loss(neeko, ex, None, tok.pad_token_id),
-            "block": heldout_loss(neeko, ex, src.profile.id, tok.pad_token_id)}
+    return HeldOut(heldout_loss(neeko, ex, None, tok.pad_token_id), heldout_loss(neeko, ex, src.profile.id, tok.pad_token_id))
 
 
 def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Path, cfg: TrainConfig,
@@ -105,7 +118,7 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
                  progress: bool = True) -> BakeReport:
     ids = [s.profile.id for s in sources]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate role ids: {ids}")
+        raise InputError(f"duplicate role ids: {ids}")
     out_dir.mkdir(parents=True, exist_ok=True)
     info = base_info(base_ref)
     model, tok = _load(base_ref, lora)
@@ -123,7 +136,7 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
         asset = RoleAsset(
             profile=src.profile, embedding=embeddings[i], base=info, gate=gate,
             block=neeko.export_block(src.profile.id, lora.dtype), embedding_model=MODEL_NAME,
-            training=_training_record("pre-finetune", src, result["records"][src.profile.id], cfg, lora, held[src.profile.id]),
+            training=_training_record("pre-finetune", src, result.records[src.profile.id], cfg, lora, held[src.profile.id]),
         )
         paths.append(write_asset(asset, out_dir / f"{src.profile.id}{SUFFIX}"))
     (out_dir / ".bake-checkpoint.pt").unlink(missing_ok=True)
@@ -136,9 +149,9 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
     assets, errors = load_role_assets(roles_dir, info)
     old = [a for a in assets if a.block is not None and a.id != src.profile.id]
     if any(a.id == src.profile.id for a in assets) and not replace:
-        raise ValueError(f"{roles_dir} already has a role {src.profile.id!r}; pass --replace to re-bake it")
+        raise InputError(f"{roles_dir} already has a role {src.profile.id!r}; pass --replace to re-bake it")
     if not old:
-        raise ValueError(f"{roles_dir} has no trained roles to expand; run `neeko-npc bake` first"
+        raise InputError(f"{roles_dir} has no trained roles to expand; run `neeko-npc bake` first"
                          + (f" ({len(errors)} file(s) could not be read: {errors[0]})" if errors else ""))
     first = old[0].block
     lora = LoraConfig(r=first.r, alpha=first.alpha, targets=tuple(first.targets), precision=lora_precision, dtype=first.dtype)
@@ -164,7 +177,7 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
     held = {src.profile.id: _evaluate(neeko, tok, src, cfg)}
     asset = RoleAsset(profile=src.profile, embedding=emb, base=info, gate=old[0].gate,
                       block=neeko.export_block(src.profile.id, lora.dtype), embedding_model=MODEL_NAME,
-                      training=_training_record("expansion", src, result["records"][src.profile.id], cfg, lora, held[src.profile.id]))
+                      training=_training_record("expansion", src, result.records[src.profile.id], cfg, lora, held[src.profile.id]))
     write_asset(asset, out_path)
     out_path.with_name(f".{src.profile.id}.bake-checkpoint.pt").unlink(missing_ok=True)
     return BakeReport([src.profile.id], [out_path], held, result)
@@ -176,10 +189,10 @@ def fuse(base_ref: BaseModelRef, roles_dir: Path, profile: RoleProfile, out_path
     info = base_info(base_ref)
     assets, errors = load_role_assets(roles_dir, info)
     if any(a.id == profile.id for a in assets) and not replace:
-        raise ValueError(f"{roles_dir} already has a role {profile.id!r}; pass --replace to re-bake it")
+        raise InputError(f"{roles_dir} already has a role {profile.id!r}; pass --replace to re-bake it")
     blocks = [a for a in assets if a.block is not None and a.id != profile.id]
     if not blocks:
-        raise ValueError(f"{roles_dir} has no trained roles to fuse from; run `neeko-npc bake` first")
+        raise InputError(f"{roles_dir} has no trained roles to fuse from; run `neeko-npc bake` first")
     emb = embed_texts([profile.embedding_text()])[0]
     E = np.stack([a.embedding for a in blocks])
     weights = fusion_weights(E, [a.id for a in blocks], emb, top_k=top_k, tau=tau, min_weight=min_weight)

@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from ..errors import InputError
 from ..roles.base_model import BaseModelRef
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -33,10 +34,10 @@ def load_for_training(ref: BaseModelRef, precision: str = "fp32"):
         tok = AutoTokenizer.from_pretrained(str(ref.path))
         model = AutoModelForCausalLM.from_pretrained(str(ref.path), dtype=dtype)
     if model.config.model_type not in ("llama", "mistral"):
-        raise ValueError(f"{ref.path}: model_type {model.config.model_type!r} is not a llama-family model")
+        raise InputError(f"{ref.path}: model_type {model.config.model_type!r} is not a llama-family model")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
-        raise ValueError(f"{ref.path}: the tokenizer has no chat template; neeko-npc needs an instruct/chat model")
+        raise InputError(f"{ref.path}: the tokenizer has no chat template; neeko-npc needs an instruct/chat model")
     model.eval()
     return model, tok

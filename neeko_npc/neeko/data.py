@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
 from ..roles.dialogue import Scene
 from ..roles.profile import RoleProfile
 from ..roles.prompt import chat_messages
@@ -52,14 +53,14 @@ def _encode_messages(tok, msgs: list[dict], train_on: set[int]) -> tuple[list[in
         head = _ids(tok, msgs[:i], gen=True)
         full = _ids(tok, msgs[: i + 1])
         if full[: len(head)] != head or head[: len(ids)] != ids:
-            raise ValueError("the chat template does not extend its prefix token for token; cannot mask turns")
+            raise InputError("the chat template does not extend its prefix token for token; cannot mask turns")
         labels += [IGNORE] * (len(head) - len(ids))
         target = full[len(head):]
         labels += target if i in train_on else [IGNORE] * len(target)
         ids = full
     tail = _ids(tok, msgs)
     if tail[: len(ids)] != ids:
-        raise ValueError("the chat template does not extend its prefix token for token; cannot mask turns")
+        raise InputError("the chat template does not extend its prefix token for token; cannot mask turns")
     labels += [IGNORE] * (len(tail) - len(ids))
     return tail, labels
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .. import defaults
 from ..roles.base_model import BaseModelRef
 from ..roles.folder import load_role_assets
@@ -93,7 +94,7 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
     assets, errors = load_role_assets(roles_dir)
     blocks = [a for a in assets if a.block is not None]
     if not blocks:
-        raise ValueError(f"{roles_dir} has no trained roles" + (f" ({errors[0]})" if errors else ""))
+        raise InputError(f"{roles_dir} has no trained roles" + (f" ({errors[0]})" if errors else ""))
     expansion = [a for a in blocks if a.training.get("mode") == "expansion"]
     old = [a for a in blocks if a not in expansion] or blocks
     expansion = [a for a in expansion if a not in old]
@@ -104,7 +105,7 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
             sources[a.id] = RoleSource.from_dir(folder, cfg.holdout)
     rows = sorted(rid for rid in sources if any(b.id == rid for b in blocks))
     if not rows:
-        raise ValueError(f"no trained role in {roles_dir} has lines in {src_dir}/<id>/lines.jsonl to hold out")
+        raise InputError(f"no trained role in {roles_dir} has lines in {src_dir}/<id>/lines.jsonl to hold out")
     recorded = old[0].training
     precision = cfg.precision or recorded.get("precision", "fp32")
     model, tok = load_for_training(base_ref, precision)
@@ -192,7 +193,7 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
                 return {}
             res = train_blocks(neeko, {"shared": exs}, ["shared"], tcfg, pad, progress=progress,
                                groups={"shared": shared_ids}, group_weight=shared_weight, desc=f"shared LoRA ({', '.join(a.id for a in roles)})")
-            return {"steps": res["steps"], "seconds": res["seconds"]}
+            return {"steps": res.steps, "seconds": res.seconds}
 
         stage1 = train_on(old)
         after_old = {rid: loss(rid, shared_w) for rid in rows}

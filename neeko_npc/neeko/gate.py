@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from .. import defaults
 from ..roles.asset import GateSettings
 
@@ -57,7 +58,7 @@ def fusion_weights(E: np.ndarray, role_ids: list[str], e_new: np.ndarray, top_k:
     return {role_ids[i]: float(w[i]) for i in np.flatnonzero(w)}
 
 
-class BlendError(ValueError):
+class BlendError(InputError):
     """A request-time blend that cannot be used; the message says what is wrong."""
 
 

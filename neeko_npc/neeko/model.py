@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .. import defaults
 from ..roles.asset import LoraBlock
 from ..roles.llama import TARGETS, submodule
@@ -23,7 +24,7 @@ class NeekoLoRA:
                  targets: tuple[str, ...] = defaults.TARGETS):
         bad = [t for t in targets if t not in TARGETS]
         if bad or not targets:
-            raise ValueError(f"unknown target module(s) {bad}; choose from {', '.join(TARGETS)}")
+            raise InputError(f"unknown target module(s) {bad}; choose from {', '.join(TARGETS)}")
         self.model = model
         self.r = r
         self.alpha = float(alpha)
@@ -65,7 +66,7 @@ class NeekoLoRA:
 
     def load_block(self, role_id: str, block: LoraBlock) -> int:
         if block.r != self.r or block.alpha != self.alpha or tuple(block.targets) != self.targets:
-            raise ValueError(
+            raise InputError(
                 f"role {role_id!r} has r={block.r}, alpha={block.alpha}, targets={list(block.targets)}; "
                 f"this set uses r={self.r}, alpha={self.alpha}, targets={list(self.targets)}"
             )

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from ..errors import InputError
 from .. import defaults
 from .data import IGNORE, Example, collate
 from .model import NeekoLoRA
@@ -43,6 +44,15 @@ class RoleRecord:
     tokens: int = 0
     final_loss: float = float("nan")
     losses: list = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    records: dict[str, RoleRecord]  # role -> its steps, tokens and losses
+    steps: int  # all roles together, including any resumed from
+    seconds: float  # this run only
+    tokens_per_s: float
+    resumed_from: int = 0  # the checkpoint's step, 0 when started fresh
 
 
 def make_schedule(examples: dict[str, list[Example]], roles: list[str], cfg: TrainConfig) -> list[tuple[str, list[int]]]:
@@ -80,7 +90,7 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
     by group_weight * alpha / r (the evaluation's shared-LoRA baseline)."""
     for rid in roles:
         if not examples.get(rid):
-            raise ValueError(f"role {rid!r} has no training examples")
+            raise InputError(f"role {rid!r} has no training examples")
     schedule = make_schedule(examples, roles, cfg)
     total = len(schedule)
     opt = BlockAdamW([neeko.modules[k] for k in sorted(neeko.modules)], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -90,7 +100,7 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
     if checkpoint is not None and resume and checkpoint.is_file():
         ck = torch.load(checkpoint, weights_only=True)
         if ck.get("key") != key:
-            raise ValueError(f"{checkpoint}: this checkpoint belongs to a different bake (data, roles or settings changed); "
+            raise InputError(f"{checkpoint}: this checkpoint belongs to a different bake (data, roles or settings changed); "
                              "delete it or run without --resume")
         for p, saved in zip(neeko.block_parameters(), ck["params"]):
             p.data.copy_(saved)
@@ -141,8 +151,7 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
             bar.close()
         neeko.model.eval()
     elapsed = time.perf_counter() - t0
-    return {"records": records, "steps": total, "seconds": elapsed,
-            "tokens_per_s": tokens_seen / elapsed if elapsed > 0 else 0.0, "resumed_from": start}
+    return TrainResult(records, total, elapsed, tokens_seen / elapsed if elapsed > 0 else 0.0, start)
 
 
 def _save_checkpoint(path: Path, key: str, step: int, neeko: NeekoLoRA, opt: BlockAdamW, records: dict) -> None:

@@ -43,6 +43,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from ..errors import InputError
 from .. import defaults
 from . import llama
 from .llama import TARGETS
@@ -80,7 +81,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DTYPES = {"f32": np.float32, "f16": np.float16}
 
 
-class AssetError(ValueError):
+class AssetError(InputError):
     """A role file that cannot be loaded. ``str()`` names the file and the fix."""
 
     def __init__(self, path: str | Path, problem: str, fix: str = ""):
@@ -176,6 +177,22 @@ class RoleAsset:
     @property
     def kind(self) -> str:
         return "block" if self.block is not None else "fusion"
+
+    def summary(self) -> dict:
+        """What the file holds, JSON-ready (``neeko-npc inspect --json``); the tensors themselves are left out."""
+        info = {
+            "file": self.path, "bytes": Path(self.path).stat().st_size if self.path else None, "sha256": self.sha256,
+            "kind": self.kind, "profile": self.profile.to_dict(),
+            "embedding": {"model": self.embedding_model, "dim": int(self.embedding.shape[0])}, "gate": self.gate.to_dict(),
+            "base": self.base.to_dict(), "training": self.training, "created": self.created, "tool": self.tool,
+        }
+        if self.block:
+            b = self.block
+            info["block"] = {"r": b.r, "alpha": b.alpha, "targets": list(b.targets), "dtype": b.dtype,
+                             "tensors": 2 * len(b.A), "params": b.n_params()}
+        else:
+            info["fusion"] = [{"role": f.role, "weight": f.weight, "sha256": f.sha256} for f in self.fusion]
+        return info
 
 
 # -- writing -------------------------------------------------------------------

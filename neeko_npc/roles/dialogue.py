@@ -18,13 +18,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputError
 from .. import defaults
 
 MAX_TURN_CHARS = 2000
 MAX_TURNS = 64
 
 
-class DialogueError(ValueError):
+class DialogueError(InputError):
     """A dialogue file that cannot be used; the message names file, line and fix."""
 
 

@@ -61,3 +61,18 @@ def resolve_fusion(asset: RoleAsset, known: dict[str, RoleAsset]) -> list[tuple[
                              "re-fuse it with `bake-role --fuse` against the current roles")
         out.append((src, ref.weight))
     return out
+
+
+def find_role(folder: Path, ref: str) -> tuple[RoleAsset, dict[str, RoleAsset]]:
+    """The role ``ref`` names (a .nrole path, or an id in ``folder``) and every valid role in the folder by id
+    (a fused role needs them). AssetError names the known ids when none matches."""
+    known, errors = load_role_assets(folder)
+    by_id = {a.id: a for a in known}
+    path = Path(ref)
+    if path.suffix == SUFFIX and path.is_file():
+        return read_asset(path), by_id
+    if ref in by_id:
+        return by_id[ref], by_id
+    bad = f"; {len(errors)} unreadable file(s) in {folder}" if errors else ""
+    raise AssetError(folder, f"no role {ref!r}; known: {', '.join(sorted(by_id)) or 'none'}{bad}",
+                     "give a role id from the folder (--roles) or the path of a .nrole file")

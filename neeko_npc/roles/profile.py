@@ -16,6 +16,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import InputError
+
 ROLE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 
 # Limits that keep a hostile or broken profile from bloating prompts and assets.
@@ -23,7 +25,7 @@ MAX_FIELD_CHARS = 4000
 MAX_EXAMPLE_LINES = 64
 
 
-class ProfileError(ValueError):
+class ProfileError(InputError):
     """A profile file that cannot be used; the message names the file and the fix."""
 
 

@@ -1,4 +1,5 @@
-"""Building and running the daemon: gRPC server, auth, TLS, health, reflection, model loading, role watcher."""
+"""Building and running the daemon: gRPC server, auth, TLS, health, reflection, model loading, role watcher,
+logging and signals (``run``)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,18 @@ import hmac
 import logging
 import threading
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..errors import InputError
 from .. import defaults
 from ..v1 import dialogue_pb2 as pb
 from ..v1 import dialogue_pb2_grpc as pb_grpc
-from .service import DialogueService, Limits
+from .service import DialogueService
 
 log = logging.getLogger("neeko_npc.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Dialogue"].full_name
@@ -53,7 +55,6 @@ class ServerConfig:
     tls_key: Path | None = None
     workers: int = defaults.WORKERS
     watch_interval: float = defaults.WATCH_INTERVAL  # seconds; 0 disables the roles-folder watcher
-    limits: Limits = field(default_factory=Limits)
 
 
 class Daemon:
@@ -61,7 +62,7 @@ class Daemon:
 
     def __init__(self, config: ServerConfig, make_engine):
         self.config = config
-        self.service = DialogueService(config.limits)
+        self.service = DialogueService()
         self.health = health.HealthServicer()
         interceptors = [TokenAuth(config.token)] if config.token else []
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), interceptors=interceptors,
@@ -72,7 +73,7 @@ class Daemon:
         address = f"{config.host}:{config.port}"
         if config.tls_cert or config.tls_key:
             if not (config.tls_cert and config.tls_key):
-                raise ValueError("TLS needs both --tls-cert and --tls-key")
+                raise InputError("TLS needs both --tls-cert and --tls-key")
             creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
             self.port = self.server.add_secure_port(address, creds)
         else:
@@ -109,8 +110,8 @@ class Daemon:
     def _watch(self, engine) -> None:
         while not self._stop.wait(self.config.watch_interval):
             try:
-                if engine.roles.scan_changed():
-                    r = engine.roles.reload()
+                if engine.roles_changed():
+                    r = engine.reload()
                     log.info("roles folder changed: +%s ~%s -%s", r.added, r.changed, r.removed)
                     for f, err in r.problems.items():
                         log.warning("role file skipped: %s", err)
@@ -122,3 +123,36 @@ class Daemon:
         self.server.stop(grace).wait()
         if self.service.engine is not None:
             self.service.engine.close()
+
+
+def run(config: ServerConfig, make_engine, echo=print, verbose: bool = False) -> None:
+    """The ``serve`` command: log to stderr, start, say when ready, serve until SIGTERM or Ctrl-C, then drain.
+
+    ``echo`` prints the start-up lines; an engine that fails to load raises InputError with its reason."""
+    import signal
+
+    from .. import __version__
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    daemon = Daemon(config, make_engine).start()
+    scheme = "grpcs" if config.tls_cert else "grpc"
+    echo(f"neeko-npc {__version__} listening on {scheme}://{daemon.address} (loading the model...)")
+    daemon.loaded.wait()
+    engine = daemon.service.engine
+    if engine is None:
+        daemon.stop(0)
+        raise InputError(f"the model failed to load: {daemon.service.load_error}")
+    snap = engine.roles()
+    echo(f"ready: {len(snap.roles)} role(s) from {engine.roles_dir} on {engine.base.name} ({engine.describe()})"
+         + (", token required" if config.token else ""))
+    for _, err in sorted(snap.problems.items()):
+        echo(f"skipped: {err}")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    echo("stopping")
+    daemon.stop()

@@ -1,4 +1,6 @@
-"""Generation on a pool of llama.cpp contexts that share one model.
+"""The llama.cpp backend, in one place: the adapter cache, the pool of contexts, generation, the engine.
+
+One llama.cpp model is shared by a pool of contexts (the binding is llamacpp.py).
 
 Each context (a *slot*) remembers the tokens its KV cache holds and the adapter
 set and scales they were computed under (its *key*). A request reuses the
@@ -16,51 +18,62 @@ the adapters its own request has pinned.
 from __future__ import annotations
 
 import codecs
+import logging
 import os
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
 from .. import defaults
-from .llamacpp import LlamaContext, LlamaModel
+from ..export.fold import fold
+from ..export.gguf_lora import write_gguf_lora
+from ..roles.asset import BaseInfo, RoleAsset
+from ..roles.base_model import BaseModelError, base_info, resolve_base_model
+from ..roles.prompt import ChatTemplate
+from .base import Engine, EngineConfig
+from .llamacpp import LlamaContext, LlamaModel, openmp_build
+from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite, sample
+
+log = logging.getLogger("neeko_npc.engine")
 
 
-class PoolBusy(RuntimeError):
-    pass
+# -- role blocks as llama.cpp adapters -------------------------------------------------------------
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("NEEKO_NPC_CACHE", Path.home() / ".cache" / "neeko-npc")) / "adapters"
 
 
-class NonFiniteLogits(RuntimeError):
-    """The model's output for a reply held NaN or infinity (a broken adapter): the reply cannot go on."""
+class LlamaAdapters:
+    """llama.cpp backend: each block exported to a cached GGUF LoRA and loaded with llama_adapter_lora_init."""
+
+    def __init__(self, model: LlamaModel, base: BaseInfo, cache_dir: Path | None = None, before_free=None):
+        self.model, self.base = model, base
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.before_free = before_free  # detaches the adapter from idle contexts (ContextPool.drop_adapter)
+
+    def path(self, asset: RoleAsset) -> Path:
+        """The cached GGUF LoRA of a block role (named by its content hash)."""
+        return self.cache_dir / f"{asset.sha256}.gguf"
+
+    def load(self, asset: RoleAsset):
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        path = self.path(asset)
+        if not path.is_file():
+            write_gguf_lora(fold(asset), self.base, path, name=asset.id)
+        return self.model.load_adapter(path)
+
+    def free(self, handle) -> None:
+        if self.before_free is not None:
+            self.before_free(handle)
+        self.model.free_adapter(handle)
 
 
-def check_finite(logits: np.ndarray) -> np.ndarray:
-    if not np.isfinite(logits).all():
-        raise NonFiniteLogits("the model's logits are not finite")
-    return logits
-
-
-@dataclass
-class GenOptions:
-    max_tokens: int = defaults.MAX_TOKENS
-    temperature: float = defaults.TEMPERATURE
-    top_p: float = defaults.TOP_P
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass
-class Chunk:
-    text: str
-    done: bool = False
-    finish: str = ""  # "stop", "length", "cancelled"
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-
+# -- the pool of contexts ------------------------------------------------------------------
 
 @dataclass
 class Slot:
@@ -196,97 +209,7 @@ class ContextPool:
             s.ctx.close()
 
 
-def sample(logits: np.ndarray, opts: GenOptions, rng: np.random.Generator) -> int:
-    if opts.temperature <= 0:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float64) / opts.temperature
-    z -= z.max()
-    p = np.exp(z)
-    p /= p.sum()
-    if opts.top_p < 1.0:
-        order = np.argsort(-p)
-        cum = np.cumsum(p[order])
-        keep = order[: int(np.searchsorted(cum, opts.top_p)) + 1]
-        q = np.zeros_like(p)
-        q[keep] = p[keep]
-        p = q / q.sum()
-    return int(rng.choice(len(p), p=p))
-
-
-class ReplyStream:
-    """An iterator over a reply's chunks that runs ``on_close(finish, text)`` exactly once: when the
-    reply ends, when it fails, when ``close()`` is called, or when it is garbage-collected unstarted
-    (a generator's ``finally`` would not run in that last case, leaking its context)."""
-
-    def __init__(self, chunks: Iterator[Chunk], on_close: Callable[[str, str], None]):
-        self._chunks = chunks
-        self._on_close = on_close
-        self._text: list[str] = []
-        self._finish = ""
-        self._closed = False
-
-    def __iter__(self) -> "ReplyStream":
-        return self
-
-    def __next__(self) -> Chunk:
-        if self._closed:
-            raise StopIteration
-        try:
-            chunk = next(self._chunks)
-        except BaseException:
-            self.close()
-            raise
-        self._text.append(chunk.text)
-        if chunk.done:
-            self._finish = chunk.finish
-        return chunk
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._on_close(self._finish, "".join(self._text))
-
-    def __del__(self):
-        self.close()
-
-
-class TextStream:
-    """The text a reply has produced so far, cut into stream-safe deltas.
-
-    ``update`` takes the whole decoded text after each token and returns the new text that is safe to
-    send: never half a character, and never the start of what might become a stop string."""
-
-    def __init__(self, stop: tuple[str, ...] = ()):
-        self.stop = tuple(s for s in stop if s)
-        self.hold = max((len(s) for s in self.stop), default=0)
-        self.text = ""
-        self.sent = 0
-        self.stopped = False
-
-    def update(self, text: str) -> str:
-        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            text, self.stopped = text[:cut], True
-        self.text = text
-        ready = len(text) - self.hold
-        while ready > self.sent and text[ready - 1] == "\ufffd":  # an incomplete multi-byte character
-            ready -= 1
-        if self.stopped or ready <= self.sent:
-            return ""
-        delta, self.sent = text[self.sent:ready], ready
-        return delta
-
-    def rest(self) -> str:
-        """Everything not yet sent, once the reply has ended."""
-        delta, self.sent = self.text[self.sent:], len(self.text)
-        return delta
-
+# -- one reply ---------------------------------------------------------------------------------
 
 def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float], key: tuple, prompt: list[int],
              opts: GenOptions, cancelled: Callable[[], bool] = lambda: False,
@@ -348,3 +271,54 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
         slot.tokens.append(tok)
     out.update(decoded + decoder.decode(b"", final=True))
     yield Chunk(out.rest(), done=True, finish=finish, completion_tokens=n, prompt_tokens=len(prompt), cached_tokens=reuse)
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+class LlamaEngine(Engine):
+    name = "llama.cpp"
+
+    def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None):
+        super().__init__(config)
+        ref = resolve_base_model(base_model)
+        if ref.kind != "gguf":
+            raise BaseModelError(f"{ref.path}: the llama.cpp engine needs a .gguf base model; convert the HF folder with "
+                             "llama.cpp's convert_hf_to_gguf.py, or serve it with --engine torch")
+        self.base = base_info(ref)
+        self.model = LlamaModel(ref.path)
+        if openmp_build():
+            log.warning("llama.cpp was built with OpenMP: replies decode 3-4x slower once several request threads "
+                        "have decoded. Rebuild it with -DGGML_OPENMP=OFF (README, 'llama.cpp on CPUs ...').")
+        self.template = ChatTemplate(self.model.chat_template(), self.model.bos_text, self.model.eos_text)
+        self._add_bos = bool(self.model.L.llama_vocab_get_add_bos(self.model.vocab))
+        self.pool = ContextPool(self.model, self.config.pool_size, self.config.n_ctx, self.config.n_threads,
+                                self.config.max_queue)
+        self.adapters = LlamaAdapters(self.model, self.base, before_free=self.pool.drop_adapter)
+        self._open_roles(roles_dir, self.adapters)
+
+    def tokens(self, text: str) -> list[int]:
+        add = self._add_bos and not text.startswith(self.template.bos)
+        return self.model.tokenize(text, add_special=add, parse_special=True)
+
+    def _stream(self, adapters, scales, key, prompt, opts, stop, deadline):
+        handles = [a.handle for a in adapters]
+        slot = self.pool.acquire(key, prompt, self._queue_timeout(deadline), handles, scales)
+        chunks = generate(self.model, slot, handles, scales, key, prompt, opts, stop, self.pool.cores)
+        return ReplyStream(chunks, lambda finish, text: self.pool.release(slot))
+
+    def describe(self) -> str:
+        n = self.pool.size
+        return f"{self.name}, {n} context{'s' if n != 1 else ''}"
+
+    def busy(self) -> int:
+        return self.pool.busy()
+
+    def _wait_idle(self, timeout: float) -> bool:
+        return self.pool.wait_idle(timeout)
+
+    def forget_cache(self) -> None:
+        self.pool.forget()
+
+    def _free(self) -> None:
+        self.pool.close()
+        self.model.close()

@@ -1,0 +1,366 @@
+"""The engine facade: what the service, the daemon, the bench and the CLI may call, whatever the backend.
+
+    engine.roles()            the roles served now and the files skipped (a Snapshot)
+    engine.role(npc_id)       one served role, or UnknownRole
+    engine.reload()           re-read the roles folder (ReloadResult); engine.roles_changed() is the cheap check
+    engine.say(...)           start a reply (Reply); checks the request against engine.limits first
+    engine.session(id)        a session's remembered exchanges; restore_session, forget
+    engine.forget_cache()     drop every cached prompt prefix (the benchmark's cold lines)
+    engine.describe()         one line for the start-up message
+    engine.busy(), close()
+
+A backend subclasses :class:`Engine`: it calls ``super().__init__(config)``, sets ``base`` and ``template``,
+calls ``_open_roles(roles_dir, adapters)`` once its model is loaded, and implements the abstract methods. The
+llama.cpp backend is llama_engine.py, the torch one torch_engine.py; ``open_engine`` in __init__.py picks one.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .. import defaults
+from ..errors import InputError
+from ..roles.asset import BaseInfo
+from ..roles.profile import ROLE_ID_RE, RoleProfile
+from ..roles.prompt import ChatTemplate, SceneInfo, build_messages
+from .memory import Memory
+from .roleset import InvalidBlend, ReloadResult, RoleSet, ServedRole, Snapshot, UnknownRole, known_roles
+from .stream import Chunk, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream
+
+log = logging.getLogger("neeko_npc.engine")
+
+__all__ = ["BadRequest", "ContextTooLarge", "Engine", "EngineConfig", "InvalidBlend", "Limits", "NonFiniteLogits",
+           "PoolBusy", "Reply", "UnknownRole"]
+
+
+class BadRequest(InputError):
+    """A request outside the daemon's limits or malformed; the message names the limit and its `serve` flag."""
+
+
+class ContextTooLarge(BadRequest):
+    pass
+
+
+@dataclass
+class Limits:
+    """Every limit a request is checked against, each a `serve` flag (see defaults.py)."""
+
+    max_player_line_chars: int = defaults.MAX_PLAYER_LINE_CHARS
+    max_scene_chars: int = defaults.MAX_SCENE_CHARS
+    max_profile_chars: int = defaults.MAX_PROFILE_CHARS
+    max_id_chars: int = defaults.MAX_ID_CHARS
+    max_stop_strings: int = defaults.MAX_STOP_STRINGS
+    max_stop_chars: int = defaults.MAX_STOP_CHARS
+    max_session_npcs: int = defaults.MAX_SESSION_NPCS
+    max_npc_line_chars: int = defaults.MAX_NPC_LINE_CHARS
+    max_tokens_limit: int = defaults.MAX_TOKENS_LIMIT  # the largest max_tokens a request may ask for
+    default_max_tokens: int = defaults.MAX_TOKENS  # a request's max_tokens when it leaves it at 0
+    max_blend: int = defaults.TOP_K  # roles a procedural NPC may mix, and blocks that may result
+
+    def check_say(self, npc_id: str, session: str, player_line: str, scene: SceneInfo, opts: GenOptions) -> GenOptions:
+        """The request's options with max_tokens filled in; BadRequest names the first limit it breaks."""
+        if opts.max_tokens <= 0:
+            opts = replace(opts, max_tokens=self.default_max_tokens)
+        opts = replace(opts, stop=tuple(opts.stop))
+        bad = None
+        if not npc_id:
+            bad = "npc_id is required"
+        elif len(npc_id) > self.max_id_chars or len(session) > self.max_id_chars:
+            bad = f"npc_id and session_id are limited to {self.max_id_chars} characters"
+        elif len(player_line) > self.max_player_line_chars:
+            bad = (f"player_line has {len(player_line)} characters; the limit is {self.max_player_line_chars} "
+                   "(--max-player-line-chars)")
+        elif scene.text_size() > self.max_scene_chars:
+            bad = f"scene context has {scene.text_size()} characters; the limit is {self.max_scene_chars} (--max-scene-chars)"
+        elif opts.max_tokens > self.max_tokens_limit:
+            bad = f"max_tokens {opts.max_tokens} is over the limit of {self.max_tokens_limit} (--max-tokens-limit)"
+        elif not 0 <= opts.temperature <= 2:
+            bad = "temperature must be between 0 and 2"
+        elif not 0 < opts.top_p <= 1:
+            bad = "top_p must be in (0, 1]"
+        elif len(opts.stop) > self.max_stop_strings or any(len(x) > self.max_stop_chars for x in opts.stop):
+            bad = f"at most {self.max_stop_strings} stop strings of at most {self.max_stop_chars} characters"
+        if bad:
+            raise BadRequest(bad)
+        return opts
+
+    def profile(self, npc_id: str, name: str, persona: str, style: str = "", knowledge: str = "",
+                example_lines: list[str] = ()) -> RoleProfile:
+        """A procedural NPC's profile, checked against --max-profile-chars before anything else."""
+        size = sum(len(x) for x in (name, persona, style, knowledge, *example_lines))
+        if size > self.max_profile_chars:
+            raise BadRequest(f"profile has {size} characters; the limit is {self.max_profile_chars} (--max-profile-chars)")
+        return RoleProfile(id=npc_id, name=name, persona=persona, style=style, knowledge=knowledge,
+                           example_lines=list(example_lines))
+
+    def check_session(self, session: str, npcs: list[tuple[str, list[tuple[str, str]]]], max_turns: int) -> None:
+        """A saved session sent back by the game: BadRequest names the first problem."""
+        bad = None
+        if not session or len(session) > self.max_id_chars:
+            bad = f"session_id is required and limited to {self.max_id_chars} characters"
+        elif len(npcs) > self.max_session_npcs:
+            bad = f"the session holds {len(npcs)} NPCs; at most {self.max_session_npcs} may be restored"
+        seen: set[str] = set()
+        for npc_id, turns in npcs if bad is None else ():
+            if not ROLE_ID_RE.match(npc_id):
+                bad = f"npc_id {npc_id[:80]!r} is not a valid NPC id"
+            elif npc_id in seen:
+                bad = f"npc_id {npc_id!r} appears twice"
+            elif len(turns) > max_turns:
+                bad = f"{npc_id!r} has {len(turns)} exchanges; the daemon keeps at most {max_turns}"
+            elif any(len(a) > self.max_player_line_chars or len(b) > self.max_npc_line_chars for a, b in turns):
+                bad = (f"a line of {npc_id!r} is over the limit ({self.max_player_line_chars} characters for the player, "
+                       f"{self.max_npc_line_chars} for the NPC)")
+            if bad:
+                break
+            seen.add(npc_id)
+        if bad:
+            raise BadRequest(bad)
+
+
+@dataclass
+class EngineConfig:
+    pool_size: int = defaults.POOL_SIZE  # llama.cpp contexts
+    n_ctx: int = defaults.N_CTX
+    n_threads: int | None = None  # None: all cores
+    max_queue: int = defaults.MAX_QUEUE
+    queue_timeout: float = defaults.QUEUE_TIMEOUT
+    history_tokens: int = defaults.HISTORY_TOKENS  # memory budget per (session, NPC)
+    max_batch: int = defaults.MAX_BATCH  # torch engine: NPC lines decoded together
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class Reply:
+    role_id: str
+    weights: dict[str, float]
+    chunks: Iterator[Chunk]
+
+
+# Text from the game must never become control tokens: "<|im_end|><|im_start|>system ..." in a player
+# line would otherwise rewrite the NPC's instructions.
+_SPECIAL = re.compile(r"<\|[^<>|]{0,48}\|>|</?s>")
+
+
+def clean(text: str) -> str:
+    return _SPECIAL.sub("", text)
+
+
+def clean_profile(p: RoleProfile) -> RoleProfile:
+    return RoleProfile(id=p.id, name=clean(p.name), persona=clean(p.persona), style=clean(p.style),
+                       knowledge=clean(p.knowledge), example_lines=[clean(x) for x in p.example_lines])
+
+
+def clean_scene(s: SceneInfo) -> SceneInfo:
+    return SceneInfo(
+        **{k: clean(v) for k, v in vars(s).items() if isinstance(v, str)},
+        recent_events=[clean(x) for x in s.recent_events],
+        nearby_characters=[clean(x) for x in s.nearby_characters],
+        facts={clean(k): clean(v) for k, v in s.facts.items()},
+    )
+
+
+class Engine(abc.ABC):
+    """The facade (module docstring) and what every backend shares: request checks, input cleaning, prompt
+    assembly, role pinning, conversation memory."""
+
+    name = "base"
+    base: BaseInfo
+    template: ChatTemplate
+
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        self.memory = Memory()
+        self.roleset: RoleSet | None = None
+        self.load_result: ReloadResult | None = None
+        self._closing = False
+        self._broken: set[tuple] = set()  # adapter sets whose output went non-finite, already logged
+
+    def _open_roles(self, roles_dir: str | Path, adapters) -> None:
+        """Load the roles folder through the backend's ``adapters`` (load(asset) -> handle, free(handle))."""
+        self.roles_dir = Path(roles_dir)
+        self.roleset = RoleSet(roles_dir, self.base, adapters)
+        self.load_result = self.roleset.reload()
+
+    # -- what a backend implements ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def tokens(self, text: str) -> list[int]:
+        """The prompt text's token ids, with the BOS the model expects."""
+
+    @abc.abstractmethod
+    def _stream(self, adapters, scales, key: tuple, prompt: list[int], opts: GenOptions, stop: Callable[[], bool],
+                deadline: float | None) -> ReplyStream:
+        """Start generating; return a ReplyStream that releases what it acquired (not the adapters) on close."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """The backend and its capacity, for the start-up line: 'llama.cpp, 4 contexts'."""
+
+    @abc.abstractmethod
+    def busy(self) -> int:
+        """Replies in flight."""
+
+    @abc.abstractmethod
+    def _wait_idle(self, timeout: float) -> bool:
+        """Wait until no reply is in flight."""
+
+    def forget_cache(self) -> None:
+        """Drop every cached prompt prefix, so the next line of any NPC is computed cold."""
+
+    def _free(self) -> None:
+        """Free native memory; called once no reply is in flight."""
+
+    # -- roles -----------------------------------------------------------------------------------
+
+    @property
+    def limits(self) -> Limits:
+        return self.config.limits
+
+    def roles(self) -> Snapshot:
+        return self.roleset.snapshot
+
+    def role(self, npc_id: str) -> ServedRole:
+        snap = self.roleset.snapshot
+        served = snap.roles.get(npc_id)
+        if served is None:
+            raise UnknownRole(f"no NPC {npc_id!r}; known: {known_roles(snap)}")
+        return served
+
+    def reload(self) -> ReloadResult:
+        return self.roleset.reload()
+
+    def roles_changed(self) -> bool:
+        """Cheap check for the folder watcher: did any .nrole file appear, change or vanish?"""
+        return self.roleset.scan_changed()
+
+    # -- replies ---------------------------------------------------------------------------------
+
+    def build_prompt(self, profile: RoleProfile, session: str, npc_id: str, player_line: str, scene: SceneInfo,
+                     max_tokens: int) -> list[int]:
+        """Prompt tokens; the oldest remembered exchanges are dropped to fit the history budget and the context."""
+        history = self.memory.get(session, npc_id)
+        base = self.tokens(self.template.render(build_messages(profile, scene, [], player_line)))
+        room = self.config.n_ctx - max_tokens
+        if len(base) > room:
+            raise ContextTooLarge(f"the prompt needs {len(base)} tokens but only {room} fit "
+                                  f"(--n-ctx {self.config.n_ctx} minus max_tokens {max_tokens}); shorten the scene or player line")
+        if not history:
+            return base
+        while True:
+            toks = self.tokens(self.template.render(build_messages(profile, scene, history, player_line)))
+            if not history or (len(toks) <= room and len(toks) - len(base) <= self.config.history_tokens):
+                return toks
+            history = history[1:]
+
+    def say(self, npc_id: str, player_line: str, scene: SceneInfo | None = None, opts: GenOptions | None = None,
+            session: str = "", cancelled: Callable[[], bool] = lambda: False, deadline: float | None = None,
+            blend: list[tuple[str, float]] | None = None, profile: RoleProfile | None = None) -> Reply:
+        """Start a reply. Raises BadRequest, UnknownRole, InvalidBlend, ContextTooLarge or PoolBusy before anything
+        streams; the stream raises NonFiniteLogits if the model's output stops being finite.
+
+        With ``blend`` (role id, weight pairs) and ``profile``, ``npc_id`` is a procedural NPC with no role file.
+        ``opts.max_tokens`` 0 means the daemon's default."""
+        if self._closing:
+            raise PoolBusy("the daemon is shutting down")
+        scene = scene or SceneInfo()
+        opts = self.limits.check_say(npc_id, session, player_line, scene, opts or GenOptions())
+        if (blend is None) != (profile is None):
+            raise InvalidBlend("a procedural NPC needs both a blend and a profile")
+        player_line = clean(player_line)
+        scene = clean_scene(scene)
+        if profile is not None:
+            profile = clean_profile(profile)
+        voice, adapters, scales = self.roleset.acquire(npc_id, blend, profile, self.limits.max_blend)
+        try:
+            prompt = self.build_prompt(voice.profile, session, npc_id, player_line, scene, opts.max_tokens)
+            key = tuple((a.sha256, float(s)) for a, s in zip(adapters, scales))
+            stop = lambda: self._closing or cancelled()  # noqa: E731
+            chunks = self._stream(adapters, scales, key, prompt, opts, stop, deadline)
+        except BaseException:
+            self.roleset.release(adapters)
+            raise
+
+        def done(finish: str, text: str) -> None:
+            self.roleset.release(adapters)
+            if finish in ("stop", "length") and session:
+                self.memory.add(session, npc_id, player_line, text.strip())
+
+        return Reply(voice.id, dict(voice.weights), ReplyStream(self._guarded(chunks, voice, key), done))
+
+    def _guarded(self, chunks: ReplyStream, voice, key: tuple) -> "_NamedFailures":
+        """Name the NPC when its output stops being finite, and log that once per adapter set."""
+
+        def named(exc: NonFiniteLogits) -> NonFiniteLogits:
+            msg = (f"NPC {voice.id!r} produced non-finite logits (blocks: {', '.join(sorted(voice.weights))}); the line "
+                   "was stopped and its context cleared. Re-bake or replace the role file.")
+            if key not in self._broken:
+                self._broken.add(key)
+                log.error(msg)
+            return NonFiniteLogits(msg)
+
+        return _NamedFailures(chunks, named)
+
+    def _queue_timeout(self, deadline: float | None) -> float:
+        timeout = self.config.queue_timeout
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+        return timeout
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    def session(self, session: str) -> dict[str, list[tuple[str, str]]]:
+        """Every NPC's remembered exchanges in one session, oldest first (for a game's save file)."""
+        return self.memory.export(session)
+
+    def restore_session(self, session: str, npcs: list[tuple[str, list[tuple[str, str]]]]) -> int:
+        """Put a saved session's memory back (checked against the limits, its text cleaned like any request's).
+        Returns the exchanges restored."""
+        self.limits.check_session(session, npcs, self.memory.max_turns)
+        cleaned = {npc: [(clean(said), clean(replied)) for said, replied in turns] for npc, turns in npcs}
+        self.memory.restore(session, cleaned)
+        return sum(len(t) for t in self.memory.export(session).values())
+
+    def forget(self, session: str, npc_id: str = "") -> int:
+        """Forget a session (or one NPC in it); returns the conversations dropped."""
+        if not session:
+            raise BadRequest("session_id is required")
+        return self.memory.forget(session, npc_id)
+
+    # -- shutting down ---------------------------------------------------------------------------
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every stream at its next token, wait for them to end, then free native memory.
+
+        Freeing a model under a decode in flight would crash the process; if streams do not drain in
+        time, the memory is left to the process exit instead."""
+        self._closing = True
+        if not self._wait_idle(timeout):
+            log.warning("%d stream(s) still running after %.0f s; not freeing the model", self.busy(), timeout)
+            return
+        self._free()
+
+
+class _NamedFailures:
+    """A backend's chunks, with NonFiniteLogits replaced by ``name(exc)``; closing closes the backend's stream."""
+
+    def __init__(self, chunks: ReplyStream, name: Callable[[NonFiniteLogits], NonFiniteLogits]):
+        self._chunks, self._name = chunks, name
+
+    def __iter__(self) -> "_NamedFailures":
+        return self
+
+    def __next__(self) -> Chunk:
+        try:
+            return next(self._chunks)
+        except NonFiniteLogits as exc:
+            raise self._name(exc) from None
+
+    def close(self) -> None:
+        self._chunks.close()

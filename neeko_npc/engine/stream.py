@@ -1,0 +1,139 @@
+"""What every backend's reply stream is made of: options, chunks, sampling, stop strings, errors.
+
+Backend-neutral: the llama.cpp engine (llama_engine.py) and the torch engine (torch_engine.py) both
+build their replies from these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .. import defaults
+from ..errors import NeekoError
+
+
+class PoolBusy(NeekoError, RuntimeError):
+    """No context (or batch place) came free in time, or the daemon is shutting down; retry shortly."""
+
+
+class NonFiniteLogits(NeekoError, RuntimeError):
+    """The model's output for a reply held NaN or infinity (a broken adapter): the reply cannot go on."""
+
+
+def check_finite(logits: np.ndarray) -> np.ndarray:
+    if not np.isfinite(logits).all():
+        raise NonFiniteLogits("the model's logits are not finite")
+    return logits
+
+
+@dataclass
+class GenOptions:
+    max_tokens: int = defaults.MAX_TOKENS
+    temperature: float = defaults.TEMPERATURE
+    top_p: float = defaults.TOP_P
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class Chunk:
+    text: str
+    done: bool = False
+    finish: str = ""  # "stop", "length", "cancelled"
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def sample(logits: np.ndarray, opts: GenOptions, rng: np.random.Generator) -> int:
+    if opts.temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / opts.temperature
+    z -= z.max()
+    p = np.exp(z)
+    p /= p.sum()
+    if opts.top_p < 1.0:
+        order = np.argsort(-p)
+        cum = np.cumsum(p[order])
+        keep = order[: int(np.searchsorted(cum, opts.top_p)) + 1]
+        q = np.zeros_like(p)
+        q[keep] = p[keep]
+        p = q / q.sum()
+    return int(rng.choice(len(p), p=p))
+
+
+class ReplyStream:
+    """An iterator over a reply's chunks that runs ``on_close(finish, text)`` exactly once: when the
+    reply ends, when it fails, when ``close()`` is called, or when it is garbage-collected unstarted
+    (a generator's ``finally`` would not run in that last case, leaking its context)."""
+
+    def __init__(self, chunks: Iterator[Chunk], on_close: Callable[[str, str], None]):
+        self._chunks = chunks
+        self._on_close = on_close
+        self._text: list[str] = []
+        self._finish = ""
+        self._closed = False
+
+    def __iter__(self) -> "ReplyStream":
+        return self
+
+    def __next__(self) -> Chunk:
+        if self._closed:
+            raise StopIteration
+        try:
+            chunk = next(self._chunks)
+        except BaseException:
+            self.close()
+            raise
+        self._text.append(chunk.text)
+        if chunk.done:
+            self._finish = chunk.finish
+        return chunk
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._on_close(self._finish, "".join(self._text))
+
+    def __del__(self):
+        self.close()
+
+
+class TextStream:
+    """The text a reply has produced so far, cut into stream-safe deltas.
+
+    ``update`` takes the whole decoded text after each token and returns the new text that is safe to
+    send: never half a character, and never the start of what might become a stop string."""
+
+    def __init__(self, stop: tuple[str, ...] = ()):
+        self.stop = tuple(s for s in stop if s)
+        self.hold = max((len(s) for s in self.stop), default=0)
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def update(self, text: str) -> str:
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, self.stopped = text[:cut], True
+        self.text = text
+        ready = len(text) - self.hold
+        while ready > self.sent and text[ready - 1] == "\ufffd":  # an incomplete multi-byte character
+            ready -= 1
+        if self.stopped or ready <= self.sent:
+            return ""
+        delta, self.sent = text[self.sent:ready], ready
+        return delta
+
+    def rest(self) -> str:
+        """Everything not yet sent, once the reply has ended."""
+        delta, self.sent = self.text[self.sent:], len(self.text)
+        return delta

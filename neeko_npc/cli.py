@@ -308,7 +308,7 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
 @click.option("--pool-size", default=D.POOL_SIZE, show_default=True, type=click.IntRange(1, 64), help="In process: llama.cpp contexts.")
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="In process: CPU threads, shared by the contexts decoding at once. Default: all cores.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory section (it starts one daemon per role count).")
-@click.option("--quick", is_flag=True, help="CI-sized: fewer repetitions, 0/1/3 roles for memory; figures are rougher.")
+@click.option("--quick", is_flag=True, help="CI-sized: fewer repetitions, 0 and 2 roles for memory; figures are rougher.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write every figure as JSON.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Also draw a PNG (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

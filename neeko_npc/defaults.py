@@ -2,6 +2,18 @@
 ServerConfig, ...) take their field defaults from here, and the CLI's option defaults come from the same names,
 so a value changed here changes everywhere. Standard library only: the CLI imports it at start-up."""
 
+import os
+from pathlib import Path
+
+# -- files ------------------------------------------------------------------------------------------------
+CACHE_DIR = "~/.cache/neeko-npc"  # base-model fingerprints, exported adapters, float copies of GGUF bases
+CACHE_ENV = "NEEKO_NPC_CACHE"  # moves it
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or os.path.expanduser(CACHE_DIR))
+
+
 # -- the daemon -------------------------------------------------------------------------------------------
 HOST = "127.0.0.1"  # loopback only unless told otherwise
 PORT = 50051

@@ -29,7 +29,22 @@ def run(*args):
 
 
 @pytest.fixture(scope="session")
-def baked(tmp_path_factory):
+def gguf_base(private_cache):
+    """(ref, model, tokenizer): the session's first load of the real base for training, converted from its GGUF
+    into an empty cache, so what it returns is the conversion itself; every later load reads the float copy it
+    kept (test_real_model compares the two)."""
+    from neeko_npc.neeko.base import COMPLETE, float_cache_dir, load_for_training
+    from neeko_npc.roles.base_model import resolve_base_model
+
+    ref = resolve_base_model(None)
+    assert not (float_cache_dir(ref) / COMPLETE).exists()
+    model, tok = load_for_training(ref, "fp32")
+    assert (float_cache_dir(ref) / COMPLETE).is_file()
+    return ref, model, tok
+
+
+@pytest.fixture(scope="session")
+def baked(tmp_path_factory, gguf_base):
     """smith + bard pre-finetuned on the real SmolLM2 (kept in `before`), then fisher added by expansion in `dir`."""
     root = tmp_path_factory.mktemp("roles")
     out = root / "set"

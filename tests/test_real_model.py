@@ -22,12 +22,8 @@ pytestmark = pytest.mark.slow  # the real model
 
 
 @pytest.fixture(scope="module")
-def base():
-    from neeko_npc.neeko.base import load_for_training
-
-    ref = resolve_base_model(None)
-    model, tok = load_for_training(ref, "fp32")
-    return ref, model, tok
+def base(gguf_base):
+    return gguf_base
 
 
 def neeko_from(model, assets):
@@ -38,6 +34,25 @@ def neeko_from(model, assets):
     for a in assets:
         n.load_block(a.id, a.block)
     return n
+
+
+def test_the_float_copy_of_a_gguf_base_is_the_gguf_exactly(gguf_base):
+    """The float copy kept by the first load holds the very weights and tokenizer the GGUF converts to, and bf16
+    is the same cast either way. (A damaged copy: test_torch_engine's f32 base.)"""
+    from neeko_npc.neeko.base import load_for_training
+
+    ref, direct, direct_tok = gguf_base
+    cached, cached_tok = load_for_training(ref, "fp32")
+    a, b = direct.state_dict(), cached.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    texts = ["Hello there, smith!", "<|im_start|>user\nÀ bientôt — 3.5 kg of ore?<|im_end|>", "  spaces\tand\nlines  "]
+    assert [direct_tok(t)["input_ids"] for t in texts] == [cached_tok(t)["input_ids"] for t in texts]
+    msgs = [{"role": "system", "content": "You are Bram."}, {"role": "user", "content": "Hi."}]
+    assert direct_tok.apply_chat_template(msgs, tokenize=True) == cached_tok.apply_chat_template(msgs, tokenize=True)
+    del cached
+    half, _ = load_for_training(ref, "bf16")
+    h = half.state_dict()
+    assert all(h[k].dtype == torch.bfloat16 and torch.equal(h[k], a[k].to(torch.bfloat16)) for k in a)
 
 
 def test_masking_trains_only_on_the_npc_lines(base):

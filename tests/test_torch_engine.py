@@ -1,5 +1,6 @@
 """--engine torch: the block LoRA served from torch, batched, and checked against llama.cpp on the same float weights."""
 
+import logging
 import threading
 
 import pytest
@@ -9,6 +10,7 @@ from neeko_npc.engine.base import EngineConfig
 from neeko_npc.engine.llama_engine import LlamaEngine
 from neeko_npc.roles.prompt import SceneInfo
 from neeko_npc.engine.torch_engine import TorchEngine
+from neeko_npc.v1 import dialogue_pb2 as pb
 from neeko_npc.roles.asset import read_asset, write_asset
 from neeko_npc.roles.base_model import base_info, default_model_path, resolve_base_model
 from tests.gguf_f32 import write_f32_copy
@@ -35,8 +37,24 @@ def f32_setup(baked, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_engine(f32_setup):
+    """The torch engine on the f32 base, loaded over a damaged float copy of that base (garbage weights behind a
+    complete-looking folder): the load warns, converts the GGUF again, and the engine must still match llama.cpp."""
+    from neeko_npc.neeko.base import COMPLETE, float_cache_dir
+
     model, roles = f32_setup
-    e = TorchEngine(roles, str(model), EngineConfig(max_batch=4), device="cpu")
+    damaged = float_cache_dir(resolve_base_model(model))
+    damaged.mkdir(parents=True)
+    (damaged / "config.json").write_text("{not json")
+    (damaged / COMPLETE).write_text("1\n")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("neeko_npc.neeko").addHandler(handler)
+    try:
+        e = TorchEngine(roles, str(model), EngineConfig(max_batch=4), device="cpu")
+    finally:
+        logging.getLogger("neeko_npc.neeko").removeHandler(handler)
+    e.load_warnings = seen
     yield e
     e.close()
 
@@ -49,6 +67,7 @@ def reply(engine, npc, line=LINE, **opts):
 
 def test_same_greedy_reply_as_llama_cpp_on_an_unquantized_base(f32_setup, torch_engine):
     model, roles = f32_setup
+    assert any("converting the GGUF again" in m for m in torch_engine.load_warnings)  # the damaged copy was replaced
     llama = LlamaEngine(roles, str(model), EngineConfig(pool_size=1, n_threads=2))
     try:
         for npc in ("smith", "bard"):
@@ -85,23 +104,6 @@ def test_stop_strings_and_dropped_streams(torch_engine):
     assert torch_engine.pool.wait_idle(30)  # the dropped row stopped long before 300 tokens
 
 
-def test_grpc_service_on_the_torch_engine(f32_setup):
-    from neeko_npc.server.app import Daemon, ServerConfig
-    from neeko_npc.server.client import Client
-
-    model, roles = f32_setup
-    d = Daemon(ServerConfig(port=0, watch_interval=0), lambda: TorchEngine(roles, str(model), device="cpu")).start()
-    try:
-        assert d.loaded.wait(120) and d.service.engine is not None, d.service.load_error
-        c = Client(d.address)
-        chunks = list(c.say("smith", LINE, temperature=0.0, max_tokens=16))
-        assert chunks[-1].done and "".join(x.text for x in chunks).strip()
-        assert [w.role_id for w in chunks[-1].role_weights] == ["smith"]
-        c.close()
-    finally:
-        d.stop(0)
-
-
 def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine):
     """A block that escaped the file checks (set here in memory: 1e30 everywhere) ends its own row with
     NonFiniteLogits naming the NPC; the NPC batched beside it gets its solo reply."""
@@ -135,3 +137,23 @@ def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine):
         for name, mod in torch_engine.neeko.modules.items():
             mod.set_block(k, *saved[name])
     assert torch_engine.pool.wait_idle(10)
+
+
+def test_grpc_service_on_the_torch_engine(torch_engine):
+    """Last in this file: the daemon takes the module's engine (one model load fewer) and closes it when it stops."""
+    from neeko_npc.server.app import Daemon, ServerConfig
+    from neeko_npc.server.client import Client
+
+    solo = reply(torch_engine, "smith", max_tokens=16)[0]
+    d = Daemon(ServerConfig(port=0, watch_interval=0), lambda: torch_engine).start()
+    try:
+        assert d.loaded.wait(120) and d.service.engine is torch_engine, d.service.load_error
+        c = Client(d.address)
+        chunks = list(c.say("smith", LINE, scene=pb.SceneContext(location="the village square"), temperature=0.0, max_tokens=16))
+        assert chunks[-1].done and "".join(x.text for x in chunks) == solo and solo.strip()
+        assert [w.role_id for w in chunks[-1].role_weights] == ["smith"]
+        c.close()
+    finally:
+        d.stop(0)
+    assert torch_engine.busy() == 0 and torch_engine._closing  # the daemon drained and closed it
+

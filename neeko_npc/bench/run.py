@@ -22,7 +22,7 @@ from .targets import BENCH_SCENE, InProcess, Remote
 FULL = dict(ttft_reps=10, switch_reps=12, levels=[1, 2, 4, 8], per_stream=3, decode_tokens=64, decode_rounds=5,
             adapter_switch_reps=40, reload_reps=6, role_counts=[0, 1, 10, 50], merged_counts=[1, 5], mixture_blocks=50)
 QUICK = dict(ttft_reps=3, switch_reps=4, levels=[1, 2, 4, 8], per_stream=1, decode_tokens=24, decode_rounds=2,
-             adapter_switch_reps=10, reload_reps=2, role_counts=[0, 1, 3], merged_counts=[1, 2], mixture_blocks=10)
+             adapter_switch_reps=10, reload_reps=2, role_counts=[0, 2], merged_counts=[1, 2], mixture_blocks=10)
 
 
 @dataclass

@@ -45,7 +45,7 @@ log = logging.getLogger("neeko_npc.engine")
 # -- role blocks as llama.cpp adapters -------------------------------------------------------------
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("NEEKO_NPC_CACHE", Path.home() / ".cache" / "neeko-npc")) / "adapters"
+    return defaults.cache_root() / "adapters"
 
 
 class LlamaAdapters:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .. import defaults
 from ..errors import InputError
 from .asset import BaseInfo
 
@@ -112,7 +112,7 @@ def read_shape(ref: BaseModelRef) -> dict:
 
 
 def _cache_file() -> Path:
-    root = Path(os.environ.get("NEEKO_NPC_CACHE", Path.home() / ".cache" / "neeko-npc"))
+    root = defaults.cache_root()
     return root / "fingerprints.json"
 
 

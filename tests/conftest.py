@@ -30,17 +30,30 @@ def run(*args):
 
 @pytest.fixture(scope="session")
 def gguf_base(private_cache):
-    """(ref, model, tokenizer): the session's first load of the real base for training, converted from its GGUF
-    into an empty cache, so what it returns is the conversion itself; every later load reads the float copy it
-    kept (test_real_model compares the two)."""
+    """(ref, model, tokenizer, load warnings): the session's first load of the real base for training. The cache
+    holds only a damaged float copy (garbage behind a complete-looking folder), so the load warns, converts the
+    GGUF and keeps a good copy: what it returns is the conversion itself, and every later load reads the copy
+    (test_real_model compares the two)."""
+    import logging
+
     from neeko_npc.neeko.base import COMPLETE, float_cache_dir, load_for_training
     from neeko_npc.roles.base_model import resolve_base_model
 
     ref = resolve_base_model(None)
-    assert not (float_cache_dir(ref) / COMPLETE).exists()
-    model, tok = load_for_training(ref, "fp32")
-    assert (float_cache_dir(ref) / COMPLETE).is_file()
-    return ref, model, tok
+    damaged = float_cache_dir(ref)
+    damaged.mkdir(parents=True)
+    (damaged / "config.json").write_text("{not json")
+    (damaged / COMPLETE).write_text("1\n")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("neeko_npc.neeko").addHandler(handler)
+    try:
+        model, tok = load_for_training(ref, "fp32")
+    finally:
+        logging.getLogger("neeko_npc.neeko").removeHandler(handler)
+    assert (damaged / COMPLETE).is_file() and (damaged / "model.safetensors").is_file()
+    return ref, model, tok, seen
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """--engine torch: the block LoRA served from torch, batched, and checked against llama.cpp on the same float weights."""
 
-import logging
 import threading
 
 import pytest
@@ -21,40 +20,30 @@ LINE = "What do you do all day?"
 
 
 @pytest.fixture(scope="module")
-def f32_setup(baked, tmp_path_factory):
-    """An f32 copy of SmolLM2 and the baked roles re-stamped for it (same weights, so the blocks fit)."""
+def f32_setup(baked, gguf_base, tmp_path_factory):
+    """The same float weights twice: the float copy of SmolLM2 the trainer keeps (a Hugging Face folder, for torch)
+    and an f32 GGUF of the same dequantized tensors (for llama.cpp), with the baked roles re-stamped for each."""
+    from neeko_npc.neeko.base import float_cache_dir
+
     root = tmp_path_factory.mktemp("f32")
-    model = write_f32_copy(default_model_path(), root / "smollm2-f32.gguf")
-    info = base_info(resolve_base_model(model))
-    roles = root / "roles"
-    roles.mkdir()
-    for rid in ("smith", "bard"):
-        a = read_asset(baked["before"] / f"{rid}.nrole")
-        a.base = info
-        write_asset(a, roles / f"{rid}.nrole")
-    return model, roles
+    gguf = write_f32_copy(default_model_path(), root / "smollm2-f32.gguf")
+    hf = float_cache_dir(gguf_base[0])
+    folders = {}
+    for name, model in (("llama", gguf), ("torch", hf)):
+        info = base_info(resolve_base_model(model))
+        folders[name] = root / name
+        folders[name].mkdir()
+        for rid in ("smith", "bard"):
+            a = read_asset(baked["before"] / f"{rid}.nrole")
+            a.base = info
+            write_asset(a, folders[name] / f"{rid}.nrole")
+    return {"llama": (str(gguf), folders["llama"]), "torch": (str(hf), folders["torch"])}
 
 
 @pytest.fixture(scope="module")
 def torch_engine(f32_setup):
-    """The torch engine on the f32 base, loaded over a damaged float copy of that base (garbage weights behind a
-    complete-looking folder): the load warns, converts the GGUF again, and the engine must still match llama.cpp."""
-    from neeko_npc.neeko.base import COMPLETE, float_cache_dir
-
-    model, roles = f32_setup
-    damaged = float_cache_dir(resolve_base_model(model))
-    damaged.mkdir(parents=True)
-    (damaged / "config.json").write_text("{not json")
-    (damaged / COMPLETE).write_text("1\n")
-    seen = []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
-    logging.getLogger("neeko_npc.neeko").addHandler(handler)
-    try:
-        e = TorchEngine(roles, str(model), EngineConfig(max_batch=4), device="cpu")
-    finally:
-        logging.getLogger("neeko_npc.neeko").removeHandler(handler)
-    e.load_warnings = seen
+    model, roles = f32_setup["torch"]
+    e = TorchEngine(roles, model, EngineConfig(max_batch=4), device="cpu")
     yield e
     e.close()
 
@@ -66,9 +55,8 @@ def reply(engine, npc, line=LINE, **opts):
 
 
 def test_same_greedy_reply_as_llama_cpp_on_an_unquantized_base(f32_setup, torch_engine):
-    model, roles = f32_setup
-    assert any("converting the GGUF again" in m for m in torch_engine.load_warnings)  # the damaged copy was replaced
-    llama = LlamaEngine(roles, str(model), EngineConfig(pool_size=1, n_threads=2))
+    model, roles = f32_setup["llama"]
+    llama = LlamaEngine(roles, model, EngineConfig(pool_size=1, n_threads=2))
     try:
         for npc in ("smith", "bard"):
             t_text, t_last = reply(torch_engine, npc)

@@ -308,12 +308,14 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
 @click.option("--pool-size", default=D.POOL_SIZE, show_default=True, type=click.IntRange(1, 64), help="In process: llama.cpp contexts.")
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="In process: CPU threads, shared by the contexts decoding at once. Default: all cores.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory section (it starts one daemon per role count).")
+@click.option("--no-town", is_flag=True, help="Skip the town section (a day of 24 NPCs on 4 contexts, with and without snapshots).")
 @click.option("--quick", is_flag=True, help="CI-sized: fewer repetitions, 0 and 2 roles for memory; figures are rougher.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write every figure as JSON.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Also draw a PNG (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_memory, quick, json_out, plot_out, quiet):
+def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_memory, no_town, quick, json_out, plot_out,
+          quiet):
     """Speed and memory: time to first token, decode rate, switching NPC,
     concurrency and resident memory, beside baselines measured in the same run
     (the base model alone, a merged single LoRA, one merged model per NPC, and a
@@ -329,7 +331,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'neeko-npc[bench]'") from None
     cfg = BenchConfig(roles_dir=roles_dir, base_model=base_model, address=address, token=token, tls_ca=tls_ca, quick=quick,
-                      pool_size=pool_size, threads=threads, memory=not no_memory)
+                      pool_size=pool_size, threads=threads, memory=not no_memory, town=not no_town)
     with tqdm(total=total_steps(cfg), disable=quiet, unit="step", file=sys.stderr) as bar:
         result = run_bench(cfg, bar)
     click.echo(table(result))
@@ -363,6 +365,9 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("--max-queue", default=D.MAX_QUEUE, show_default=True, type=click.IntRange(0, 10000),
               help="Requests that may wait for a context; more get RESOURCE_EXHAUSTED.")
 @click.option("--queue-timeout", default=D.QUEUE_TIMEOUT, show_default=True, type=click.FloatRange(0), help="Seconds a request waits for a context.")
+@click.option("--snapshot-mib", default=D.SNAPSHOT_MIB, show_default=True, type=click.IntRange(0),
+              help="Host memory for kept conversation states (KV snapshots, 22.5 KiB a token on the default model), so "
+                   "a line can start on any free context; roles' prompts are prefilled into it at start-up. 0 turns it off.")
 @click.option("--history-tokens", default=D.HISTORY_TOKENS, show_default=True, type=click.IntRange(0), help="Memory budget per (session, NPC).")
 @click.option("--max-tokens-limit", default=D.MAX_TOKENS_LIMIT, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
 @click.option("--max-player-line-chars", default=D.MAX_PLAYER_LINE_CHARS, show_default=True, type=click.IntRange(1),
@@ -381,7 +386,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("-v", "--verbose", is_flag=True, help="Log every request and reload (INFO), not only warnings.")
 @friendly_errors
 def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
-          history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, watch_interval,
+          snapshot_mib, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, watch_interval,
           engine, device, max_batch, verbose):
     """Run the dialogue daemon (gRPC) on the base model and every role in --roles."""
     from functools import partial
@@ -393,7 +398,8 @@ def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size
     limits = Limits(max_tokens_limit=max_tokens_limit, max_player_line_chars=max_player_line_chars,
                     max_scene_chars=max_scene_chars, max_profile_chars=max_profile_chars, max_blend=max_blend)
     config = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
-                          history_tokens=history_tokens, max_batch=max_batch, limits=limits)
+                          history_tokens=history_tokens, max_batch=max_batch, snapshot_bytes=snapshot_mib * 1024 * 1024,
+                          limits=limits)
     server = app.ServerConfig(host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval)
     app.run(server, partial(open_engine, engine, roles_dir, base_model, config, device=device),
             echo=lambda line: click.echo(line, err=True), verbose=verbose)
@@ -445,6 +451,7 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend,
     if seed is not None:
         opts["seed"] = seed  # --seed 0 is a seed too
     from .server.sentences import sentences as split_sentences
+    from .v1 import dialogue_pb2 as pb
 
     client = Client(address, token, tls_ca)
     try:
@@ -466,7 +473,8 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend,
             click.echo("")
         if stats and last is not None:
             w = ", ".join(f"{x.role_id} {x.weight:.2f}" for x in last.role_weights)
-            click.echo(f"[{last.completion_tokens} tokens, prompt {last.prompt_tokens} ({last.cached_prompt_tokens} cached), "
+            cache = pb.PromptCache.Name(last.prompt_cache).removeprefix("PROMPT_CACHE_").lower()
+            click.echo(f"[{last.completion_tokens} tokens, prompt {last.prompt_tokens} ({last.cached_prompt_tokens} cached, {cache}), "
                        f"first token {last.time_to_first_token_ms:.0f} ms, blocks: {w}]", err=True)
     except grpc.RpcError as exc:
         raise _rpc_error(exc) from None

@@ -84,7 +84,6 @@ def test_two_npcs_at_once_equal_their_solo_replies(daemon, client):
     """Every reply here starts from an empty cache, so solo and concurrent runs compute the same way: a prompt
     decoded on top of a cached prefix gives slightly different logits than one prefilled whole, and greedy
     text can part after ~20 tokens (it did on AMD when the solo run was cold and the concurrent one cached)."""
-    pool = daemon.service.engine.pool
 
     def say(npc):
         text, chunks = collect(client.say(npc, "What do you do all day?", **GREEDY))
@@ -93,7 +92,7 @@ def test_two_npcs_at_once_equal_their_solo_replies(daemon, client):
 
     solo = {}
     for npc in ("smith", "bard"):
-        pool.forget()
+        daemon.service.engine.forget_cache()
         solo[npc] = say(npc)
     assert solo["smith"] != solo["bard"]
     spans, results = {}, {}
@@ -103,7 +102,7 @@ def test_two_npcs_at_once_equal_their_solo_replies(daemon, client):
         results[npc] = say(npc)
         spans[npc] = (t0, time.monotonic())
 
-    pool.forget()
+    daemon.service.engine.forget_cache()
 
     threads = [threading.Thread(target=talk, args=(n,)) for n in ("smith", "bard")]
     for t in threads:
@@ -150,6 +149,7 @@ def test_follow_up_reuses_the_conversation(client):
     second = collect(client.say("bard", "Another one!", session="s-follow", **GREEDY))[1][-1]
     assert second.prompt_tokens > first.prompt_tokens  # the first exchange is remembered
     assert second.cached_prompt_tokens > first.prompt_tokens // 2
+    assert second.prompt_cache == pb.PROMPT_CACHE_HOT  # the bard's context still held the conversation
     assert client.stub.ForgetSession(pb.ForgetSessionRequest(session_id="s-follow")).forgotten == 1
     third = collect(client.say("bard", "Another one!", session="s-follow", **GREEDY))[1][-1]
     assert third.prompt_tokens < second.prompt_tokens

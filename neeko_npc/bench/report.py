@@ -51,6 +51,26 @@ def targets(r: BenchResult) -> list[Target]:
     if t.get("follow_over_cold") is not None:
         v = t["follow_over_cold"]
         add("follow_up", "follow-up time to first token <= half a cold line of the same length", v, v <= 0.5, f"{v:.2f}x")
+    t1 = r.town.get("town_1_over_hot")
+    if t1 is not None:
+        add("town_1", "town, 1 player: time to first token p50 <= 1.5x a hot follow-up's", t1, t1 <= 1.5,
+            f"{t1:.2f}x ({_f(r.town['runs']['snapshots']['levels']['1']['ttft_ms'].get('p50'), '{:.0f}')} ms against "
+            f"{_f(r.town['hot_follow_up_ms'], '{:.0f}')} ms)")
+    fv = r.town.get("first_visit_over_hot")
+    if fv is not None:
+        add("town_first", "town: an NPC's first line after start-up <= 2x a hot follow-up", fv, fv <= 2, f"{fv:.2f}x")
+    p8 = r.town.get("runs", {}).get("pool 8", {}).get("levels", {}).get("8")
+    if p8:
+        p95, slowest = p8["ttft_ms"].get("p95", float("nan")), p8["stream_tok_s"].get("min", float("nan"))
+        add("town_8_ttft", "8 players on 8 contexts: time to first token p95 < 1 s", p95, p95 < 1000, f"{p95:.0f} ms")
+        add("town_8_rate", "... every stream at least 10 tokens/s while decoding", slowest, slowest >= 10,
+            f"slowest line {slowest:.1f} tokens/s")
+        add("town_8_errors", "... and zero errors", p8["errors"], p8["errors"] == 0, f"{p8['errors']} error(s)")
+    if r.town.get("runs"):
+        over = [lv for run in r.town["runs"].values() for lv in run["levels"].values()
+                if lv["snapshot_budget"] and lv["snapshot_bytes_peak"] > lv["snapshot_budget"]]
+        add("town_budget", "snapshot memory stays under its budget", len(over), not over,
+            "under budget in every run" if not over else f"over budget in {len(over)} run(s)")
     c = r.concurrency
     if "1" in c and "4" in c:
         a1 = c["1"]["aggregate_tok_s"]
@@ -112,6 +132,28 @@ def table(r: BenchResult) -> str:
                          f"{_p(v['ttft_ms'], 'p95', '{:.0f}'):>10}{v['errors']:>8}{v['lines']:>7}")
             for e in v["error_messages"]:
                 lines.append(f"      error: {e}")
+        lines.append("")
+    if r.town.get("runs"):
+        tw = r.town
+        lines.append(f"Town: {tw['npcs']} NPCs, each player {tw['stops_per_player']} stops (an opening line and a follow-up, "
+                     "or a bark every third); time to first token in ms")
+        lines.append(f"  {'run':<24}{'players':>8}{'lines':>7}{'p50':>7}{'p95':>7}{'stream tok/s p50':>18}{'min':>6}"
+                     f"{'hot/snap/cold':>15}{'errors':>8}{'snapshots MiB':>15}{'RSS MiB':>9}")
+        for name, run in tw["runs"].items():
+            label = f"{name} (pool {run['pool']})"
+            for k, v in run["levels"].items():
+                sv = v["served"]
+                lines.append(f"  {label:<24}{k:>8}{v['lines']:>7}{_p(v['ttft_ms'], fmt='{:.0f}'):>7}"
+                             f"{_p(v['ttft_ms'], 'p95', '{:.0f}'):>7}{_p(v['stream_tok_s']):>18}{_p(v['stream_tok_s'], 'min'):>6}"
+                             f"{sv['hot']:>5}/{sv['snapshot']}/{sv['cold']:<4}{v['errors']:>6}"
+                             f"{v['snapshot_bytes'] / MiB:>15.1f}{_f(v['rss_bytes'] and v['rss_bytes'] / MiB, '{:.0f}'):>9}")
+                label = ""
+            if run["warm_up"]:
+                lines.append(f"    {run['warm_up']}")
+        one = tw["runs"].get("snapshots", {}).get("levels", {}).get("1")
+        if one:
+            kinds = ", ".join(f"{k} {_p(v, fmt='{:.0f}')}" for k, v in one["ttft_ms_by_kind"].items())
+            lines.append(f"  1 player, p50 by kind of line (ms): {kinds}")
         lines.append("")
     mem = r.memory
     if mem:

@@ -20,9 +20,11 @@ from .speed import DecodeRow
 from .targets import BENCH_SCENE, InProcess, Remote
 
 FULL = dict(ttft_reps=10, switch_reps=12, levels=[1, 2, 4, 8], per_stream=3, decode_tokens=64, decode_rounds=5,
-            adapter_switch_reps=40, reload_reps=6, role_counts=[0, 1, 10, 50], merged_counts=[1, 5], mixture_blocks=50)
+            adapter_switch_reps=40, reload_reps=6, role_counts=[0, 1, 10, 50], merged_counts=[1, 5], mixture_blocks=50,
+            town_npcs=24, town_levels=[1, 4, 8], town_stops=6, town_tokens=24)
 QUICK = dict(ttft_reps=3, switch_reps=4, levels=[1, 2, 4, 8], per_stream=1, decode_tokens=24, decode_rounds=2,
-             adapter_switch_reps=10, reload_reps=2, role_counts=[0, 2], merged_counts=[1, 2], mixture_blocks=10)
+             adapter_switch_reps=10, reload_reps=2, role_counts=[0, 2], merged_counts=[1, 2], mixture_blocks=10,
+             town_npcs=12, town_levels=[1, 4], town_stops=3, town_tokens=16)
 
 
 @dataclass
@@ -36,6 +38,7 @@ class BenchConfig:
     pool_size: int = defaults.POOL_SIZE
     threads: int | None = None
     memory: bool = True
+    town: bool = True
     workdir: Path | None = None
     sizes: dict = field(default_factory=dict)  # overrides of FULL / QUICK
 
@@ -59,6 +62,7 @@ class BenchResult:
     adapter_switch: dict = field(default_factory=dict)  # speed.adapter_switch
     reload_per_npc: dict = field(default_factory=dict)  # baselines.reload_per_npc
     memory: dict = field(default_factory=dict)  # memory.memory_by_role_count, plus merged_models
+    town: dict = field(default_factory=dict)  # town.town: many NPCs, few contexts, with and without snapshots
     skipped: list[str] = field(default_factory=list)
 
     def decode_row(self, key: str) -> DecodeRow | None:
@@ -225,6 +229,9 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
     finally:
         engine.close()
 
+    if cfg.town:
+        step("town: a day of 24 NPCs on 4 contexts" if not cfg.quick else "town")
+        out.town = _town(cfg, blocks, work / "town", tick)
     if cfg.memory:
         step("memory: daemon RSS by role count")
         out.memory = memory.memory_by_role_count(blocks, cfg.size("role_counts"), cfg.base_model, work, progress=tick)
@@ -235,6 +242,27 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
     return out
 
 
+def _town(cfg: BenchConfig, blocks, folder: Path, tick) -> dict:
+    import time
+
+    from ..engine.base import EngineConfig
+    from ..engine.llama_engine import LlamaEngine
+    from . import town
+
+    npcs = town.town_roles(blocks, cfg.size("town_npcs"), folder)
+
+    def make(pool: int, snapshots: bool):
+        t0 = time.perf_counter()
+        config = EngineConfig(pool_size=pool, n_threads=cfg.threads)
+        if not snapshots:
+            config.snapshot_bytes = 0
+        engine = LlamaEngine(folder, cfg.base_model, config)
+        engine.warmed.wait()
+        return engine, time.perf_counter() - t0
+
+    return town.town(make, npcs, cfg.size("town_levels"), cfg.size("town_stops"), cfg.size("town_tokens"), progress=tick)
+
+
 def total_steps(cfg: BenchConfig) -> int:
     """Progress-bar length: one tick per timed unit of work."""
     s = cfg.size
@@ -242,4 +270,5 @@ def total_steps(cfg: BenchConfig) -> int:
     if not cfg.address:
         n += 6 * s("decode_rounds") + 1
         n += len(s("role_counts")) if cfg.memory else 0
+        n += 3 if cfg.town else 0
     return n

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..roles.profile import ROLE_ID_RE, RoleProfile
 from ..roles.prompt import ChatTemplate, SceneInfo, build_messages
 from .memory import Memory
 from .roleset import InvalidBlend, ReloadResult, RoleSet, ServedRole, Snapshot, UnknownRole, known_roles
+from .snapshots import common_prefix
 from .stream import Chunk, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream
 
 log = logging.getLogger("neeko_npc.engine")
@@ -133,6 +135,7 @@ class EngineConfig:
     queue_timeout: float = defaults.QUEUE_TIMEOUT
     history_tokens: int = defaults.HISTORY_TOKENS  # memory budget per (session, NPC)
     max_batch: int = defaults.MAX_BATCH  # torch engine: NPC lines decoded together
+    snapshot_bytes: int = defaults.SNAPSHOT_MIB * 1024 * 1024  # llama.cpp: kept conversation states; 0 turns them off
     limits: Limits = field(default_factory=Limits)
 
 
@@ -166,6 +169,11 @@ def clean_scene(s: SceneInfo) -> SceneInfo:
     )
 
 
+def adapter_key(adapters, scales) -> tuple:
+    """What a KV cache is valid under: the adapters (by content hash) and their scales, in order."""
+    return tuple((a.sha256, float(s)) for a, s in zip(adapters, scales))
+
+
 class Engine(abc.ABC):
     """The facade (module docstring) and what every backend shares: request checks, input cleaning, prompt
     assembly, role pinning, conversation memory."""
@@ -181,12 +189,15 @@ class Engine(abc.ABC):
         self.load_result: ReloadResult | None = None
         self._closing = False
         self._broken: set[tuple] = set()  # adapter sets whose output went non-finite, already logged
+        self.warmed = threading.Event()  # set once the roles' prompt prefixes are prefilled (at once if never)
+        self.warm_summary = ""  # one line about the last warm-up, for the start-up message
 
     def _open_roles(self, roles_dir: str | Path, adapters) -> None:
         """Load the roles folder through the backend's ``adapters`` (load(asset) -> handle, free(handle))."""
         self.roles_dir = Path(roles_dir)
         self.roleset = RoleSet(roles_dir, self.base, adapters)
         self.load_result = self.roleset.reload()
+        self.warmed.set()  # a backend that warms its roles clears it while it does
 
     # -- what a backend implements ---------------------------------------------------------------
 
@@ -280,7 +291,7 @@ class Engine(abc.ABC):
         voice, adapters, scales = self.roleset.acquire(npc_id, blend, profile, self.limits.max_blend)
         try:
             prompt = self.build_prompt(voice.profile, session, npc_id, player_line, scene, opts.max_tokens)
-            key = tuple((a.sha256, float(s)) for a, s in zip(adapters, scales))
+            key = adapter_key(adapters, scales)
             stop = lambda: self._closing or cancelled()  # noqa: E731
             chunks = self._stream(adapters, scales, key, prompt, opts, stop, deadline)
         except BaseException:
@@ -306,6 +317,13 @@ class Engine(abc.ABC):
             return NonFiniteLogits(msg)
 
         return _NamedFailures(chunks, named)
+
+    def profile_prefix(self, profile: RoleProfile) -> list[int]:
+        """The tokens every prompt of this NPC starts with, whatever its scene, history and line: the chat
+        template's start and the profile (the scene comes after it, see roles/prompt.py)."""
+        a = self.tokens(self.template.render(build_messages(profile, SceneInfo(location="a"), [], "a")))
+        b = self.tokens(self.template.render(build_messages(profile, SceneInfo(npc_mood="b b"), [], "b b")))
+        return a[:common_prefix(a, b)]
 
     def _queue_timeout(self, deadline: float | None) -> float:
         timeout = self.config.queue_timeout

@@ -13,6 +13,12 @@ re-plan its compute graph at the next decode (3 to 7 ms here), so a request
 goes to a slot that already holds its NPC when one is free. Before an adapter
 is freed, ``drop_adapter`` detaches it from idle slots; a busy slot only holds
 the adapters its own request has pinned.
+
+With a snapshot store (snapshots.py), what a context held is not lost when the
+context goes to another NPC: its state is copied out first, and a later request
+restores the longest matching snapshot into whatever context is free, then reads
+only the rest of its prompt. Each line says how its prompt was served: ``hot``
+(the context already held a prefix), ``snapshot`` (restored) or ``cold``.
 """
 
 from __future__ import annotations
@@ -35,11 +41,13 @@ from ..export.gguf_lora import write_gguf_lora
 from ..roles.asset import BaseInfo, RoleAsset
 from ..roles.base_model import BaseModelError, base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
-from .base import Engine, EngineConfig
+from .base import Engine, EngineConfig, UnknownRole, adapter_key
 from .llamacpp import LlamaContext, LlamaModel, openmp_build
+from .snapshots import Snapshot, SnapshotStore, common_prefix
 from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite, sample
 
 log = logging.getLogger("neeko_npc.engine")
+MiB = 1024 * 1024
 
 
 # -- role blocks as llama.cpp adapters -------------------------------------------------------------
@@ -51,10 +59,12 @@ def default_cache_dir() -> Path:
 class LlamaAdapters:
     """llama.cpp backend: each block exported to a cached GGUF LoRA and loaded with llama_adapter_lora_init."""
 
-    def __init__(self, model: LlamaModel, base: BaseInfo, cache_dir: Path | None = None, before_free=None):
+    def __init__(self, model: LlamaModel, base: BaseInfo, cache_dir: Path | None = None, before_free=None,
+                 store: SnapshotStore | None = None):
         self.model, self.base = model, base
         self.cache_dir = cache_dir or default_cache_dir()
         self.before_free = before_free  # detaches the adapter from idle contexts (ContextPool.drop_adapter)
+        self.store = store  # KV snapshots: dropped when their adapter retires
 
     def path(self, asset: RoleAsset) -> Path:
         """The cached GGUF LoRA of a block role (named by its content hash)."""
@@ -65,7 +75,14 @@ class LlamaAdapters:
         path = self.path(asset)
         if not path.is_file():
             write_gguf_lora(fold(asset), self.base, path, name=asset.id)
-        return self.model.load_adapter(path)
+        handle = self.model.load_adapter(path)
+        if self.store is not None:
+            self.store.revive(asset.sha256)
+        return handle
+
+    def retire(self, sha256: str) -> None:
+        if self.store is not None:
+            self.store.drop_adapter(sha256)
 
     def free(self, handle) -> None:
         if self.before_free is not None:
@@ -120,22 +137,19 @@ class CoreBudget:
                 self._cond.notify_all()
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+KEEP_MIN_TOKENS = 16  # a context's state shorter than this (or only this much longer than a kept one) is not worth a snapshot
 
 
 class ContextPool:
     def __init__(self, model: LlamaModel, size: int = defaults.POOL_SIZE, n_ctx: int = defaults.N_CTX,
-                 n_threads: int | None = None, max_queue: int = defaults.MAX_QUEUE):
+                 n_threads: int | None = None, max_queue: int = defaults.MAX_QUEUE, store: SnapshotStore | None = None):
         self.model = model
         self.n_ctx = n_ctx
+        self.store = store
         self.threads = n_threads or max(1, os.cpu_count() or 1)  # shared by the contexts decoding at once
         self.slots = [Slot(i, model.new_context(n_ctx, self.threads)) for i in range(size)]
-        self.cores = CoreBudget(self.threads, self.busy)
+        self.warming = 0  # warm-up prefills in flight: they share the cores like a busy context
+        self.cores = CoreBudget(self.threads, lambda: self.busy() + self.warming)
         self._free = list(self.slots)
         self._cond = threading.Condition()
         self._waiting = 0
@@ -165,10 +179,23 @@ class ContextPool:
                 finally:
                     self._waiting -= 1
             best = max(self._free, key=lambda s: (common_prefix(s.tokens, prompt) if s.key == key else -1,
-                                                   s.key == key, -s.last_used))
+                                                   s.key == key, not s.tokens, -s.last_used))
             self._free.remove(best)
+            self.keep(best, key, prompt)
             self._set_adapters(best, list(adapters), list(scales))
             return best
+
+    def keep(self, slot: Slot, key: tuple, prompt: list[int]) -> None:
+        """Before a slot's state is overwritten for (key, prompt), copy out what would be lost (a few ms)."""
+        if self.store is None or not slot.tokens:
+            return
+        keep = common_prefix(slot.tokens, prompt) if slot.key == key else 0
+        if len(slot.tokens) - keep < KEEP_MIN_TOKENS or self.store.covers(slot.key, slot.tokens):
+            return
+        try:
+            self.store.put(Snapshot(slot.key, tuple(slot.tokens), slot.ctx.save_state()))
+        except Exception:  # a state that cannot be copied is simply not kept
+            log.exception("could not keep a context's state")
 
     def _set_adapters(self, slot: Slot, adapters: list, scales: list[float]) -> None:
         """Called under the lock: every change of a context's adapter set is serialised with drop_adapter."""
@@ -190,10 +217,12 @@ class ContextPool:
                     s.tokens, s.key = [], ()
 
     def forget(self) -> None:
-        """Drop the cached prefix of every free context (the benchmark's cold lines)."""
+        """Drop the cached prefix of every free context and every snapshot (the benchmark's cold lines)."""
         with self._cond:
             for s in self._free:
                 s.tokens, s.key = [], ()
+            if self.store is not None:
+                self.store.clear()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every context is back in the pool."""
@@ -213,9 +242,10 @@ class ContextPool:
 
 def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float], key: tuple, prompt: list[int],
              opts: GenOptions, cancelled: Callable[[], bool] = lambda: False,
-             cores: CoreBudget | None = None) -> Iterator[Chunk]:
+             cores: CoreBudget | None = None, store: SnapshotStore | None = None) -> Iterator[Chunk]:
     """Stream one reply. The slot must come from ContextPool.acquire; the caller releases it.
-    Each decode runs on its share of ``cores`` (the pool's CoreBudget) when one is given."""
+    Each decode runs on its share of ``cores`` (the pool's CoreBudget) when one is given; a snapshot in
+    ``store`` that shares more of the prompt than the slot holds is restored first."""
     ctx = slot.ctx
 
     def decode(tokens: list[int]) -> np.ndarray:
@@ -234,6 +264,16 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     ctx.set_adapters(adapters, scales)  # normally already set by acquire(); the slot is busy, its adapters pinned
     slot.adapters = tuple(adapters)
     reuse = common_prefix(slot.tokens, prompt) if slot.key == key else 0
+    source = "hot" if reuse > 0 else "cold"
+    # restoring costs about what reading 16 tokens does: worth it only for more than that
+    snap, shared = store.best(key, prompt, at_least=reuse + KEEP_MIN_TOKENS) if store is not None else (None, 0)
+    if snap is not None:
+        try:
+            ctx.load_state(snap.data)
+            slot.tokens, reuse, source = list(snap.tokens), shared, "snapshot"
+        except Exception:
+            log.exception("a kept state could not be restored; reading the prompt cold")
+            slot.tokens, reuse, source = [], 0, "cold"
     reuse = min(reuse, len(prompt) - 1)  # at least one token must be decoded to get logits
     if reuse > 0:
         ctx.truncate(reuse)
@@ -270,7 +310,8 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
         logits = decode([tok])
         slot.tokens.append(tok)
     out.update(decoded + decoder.decode(b"", final=True))
-    yield Chunk(out.rest(), done=True, finish=finish, completion_tokens=n, prompt_tokens=len(prompt), cached_tokens=reuse)
+    yield Chunk(out.rest(), done=True, finish=finish, completion_tokens=n, prompt_tokens=len(prompt), cached_tokens=reuse,
+                cache=source)
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -291,10 +332,15 @@ class LlamaEngine(Engine):
                         "have decoded. Rebuild it with -DGGML_OPENMP=OFF (README, 'llama.cpp on CPUs ...').")
         self.template = ChatTemplate(self.model.chat_template(), self.model.bos_text, self.model.eos_text)
         self._add_bos = bool(self.model.L.llama_vocab_get_add_bos(self.model.vocab))
+        self.store = SnapshotStore(self.config.snapshot_bytes) if self.config.snapshot_bytes > 0 else None
         self.pool = ContextPool(self.model, self.config.pool_size, self.config.n_ctx, self.config.n_threads,
-                                self.config.max_queue)
-        self.adapters = LlamaAdapters(self.model, self.base, before_free=self.pool.drop_adapter)
+                                self.config.max_queue, self.store)
+        self.adapters = LlamaAdapters(self.model, self.base, before_free=self.pool.drop_adapter, store=self.store)
+        self._warm_lock = threading.Lock()
+        self._warm_again = False
+        self._warm_thread: threading.Thread | None = None
         self._open_roles(roles_dir, self.adapters)
+        self._start_warm_up()
 
     def tokens(self, text: str) -> list[int]:
         add = self._add_bos and not text.startswith(self.template.bos)
@@ -303,12 +349,93 @@ class LlamaEngine(Engine):
     def _stream(self, adapters, scales, key, prompt, opts, stop, deadline):
         handles = [a.handle for a in adapters]
         slot = self.pool.acquire(key, prompt, self._queue_timeout(deadline), handles, scales)
-        chunks = generate(self.model, slot, handles, scales, key, prompt, opts, stop, self.pool.cores)
+        chunks = generate(self.model, slot, handles, scales, key, prompt, opts, stop, self.pool.cores, self.store)
         return ReplyStream(chunks, lambda finish, text: self.pool.release(slot))
 
     def describe(self) -> str:
         n = self.pool.size
-        return f"{self.name}, {n} context{'s' if n != 1 else ''}"
+        kept = f", {self.store.budget / MiB:.0f} MiB of snapshots" if self.store is not None else ""
+        return f"{self.name}, {n} context{'s' if n != 1 else ''}{kept}"
+
+    def reload(self):
+        result = super().reload()
+        self._start_warm_up()
+        return result
+
+    def snapshot_stats(self) -> dict:
+        """Kept states: count, bytes, budget and what happened to them (stored, restored, evicted, dropped)."""
+        if self.store is None:
+            return {}
+        return {"count": len(self.store), "bytes": self.store.nbytes, "budget": self.store.budget, **self.store.stats}
+
+    # -- warm-up: every role's profile prefix, prefilled once and kept as a snapshot ----------------------
+
+    def _start_warm_up(self) -> None:
+        """Warm the roles in the background: requests are served meanwhile, sharing the cores with it."""
+        if self.store is None:
+            self.warmed.set()
+            return
+        with self._warm_lock:
+            if self._warm_thread is not None and self._warm_thread.is_alive():
+                self._warm_again = True  # the running warm-up goes round once more
+                return
+            self.warmed.clear()
+            self._warm_thread = threading.Thread(target=self._warm_up, name="neeko-warm", daemon=True)
+            self._warm_thread.start()
+
+    def _warm_up(self) -> None:
+        t0 = time.perf_counter()
+        done, tokens, ctx = 0, 0, None
+        try:
+            while True:
+                for rid in sorted(self.roles().roles):
+                    if self._closing:
+                        return
+                    n = self._warm_one(rid, ctx or (ctx := self.model.new_context(self.config.n_ctx, self.pool.threads)))
+                    done, tokens = done + (n > 0), tokens + n
+                with self._warm_lock:
+                    if not self._warm_again:
+                        break
+                    self._warm_again = False
+            self.warm_summary = (f"warm: {done} role prefix(es), {tokens} tokens, prefilled in {time.perf_counter() - t0:.1f} s; "
+                                 f"{self.store.nbytes / MiB:.1f} MiB kept")
+            log.info(self.warm_summary)
+        except Exception:  # a failed warm-up costs speed, never the daemon
+            log.exception("warming the roles' prompts failed")
+        finally:
+            if ctx is not None:
+                ctx.set_adapters([], [])
+                ctx.close()
+            self.warmed.set()
+
+    def _warm_one(self, rid: str, ctx) -> int:
+        """Prefill one role's profile prefix and keep it; returns the tokens prefilled (0: nothing to do)."""
+        try:
+            voice, adapters, scales = self.roleset.acquire(rid)
+        except UnknownRole:  # removed meanwhile
+            return 0
+        try:
+            key = adapter_key(adapters, scales)
+            prefix = self.profile_prefix(voice.profile)
+            if len(prefix) < KEEP_MIN_TOKENS or self.store.covers(key, prefix):
+                return 0
+            ctx.set_adapters([a.handle for a in adapters], scales)
+            ctx.clear()
+            self.pool.warming += 1
+            try:
+                with self.pool.cores.use() as n:
+                    ctx.set_threads(n)
+                    check_finite(ctx.decode(prefix))
+            finally:
+                self.pool.warming -= 1
+            self.store.put(Snapshot(key, tuple(prefix), ctx.save_state(), warm=True))
+            return len(prefix)
+        except Exception as exc:  # this role goes cold, the others still warm
+            log.warning("could not warm %s: %s", rid, exc)
+            return 0
+        finally:
+            ctx.set_adapters([], [])
+            self.roleset.release(adapters)
 
     def busy(self) -> int:
         return self.pool.busy()
@@ -317,8 +444,14 @@ class LlamaEngine(Engine):
         return self.pool.wait_idle(timeout)
 
     def forget_cache(self) -> None:
+        self.warmed.wait()  # a warm-up still running would keep prefixes after the forgetting
         self.pool.forget()
 
     def _free(self) -> None:
+        if self._warm_thread is not None:
+            self._warm_thread.join(30)  # it stops at the next role once closing; it decodes on this model
+            if self._warm_thread.is_alive():
+                log.warning("warm-up still running; not freeing the model")
+                return
         self.pool.close()
         self.model.close()

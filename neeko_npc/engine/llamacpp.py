@@ -185,6 +185,23 @@ class LlamaContext:
             self.clear()
             raise LlamaError("llama.cpp could not trim the KV cache")
 
+    def save_state(self) -> bytes:
+        """The KV of every token the context holds (sequence 0), as llama.cpp serialises it."""
+        n = self.L.llama_state_seq_get_size(self.ptr, 0)
+        buf = (ctypes.c_uint8 * max(n, 1))()
+        got = self.L.llama_state_seq_get_data(self.ptr, buf, n, 0)
+        if got == 0 and n:
+            raise LlamaError("llama.cpp could not copy the context's state")
+        return ctypes.string_at(buf, got)
+
+    def load_state(self, data: bytes) -> None:
+        """Replace what the context holds with a state from ``save_state`` (of any context of the same model)."""
+        self.clear()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if self.L.llama_state_seq_set_data(self.ptr, buf, len(data), 0) == 0:
+            self.clear()
+            raise LlamaError("llama.cpp could not restore a saved state into this context")
+
     def decode(self, tokens: list[int]) -> np.ndarray:
         """Append tokens to the context; return the logits after the last one."""
         arr = (self.L.llama_token * len(tokens))(*tokens)

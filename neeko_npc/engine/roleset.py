@@ -1,7 +1,8 @@
 """The roles a daemon serves: loaded from a folder, resolved to adapter scales, hot-reloaded.
 
 Every trained block becomes an adapter of the serving backend, through the backend's
-``load(asset) -> handle`` and ``free(handle)``: for llama.cpp a GGUF LoRA exported once
+``load(asset) -> handle``, ``free(handle)`` and optionally ``retire(sha256)`` (told as
+soon as a reload retires an adapter): for llama.cpp a GGUF LoRA exported once
 and cached under the asset's content hash (llama_engine.LlamaAdapters), for torch a
 block of the block LoRA (torch_engine.TorchBlocks). A request for an NPC
 resolves to (adapters, scales), and which other roles are loaded never enters it:
@@ -147,6 +148,9 @@ class RoleSet:
                 if sha not in live:
                     ad.retired = True
                     del self._by_sha[sha]
+                    retire = getattr(self.backend, "retire", None)
+                    if retire is not None:
+                        retire(sha)  # e.g. drop the KV snapshots computed under it
                     self._maybe_free(ad)
         # The retired adapters of the old snapshot are freed when their last user releases them.
         added = sorted(set(new.roles) - set(old.roles))

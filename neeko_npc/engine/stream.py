@@ -45,6 +45,7 @@ class Chunk:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    cache: str = ""  # how the prompt was served: "hot" (on a context), "snapshot" (restored), "cold"
 
 
 def sample(logits: np.ndarray, opts: GenOptions, rng: np.random.Generator) -> int:

@@ -148,6 +148,13 @@ def run(config: ServerConfig, make_engine, echo=print, verbose: bool = False) ->
          + (", token required" if config.token else ""))
     for _, err in sorted(snap.problems.items()):
         echo(f"skipped: {err}")
+
+    def report_warm_up() -> None:
+        engine.warmed.wait()
+        if engine.warm_summary:
+            echo(engine.warm_summary)
+
+    threading.Thread(target=report_warm_up, name="neeko-warm-report", daemon=True).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:

@@ -20,6 +20,7 @@ from ..v1 import dialogue_pb2_grpc as pb_grpc
 log = logging.getLogger("neeko_npc.server")
 
 FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "cancelled": pb.FINISH_REASON_CANCELLED}
+CACHE = {"hot": pb.PROMPT_CACHE_HOT, "snapshot": pb.PROMPT_CACHE_SNAPSHOT, "cold": pb.PROMPT_CACHE_COLD}
 
 
 class DialogueService(pb_grpc.DialogueServicer):
@@ -109,7 +110,8 @@ class DialogueService(pb_grpc.DialogueServicer):
                 ttft = (time.perf_counter() - t0) * 1000
             yield pb.SayChunk(text=chunk.text, done=True, finish_reason=FINISH.get(chunk.finish, 0),
                               prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens,
-                              cached_prompt_tokens=chunk.cached_tokens, time_to_first_token_ms=ttft, role_weights=weights)
+                              cached_prompt_tokens=chunk.cached_tokens, time_to_first_token_ms=ttft, role_weights=weights,
+                              prompt_cache=CACHE.get(chunk.cache, 0))
 
     @staticmethod
     def _role(served) -> pb.Role:

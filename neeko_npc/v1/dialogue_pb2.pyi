@@ -13,10 +13,21 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
+
+class PromptCache(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROMPT_CACHE_UNSPECIFIED: _ClassVar[PromptCache]
+    PROMPT_CACHE_HOT: _ClassVar[PromptCache]
+    PROMPT_CACHE_SNAPSHOT: _ClassVar[PromptCache]
+    PROMPT_CACHE_COLD: _ClassVar[PromptCache]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_CANCELLED: FinishReason
+PROMPT_CACHE_UNSPECIFIED: PromptCache
+PROMPT_CACHE_HOT: PromptCache
+PROMPT_CACHE_SNAPSHOT: PromptCache
+PROMPT_CACHE_COLD: PromptCache
 
 class SceneContext(_message.Message):
     __slots__ = ("location", "time_of_day", "weather", "npc_mood", "npc_activity", "player_name", "player_standing", "recent_events", "nearby_characters", "facts")
@@ -104,7 +115,7 @@ class RoleWeight(_message.Message):
     def __init__(self, role_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class SayChunk(_message.Message):
-    __slots__ = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "time_to_first_token_ms", "role_weights", "done")
+    __slots__ = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "time_to_first_token_ms", "role_weights", "done", "prompt_cache")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +124,7 @@ class SayChunk(_message.Message):
     TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
     ROLE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_CACHE_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: FinishReason
     prompt_tokens: int
@@ -121,7 +133,8 @@ class SayChunk(_message.Message):
     time_to_first_token_ms: float
     role_weights: _containers.RepeatedCompositeFieldContainer[RoleWeight]
     done: bool
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., role_weights: _Optional[_Iterable[_Union[RoleWeight, _Mapping]]] = ..., done: _Optional[bool] = ...) -> None: ...
+    prompt_cache: PromptCache
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., role_weights: _Optional[_Iterable[_Union[RoleWeight, _Mapping]]] = ..., done: _Optional[bool] = ..., prompt_cache: _Optional[_Union[PromptCache, str]] = ...) -> None: ...
 
 class Role(_message.Message):
     __slots__ = ("id", "name", "kind", "persona", "style", "weights", "sha256", "file")

@@ -7,6 +7,9 @@ namespace Neeko.Npc
 {
     public enum FinishReason { Unspecified = 0, Stop = 1, Length = 2, Cancelled = 3 }
 
+    /// <summary>How a line's prompt was served: on a context that held it (Hot), from a kept state (Snapshot), or read whole (Cold).</summary>
+    public enum PromptCache { Unspecified = 0, Hot = 1, Snapshot = 2, Cold = 3 }
+
     public enum DialogueState { Pending, Streaming, Done, Failed, Cancelled }
 
     /// <summary>What a second Say to an NPC that is still speaking does.</summary>
@@ -98,6 +101,7 @@ namespace Neeko.Npc
         public int PromptTokens;
         public int CompletionTokens;
         public int CachedPromptTokens;
+        public PromptCache PromptCache;
         public float TimeToFirstTokenMs;
         /// <summary>The blocks that spoke and their weights (a procedural NPC's blend as the daemon resolved it).</summary>
         public Dictionary<string, float> RoleWeights = new Dictionary<string, float>();

@@ -164,7 +164,7 @@ namespace Neeko.Npc.Grpc
             {
                 Text = c.Text, Done = c.Done, FinishReason = (FinishReason)(int)c.FinishReason, PromptTokens = (int)c.PromptTokens,
                 CompletionTokens = (int)c.CompletionTokens, CachedPromptTokens = (int)c.CachedPromptTokens,
-                TimeToFirstTokenMs = c.TimeToFirstTokenMs,
+                PromptCache = (PromptCache)(int)c.PromptCache, TimeToFirstTokenMs = c.TimeToFirstTokenMs,
             };
             foreach (var w in c.RoleWeights) d.RoleWeights[w.RoleId] = w.Weight;
             return d;

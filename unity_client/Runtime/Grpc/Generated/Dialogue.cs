@@ -44,57 +44,60 @@ namespace Neeko.Npc.V1 {
             "aW9uT3B0aW9ucxIpCgdwcm9maWxlGAYgASgLMhgubmVla29fbnBjLnYxLk5w",
             "Y1Byb2ZpbGUSJwoFYmxlbmQYByADKAsyGC5uZWVrb19ucGMudjEuUm9sZVdl",
             "aWdodCItCgpSb2xlV2VpZ2h0Eg8KB3JvbGVfaWQYASABKAkSDgoGd2VpZ2h0",
-            "GAIgASgCIvkBCghTYXlDaHVuaxIMCgR0ZXh0GAEgASgJEjEKDWZpbmlzaF9y",
+            "GAIgASgCIqoCCghTYXlDaHVuaxIMCgR0ZXh0GAEgASgJEjEKDWZpbmlzaF9y",
             "ZWFzb24YAiABKA4yGi5uZWVrb19ucGMudjEuRmluaXNoUmVhc29uEhUKDXBy",
             "b21wdF90b2tlbnMYAyABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYBCABKA0S",
             "HAoUY2FjaGVkX3Byb21wdF90b2tlbnMYBSABKA0SHgoWdGltZV90b19maXJz",
             "dF90b2tlbl9tcxgGIAEoAhIuCgxyb2xlX3dlaWdodHMYByADKAsyGC5uZWVr",
-            "b19ucGMudjEuUm9sZVdlaWdodBIMCgRkb25lGAggASgIIpcBCgRSb2xlEgoK",
-            "AmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDAoEa2luZBgDIAEoCRIPCgdwZXJz",
-            "b25hGAQgASgJEg0KBXN0eWxlGAUgASgJEikKB3dlaWdodHMYBiADKAsyGC5u",
-            "ZWVrb19ucGMudjEuUm9sZVdlaWdodBIOCgZzaGEyNTYYByABKAkSDAoEZmls",
-            "ZRgIIAEoCSIqCgtSb2xlUHJvYmxlbRIMCgRmaWxlGAEgASgJEg0KBWVycm9y",
-            "GAIgASgJIhIKEExpc3RSb2xlc1JlcXVlc3QiYwoRTGlzdFJvbGVzUmVzcG9u",
-            "c2USIQoFcm9sZXMYASADKAsyEi5uZWVrb19ucGMudjEuUm9sZRIrCghwcm9i",
-            "bGVtcxgCIAMoCzIZLm5lZWtvX25wYy52MS5Sb2xlUHJvYmxlbSIgCg5HZXRS",
-            "b2xlUmVxdWVzdBIOCgZucGNfaWQYASABKAkiFAoSUmVsb2FkUm9sZXNSZXF1",
-            "ZXN0InMKE1JlbG9hZFJvbGVzUmVzcG9uc2USDQoFYWRkZWQYASADKAkSDwoH",
-            "Y2hhbmdlZBgCIAMoCRIPCgdyZW1vdmVkGAMgAygJEisKCHByb2JsZW1zGAQg",
-            "AygLMhkubmVla29fbnBjLnYxLlJvbGVQcm9ibGVtIjoKFEZvcmdldFNlc3Np",
-            "b25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkSDgoGbnBjX2lkGAIgASgJ",
-            "IioKFUZvcmdldFNlc3Npb25SZXNwb25zZRIRCglmb3Jnb3R0ZW4YASABKA0i",
-            "MQoIRXhjaGFuZ2USEwoLcGxheWVyX2xpbmUYASABKAkSEAoIbnBjX2xpbmUY",
-            "AiABKAkiRgoJTnBjTWVtb3J5Eg4KBm5wY19pZBgBIAEoCRIpCglleGNoYW5n",
-            "ZXMYAiADKAsyFi5uZWVrb19ucGMudjEuRXhjaGFuZ2UiSgoNU2Vzc2lvbk1l",
-            "bW9yeRISCgpzZXNzaW9uX2lkGAEgASgJEiUKBG5wY3MYAiADKAsyFy5uZWVr",
-            "b19ucGMudjEuTnBjTWVtb3J5IicKEUdldFNlc3Npb25SZXF1ZXN0EhIKCnNl",
-            "c3Npb25faWQYASABKAkiOQoWUmVzdG9yZVNlc3Npb25SZXNwb25zZRIMCgRu",
-            "cGNzGAEgASgNEhEKCWV4Y2hhbmdlcxgCIAEoDSp8CgxGaW5pc2hSZWFzb24S",
-            "HQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklTSF9SRUFT",
-            "T05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISGwoXRklOSVNI",
-            "X1JFQVNPTl9DQU5DRUxMRUQQAzKfBAoIRGlhbG9ndWUSOQoDU2F5EhgubmVl",
-            "a29fbnBjLnYxLlNheVJlcXVlc3QaFi5uZWVrb19ucGMudjEuU2F5Q2h1bmsw",
-            "ARJMCglMaXN0Um9sZXMSHi5uZWVrb19ucGMudjEuTGlzdFJvbGVzUmVxdWVz",
-            "dBofLm5lZWtvX25wYy52MS5MaXN0Um9sZXNSZXNwb25zZRI7CgdHZXRSb2xl",
-            "EhwubmVla29fbnBjLnYxLkdldFJvbGVSZXF1ZXN0GhIubmVla29fbnBjLnYx",
-            "LlJvbGUSUgoLUmVsb2FkUm9sZXMSIC5uZWVrb19ucGMudjEuUmVsb2FkUm9s",
-            "ZXNSZXF1ZXN0GiEubmVla29fbnBjLnYxLlJlbG9hZFJvbGVzUmVzcG9uc2US",
-            "WAoNRm9yZ2V0U2Vzc2lvbhIiLm5lZWtvX25wYy52MS5Gb3JnZXRTZXNzaW9u",
-            "UmVxdWVzdBojLm5lZWtvX25wYy52MS5Gb3JnZXRTZXNzaW9uUmVzcG9uc2US",
-            "SgoKR2V0U2Vzc2lvbhIfLm5lZWtvX25wYy52MS5HZXRTZXNzaW9uUmVxdWVz",
-            "dBobLm5lZWtvX25wYy52MS5TZXNzaW9uTWVtb3J5ElMKDlJlc3RvcmVTZXNz",
-            "aW9uEhsubmVla29fbnBjLnYxLlNlc3Npb25NZW1vcnkaJC5uZWVrb19ucGMu",
-            "djEuUmVzdG9yZVNlc3Npb25SZXNwb25zZUIPqgIMTmVla28uTnBjLlYxYgZw",
-            "cm90bzM="));
+            "b19ucGMudjEuUm9sZVdlaWdodBIMCgRkb25lGAggASgIEi8KDHByb21wdF9j",
+            "YWNoZRgJIAEoDjIZLm5lZWtvX25wYy52MS5Qcm9tcHRDYWNoZSKXAQoEUm9s",
+            "ZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBGtpbmQYAyABKAkSDwoH",
+            "cGVyc29uYRgEIAEoCRINCgVzdHlsZRgFIAEoCRIpCgd3ZWlnaHRzGAYgAygL",
+            "MhgubmVla29fbnBjLnYxLlJvbGVXZWlnaHQSDgoGc2hhMjU2GAcgASgJEgwK",
+            "BGZpbGUYCCABKAkiKgoLUm9sZVByb2JsZW0SDAoEZmlsZRgBIAEoCRINCgVl",
+            "cnJvchgCIAEoCSISChBMaXN0Um9sZXNSZXF1ZXN0ImMKEUxpc3RSb2xlc1Jl",
+            "c3BvbnNlEiEKBXJvbGVzGAEgAygLMhIubmVla29fbnBjLnYxLlJvbGUSKwoI",
+            "cHJvYmxlbXMYAiADKAsyGS5uZWVrb19ucGMudjEuUm9sZVByb2JsZW0iIAoO",
+            "R2V0Um9sZVJlcXVlc3QSDgoGbnBjX2lkGAEgASgJIhQKElJlbG9hZFJvbGVz",
+            "UmVxdWVzdCJzChNSZWxvYWRSb2xlc1Jlc3BvbnNlEg0KBWFkZGVkGAEgAygJ",
+            "Eg8KB2NoYW5nZWQYAiADKAkSDwoHcmVtb3ZlZBgDIAMoCRIrCghwcm9ibGVt",
+            "cxgEIAMoCzIZLm5lZWtvX25wYy52MS5Sb2xlUHJvYmxlbSI6ChRGb3JnZXRT",
+            "ZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBm5wY19pZBgC",
+            "IAEoCSIqChVGb3JnZXRTZXNzaW9uUmVzcG9uc2USEQoJZm9yZ290dGVuGAEg",
+            "ASgNIjEKCEV4Y2hhbmdlEhMKC3BsYXllcl9saW5lGAEgASgJEhAKCG5wY19s",
+            "aW5lGAIgASgJIkYKCU5wY01lbW9yeRIOCgZucGNfaWQYASABKAkSKQoJZXhj",
+            "aGFuZ2VzGAIgAygLMhYubmVla29fbnBjLnYxLkV4Y2hhbmdlIkoKDVNlc3Np",
+            "b25NZW1vcnkSEgoKc2Vzc2lvbl9pZBgBIAEoCRIlCgRucGNzGAIgAygLMhcu",
+            "bmVla29fbnBjLnYxLk5wY01lbW9yeSInChFHZXRTZXNzaW9uUmVxdWVzdBIS",
+            "CgpzZXNzaW9uX2lkGAEgASgJIjkKFlJlc3RvcmVTZXNzaW9uUmVzcG9uc2US",
+            "DAoEbnBjcxgBIAEoDRIRCglleGNoYW5nZXMYAiABKA0qfAoMRmluaXNoUmVh",
+            "c29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hf",
+            "UkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEhsKF0ZJ",
+            "TklTSF9SRUFTT05fQ0FOQ0VMTEVEEAMqcwoLUHJvbXB0Q2FjaGUSHAoYUFJP",
+            "TVBUX0NBQ0hFX1VOU1BFQ0lGSUVEEAASFAoQUFJPTVBUX0NBQ0hFX0hPVBAB",
+            "EhkKFVBST01QVF9DQUNIRV9TTkFQU0hPVBACEhUKEVBST01QVF9DQUNIRV9D",
+            "T0xEEAMynwQKCERpYWxvZ3VlEjkKA1NheRIYLm5lZWtvX25wYy52MS5TYXlS",
+            "ZXF1ZXN0GhYubmVla29fbnBjLnYxLlNheUNodW5rMAESTAoJTGlzdFJvbGVz",
+            "Eh4ubmVla29fbnBjLnYxLkxpc3RSb2xlc1JlcXVlc3QaHy5uZWVrb19ucGMu",
+            "djEuTGlzdFJvbGVzUmVzcG9uc2USOwoHR2V0Um9sZRIcLm5lZWtvX25wYy52",
+            "MS5HZXRSb2xlUmVxdWVzdBoSLm5lZWtvX25wYy52MS5Sb2xlElIKC1JlbG9h",
+            "ZFJvbGVzEiAubmVla29fbnBjLnYxLlJlbG9hZFJvbGVzUmVxdWVzdBohLm5l",
+            "ZWtvX25wYy52MS5SZWxvYWRSb2xlc1Jlc3BvbnNlElgKDUZvcmdldFNlc3Np",
+            "b24SIi5uZWVrb19ucGMudjEuRm9yZ2V0U2Vzc2lvblJlcXVlc3QaIy5uZWVr",
+            "b19ucGMudjEuRm9yZ2V0U2Vzc2lvblJlc3BvbnNlEkoKCkdldFNlc3Npb24S",
+            "Hy5uZWVrb19ucGMudjEuR2V0U2Vzc2lvblJlcXVlc3QaGy5uZWVrb19ucGMu",
+            "djEuU2Vzc2lvbk1lbW9yeRJTCg5SZXN0b3JlU2Vzc2lvbhIbLm5lZWtvX25w",
+            "Yy52MS5TZXNzaW9uTWVtb3J5GiQubmVla29fbnBjLnYxLlJlc3RvcmVTZXNz",
+            "aW9uUmVzcG9uc2VCD6oCDE5lZWtvLk5wYy5WMWIGcHJvdG8z"));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
-          new pbr::GeneratedClrTypeInfo(new[] {typeof(global::Neeko.Npc.V1.FinishReason), }, null, new pbr::GeneratedClrTypeInfo[] {
+          new pbr::GeneratedClrTypeInfo(new[] {typeof(global::Neeko.Npc.V1.FinishReason), typeof(global::Neeko.Npc.V1.PromptCache), }, null, new pbr::GeneratedClrTypeInfo[] {
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SceneContext), global::Neeko.Npc.V1.SceneContext.Parser, new[]{ "Location", "TimeOfDay", "Weather", "NpcMood", "NpcActivity", "PlayerName", "PlayerStanding", "RecentEvents", "NearbyCharacters", "Facts" }, null, null, null, new pbr::GeneratedClrTypeInfo[] { null, }),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.GenerationOptions), global::Neeko.Npc.V1.GenerationOptions.Parser, new[]{ "MaxTokens", "Temperature", "TopP", "Seed", "Stop" }, new[]{ "Temperature", "TopP", "Seed" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.NpcProfile), global::Neeko.Npc.V1.NpcProfile.Parser, new[]{ "Name", "Persona", "Style", "Knowledge", "ExampleLines" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayRequest), global::Neeko.Npc.V1.SayRequest.Parser, new[]{ "NpcId", "SessionId", "PlayerLine", "Scene", "Options", "Profile", "Blend" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.RoleWeight), global::Neeko.Npc.V1.RoleWeight.Parser, new[]{ "RoleId", "Weight" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayChunk), global::Neeko.Npc.V1.SayChunk.Parser, new[]{ "Text", "FinishReason", "PromptTokens", "CompletionTokens", "CachedPromptTokens", "TimeToFirstTokenMs", "RoleWeights", "Done" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayChunk), global::Neeko.Npc.V1.SayChunk.Parser, new[]{ "Text", "FinishReason", "PromptTokens", "CompletionTokens", "CachedPromptTokens", "TimeToFirstTokenMs", "RoleWeights", "Done", "PromptCache" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.Role), global::Neeko.Npc.V1.Role.Parser, new[]{ "Id", "Name", "Kind", "Persona", "Style", "Weights", "Sha256", "File" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.RoleProblem), global::Neeko.Npc.V1.RoleProblem.Parser, new[]{ "File", "Error" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.ListRolesRequest), global::Neeko.Npc.V1.ListRolesRequest.Parser, null, null, null, null, null),
@@ -126,6 +129,22 @@ namespace Neeko.Npc.V1 {
     /// </summary>
     [pbr::OriginalName("FINISH_REASON_LENGTH")] Length = 2,
     [pbr::OriginalName("FINISH_REASON_CANCELLED")] Cancelled = 3,
+  }
+
+  public enum PromptCache {
+    [pbr::OriginalName("PROMPT_CACHE_UNSPECIFIED")] Unspecified = 0,
+    /// <summary>
+    /// The context the line ran on already held the start of the prompt.
+    /// </summary>
+    [pbr::OriginalName("PROMPT_CACHE_HOT")] Hot = 1,
+    /// <summary>
+    /// A kept state (a snapshot in host memory) was restored into a free context.
+    /// </summary>
+    [pbr::OriginalName("PROMPT_CACHE_SNAPSHOT")] Snapshot = 2,
+    /// <summary>
+    /// The whole prompt was read.
+    /// </summary>
+    [pbr::OriginalName("PROMPT_CACHE_COLD")] Cold = 3,
   }
 
   #endregion
@@ -2031,6 +2050,7 @@ namespace Neeko.Npc.V1 {
       timeToFirstTokenMs_ = other.timeToFirstTokenMs_;
       roleWeights_ = other.roleWeights_.Clone();
       done_ = other.done_;
+      promptCache_ = other.promptCache_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -2147,6 +2167,21 @@ namespace Neeko.Npc.V1 {
       }
     }
 
+    /// <summary>Field number for the "prompt_cache" field.</summary>
+    public const int PromptCacheFieldNumber = 9;
+    private global::Neeko.Npc.V1.PromptCache promptCache_ = global::Neeko.Npc.V1.PromptCache.Unspecified;
+    /// <summary>
+    /// Set on the last chunk: how the prompt's start was served.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Neeko.Npc.V1.PromptCache PromptCache {
+      get { return promptCache_; }
+      set {
+        promptCache_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -2170,6 +2205,7 @@ namespace Neeko.Npc.V1 {
       if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(TimeToFirstTokenMs, other.TimeToFirstTokenMs)) return false;
       if(!roleWeights_.Equals(other.roleWeights_)) return false;
       if (Done != other.Done) return false;
+      if (PromptCache != other.PromptCache) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -2185,6 +2221,7 @@ namespace Neeko.Npc.V1 {
       if (TimeToFirstTokenMs != 0F) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(TimeToFirstTokenMs);
       hash ^= roleWeights_.GetHashCode();
       if (Done != false) hash ^= Done.GetHashCode();
+      if (PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) hash ^= PromptCache.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -2232,6 +2269,10 @@ namespace Neeko.Npc.V1 {
         output.WriteRawTag(64);
         output.WriteBool(Done);
       }
+      if (PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) {
+        output.WriteRawTag(72);
+        output.WriteEnum((int) PromptCache);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -2271,6 +2312,10 @@ namespace Neeko.Npc.V1 {
         output.WriteRawTag(64);
         output.WriteBool(Done);
       }
+      if (PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) {
+        output.WriteRawTag(72);
+        output.WriteEnum((int) PromptCache);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -2302,6 +2347,9 @@ namespace Neeko.Npc.V1 {
       size += roleWeights_.CalculateSize(_repeated_roleWeights_codec);
       if (Done != false) {
         size += 1 + 1;
+      }
+      if (PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) {
+        size += 1 + pb::CodedOutputStream.ComputeEnumSize((int) PromptCache);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -2336,6 +2384,9 @@ namespace Neeko.Npc.V1 {
       roleWeights_.Add(other.roleWeights_);
       if (other.Done != false) {
         Done = other.Done;
+      }
+      if (other.PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) {
+        PromptCache = other.PromptCache;
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -2384,6 +2435,10 @@ namespace Neeko.Npc.V1 {
             Done = input.ReadBool();
             break;
           }
+          case 72: {
+            PromptCache = (global::Neeko.Npc.V1.PromptCache) input.ReadEnum();
+            break;
+          }
         }
       }
     #endif
@@ -2429,6 +2484,10 @@ namespace Neeko.Npc.V1 {
           }
           case 64: {
             Done = input.ReadBool();
+            break;
+          }
+          case 72: {
+            PromptCache = (global::Neeko.Npc.V1.PromptCache) input.ReadEnum();
             break;
           }
         }

@@ -1,0 +1,131 @@
+"""Conversation states kept in host memory, so a line can start on any free context.
+
+A snapshot is one llama.cpp sequence's state (the KV of its tokens, copied out with
+``llama_state_seq_get_data``) with the tokens it holds and the key it was computed under: the adapter
+set and scales. A KV cache is valid only under that key, so a snapshot is only ever offered to a
+request with the very same key, and dropped when any adapter of its key is retired (a role reloaded
+or removed).
+
+The store is an LRU with a byte budget (``serve --snapshot-mib``). ``best`` finds the snapshot that
+shares the longest token prefix with a prompt; restoring it and trimming to that prefix gives the
+very KV the original context held for those tokens (the next logits were bit-identical here).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    key: tuple  # ((adapter sha256, scale), ...): the adapter set its KV was computed under
+    tokens: tuple[int, ...]
+    data: bytes  # llama_state_seq_get_data of sequence 0
+    warm: bool = False  # a role's profile prefix, prefilled at load: evicted only after every other snapshot
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+def common_prefix(a, b) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class SnapshotStore:
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self._items: OrderedDict[tuple, Snapshot] = OrderedDict()  # (key, tokens) -> snapshot, oldest first
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self._retired: set[str] = set()  # adapters whose role was reloaded or removed: no snapshot under them
+        self.stats = {"stored": 0, "restored": 0, "evicted": 0, "dropped": 0}
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, snap: Snapshot) -> bool:
+        """Keep ``snap`` (replacing any snapshot it extends); False when it is larger than the whole budget."""
+        if snap.nbytes > self.budget or not snap.tokens:
+            return False
+        with self._lock:
+            if any(sha in self._retired for sha, _ in snap.key):
+                return False  # computed by a stream that outlived its role's reload
+            for k, old in list(self._items.items()):
+                if old.key == snap.key and len(old.tokens) <= len(snap.tokens) and snap.tokens[:len(old.tokens)] == old.tokens:
+                    if old.warm and not snap.warm:
+                        continue  # a role's warm prefix stays, whatever conversations grow from it
+                    self._remove(k)
+            k = (snap.key, snap.tokens)
+            if k in self._items:
+                self._remove(k)
+            self._items[k] = snap
+            self._bytes += snap.nbytes
+            self.stats["stored"] += 1
+            self._evict(keep=k)
+            return True
+
+    def covers(self, key: tuple, tokens) -> bool:
+        """Whether a kept snapshot already holds ``tokens`` (or more) under ``key``: no need to save them again."""
+        tokens = tuple(tokens)
+        with self._lock:
+            return any(s.key == key and s.tokens[:len(tokens)] == tokens for s in self._items.values())
+
+    def best(self, key: tuple, prompt: list[int], at_least: int = 0) -> tuple[Snapshot | None, int]:
+        """The snapshot under ``key`` sharing the longest prefix with ``prompt`` (and that prefix's length), if the
+        prefix is longer than ``at_least``; it becomes the most recently used."""
+        found, n = None, at_least
+        with self._lock:
+            for k, s in self._items.items():
+                if s.key != key:
+                    continue
+                c = common_prefix(s.tokens, prompt)
+                if c > n:
+                    found, n = s, c
+            if found is None:
+                return None, 0
+            self._items.move_to_end((found.key, found.tokens))
+            self.stats["restored"] += 1
+            return found, n
+
+    def revive(self, sha256: str) -> None:
+        """An adapter is loaded (again): snapshots under it may be kept."""
+        with self._lock:
+            self._retired.discard(sha256)
+
+    def drop_adapter(self, sha256: str) -> int:
+        """Forget every snapshot computed with this adapter, and keep none from now on (its role was reloaded or
+        removed; ``revive`` undoes that if the very same adapter is loaded again)."""
+        with self._lock:
+            self._retired.add(sha256)
+            gone = [k for k, s in self._items.items() if any(sha == sha256 for sha, _ in s.key)]
+            for k in gone:
+                self._remove(k)
+            self.stats["dropped"] += len(gone)
+            return len(gone)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    def _remove(self, k) -> None:
+        self._bytes -= self._items.pop(k).nbytes
+
+    def _evict(self, keep) -> None:
+        """Least recently used first; warm prefixes only once no other conversation is left; never ``keep``."""
+        while self._bytes > self.budget:
+            others = [(k, s) for k, s in self._items.items() if k != keep]
+            victim = next((k for k, s in others if not s.warm), None) or others[0][0]
+            self._remove(victim)
+            self.stats["evicted"] += 1

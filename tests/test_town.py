@@ -1,0 +1,118 @@
+"""Kept conversation states (KV snapshots) on the real model: a restored state speaks exactly as the hot context it
+came from, a state is never restored under another adapter set, the budget holds, and a reloaded role's states go."""
+
+import shutil
+
+import pytest
+
+from neeko_npc.engine.base import EngineConfig
+from neeko_npc.engine.llama_engine import LlamaEngine
+from neeko_npc.engine.stream import GenOptions
+from neeko_npc.roles.profile import RoleProfile
+from neeko_npc.roles.prompt import SceneInfo
+
+pytestmark = pytest.mark.slow  # the real model
+
+MiB = 1024 * 1024
+SCENE = SceneInfo(location="the smithy", time_of_day="dusk")
+
+
+@pytest.fixture(scope="module")
+def roles(baked, tmp_path_factory):
+    d = tmp_path_factory.mktemp("town") / "roles"
+    shutil.copytree(baked["before"], d)  # smith and bard
+    return d
+
+
+@pytest.fixture
+def engine(roles):
+    engines = []
+
+    def make(folder=roles, **cfg):
+        e = LlamaEngine(folder, config=EngineConfig(pool_size=1, n_threads=2, **cfg))
+        engines.append(e)
+        assert e.warmed.wait(120)
+        return e
+
+    yield make
+    for e in engines:
+        e.close()
+
+
+def line(e, npc, text, session="", **kw):
+    """(reply text, last chunk) of a greedy line."""
+    reply = e.say(npc, text, SCENE, GenOptions(temperature=0.0, max_tokens=20), session=session, **kw)
+    chunks = list(reply.chunks)
+    return "".join(c.text for c in chunks), chunks[-1]
+
+
+def kept_keys(e):
+    return [s.key for s in e.store._items.values()]
+
+
+def test_the_first_line_after_start_up_reads_only_its_scene_and_line(engine):
+    e = engine()
+    assert e.warm_summary.startswith("warm: 2 role prefix(es)") and e.snapshot_stats()["count"] == 2
+    _, last = line(e, "smith", "Good evening.")
+    prefix = e.profile_prefix(e.role("smith").asset.profile)
+    assert last.cache == "snapshot" and last.cached_tokens == len(prefix) > 50
+    _, last = line(e, "bard", "Good evening.")  # the one context held the smith: the bard's prefix comes from its snapshot
+    assert last.cache == "snapshot" and last.cached_tokens == len(e.profile_prefix(e.role("bard").asset.profile))
+
+
+def test_a_restored_state_speaks_exactly_as_the_hot_context_did(engine):
+    e = engine()
+    e.forget_cache()
+    first = line(e, "smith", "Can you mend my sword?", "hot")
+    hot = line(e, "smith", "How much will it cost?", "hot")
+    assert hot[1].cache == "hot" and hot[1].cached_tokens > first[1].prompt_tokens
+
+    e.forget_cache()
+    assert line(e, "smith", "Can you mend my sword?", "kept") == first  # the same cold start
+    line(e, "bard", "Sing us something.")  # the only context goes to the bard; the smith's conversation is kept
+    restored = line(e, "smith", "How much will it cost?", "kept")
+    assert restored[1].cache == "snapshot" and restored[1].cached_tokens == hot[1].cached_tokens
+    assert restored[0] == hot[0] and hot[0].strip()
+
+
+def test_a_state_is_never_restored_under_another_adapter_set(engine):
+    e = engine()
+    smith = e.role("smith").asset.profile
+    echo = RoleProfile(id="smith_echo", name=smith.name, persona=smith.persona, style=smith.style,
+                       knowledge=smith.knowledge, example_lines=list(smith.example_lines))
+    blend = [("smith", 0.5), ("bard", 0.5)]
+    # the procedural NPC's prompt is the smith's, token for token: only the adapter set differs
+    assert e.build_prompt(echo, "", "smith_echo", "Hello there.", SCENE, 20) == e.build_prompt(smith, "", "smith", "Hello there.", SCENE, 20)
+    e.forget_cache()
+    line(e, "smith", "Hello there.")
+    smith_key = (( e.role("smith").asset.sha256, 1.0),)
+    mixed = line(e, "smith_echo", "Hello there.", blend=blend, profile=echo)
+    assert smith_key in kept_keys(e)  # the smith's state for those very tokens was kept when the context went ...
+    assert mixed[1].cache == "cold" and mixed[1].cached_tokens == 0  # ... and not used
+    e.forget_cache()
+    assert line(e, "smith_echo", "Hello there.", blend=blend, profile=echo)[0] == mixed[0]  # a cold line, same text
+
+
+def test_eviction_keeps_the_budget(engine):
+    budget = 6 * MiB  # two or so conversations of this length
+    e = engine(snapshot_bytes=budget)
+    for i in range(6):
+        line(e, ("smith", "bard")[i % 2], f"Tell me story number {i}.", session=f"s{i}")
+        assert e.store.nbytes <= budget
+    stats = e.snapshot_stats()
+    assert stats["evicted"] > 0 and stats["stored"] > stats["count"] > 0
+
+
+def test_a_reloaded_role_takes_its_states_with_it(engine, roles, tmp_path):
+    folder = tmp_path / "roles"
+    shutil.copytree(roles, folder)
+    e = engine(folder)
+    smith_sha, bard_sha = e.role("smith").asset.sha256, e.role("bard").asset.sha256
+    line(e, "smith", "Can you mend my sword?", "s")
+    line(e, "bard", "Sing us something.")  # the smith's conversation is kept beside the smith's warm prefix
+    assert sum(smith_sha in dict(k) for k in kept_keys(e)) == 2
+    (folder / "smith.nrole").unlink()
+    assert e.reload().removed == ["smith"]
+    keys = kept_keys(e)
+    assert not any(smith_sha in dict(k) for k in keys) and any(bard_sha in dict(k) for k in keys)
+    assert e.snapshot_stats()["dropped"] == 2

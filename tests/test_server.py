@@ -563,35 +563,3 @@ def test_deadline_stops_generation_and_frees_the_context(daemon, client):
     while pool.busy() and time.monotonic() - t1 < 5:
         time.sleep(0.01)
     assert pool.busy() == 0
-
-
-def test_core_budget_never_hands_out_more_threads_than_there_are():
-    """Decodes in flight never hold more threads than the pool has; a lone context gets them all."""
-    from neeko_npc.engine.llama_engine import CoreBudget
-
-    busy = [1]
-    budget = CoreBudget(4, lambda: busy[0])
-    with budget.use() as n:
-        assert n == 4
-    busy[0] = 3
-    assert budget.share() == 1
-    busy[0] = 2
-    held, peak, shares, lock = [0], [0], set(), threading.Lock()
-
-    def work():
-        for _ in range(40):
-            with budget.use() as n:
-                with lock:
-                    held[0] += n
-                    peak[0] = max(peak[0], held[0])
-                    shares.add(n)
-                time.sleep(0.0005)
-                with lock:
-                    held[0] -= n
-
-    threads = [threading.Thread(target=work) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert shares == {2} and peak[0] == 4 and held[0] == 0 and budget._free == 4

@@ -1,6 +1,6 @@
 """The engine facade: what the service, the daemon, the bench and the CLI may call, whatever the backend.
 
-    engine.roles()            the roles served now and the files skipped (a Snapshot)
+    engine.roles()            the roles served now and the files skipped (a Roster)
     engine.role(npc_id)       one served role, or UnknownRole
     engine.reload()           re-read the roles folder (ReloadResult); engine.roles_changed() is the cheap check
     engine.say(...)           start a reply (Reply); checks the request against engine.limits first
@@ -31,7 +31,7 @@ from ..roles.asset import BaseInfo
 from ..roles.profile import ROLE_ID_RE, RoleProfile
 from ..roles.prompt import ChatTemplate, SceneInfo, build_messages
 from .memory import Memory
-from .roleset import InvalidBlend, ReloadResult, RoleSet, ServedRole, Snapshot, UnknownRole, known_roles
+from .roleset import InvalidBlend, ReloadResult, RoleSet, Roster, ServedRole, UnknownRole, known_roles
 from .snapshots import common_prefix
 from .stream import Chunk, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream
 
@@ -234,7 +234,7 @@ class Engine(abc.ABC):
     def limits(self) -> Limits:
         return self.config.limits
 
-    def roles(self) -> Snapshot:
+    def roles(self) -> Roster:
         return self.roleset.snapshot
 
     def role(self, npc_id: str) -> ServedRole:

@@ -69,7 +69,7 @@ class Voice:
 
 
 @dataclass
-class Snapshot:
+class Roster:
     roles: dict[str, ServedRole] = field(default_factory=dict)
     adapters: dict[str, Adapter] = field(default_factory=dict)  # block role id -> adapter
     problems: dict[str, str] = field(default_factory=dict)  # file -> error
@@ -90,7 +90,7 @@ class RoleSet:
         self.backend = backend
         self._lock = threading.Lock()  # guards snapshot swaps and adapter refcounts
         self._reload_lock = threading.Lock()  # one reload at a time
-        self._snap = Snapshot()
+        self._snap = Roster()
         self._by_sha: dict[str, Adapter] = {}
         self._seen: dict[str, tuple[int, int]] = {}  # file -> (mtime_ns, size) at the last scan
 
@@ -121,7 +121,7 @@ class RoleSet:
             problems[str(self.roles_dir)] = "roles folder does not exist"
         assets = {a.id: a for a in loaded}
         blocks = {rid: a for rid, a in assets.items() if a.block is not None}
-        new = Snapshot(problems=problems)
+        new = Roster(problems=problems)
         for rid, a in sorted(blocks.items()):
             try:
                 new.adapters[rid] = self._adapter_for(a)
@@ -166,7 +166,7 @@ class RoleSet:
     # -- serving -----------------------------------------------------------------
 
     @property
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> Roster:
         return self._snap
 
     def acquire(self, npc_id: str, blend: list[tuple[str, float]] | None = None, profile: RoleProfile | None = None,
@@ -192,7 +192,7 @@ class RoleSet:
             return voice, adapters, [w for _, w in pairs]
 
     @staticmethod
-    def _blend(snap: Snapshot, npc_id: str, pairs: list[tuple[str, float]], limit: int) -> dict[str, float]:
+    def _blend(snap: Roster, npc_id: str, pairs: list[tuple[str, float]], limit: int) -> dict[str, float]:
         if npc_id in snap.roles:
             raise InvalidBlend(f"npc_id {npc_id!r} is a hosted role; a procedural NPC needs an id of its own")
         try:
@@ -219,5 +219,5 @@ class RoleSet:
                 self._maybe_free(a)
 
 
-def known_roles(snap: Snapshot) -> str:
+def known_roles(snap: Roster) -> str:
     return ", ".join(sorted(snap.roles)) or "none"

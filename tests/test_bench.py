@@ -76,9 +76,9 @@ def test_bench_quick_measures_every_section(quick_report):
     assert [m["count"] for m in merged] == [1, 2] and merged[1]["disk_bytes"] == pytest.approx(2 * merged[0]["disk_bytes"], rel=0.01)
 
     tw = r["town"]
-    assert tw["npcs"] == 12 and list(tw["runs"]) == ["snapshots", "baseline", "pool 8"]
+    assert tw["npcs"] == 8 and list(tw["runs"]) == ["snapshots", "baseline", "pool 8"]
     kept, base = tw["runs"]["snapshots"]["levels"], tw["runs"]["baseline"]["levels"]
-    assert sorted(kept, key=int) == sorted(base, key=int) == ["1", "4"] and list(tw["runs"]["pool 8"]["levels"]) == ["8"]
+    assert sorted(kept, key=int) == sorted(base, key=int) == ["1", "2"] and list(tw["runs"]["pool 8"]["levels"]) == ["8"]
     for one_run in tw["runs"].values():
         for k, v in one_run["levels"].items():
             assert v["errors"] == 0 and v["lines"] == int(k) * 5  # 3 stops: two conversations of two lines, one bark
@@ -88,9 +88,9 @@ def test_bench_quick_measures_every_section(quick_report):
     assert one["served"]["cold"] == 0 and one["served"]["snapshot"] >= 2  # first visits start from the warm prefixes
     assert one["ttft_ms_by_kind"]["follow-up"]["n"] == 2 and one["served"]["hot"] >= 2  # follow-ups on a hot context
     assert all(v["served"]["snapshot"] == 0 and v["snapshots"] == 0 for v in base.values())  # the baseline keeps nothing
-    assert tw["runs"]["snapshots"]["warm_up"].startswith("warm: 12 role prefix(es)")
+    assert tw["runs"]["snapshots"]["warm_up"].startswith("warm: 8 role prefix(es)")
 
-    for line in ("time to first token", "decode", "targets", "town: 12 npcs"):
+    for line in ("time to first token", "decode", "targets", "town: 8 npcs"):
         assert line in text.lower()
 
 

@@ -24,7 +24,7 @@ FULL = dict(ttft_reps=10, switch_reps=12, levels=[1, 2, 4, 8], per_stream=3, dec
             town_npcs=24, town_levels=[1, 4, 8], town_stops=6, town_tokens=24)
 QUICK = dict(ttft_reps=3, switch_reps=4, levels=[1, 2, 4, 8], per_stream=1, decode_tokens=24, decode_rounds=2,
              adapter_switch_reps=10, reload_reps=2, role_counts=[0, 2], merged_counts=[1, 2], mixture_blocks=10,
-             town_npcs=12, town_levels=[1, 4], town_stops=3, town_tokens=16)
+             town_npcs=8, town_levels=[1, 2], town_stops=3, town_tokens=12)
 
 
 @dataclass
@@ -230,7 +230,7 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
         engine.close()
 
     if cfg.town:
-        step("town: a day of 24 NPCs on 4 contexts" if not cfg.quick else "town")
+        step(f"town: {cfg.size('town_npcs')} NPCs on 4 contexts")
         out.town = _town(cfg, blocks, work / "town", tick)
     if cfg.memory:
         step("memory: daemon RSS by role count")

@@ -30,6 +30,17 @@ FOLLOW_UP = ["And what happened after that?", "Who else should I ask about it?",
 
 # -- through a target ------------------------------------------------------------------
 
+def run_together(fn, args) -> float:
+    """``fn(a)`` for every ``a`` at once, one thread each; the wall time until the last one ends."""
+    threads = [threading.Thread(target=fn, args=(a,)) for a in args]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def first_and_follow_up(target, roles: list[str], reps: int, max_tokens: int = 16, progress=None) -> dict:
     """Time to first token of a conversation's first line and of its follow-up.
 
@@ -114,13 +125,7 @@ def concurrency(target, roles: list[str], levels: list[int], per_stream: int, ma
                 with lock:
                     lines.append(x)
 
-        threads = [threading.Thread(target=stream, args=(j,)) for j in range(k)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall = run_together(stream, range(k))
         ok = [x for x in lines if not x.error]
         toks = sum(x.completion_tokens for x in ok)
         out[str(k)] = {"streams": k, "lines": len(lines), "errors": len(lines) - len(ok),

@@ -29,6 +29,7 @@ class Line:
     cached_tokens: int = 0
     text: str = ""
     error: str = ""
+    cache: str = ""  # how the prompt was served: hot, snapshot or cold (in process only)
 
     @property
     def decode_rate(self) -> float | None:
@@ -38,7 +39,8 @@ class Line:
 
 
 def timed_line(npc: str, t0: float, chunks, cached) -> Line:
-    """Consume a reply's chunks, timing its first text and its end; ``cached(last_chunk)`` is the reused prefix."""
+    """Consume a reply's chunks, timing its first text and its end; ``cached(last_chunk)`` is the reused prefix.
+    An engine's chunks also say how the prompt was served (``Chunk.cache``)."""
     first = None
     text = []
     for chunk in chunks:
@@ -47,7 +49,7 @@ def timed_line(npc: str, t0: float, chunks, cached) -> Line:
         text.append(chunk.text)
         if chunk.done:
             return Line(npc, first - t0, time.perf_counter() - t0, chunk.completion_tokens, chunk.prompt_tokens,
-                        cached(chunk), "".join(text))
+                        cached(chunk), "".join(text), cache=getattr(chunk, "cache", ""))
     raise RuntimeError("the reply ended without a final chunk")
 
 

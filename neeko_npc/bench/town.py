@@ -22,7 +22,9 @@ from ..engine.stream import GenOptions
 from ..roles.asset import RoleAsset, write_asset
 from ..roles.prompt import SceneInfo
 from .memory import rss_bytes
+from .speed import run_together
 from .stats import ratio, summary
+from .targets import Line, failed_line, timed_line
 
 TOWNSFOLK = [("Ada", "baker"), ("Bram", "cooper"), ("Cora", "weaver"), ("Dunn", "miller"), ("Edda", "herbalist"),
              ("Finn", "ferryman"), ("Greta", "brewer"), ("Hale", "tanner"), ("Ines", "midwife"), ("Jory", "stable hand"),
@@ -78,53 +80,33 @@ def day(npcs: list[str], players: int, stops: int) -> list[list[Stop]]:
     return plan
 
 
-@dataclass
-class TownLine:
-    npc: str
-    kind: str  # "first visit", "follow-up", "bark", "repeat visit"
-    ttft: float
-    total: float
-    completion_tokens: int = 0
-    cache: str = ""
-    error: str = ""
-
-    @property
-    def decode_rate(self) -> float | None:
-        gap = self.total - self.ttft
-        return (self.completion_tokens - 1) / gap if self.completion_tokens >= 4 and gap > 0 else None
-
-
 def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str]) -> dict:
     """Every player's route at once, one thread each; figures per line and for the run."""
-    lines: list[TownLine] = []
+    lines: list[tuple[str, Line]] = []  # (kind of line, the line)
     lock = threading.Lock()
     start = threading.Barrier(len(plan))
     peak = [engine.snapshot_stats().get("bytes", 0)]
 
-    def player(route: list[Stop], seed: int) -> None:
+    def player(j: int) -> None:
+        route = plan[j]
         start.wait()
         for i, stop in enumerate(route):
             with lock:
                 kind = ("bark" if not stop.line else "follow-up" if i and route[i - 1].session == stop.session
                         else "repeat visit" if stop.npc in seen else "first visit")
                 seen.add(stop.npc)
-            lines.append(_say(engine, stop, kind, max_tokens, seed * 101 + i))
+            lines.append((kind, _say(engine, stop, max_tokens, j * 101 + i)))
             with lock:
                 peak[0] = max(peak[0], engine.snapshot_stats().get("bytes", 0))
 
-    threads = [threading.Thread(target=player, args=(route, j)) for j, route in enumerate(plan)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    ok = [x for x in lines if not x.error]
-    by_kind = {k: summary([x.ttft for x in ok if x.kind == k], 1000) for k in ("first visit", "repeat visit", "follow-up", "bark")}
+    wall = run_together(player, range(len(plan)))
+    ok = [x for _, x in lines if not x.error]
+    by_kind = {k: summary([x.ttft for kind, x in lines if kind == k and not x.error], 1000)
+               for k in ("first visit", "repeat visit", "follow-up", "bark")}
     stats = engine.snapshot_stats()
     return {
         "players": len(plan), "lines": len(lines), "errors": len(lines) - len(ok),
-        "error_messages": sorted({x.error for x in lines if x.error})[:5], "wall_s": wall,
+        "error_messages": sorted({x.error for _, x in lines if x.error})[:5], "wall_s": wall,
         "ttft_ms": summary([x.ttft for x in ok], 1000),
         "ttft_ms_by_kind": {k: v for k, v in by_kind.items() if v["n"]},
         "ttft_ms_by_cache": {c: summary([x.ttft for x in ok if x.cache == c], 1000) for c in ("hot", "snapshot", "cold")},
@@ -136,21 +118,14 @@ def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str]) -> 
     }
 
 
-def _say(engine, stop: Stop, kind: str, max_tokens: int, seed: int) -> TownLine:
+def _say(engine, stop: Stop, max_tokens: int, seed: int) -> Line:
     t0 = time.perf_counter()
-    first = None
     try:
         reply = engine.say(stop.npc, stop.line, TOWN_SCENE, GenOptions(max_tokens=max_tokens, temperature=0.7, seed=seed),
                            session=stop.session)
-        for chunk in reply.chunks:
-            if first is None and (chunk.text or chunk.done):
-                first = time.perf_counter()
-            if chunk.done:
-                return TownLine(stop.npc, kind, first - t0, time.perf_counter() - t0, chunk.completion_tokens, chunk.cache)
-        raise RuntimeError("the reply ended without a final chunk")
+        return timed_line(stop.npc, t0, reply.chunks, lambda c: c.cached_tokens)
     except Exception as exc:  # measured, not raised
-        t = time.perf_counter() - t0
-        return TownLine(stop.npc, kind, t, t, error=f"{type(exc).__name__}: {exc}")
+        return failed_line(stop.npc, t0, f"{type(exc).__name__}: {exc}")
 
 
 def town(make_engine, npcs: list[str], levels: list[int], stops: int, max_tokens: int, progress=None) -> dict:

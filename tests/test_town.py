@@ -116,3 +116,22 @@ def test_a_reloaded_role_takes_its_states_with_it(engine, roles, tmp_path):
     keys = kept_keys(e)
     assert not any(smith_sha in dict(k) for k in keys) and any(bard_sha in dict(k) for k in keys)
     assert e.snapshot_stats()["dropped"] == 2
+
+
+def test_a_line_asked_for_during_the_warm_up_is_served_at_once(roles, tmp_path):
+    """24 roles take the warm-up many seconds; a line asked for as soon as the engine is up is served meanwhile,
+    on its own context, not queued behind the warm-up."""
+    from neeko_npc.bench.town import town_roles
+    from neeko_npc.roles.folder import load_role_assets
+
+    blocks, _ = load_role_assets(roles)
+    npcs = town_roles(blocks, 24, tmp_path / "town")
+    e = LlamaEngine(tmp_path / "town", config=EngineConfig(pool_size=2, n_threads=2))
+    try:
+        assert not e.warmed.is_set()
+        text, last = line(e, npcs[-1], "Good morning!")
+        assert text.strip() and last.finish in ("stop", "length")
+        assert not e.warmed.is_set()  # the line ended while the warm-up was still going
+        assert e.warmed.wait(300) and e.warm_summary.startswith("warm: 24 role prefix(es)")
+    finally:
+        e.close()

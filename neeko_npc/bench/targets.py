@@ -63,8 +63,9 @@ class InProcess:
 
     kind = "in-process"
 
-    def __init__(self, engine):
+    def __init__(self, engine, scene: SceneInfo = BENCH_SCENE):
         self.engine = engine
+        self.scene = scene
 
     @property
     def roles(self) -> list[str]:
@@ -74,7 +75,7 @@ class InProcess:
             seed: int | None = 0) -> Line:
         t0 = time.perf_counter()
         try:
-            reply = self.engine.say(npc, line, BENCH_SCENE, GenOptions(max_tokens=max_tokens, temperature=temperature, seed=seed),
+            reply = self.engine.say(npc, line, self.scene, GenOptions(max_tokens=max_tokens, temperature=temperature, seed=seed),
                                     session=session)
             return timed_line(npc, t0, reply.chunks, lambda c: c.cached_tokens)
         except Exception as exc:  # measured, not raised: the concurrency section counts errors

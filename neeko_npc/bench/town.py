@@ -13,18 +13,16 @@ first line of each NPC after start-up. A last run gives 8 players a pool of 8 co
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..engine.stream import GenOptions
 from ..roles.asset import RoleAsset, write_asset
 from ..roles.prompt import SceneInfo
 from .memory import rss_bytes
 from .speed import run_together
 from .stats import ratio, summary
-from .targets import Line, failed_line, timed_line
+from .targets import InProcess, Line
 
 TOWNSFOLK = [("Ada", "baker"), ("Bram", "cooper"), ("Cora", "weaver"), ("Dunn", "miller"), ("Edda", "herbalist"),
              ("Finn", "ferryman"), ("Greta", "brewer"), ("Hale", "tanner"), ("Ines", "midwife"), ("Jory", "stable hand"),
@@ -82,6 +80,7 @@ def day(npcs: list[str], players: int, stops: int) -> list[list[Stop]]:
 
 def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str]) -> dict:
     """Every player's route at once, one thread each; figures per line and for the run."""
+    target = InProcess(engine, TOWN_SCENE)
     lines: list[tuple[str, Line]] = []  # (kind of line, the line)
     lock = threading.Lock()
     start = threading.Barrier(len(plan))
@@ -95,7 +94,7 @@ def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str]) -> 
                 kind = ("bark" if not stop.line else "follow-up" if i and route[i - 1].session == stop.session
                         else "repeat visit" if stop.npc in seen else "first visit")
                 seen.add(stop.npc)
-            lines.append((kind, _say(engine, stop, max_tokens, j * 101 + i)))
+            lines.append((kind, target.say(stop.npc, stop.line, stop.session, max_tokens, temperature=0.7, seed=j * 101 + i)))
             with lock:
                 peak[0] = max(peak[0], engine.snapshot_stats().get("bytes", 0))
 
@@ -116,16 +115,6 @@ def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str]) -> 
         "snapshot_bytes_peak": peak[0], "snapshot_bytes": stats.get("bytes", 0), "snapshot_budget": stats.get("budget", 0),
         "snapshots": stats.get("count", 0), "rss_bytes": rss_bytes(),
     }
-
-
-def _say(engine, stop: Stop, max_tokens: int, seed: int) -> Line:
-    t0 = time.perf_counter()
-    try:
-        reply = engine.say(stop.npc, stop.line, TOWN_SCENE, GenOptions(max_tokens=max_tokens, temperature=0.7, seed=seed),
-                           session=stop.session)
-        return timed_line(stop.npc, t0, reply.chunks, lambda c: c.cached_tokens)
-    except Exception as exc:  # measured, not raised
-        return failed_line(stop.npc, t0, f"{type(exc).__name__}: {exc}")
 
 
 def town(make_engine, npcs: list[str], levels: list[int], stops: int, max_tokens: int, progress=None) -> dict:

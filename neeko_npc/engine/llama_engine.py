@@ -249,6 +249,16 @@ class ContextPool:
 
 # -- one reply ---------------------------------------------------------------------------------
 
+def decode_on(ctx: LlamaContext, tokens: list[int], cores: CoreBudget | None = None) -> np.ndarray:
+    """Decode ``tokens`` on ``ctx`` with its share of ``cores`` (all its threads without one); finite logits or
+    NonFiniteLogits."""
+    if cores is None:
+        return check_finite(ctx.decode(tokens))
+    with cores.use() as n:
+        ctx.set_threads(n)
+        return check_finite(ctx.decode(tokens))
+
+
 def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float], key: tuple, prompt: list[int],
              opts: GenOptions, cancelled: Callable[[], bool] = lambda: False,
              cores: CoreBudget | None = None, store: SnapshotStore | None = None) -> Iterator[Chunk]:
@@ -260,11 +270,7 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     def decode(tokens: list[int]) -> np.ndarray:
         """Finite logits after ``tokens``; on any failure the cache holds nothing reusable and is cleared."""
         try:
-            if cores is None:
-                return check_finite(ctx.decode(tokens))
-            with cores.use() as n:
-                ctx.set_threads(n)
-                return check_finite(ctx.decode(tokens))
+            return decode_on(ctx, tokens, cores)
         except Exception:
             slot.tokens, slot.key = [], ()
             ctx.clear()
@@ -432,9 +438,7 @@ class LlamaEngine(Engine):
             ctx.clear()
             self.pool.warming += 1
             try:
-                with self.pool.cores.use() as n:
-                    ctx.set_threads(n)
-                    check_finite(ctx.decode(prefix))
+                decode_on(ctx, prefix, self.pool.cores)
             finally:
                 self.pool.warming -= 1
             self.store.put(Snapshot(key, tuple(prefix), ctx.save_state(), warm=True))

@@ -67,20 +67,16 @@ class DialogueService(pb_grpc.DialogueServicer):
 
     # -- rpcs --------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _abort(context, exc: Exception):
-        """The one mapping of the engine's expected failures to status codes."""
-        if isinstance(exc, UnknownRole):
-            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        if isinstance(exc, (BadRequest, InvalidBlend, ProfileError)):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        if isinstance(exc, PoolBusy):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        if isinstance(exc, NonFiniteLogits):
-            context.abort(grpc.StatusCode.INTERNAL, str(exc))
-        raise exc
+    # The one mapping of the engine's expected failures to status codes.
+    STATUS = {UnknownRole: grpc.StatusCode.NOT_FOUND, BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
+              InvalidBlend: grpc.StatusCode.INVALID_ARGUMENT, ProfileError: grpc.StatusCode.INVALID_ARGUMENT,
+              PoolBusy: grpc.StatusCode.RESOURCE_EXHAUSTED, NonFiniteLogits: grpc.StatusCode.INTERNAL}
+    _EXPECTED = tuple(STATUS)
 
-    _EXPECTED = (UnknownRole, BadRequest, InvalidBlend, ProfileError, PoolBusy, NonFiniteLogits)
+    @classmethod
+    def _abort(cls, context, exc: Exception):
+        code = next(c for kind, c in cls.STATUS.items() if isinstance(exc, kind))
+        context.abort(code, str(exc))
 
     def Say(self, request, context):
         engine = self._engine(context)

@@ -430,9 +430,12 @@ def _rpc_error(exc) -> click.ClickException:
               help="With --blend: the procedural NPC's profile JSON (name and persona; the id may be left out).")
 @click.option("--sentences", is_flag=True, help="Print one complete sentence a line, as each completes (for text-to-speech).")
 @click.option("--stats", is_flag=True, help="Print token counts, time to first token and the blocks' weights.")
+@click.option("--prepare", is_flag=True,
+              help="First ask the daemon to read the NPC's prompt up to the line (what a game does as the player walks "
+                   "up), and print what it read.")
 @client_options
-def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend, profile_path, sentences, stats, address,
-        tls_ca, token):
+def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend, profile_path, sentences, stats, prepare,
+        address, tls_ca, token):
     """Stream NPC_ID's reply to LINE from a running daemon."""
     import grpc
 
@@ -455,6 +458,12 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend,
 
     client = Client(address, token, tls_ca)
     try:
+        if prepare:
+            p = client.prepare(npc_id, scene, session, **procedural)
+            cache = pb.PromptCache.Name(p.prompt_cache).removeprefix("PROMPT_CACHE_").lower()
+            click.echo(f"[prepared: skipped, {p.skipped}]" if p.skipped else
+                       f"[prepared: {p.prompt_tokens} tokens before the line, {p.read_tokens} read ({cache}), "
+                       f"{p.elapsed_ms:.0f} ms]", err=True)
         last = None
 
         def texts():

@@ -500,6 +500,24 @@ def test_cli_say_and_roles(daemon):
     assert res.exit_code == 1 and "NOT_FOUND: no NPC 'ghost'" in res.output
 
 
+def test_prepare_over_grpc_and_the_cli(daemon, client):
+    scene = pb.SceneContext(location="the harbour", time_of_day="noon")
+    daemon.service.engine.forget_cache()
+    p = client.prepare("bard", scene, session="pier")
+    assert p.skipped == "" and p.prompt_cache == pb.PROMPT_CACHE_COLD and p.read_tokens == p.prompt_tokens > 50
+    _, chunks = collect(client.say("bard", "Any songs about the sea?", scene, "pier", **GREEDY))
+    assert chunks[-1].prompt_cache == pb.PROMPT_CACHE_HOT and chunks[-1].cached_prompt_tokens == p.prompt_tokens
+    assert code_of(lambda: client.prepare("ghost"))[0] == grpc.StatusCode.NOT_FOUND
+    code, details = code_of(lambda: client.prepare("bard", blend={"smith": 1.0}))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "profile" in details
+
+    res = CliRunner().invoke(main, ["say", "smith", "Hello!", "--prepare", "--stats", "--address", daemon.address,
+                                    "--temperature", "0", "--max-tokens", "8"])
+    assert res.exit_code == 0 and "[prepared: " in res.output and "tokens before the line" in res.output
+    stats = res.output.rsplit("[", 1)[1]
+    assert ", hot)" in stats  # the line after --prepare read only itself
+
+
 def test_cli_say_prints_sentences_as_they_complete(daemon):
     """--sentences prints the same reply, one complete sentence a line (both runs from a cold cache)."""
     args = ["say", "bard", "Tell me about your songs.", "--address", daemon.address, "--temperature", "0", "--max-tokens", "60"]

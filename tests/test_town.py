@@ -147,7 +147,7 @@ def test_the_bench_town_day_with_and_without_kept_states(roles, tmp_path):
     blocks, _ = load_role_assets(roles)
     cfg = BenchConfig(quick=True, sizes=dict(town_npcs=4, town_levels=[1, 2], town_stops=3, town_tokens=8))
     tw = run_town(cfg, blocks, tmp_path / "town")
-    assert tw["npcs"] == 4 and list(tw["runs"]) == ["snapshots", "baseline", "pool 8"]
+    assert tw["npcs"] == 4 and list(tw["runs"]) == ["snapshots", "baseline", "walks", "pool 8"]
     kept, base = tw["runs"]["snapshots"]["levels"], tw["runs"]["baseline"]["levels"]
     assert list(kept) == list(base) == ["1", "2"] and list(tw["runs"]["pool 8"]["levels"]) == ["8"]
     for one_run in tw["runs"].values():
@@ -161,12 +161,67 @@ def test_the_bench_town_day_with_and_without_kept_states(roles, tmp_path):
     assert base["1"]["served"] == {"hot": 2, "snapshot": 0, "cold": 3}  # the baseline reads each first line whole
     assert all(v["snapshots"] == 0 for v in base.values())
     assert tw["runs"]["snapshots"]["warm_up"].startswith("warm: 4 role prefix(es)")
+    # walking up: every visit (first, repeat, bark) was prepared; at 1 player none was skipped and each line,
+    # first visits included, read only itself from a hot context
+    walks = tw["runs"]["walks"]["levels"]
+    assert walks["1"]["prepared"]["calls"] == 3 and walks["1"]["prepared"]["skipped"] == 0
+    assert walks["1"]["served"] == {"hot": 5, "snapshot": 0, "cold": 0}
+    assert walks["2"]["prepared"]["calls"] == 6 and not kept["1"]["prepared"]
 
     r = BenchResult(machine(), "in-process", True, town=tw)
     text = table(r)
     assert "Town: 4 NPCs" in text and "baseline (pool 4)" in text and "pool 8 (pool 8)" in text
+    assert "walks, 1 player(s): 3 visits prepared 1.0 s ahead, 0 skipped" in text
     got = {t.key: t for t in targets(r)}
-    assert set(got) == {"town_1", "town_first", "town_8_ttft", "town_8_rate", "town_8_errors", "town_budget"}
+    assert set(got) == {"town_1", "town_first", "town_1_walks", "town_first_walks", "town_8_ttft", "town_8_rate",
+                        "town_8_errors", "town_budget"}
     assert got["town_budget"].met and got["town_8_errors"].met
     for t in got.values():
         assert f"[{'met' if t.met else 'MISSED'}] {t.target}: {t.shown}" in text
+
+
+def test_a_prepared_line_reads_only_itself(engine):
+    """The player walks up: prepare reads the NPC's prompt up to the player's line (its warm profile prefix
+    restored, then the scene), and the line that follows starts from there, like a follow-up."""
+    e = engine()
+    profile = len(e.profile_prefix(e.role("smith").asset.profile))
+    p = e.prepare("smith", SCENE, session="walk")
+    assert p.skipped == "" and p.role_id == "smith" and p.cache == "snapshot"
+    assert p.read_tokens == p.prompt_tokens - profile > 0  # the scene, and the chat markup before the line
+    again = e.prepare("smith", SCENE, session="walk")
+    assert (again.cache, again.read_tokens, again.prompt_tokens) == ("hot", 0, p.prompt_tokens)
+    _, last = line(e, "smith", "Can you mend my sword?", "walk")
+    assert last.cache == "hot" and last.cached_tokens == p.prompt_tokens < last.prompt_tokens
+
+    # the next visit: the context went to the bard meanwhile, and the session now remembers an exchange
+    line(e, "bard", "Sing us something.")
+    p2 = e.prepare("smith", SCENE, session="walk")
+    assert p2.cache == "snapshot" and p2.prompt_tokens > last.prompt_tokens  # the remembered exchange is in it
+    assert 0 < p2.read_tokens < p2.prompt_tokens - p.prompt_tokens  # most of the conversation came back from its state
+    _, last = line(e, "smith", "How much will it cost?", "walk")
+    assert last.cache == "hot" and last.cached_tokens == p2.prompt_tokens
+
+    # a bark (the NPC speaks first) is prepared the same way
+    p3 = e.prepare("bard", SCENE)
+    _, last = line(e, "bard", "")
+    assert last.cache == "hot" and last.cached_tokens == p3.prompt_tokens > 0
+
+
+def test_prepare_is_a_hint_that_never_waits_and_checks_like_say(engine):
+    from neeko_npc.engine.base import BadRequest, UnknownRole
+
+    e = engine()
+    reply = e.say("smith", "Tell me about your forge.", SCENE, GenOptions(temperature=0.0, max_tokens=16))
+    chunks = iter(reply.chunks)
+    next(chunks)  # the one context is streaming the smith's line
+    p = e.prepare("bard", SCENE)
+    assert p.read_tokens == 0 and p.cache == "" and "busy" in p.skipped
+    assert list(chunks)[-1].finish in ("stop", "length")  # the line in flight was not disturbed
+    with pytest.raises(UnknownRole):
+        e.prepare("nobody", SCENE)
+    with pytest.raises(BadRequest):
+        e.prepare("smith", SceneInfo(location="x" * 9000))
+    assert e.prepare("bard", SCENE).skipped == ""  # the context is free again
+
+    off = engine(snapshot_bytes=0)
+    assert "--snapshot-mib 0" in off.prepare("smith", SCENE).skipped

@@ -19,6 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from .. import defaults
 from ..roles.asset import RoleAsset, write_asset
 
 
@@ -122,6 +123,9 @@ def memory_by_role_count(blocks: list[RoleAsset], counts: list[int], base_model:
     for n in counts:
         folder = Path(tempfile.mkdtemp(prefix=f"roles{n}-", dir=workdir))
         cache = Path(tempfile.mkdtemp(prefix="cache-", dir=workdir))
+        known = defaults.cache_root() / "fingerprints.json"  # the base model's fingerprint and shape, already
+        if known.is_file():                                   # read: the daemon starts as on a machine that has served before
+            shutil.copy(known, cache / known.name)
         files = synthetic_roles(blocks, n, folder)
         r = daemon_rss(folder, base_model, cache)
         adapters = list((cache / "adapters").glob("*.gguf")) if (cache / "adapters").is_dir() else []

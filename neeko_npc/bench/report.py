@@ -51,14 +51,16 @@ def targets(r: BenchResult) -> list[Target]:
     if t.get("follow_over_cold") is not None:
         v = t["follow_over_cold"]
         add("follow_up", "follow-up time to first token <= half a cold line of the same length", v, v <= 0.5, f"{v:.2f}x")
-    t1 = r.town.get("town_1_over_hot")
-    if t1 is not None:
-        add("town_1", "town, 1 player: time to first token p50 <= 1.5x a hot follow-up's", t1, t1 <= 1.5,
-            f"{t1:.2f}x ({_f(r.town['runs']['snapshots']['levels']['1']['ttft_ms'].get('p50'), '{:.0f}')} ms against "
-            f"{_f(r.town['hot_follow_up_ms'], '{:.0f}')} ms)")
-    fv = r.town.get("first_visit_over_hot")
-    if fv is not None:
-        add("town_first", "town: an NPC's first line after start-up <= 2x a hot follow-up", fv, fv <= 2, f"{fv:.2f}x")
+    for run, suffix, how in (("snapshots", "", "unannounced"), ("walks", "_walks", "the game prepares each visit")):
+        t1 = r.town.get("town_1_over_hot" + suffix)
+        if t1 is not None:
+            add("town_1" + suffix, f"town, 1 player, {how}: time to first token p50 <= 1.5x a hot follow-up's", t1,
+                t1 <= 1.5, f"{t1:.2f}x ({_f(r.town['runs'][run]['levels']['1']['ttft_ms'].get('p50'), '{:.0f}')} ms "
+                f"against {_f(r.town['hot_follow_up_ms' + suffix], '{:.0f}')} ms)")
+        fv = r.town.get("first_visit_over_hot" + suffix)
+        if fv is not None:
+            add("town_first" + suffix, f"town, {how}: an NPC's first line after start-up <= 2x a hot follow-up", fv,
+                fv <= 2, f"{fv:.2f}x")
     p8 = r.town.get("runs", {}).get("pool 8", {}).get("levels", {}).get("8")
     if p8:
         p95, slowest = p8["ttft_ms"].get("p95", float("nan")), p8["stream_tok_s"].get("min", float("nan"))
@@ -150,10 +152,16 @@ def table(r: BenchResult) -> str:
                 label = ""
             if run["warm_up"]:
                 lines.append(f"    {run['warm_up']}")
-        one = tw["runs"].get("snapshots", {}).get("levels", {}).get("1")
-        if one:
-            kinds = ", ".join(f"{k} {_p(v, fmt='{:.0f}')}" for k, v in one["ttft_ms_by_kind"].items())
-            lines.append(f"  1 player, p50 by kind of line (ms): {kinds}")
+        for run in ("snapshots", "walks"):
+            one = tw["runs"].get(run, {}).get("levels", {}).get("1")
+            if one:
+                kinds = ", ".join(f"{k} {_p(v, fmt='{:.0f}')}" for k, v in one["ttft_ms_by_kind"].items())
+                lines.append(f"  {run}, 1 player, p50 by kind of line (ms): {kinds}")
+        for k, v in tw["runs"].get("walks", {}).get("levels", {}).items():
+            pr = v["prepared"]
+            lines.append(f"  walks, {k} player(s): {pr['calls']} visits prepared {tw['walk_s']:.1f} s ahead, "
+                         f"{pr['skipped']} skipped (every context busy); read {_p(pr['read_tokens'], fmt='{:.0f}')} "
+                         f"tokens in {_p(pr['ms'], fmt='{:.0f}')} ms (p50)")
         lines.append("")
     mem = r.memory
     if mem:

@@ -7,12 +7,15 @@ first, unprompted. Players start at different NPCs, so at 8 players the contexts
 
 The same script runs on an engine that keeps conversation states (KV snapshots, the default) and on one
 that does not (the baseline, ``--snapshot-mib 0``), each started fresh, so the first round also shows the
-first line of each NPC after start-up. A last run gives 8 players a pool of 8 contexts.
+first line of each NPC after start-up. A third run walks: before each visit the game calls ``prepare`` (what
+``NpcVoice.Prepare`` does as the player enters an NPC's talking range), and the player speaks
+:data:`WALK_S` seconds later. A last run gives 8 players a pool of 8 contexts.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +37,7 @@ OPENERS = ["Good morning! What news today?", "Have you seen anyone strange in to
            "Is there work for a traveller?", "Where can I find a hot meal?", "What do you think of the mayor?"]
 FOLLOW_UPS = ["Tell me more about that.", "And what would you do about it?", "Who else should I ask?",
               "How long has it been like this?"]
+WALK_S = 1.0  # the "walks" run: seconds from entering an NPC's talking range (prepare) to the player's line
 TOWN_SCENE = SceneInfo(location="the town square", time_of_day="morning", weather="clear", player_name="Ash",
                        player_standing="a newcomer")
 
@@ -78,9 +82,11 @@ def day(npcs: list[str], players: int, stops: int) -> list[list[Stop]]:
     return plan
 
 
-def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str]) -> dict:
-    """Every player's route at once, one thread each; figures per line and for the run."""
+def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str], walk: float = 0.0) -> dict:
+    """Every player's route at once, one thread each; figures per line and for the run. With ``walk`` > 0, each
+    visit starts with ``engine.prepare`` and the player speaks ``walk`` seconds after it was called."""
     target = InProcess(engine, TOWN_SCENE)
+    prepared: list = []
     lines: list[tuple[str, Line]] = []  # (kind of line, the line)
     lock = threading.Lock()
     start = threading.Barrier(len(plan))
@@ -94,6 +100,10 @@ def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str]) -> 
                 kind = ("bark" if not stop.line else "follow-up" if i and route[i - 1].session == stop.session
                         else "repeat visit" if stop.npc in seen else "first visit")
                 seen.add(stop.npc)
+            if walk and kind != "follow-up":
+                t0 = time.monotonic()
+                prepared.append(engine.prepare(stop.npc, TOWN_SCENE, session=stop.session))
+                time.sleep(max(0.0, walk - (time.monotonic() - t0)))
             lines.append((kind, target.say(stop.npc, stop.line, stop.session, max_tokens, temperature=0.7, seed=j * 101 + i)))
             with lock:
                 peak[0] = max(peak[0], engine.snapshot_stats().get("bytes", 0))
@@ -114,30 +124,36 @@ def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str]) -> 
         "aggregate_tok_s": sum(x.completion_tokens for x in ok) / wall,
         "snapshot_bytes_peak": peak[0], "snapshot_bytes": stats.get("bytes", 0), "snapshot_budget": stats.get("budget", 0),
         "snapshots": stats.get("count", 0), "rss_bytes": rss_bytes(),
+        "prepared": {"calls": len(prepared), "skipped": sum(bool(p.skipped) for p in prepared),
+                     "read_tokens": summary([p.read_tokens for p in prepared if not p.skipped]),
+                     "ms": summary([p.ms for p in prepared if not p.skipped])} if walk else {},
     }
 
 
 def town(make_engine, npcs: list[str], levels: list[int], stops: int, max_tokens: int, progress=None) -> dict:
     """The day at each level of players, on a fresh engine that keeps states and on one that does not; then 8
     players on 8 contexts. ``make_engine(pool_size, snapshots)`` starts an engine and waits for its warm-up."""
-    out = {"npcs": len(npcs), "levels": levels, "stops_per_player": stops, "runs": {}}
-    for name, pool, snapshots, lv in (("snapshots", 4, True, levels), ("baseline", 4, False, levels),
-                                      ("pool 8", 8, True, [8])):
+    out = {"npcs": len(npcs), "levels": levels, "stops_per_player": stops, "walk_s": WALK_S, "runs": {}}
+    for name, pool, snapshots, walk, lv in (("snapshots", 4, True, 0.0, levels), ("baseline", 4, False, 0.0, levels),
+                                            ("walks", 4, True, WALK_S, levels), ("pool 8", 8, True, 0.0, [8])):
         engine, warm_s = make_engine(pool, snapshots)
         try:
             seen: set[str] = set()
-            out["runs"][name] = {"pool": pool, "snapshots": snapshots, "warm_up_s": warm_s,
+            out["runs"][name] = {"pool": pool, "snapshots": snapshots, "walk_s": walk, "warm_up_s": warm_s,
                                  "warm_up": engine.warm_summary,
-                                 "levels": {str(k): run_day(engine, day(npcs, k, stops), max_tokens, seen) for k in lv}}
+                                 "levels": {str(k): run_day(engine, day(npcs, k, stops), max_tokens, seen, walk) for k in lv}}
         finally:
             engine.close()
         if progress:
             progress()
-    one = out["runs"]["snapshots"]["levels"].get("1")
-    if one:
-        hot = one["ttft_ms_by_cache"]["hot"].get("p50")
-        out["hot_follow_up_ms"] = hot
-        out["town_1_over_hot"] = ratio(one["ttft_ms"]["p50"], hot) if hot else None
+    # the targets' ratios, against the same run's hot follow-ups: with no warning of the visit, and walking up
+    for run, suffix in (("snapshots", ""), ("walks", "_walks")):
+        one = out["runs"][run]["levels"].get("1")
+        if not one:
+            continue
+        hot = one["ttft_ms_by_kind"].get("follow-up", {}).get("p50")
+        out["hot_follow_up_ms" + suffix] = hot
+        out["town_1_over_hot" + suffix] = ratio(one["ttft_ms"]["p50"], hot) if hot else None
         first = one["ttft_ms_by_kind"].get("first visit", {}).get("p50")
-        out["first_visit_over_hot"] = ratio(first, hot) if first and hot else None
+        out["first_visit_over_hot" + suffix] = ratio(first, hot) if first and hot else None
     return out

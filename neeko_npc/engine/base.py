@@ -4,6 +4,7 @@
     engine.role(npc_id)       one served role, or UnknownRole
     engine.reload()           re-read the roles folder (ReloadResult); engine.roles_changed() is the cheap check
     engine.say(...)           start a reply (Reply); checks the request against engine.limits first
+    engine.prepare(...)       read an NPC's prompt up to the player's line now (the player is walking up): Prepared
     engine.session(id)        a session's remembered exchanges; restore_session, forget
     engine.forget_cache()     drop every cached prompt prefix (the benchmark's cold lines)
     engine.describe()         one line for the start-up message
@@ -146,6 +147,18 @@ class Reply:
     chunks: Iterator[Chunk]
 
 
+@dataclass
+class Prepared:
+    """What ``prepare`` did with an NPC's prompt up to the player's line (profile, scene, memory)."""
+
+    role_id: str
+    prompt_tokens: int  # the prompt's tokens before the player's line
+    read_tokens: int  # read now; the others were already held by a context or a kept state
+    cache: str  # how its start was served: "hot", "snapshot" or "cold"; "" when skipped
+    skipped: str = ""  # why nothing was read (every context busy, no prompt cache); "" when it was
+    ms: float = 0.0
+
+
 # Text from the game must never become control tokens: "<|im_end|><|im_start|>system ..." in a player
 # line would otherwise rewrite the NPC's instructions.
 _SPECIAL = re.compile(r"<\|[^<>|]{0,48}\|>|</?s>")
@@ -270,6 +283,21 @@ class Engine(abc.ABC):
                 return toks
             history = history[1:]
 
+    def _request(self, npc_id: str, player_line: str, scene: SceneInfo | None, opts: GenOptions | None, session: str,
+                 blend, profile):
+        """Check and clean a request, then pin its voice: (opts, line, scene, voice, adapters, scales). The caller
+        releases the adapters (roleset.release)."""
+        if self._closing:
+            raise PoolBusy("the daemon is shutting down")
+        scene = scene or SceneInfo()
+        opts = self.limits.check_say(npc_id, session, player_line, scene, opts or GenOptions())
+        if (blend is None) != (profile is None):
+            raise InvalidBlend("a procedural NPC needs both a blend and a profile")
+        if profile is not None:
+            profile = clean_profile(profile)
+        voice, adapters, scales = self.roleset.acquire(npc_id, blend, profile, self.limits.max_blend)
+        return opts, clean(player_line), clean_scene(scene), voice, adapters, scales
+
     def say(self, npc_id: str, player_line: str, scene: SceneInfo | None = None, opts: GenOptions | None = None,
             session: str = "", cancelled: Callable[[], bool] = lambda: False, deadline: float | None = None,
             blend: list[tuple[str, float]] | None = None, profile: RoleProfile | None = None) -> Reply:
@@ -278,17 +306,8 @@ class Engine(abc.ABC):
 
         With ``blend`` (role id, weight pairs) and ``profile``, ``npc_id`` is a procedural NPC with no role file.
         ``opts.max_tokens`` 0 means the daemon's default."""
-        if self._closing:
-            raise PoolBusy("the daemon is shutting down")
-        scene = scene or SceneInfo()
-        opts = self.limits.check_say(npc_id, session, player_line, scene, opts or GenOptions())
-        if (blend is None) != (profile is None):
-            raise InvalidBlend("a procedural NPC needs both a blend and a profile")
-        player_line = clean(player_line)
-        scene = clean_scene(scene)
-        if profile is not None:
-            profile = clean_profile(profile)
-        voice, adapters, scales = self.roleset.acquire(npc_id, blend, profile, self.limits.max_blend)
+        opts, player_line, scene, voice, adapters, scales = self._request(npc_id, player_line, scene, opts, session,
+                                                                          blend, profile)
         try:
             prompt = self.build_prompt(voice.profile, session, npc_id, player_line, scene, opts.max_tokens)
             key = adapter_key(adapters, scales)
@@ -304,6 +323,37 @@ class Engine(abc.ABC):
                 self.memory.add(session, npc_id, player_line, text.strip())
 
         return Reply(voice.id, dict(voice.weights), ReplyStream(self._guarded(chunks, voice, key), done))
+
+    def prepare(self, npc_id: str, scene: SceneInfo | None = None, session: str = "",
+                blend: list[tuple[str, float]] | None = None, profile: RoleProfile | None = None) -> Prepared:
+        """Read the NPC's prompt up to the player's line now: its profile, this scene and the session's memory,
+        the part every line it may be asked next starts with. A game calls it when the player walks up to the
+        NPC; the line that follows then reads only itself, like a follow-up. A bark's prompt is covered too.
+
+        A hint, never a wait: when every context is busy, nothing is read (``skipped`` says so). The request is
+        checked like ``say``'s (same errors). The prompt is kept like any line's, on its context or as a
+        snapshot, under the NPC's adapter set."""
+        t0 = time.perf_counter()
+        _, _, scene, voice, adapters, scales = self._request(npc_id, "", scene, None, session, blend, profile)
+        try:
+            prefix = self.line_prefix(voice.profile, session, npc_id, scene)
+            read, cache, skipped = self._prefill(adapters, scales, adapter_key(adapters, scales), prefix)
+        finally:
+            self.roleset.release(adapters)
+        return Prepared(voice.id, len(prefix), read, cache, skipped, (time.perf_counter() - t0) * 1000)
+
+    def _prefill(self, adapters, scales, key: tuple, tokens: list[int]) -> tuple[int, str, str]:
+        """Read ``tokens`` into a free context and leave them there: (tokens read, how the start was served,
+        why nothing was read). A backend with no prompt cache reads nothing."""
+        return 0, "", f"the {self.name} engine keeps no prompt cache"
+
+    def line_prefix(self, profile: RoleProfile, session: str, npc_id: str, scene: SceneInfo) -> list[int]:
+        """The tokens every prompt of this NPC starts with in this scene and session, whatever the player says
+        next: everything before the player's line."""
+        room = self.limits.default_max_tokens
+        a = self.build_prompt(profile, session, npc_id, "a", scene, room)
+        b = self.build_prompt(profile, session, npc_id, "b b", scene, room)
+        return a[:common_prefix(a, b)]
 
     def _guarded(self, chunks: ReplyStream, voice, key: tuple) -> "_NamedFailures":
         """Name the NPC when its output stops being finite, and log that once per adapter set."""

@@ -168,11 +168,15 @@ class ContextPool:
     def size(self) -> int:
         return len(self.slots)
 
-    def acquire(self, key: tuple, prompt: list[int], timeout: float, adapters: list = (), scales: list[float] = ()) -> Slot:
+    def acquire(self, key: tuple, prompt: list[int], timeout: float, adapters: list = (), scales: list[float] = (),
+                wait: bool = True) -> Slot:
         """The free slot with the longest reusable prefix for (key, prompt), else one already holding the
-        key's adapters, else the least recently used; its context gets ``adapters`` at ``scales``."""
+        key's adapters, else the least recently used; its context gets ``adapters`` at ``scales``. With
+        ``wait`` False, PoolBusy at once when none is free (and no place in the queue is taken)."""
         deadline = time.monotonic() + timeout
         with self._cond:
+            if not self._free and not wait:
+                raise PoolBusy(f"all {self.size} contexts are busy")
             if not self._free:
                 if self._waiting >= self.max_queue:
                     raise PoolBusy(f"all {self.size} contexts are busy and {self._waiting} requests are queued "
@@ -259,25 +263,13 @@ def decode_on(ctx: LlamaContext, tokens: list[int], cores: CoreBudget | None = N
         return check_finite(ctx.decode(tokens))
 
 
-def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float], key: tuple, prompt: list[int],
-             opts: GenOptions, cancelled: Callable[[], bool] = lambda: False,
-             cores: CoreBudget | None = None, store: SnapshotStore | None = None) -> Iterator[Chunk]:
-    """Stream one reply. The slot must come from ContextPool.acquire; the caller releases it.
-    Each decode runs on its share of ``cores`` (the pool's CoreBudget) when one is given; a snapshot in
-    ``store`` that shares more of the prompt than the slot holds is restored first."""
+def read_prompt(slot: Slot, key: tuple, prompt: list[int], cores: CoreBudget | None = None,
+                store: SnapshotStore | None = None, logits: bool = True) -> tuple[np.ndarray | None, int, str]:
+    """Make ``slot`` hold ``prompt`` under ``key`` (its adapters already set): reuse the prefix it holds, or
+    restore a kept state that shares more, then read the rest. Returns the logits after the last token (None
+    with ``logits`` False, when everything could be reused), the tokens reused and how: "hot", "snapshot" or
+    "cold". On any failure the context is cleared and holds nothing reusable."""
     ctx = slot.ctx
-
-    def decode(tokens: list[int]) -> np.ndarray:
-        """Finite logits after ``tokens``; on any failure the cache holds nothing reusable and is cleared."""
-        try:
-            return decode_on(ctx, tokens, cores)
-        except Exception:
-            slot.tokens, slot.key = [], ()
-            ctx.clear()
-            raise
-
-    ctx.set_adapters(adapters, scales)  # normally already set by acquire(); the slot is busy, its adapters pinned
-    slot.adapters = tuple(adapters)
     reuse = common_prefix(slot.tokens, prompt) if slot.key == key else 0
     source = "hot" if reuse > 0 else "cold"
     # restoring costs about what reading 16 tokens does: worth it only for more than that
@@ -289,15 +281,38 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
         except Exception:
             log.exception("a kept state could not be restored; reading the prompt cold")
             slot.tokens, reuse, source = [], 0, "cold"
-    reuse = min(reuse, len(prompt) - 1)  # at least one token must be decoded to get logits
+    if logits:
+        reuse = min(reuse, len(prompt) - 1)  # at least one token must be decoded to get logits
     if reuse > 0:
         ctx.truncate(reuse)
     else:
         ctx.clear()
     slot.tokens = slot.tokens[:reuse]
     slot.key = key
-    logits = decode(prompt[reuse:])
+    out = decode_slot(slot, prompt[reuse:], cores) if reuse < len(prompt) else None
     slot.tokens = list(prompt)
+    return out, reuse, source
+
+
+def decode_slot(slot: Slot, tokens: list[int], cores: CoreBudget | None = None) -> np.ndarray:
+    """Finite logits after ``tokens``; on any failure the slot's cache holds nothing reusable and is cleared."""
+    try:
+        return decode_on(slot.ctx, tokens, cores)
+    except Exception:
+        slot.tokens, slot.key = [], ()
+        slot.ctx.clear()
+        raise
+
+
+def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float], key: tuple, prompt: list[int],
+             opts: GenOptions, cancelled: Callable[[], bool] = lambda: False,
+             cores: CoreBudget | None = None, store: SnapshotStore | None = None) -> Iterator[Chunk]:
+    """Stream one reply. The slot must come from ContextPool.acquire; the caller releases it.
+    Each decode runs on its share of ``cores`` (the pool's CoreBudget) when one is given; a snapshot in
+    ``store`` that shares more of the prompt than the slot holds is restored first."""
+    slot.ctx.set_adapters(adapters, scales)  # normally already set by acquire(); the slot is busy, its adapters pinned
+    slot.adapters = tuple(adapters)
+    logits, reuse, source = read_prompt(slot, key, prompt, cores, store)
     rng = np.random.default_rng(opts.seed)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     out = TextStream(opts.stop)
@@ -322,7 +337,7 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
             yield Chunk(delta, completion_tokens=n)
         if len(slot.tokens) + 1 >= slot.ctx.n_ctx:
             break
-        logits = decode([tok])
+        logits = decode_slot(slot, [tok], cores)
         slot.tokens.append(tok)
     out.update(decoded + decoder.decode(b"", final=True))
     yield Chunk(out.rest(), done=True, finish=finish, completion_tokens=n, prompt_tokens=len(prompt), cached_tokens=reuse,
@@ -366,6 +381,20 @@ class LlamaEngine(Engine):
         slot = self.pool.acquire(key, prompt, self._queue_timeout(deadline), handles, scales)
         chunks = generate(self.model, slot, handles, scales, key, prompt, opts, stop, self.pool.cores, self.store)
         return ReplyStream(chunks, lambda finish, text: self.pool.release(slot))
+
+    def _prefill(self, adapters, scales, key, tokens):
+        if self.store is None:
+            return 0, "", "kept states are off (--snapshot-mib 0)"
+        handles = [a.handle for a in adapters]
+        try:
+            slot = self.pool.acquire(key, tokens, 0.0, handles, scales, wait=False)
+        except PoolBusy as exc:
+            return 0, "", str(exc)
+        try:
+            _, reuse, source = read_prompt(slot, key, tokens, self.pool.cores, self.store, logits=False)
+            return len(tokens) - reuse, source, ""
+        finally:
+            self.pool.release(slot)
 
     def describe(self) -> str:
         n = self.pool.size

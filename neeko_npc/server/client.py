@@ -31,10 +31,21 @@ class Client:
             timeout: float | None = None, profile: pb.NpcProfile | None = None, blend: dict[str, float] | None = None,
             **options):
         """Stream a line. ``profile`` and ``blend`` (role id -> weight) make ``npc_id`` a procedural NPC."""
-        req = pb.SayRequest(npc_id=npc_id, player_line=line, session_id=session, scene=scene, profile=profile,
-                            blend=[pb.RoleWeight(role_id=r, weight=w) for r, w in (blend or {}).items()],
-                            options=pb.GenerationOptions(**options))
+        req = self.request(npc_id, line, scene, session, profile, blend, **options)
         return self.stub.Say(req, metadata=self.metadata, timeout=timeout)
+
+    def prepare(self, npc_id: str, scene: pb.SceneContext | None = None, session: str = "", timeout: float | None = 10,
+                profile: pb.NpcProfile | None = None, blend: dict[str, float] | None = None) -> pb.PrepareResponse:
+        """Read the NPC's prompt up to the player's line now (the player is walking up); see the proto."""
+        return self.stub.Prepare(self.request(npc_id, "", scene, session, profile, blend), metadata=self.metadata,
+                                 timeout=timeout)
+
+    @staticmethod
+    def request(npc_id: str, line: str = "", scene: pb.SceneContext | None = None, session: str = "",
+                profile: pb.NpcProfile | None = None, blend: dict[str, float] | None = None, **options) -> pb.SayRequest:
+        return pb.SayRequest(npc_id=npc_id, player_line=line, session_id=session, scene=scene, profile=profile,
+                             blend=[pb.RoleWeight(role_id=r, weight=w) for r, w in (blend or {}).items()],
+                             options=pb.GenerationOptions(**options))
 
     def get_session(self, session: str, timeout: float = 10) -> pb.SessionMemory:
         return self.stub.GetSession(pb.GetSessionRequest(session_id=session), metadata=self.metadata, timeout=timeout)

@@ -93,6 +93,17 @@ class DialogueService(pb_grpc.DialogueServicer):
         except self._EXPECTED as exc:
             self._abort(context, exc)
 
+    def Prepare(self, request, context):
+        engine = self._engine(context)
+        try:
+            blend, profile = self._procedural(engine, request)
+            p = engine.prepare(request.npc_id, self._scene(request.scene), session=request.session_id, blend=blend,
+                               profile=profile)
+        except self._EXPECTED as exc:
+            self._abort(context, exc)
+        return pb.PrepareResponse(prompt_tokens=p.prompt_tokens, read_tokens=p.read_tokens,
+                                  prompt_cache=CACHE.get(p.cache, 0), skipped=p.skipped, elapsed_ms=p.ms)
+
     @staticmethod
     def _chunks(reply, weights: list, t0: float):
         ttft = None

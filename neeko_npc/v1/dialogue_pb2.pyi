@@ -136,6 +136,20 @@ class SayChunk(_message.Message):
     prompt_cache: PromptCache
     def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., role_weights: _Optional[_Iterable[_Union[RoleWeight, _Mapping]]] = ..., done: _Optional[bool] = ..., prompt_cache: _Optional[_Union[PromptCache, str]] = ...) -> None: ...
 
+class PrepareResponse(_message.Message):
+    __slots__ = ("prompt_tokens", "read_tokens", "prompt_cache", "skipped", "elapsed_ms")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    READ_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_CACHE_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    read_tokens: int
+    prompt_cache: PromptCache
+    skipped: str
+    elapsed_ms: float
+    def __init__(self, prompt_tokens: _Optional[int] = ..., read_tokens: _Optional[int] = ..., prompt_cache: _Optional[_Union[PromptCache, str]] = ..., skipped: _Optional[str] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
+
 class Role(_message.Message):
     __slots__ = ("id", "name", "kind", "persona", "style", "weights", "sha256", "file")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -39,6 +39,11 @@ class DialogueStub:
                 request_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.SayRequest.SerializeToString,
                 response_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.SayChunk.FromString,
                 _registered_method=True)
+        self.Prepare = channel.unary_unary(
+                '/neeko_npc.v1.Dialogue/Prepare',
+                request_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.SayRequest.SerializeToString,
+                response_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.PrepareResponse.FromString,
+                _registered_method=True)
         self.ListRoles = channel.unary_unary(
                 '/neeko_npc.v1.Dialogue/ListRoles',
                 request_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.ListRolesRequest.SerializeToString,
@@ -76,6 +81,16 @@ class DialogueServicer:
 
     def Say(self, request, context):
         """One NPC line, streamed as it is generated. The last chunk carries the finish reason and stats.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Prepare(self, request, context):
+        """The player is walking up to an NPC: read its prompt up to the player's line now (profile, scene, this
+        session's memory), so the Say that follows reads only the line and starts like a follow-up. Send the Say
+        request you are about to send; player_line and options are ignored. A hint: when every context is busy it
+        reads nothing and says so (skipped). Errors are Say's (unknown NPC, limits, blends).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,6 +145,11 @@ def add_DialogueServicer_to_server(servicer, server):
                     servicer.Say,
                     request_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.SayRequest.FromString,
                     response_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.SayChunk.SerializeToString,
+            ),
+            'Prepare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prepare,
+                    request_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.SayRequest.FromString,
+                    response_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.PrepareResponse.SerializeToString,
             ),
             'ListRoles': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRoles,
@@ -189,6 +209,33 @@ class Dialogue:
             '/neeko_npc.v1.Dialogue/Say',
             neeko__npc_dot_v1_dot_dialogue__pb2.SayRequest.SerializeToString,
             neeko__npc_dot_v1_dot_dialogue__pb2.SayChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prepare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/neeko_npc.v1.Dialogue/Prepare',
+            neeko__npc_dot_v1_dot_dialogue__pb2.SayRequest.SerializeToString,
+            neeko__npc_dot_v1_dot_dialogue__pb2.PrepareResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,6 +88,57 @@ namespace Neeko.Npc
             return Say(npcId, "", scene, options, null, policy, procedural);
         }
 
+        /// <summary>
+        /// The player is walking up to this NPC (call it as they enter its talking range): the daemon reads the
+        /// NPC's prompt up to the player's line now, so the Say or Bark that follows starts like a follow-up. Send
+        /// the scene and session the line will use. A hint: the task never faults; a transport that cannot
+        /// prepare, a busy daemon or any error gives a result with Skipped set.
+        /// </summary>
+        public Task<PrepareResult> Prepare(string npcId, SceneData scene = null, string sessionId = null,
+                                           ProceduralNpc procedural = null)
+        {
+            // a missing id or a malformed blend is the caller's bug: thrown here, not folded into the result
+            if (string.IsNullOrEmpty(npcId)) throw new ArgumentException("npcId is required", "npcId");
+            if (procedural != null) procedural.Validate();
+            var preparer = _transport as IPromptPreparer;
+            if (preparer == null)
+                return Task.FromResult(new PrepareResult { NpcId = npcId, Skipped = _transport.GetType().Name + " cannot prepare prompts (no IPromptPreparer)" });
+            return PrepareOn(preparer, new SayRequestData
+            {
+                NpcId = npcId, Scene = scene ?? new SceneData(), SessionId = sessionId ?? SessionId ?? "", Procedural = procedural,
+            });
+        }
+
+        async Task<PrepareResult> PrepareOn(IPromptPreparer preparer, SayRequestData request)
+        {
+            var npcId = request.NpcId;
+            try
+            {
+                using (var timeout = new CancellationTokenSource())
+                {
+                    var work = preparer.PrepareAsync(request, timeout.Token);
+                    // waited for here, not only through the token: a transport that ignores it must not hang the game
+                    if (await Task.WhenAny(work, Task.Delay(Timeout)).ConfigureAwait(false) != work)
+                    {
+                        timeout.Cancel();
+                        Observe(work);
+                        return new PrepareResult { NpcId = npcId, Skipped = "no answer within " + Timeout.TotalSeconds + " s (DialogueClient.Timeout)" };
+                    }
+                    var r = await work.ConfigureAwait(false);
+                    return r ?? new PrepareResult { NpcId = npcId, Skipped = "the transport returned nothing" };
+                }
+            }
+            catch (Exception e)
+            {
+                return new PrepareResult { NpcId = npcId, Skipped = e.Message };
+            }
+        }
+
+        static void Observe(Task task)
+        {
+            task.ContinueWith(t => { var unused = t.Exception; }, TaskContinuationOptions.OnlyOnFaulted);
+        }
+
         /// <summary>The daemon's memory of a session (default: this client's SessionId), to keep in a save file.</summary>
         public System.Threading.Tasks.Task<SavedSession> SaveSession(string sessionId = null)
         {
@@ -228,6 +279,12 @@ namespace Neeko.Npc
                                           SayPolicy? policy = null, ProceduralNpc procedural = null)
         {
             return Need().Bark(npcId, scene, options, policy, procedural);
+        }
+
+        /// <summary>The player is walking up to an NPC: have the daemon read its prompt now (DialogueClient.Prepare).</summary>
+        public static Task<PrepareResult> Prepare(string npcId, SceneData scene = null, ProceduralNpc procedural = null)
+        {
+            return Need().Prepare(npcId, scene, null, procedural);
         }
 
         /// <summary>The daemon's memory of a session (default: the client's SessionId), for the game's save file.</summary>

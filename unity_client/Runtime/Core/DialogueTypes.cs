@@ -175,6 +175,31 @@ namespace Neeko.Npc
         System.Threading.Tasks.Task<int> RestoreSessionAsync(SavedSession session, System.Threading.CancellationToken cancellation);
     }
 
+    /// <summary>
+    /// What Prepare did: the daemon read the NPC's prompt up to the player's line (profile, scene, this session's
+    /// memory), so the line that follows starts like a follow-up. Prepare is a hint: when it could not be done,
+    /// Skipped says why and nothing else happens.
+    /// </summary>
+    public sealed class PrepareResult
+    {
+        public string NpcId = "";
+        /// <summary>The prompt's tokens before the player's line, and how many were read now (the rest were cached).</summary>
+        public int PromptTokens;
+        public int ReadTokens;
+        public PromptCache PromptCache;
+        public float ElapsedMs;
+        /// <summary>Empty when the prompt was read; else why not (every context busy, the daemon down, a bad request).</summary>
+        public string Skipped = "";
+        public bool Prepared { get { return string.IsNullOrEmpty(Skipped); } }
+    }
+
+    /// <summary>A transport that can ask the daemon to read an NPC's prompt ahead of a line (GrpcDialogueTransport can).</summary>
+    public interface IPromptPreparer
+    {
+        /// <summary>The request the game is about to send (its PlayerLine and Options are ignored).</summary>
+        System.Threading.Tasks.Task<PrepareResult> PrepareAsync(SayRequestData request, System.Threading.CancellationToken cancellation);
+    }
+
     /// <summary>How requests reach the daemon: gRPC in a game, a fake or a recording in tests.</summary>
     public interface IDialogueTransport
     {

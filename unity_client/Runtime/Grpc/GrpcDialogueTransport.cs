@@ -14,7 +14,7 @@ using Neeko.Npc.V1;
 
 namespace Neeko.Npc.Grpc
 {
-    public sealed class GrpcDialogueTransport : IDialogueTransport, ISessionStore, IDisposable
+    public sealed class GrpcDialogueTransport : IDialogueTransport, ISessionStore, IPromptPreparer, IDisposable
     {
         const string Service = "neeko_npc.v1.Dialogue";
 
@@ -27,6 +27,8 @@ namespace Neeko.Npc.Grpc
         // Say stays a unary request with a server stream, so a gRPC-Web handler can carry it for WebGL.
         static readonly Method<SayRequest, SayChunk> SayMethod = new Method<SayRequest, SayChunk>(
             MethodType.ServerStreaming, Service, "Say", Proto(SayRequest.Parser), Proto(SayChunk.Parser));
+        static readonly Method<SayRequest, PrepareResponse> PrepareMethod = new Method<SayRequest, PrepareResponse>(
+            MethodType.Unary, Service, "Prepare", Proto(SayRequest.Parser), Proto(PrepareResponse.Parser));
         static readonly Method<GetSessionRequest, SessionMemory> GetSessionMethod = new Method<GetSessionRequest, SessionMemory>(
             MethodType.Unary, Service, "GetSession", Proto(GetSessionRequest.Parser), Proto(SessionMemory.Parser));
         static readonly Method<SessionMemory, RestoreSessionResponse> RestoreSessionMethod = new Method<SessionMemory, RestoreSessionResponse>(
@@ -62,6 +64,21 @@ namespace Neeko.Npc.Grpc
         }
 
         public void Dispose() { _channel.Dispose(); }
+
+        public async Task<PrepareResult> PrepareAsync(SayRequestData request, CancellationToken cancellation)
+        {
+            try
+            {
+                var r = await _invoker.AsyncUnaryCall(PrepareMethod, null, new CallOptions(headers: _headers, cancellationToken: cancellation),
+                    ToProto(request)).ResponseAsync.ConfigureAwait(false);
+                return new PrepareResult
+                {
+                    NpcId = request.NpcId, PromptTokens = (int)r.PromptTokens, ReadTokens = (int)r.ReadTokens,
+                    PromptCache = (PromptCache)(int)r.PromptCache, ElapsedMs = r.ElapsedMs, Skipped = r.Skipped,
+                };
+            }
+            catch (RpcException e) { throw Map(e); }
+        }
 
         public async Task<SavedSession> GetSessionAsync(string sessionId, CancellationToken cancellation)
         {

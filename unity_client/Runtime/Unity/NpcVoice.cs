@@ -81,6 +81,17 @@ namespace Neeko.Npc.Unity
             return Say("", options, policy);
         }
 
+        /// <summary>
+        /// The player is walking up: have the daemon read this NPC's prompt now, so the next Say or Bark starts
+        /// like a follow-up. Call it when the player enters talking range (e.g. from OnTriggerEnter); the scene
+        /// is built now, so call it again if the scene changes before the player speaks. Never faults.
+        /// </summary>
+        public System.Threading.Tasks.Task<PrepareResult> Prepare()
+        {
+            if (string.IsNullOrEmpty(npcId)) throw new InvalidOperationException(name + ": NpcVoice.npcId is empty");
+            return Dialogue.Prepare(npcId, BuildScene(), Procedural());
+        }
+
         /// <summary>The procedural NPC this component describes, or null when it has no blend (a hosted role).</summary>
         public ProceduralNpc Procedural()
         {

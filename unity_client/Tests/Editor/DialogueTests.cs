@@ -80,6 +80,19 @@ namespace Neeko.Npc.Tests
         }
     }
 
+    /// <summary>A daemon that prepares prompts: records what it was asked, answers from Answer (or throws it).</summary>
+    class FakePreparer : FakeTransport, IPromptPreparer
+    {
+        public readonly List<SayRequestData> Asked = new List<SayRequestData>();
+        public Func<SayRequestData, Task<PrepareResult>> Answer;
+
+        public Task<PrepareResult> PrepareAsync(SayRequestData request, CancellationToken ct)
+        {
+            lock (Asked) Asked.Add(request);
+            return Answer(request);
+        }
+    }
+
     [DataContract] class RoleWeightJson { [DataMember(Name = "role_id")] public string RoleId = ""; [DataMember(Name = "weight")] public float Weight; }
 
     [DataContract]
@@ -543,6 +556,51 @@ namespace Neeko.Npc.Tests
             var client = Client(new FakeTransport { Script = (n, r) => null });
             var e = Assert.Throws<NotSupportedException>(() => client.SaveSession("s1"));
             StringAssert.Contains("ISessionStore", e.Message);
+        }
+
+        [Test]
+        public void PrepareSendsTheSceneAndSessionTheLineWillUse()
+        {
+            var daemon = new FakePreparer
+            {
+                Script = (n, r) => null,
+                Answer = r => Task.FromResult(new PrepareResult { NpcId = r.NpcId, PromptTokens = 120, ReadTokens = 40, PromptCache = PromptCache.Snapshot }),
+            };
+            var client = Client(daemon);
+            client.SessionId = "run-7";
+            var r1 = client.Prepare("smith", new SceneData { Location = "the forge" }).Result;
+            Assert.IsTrue(r1.Prepared);
+            Assert.AreEqual(40, r1.ReadTokens);
+            Assert.AreEqual(PromptCache.Snapshot, r1.PromptCache);
+            var asked = daemon.Asked.Single();
+            Assert.AreEqual("smith", asked.NpcId);
+            Assert.AreEqual("run-7", asked.SessionId);
+            Assert.AreEqual("the forge", asked.Scene.Location);
+            Assert.AreEqual("", asked.PlayerLine);
+            Assert.AreEqual(0, daemon.Opens);  // no line was started
+            Assert.Throws<ArgumentException>(() => client.Prepare(""));
+        }
+
+        [Test]
+        public void PrepareIsAHintThatNeverFaults()
+        {
+            // a transport that cannot prepare, a daemon that is down, one that never answers: a result that says why
+            var plain = Client(new FakeTransport { Script = (n, r) => null }).Prepare("smith").Result;
+            Assert.IsFalse(plain.Prepared);
+            StringAssert.Contains("IPromptPreparer", plain.Skipped);
+
+            var down = new FakePreparer { Script = (n, r) => null,
+                Answer = r => { throw new DialogueException("UNAVAILABLE", "failed to connect to 127.0.0.1:50051", true); } };
+            var r1 = Client(down).Prepare("smith").Result;
+            Assert.IsFalse(r1.Prepared);
+            StringAssert.Contains("UNAVAILABLE", r1.Skipped);
+
+            var silent = new FakePreparer { Script = (n, r) => null, Answer = r => Task.Delay(Timeout.Infinite).ContinueWith(_ => new PrepareResult()) };
+            var c = Client(silent);
+            c.Timeout = TimeSpan.FromMilliseconds(100);
+            var task = c.Prepare("smith");
+            Assert.IsTrue(task.Wait(5000), "a daemon that never answers must not hang Prepare past the client's Timeout");
+            StringAssert.Contains("Timeout", task.Result.Skipped);
         }
 
         [Test]

@@ -50,45 +50,50 @@ namespace Neeko.Npc.V1 {
             "HAoUY2FjaGVkX3Byb21wdF90b2tlbnMYBSABKA0SHgoWdGltZV90b19maXJz",
             "dF90b2tlbl9tcxgGIAEoAhIuCgxyb2xlX3dlaWdodHMYByADKAsyGC5uZWVr",
             "b19ucGMudjEuUm9sZVdlaWdodBIMCgRkb25lGAggASgIEi8KDHByb21wdF9j",
-            "YWNoZRgJIAEoDjIZLm5lZWtvX25wYy52MS5Qcm9tcHRDYWNoZSKXAQoEUm9s",
-            "ZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBGtpbmQYAyABKAkSDwoH",
-            "cGVyc29uYRgEIAEoCRINCgVzdHlsZRgFIAEoCRIpCgd3ZWlnaHRzGAYgAygL",
-            "MhgubmVla29fbnBjLnYxLlJvbGVXZWlnaHQSDgoGc2hhMjU2GAcgASgJEgwK",
-            "BGZpbGUYCCABKAkiKgoLUm9sZVByb2JsZW0SDAoEZmlsZRgBIAEoCRINCgVl",
-            "cnJvchgCIAEoCSISChBMaXN0Um9sZXNSZXF1ZXN0ImMKEUxpc3RSb2xlc1Jl",
-            "c3BvbnNlEiEKBXJvbGVzGAEgAygLMhIubmVla29fbnBjLnYxLlJvbGUSKwoI",
-            "cHJvYmxlbXMYAiADKAsyGS5uZWVrb19ucGMudjEuUm9sZVByb2JsZW0iIAoO",
-            "R2V0Um9sZVJlcXVlc3QSDgoGbnBjX2lkGAEgASgJIhQKElJlbG9hZFJvbGVz",
-            "UmVxdWVzdCJzChNSZWxvYWRSb2xlc1Jlc3BvbnNlEg0KBWFkZGVkGAEgAygJ",
-            "Eg8KB2NoYW5nZWQYAiADKAkSDwoHcmVtb3ZlZBgDIAMoCRIrCghwcm9ibGVt",
-            "cxgEIAMoCzIZLm5lZWtvX25wYy52MS5Sb2xlUHJvYmxlbSI6ChRGb3JnZXRT",
-            "ZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBm5wY19pZBgC",
-            "IAEoCSIqChVGb3JnZXRTZXNzaW9uUmVzcG9uc2USEQoJZm9yZ290dGVuGAEg",
-            "ASgNIjEKCEV4Y2hhbmdlEhMKC3BsYXllcl9saW5lGAEgASgJEhAKCG5wY19s",
-            "aW5lGAIgASgJIkYKCU5wY01lbW9yeRIOCgZucGNfaWQYASABKAkSKQoJZXhj",
-            "aGFuZ2VzGAIgAygLMhYubmVla29fbnBjLnYxLkV4Y2hhbmdlIkoKDVNlc3Np",
-            "b25NZW1vcnkSEgoKc2Vzc2lvbl9pZBgBIAEoCRIlCgRucGNzGAIgAygLMhcu",
-            "bmVla29fbnBjLnYxLk5wY01lbW9yeSInChFHZXRTZXNzaW9uUmVxdWVzdBIS",
-            "CgpzZXNzaW9uX2lkGAEgASgJIjkKFlJlc3RvcmVTZXNzaW9uUmVzcG9uc2US",
-            "DAoEbnBjcxgBIAEoDRIRCglleGNoYW5nZXMYAiABKA0qfAoMRmluaXNoUmVh",
-            "c29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJRUQQABIWChJGSU5JU0hf",
-            "UkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09OX0xFTkdUSBACEhsKF0ZJ",
-            "TklTSF9SRUFTT05fQ0FOQ0VMTEVEEAMqcwoLUHJvbXB0Q2FjaGUSHAoYUFJP",
-            "TVBUX0NBQ0hFX1VOU1BFQ0lGSUVEEAASFAoQUFJPTVBUX0NBQ0hFX0hPVBAB",
-            "EhkKFVBST01QVF9DQUNIRV9TTkFQU0hPVBACEhUKEVBST01QVF9DQUNIRV9D",
-            "T0xEEAMynwQKCERpYWxvZ3VlEjkKA1NheRIYLm5lZWtvX25wYy52MS5TYXlS",
-            "ZXF1ZXN0GhYubmVla29fbnBjLnYxLlNheUNodW5rMAESTAoJTGlzdFJvbGVz",
-            "Eh4ubmVla29fbnBjLnYxLkxpc3RSb2xlc1JlcXVlc3QaHy5uZWVrb19ucGMu",
-            "djEuTGlzdFJvbGVzUmVzcG9uc2USOwoHR2V0Um9sZRIcLm5lZWtvX25wYy52",
-            "MS5HZXRSb2xlUmVxdWVzdBoSLm5lZWtvX25wYy52MS5Sb2xlElIKC1JlbG9h",
-            "ZFJvbGVzEiAubmVla29fbnBjLnYxLlJlbG9hZFJvbGVzUmVxdWVzdBohLm5l",
-            "ZWtvX25wYy52MS5SZWxvYWRSb2xlc1Jlc3BvbnNlElgKDUZvcmdldFNlc3Np",
-            "b24SIi5uZWVrb19ucGMudjEuRm9yZ2V0U2Vzc2lvblJlcXVlc3QaIy5uZWVr",
-            "b19ucGMudjEuRm9yZ2V0U2Vzc2lvblJlc3BvbnNlEkoKCkdldFNlc3Npb24S",
-            "Hy5uZWVrb19ucGMudjEuR2V0U2Vzc2lvblJlcXVlc3QaGy5uZWVrb19ucGMu",
-            "djEuU2Vzc2lvbk1lbW9yeRJTCg5SZXN0b3JlU2Vzc2lvbhIbLm5lZWtvX25w",
-            "Yy52MS5TZXNzaW9uTWVtb3J5GiQubmVla29fbnBjLnYxLlJlc3RvcmVTZXNz",
-            "aW9uUmVzcG9uc2VCD6oCDE5lZWtvLk5wYy5WMWIGcHJvdG8z"));
+            "YWNoZRgJIAEoDjIZLm5lZWtvX25wYy52MS5Qcm9tcHRDYWNoZSKTAQoPUHJl",
+            "cGFyZVJlc3BvbnNlEhUKDXByb21wdF90b2tlbnMYASABKA0SEwoLcmVhZF90",
+            "b2tlbnMYAiABKA0SLwoMcHJvbXB0X2NhY2hlGAMgASgOMhkubmVla29fbnBj",
+            "LnYxLlByb21wdENhY2hlEg8KB3NraXBwZWQYBCABKAkSEgoKZWxhcHNlZF9t",
+            "cxgFIAEoAiKXAQoEUm9sZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwK",
+            "BGtpbmQYAyABKAkSDwoHcGVyc29uYRgEIAEoCRINCgVzdHlsZRgFIAEoCRIp",
+            "Cgd3ZWlnaHRzGAYgAygLMhgubmVla29fbnBjLnYxLlJvbGVXZWlnaHQSDgoG",
+            "c2hhMjU2GAcgASgJEgwKBGZpbGUYCCABKAkiKgoLUm9sZVByb2JsZW0SDAoE",
+            "ZmlsZRgBIAEoCRINCgVlcnJvchgCIAEoCSISChBMaXN0Um9sZXNSZXF1ZXN0",
+            "ImMKEUxpc3RSb2xlc1Jlc3BvbnNlEiEKBXJvbGVzGAEgAygLMhIubmVla29f",
+            "bnBjLnYxLlJvbGUSKwoIcHJvYmxlbXMYAiADKAsyGS5uZWVrb19ucGMudjEu",
+            "Um9sZVByb2JsZW0iIAoOR2V0Um9sZVJlcXVlc3QSDgoGbnBjX2lkGAEgASgJ",
+            "IhQKElJlbG9hZFJvbGVzUmVxdWVzdCJzChNSZWxvYWRSb2xlc1Jlc3BvbnNl",
+            "Eg0KBWFkZGVkGAEgAygJEg8KB2NoYW5nZWQYAiADKAkSDwoHcmVtb3ZlZBgD",
+            "IAMoCRIrCghwcm9ibGVtcxgEIAMoCzIZLm5lZWtvX25wYy52MS5Sb2xlUHJv",
+            "YmxlbSI6ChRGb3JnZXRTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEg",
+            "ASgJEg4KBm5wY19pZBgCIAEoCSIqChVGb3JnZXRTZXNzaW9uUmVzcG9uc2US",
+            "EQoJZm9yZ290dGVuGAEgASgNIjEKCEV4Y2hhbmdlEhMKC3BsYXllcl9saW5l",
+            "GAEgASgJEhAKCG5wY19saW5lGAIgASgJIkYKCU5wY01lbW9yeRIOCgZucGNf",
+            "aWQYASABKAkSKQoJZXhjaGFuZ2VzGAIgAygLMhYubmVla29fbnBjLnYxLkV4",
+            "Y2hhbmdlIkoKDVNlc3Npb25NZW1vcnkSEgoKc2Vzc2lvbl9pZBgBIAEoCRIl",
+            "CgRucGNzGAIgAygLMhcubmVla29fbnBjLnYxLk5wY01lbW9yeSInChFHZXRT",
+            "ZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIjkKFlJlc3RvcmVT",
+            "ZXNzaW9uUmVzcG9uc2USDAoEbnBjcxgBIAEoDRIRCglleGNoYW5nZXMYAiAB",
+            "KA0qfAoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJ",
+            "RUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09O",
+            "X0xFTkdUSBACEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAMqcwoLUHJv",
+            "bXB0Q2FjaGUSHAoYUFJPTVBUX0NBQ0hFX1VOU1BFQ0lGSUVEEAASFAoQUFJP",
+            "TVBUX0NBQ0hFX0hPVBABEhkKFVBST01QVF9DQUNIRV9TTkFQU0hPVBACEhUK",
+            "EVBST01QVF9DQUNIRV9DT0xEEAMy4wQKCERpYWxvZ3VlEjkKA1NheRIYLm5l",
+            "ZWtvX25wYy52MS5TYXlSZXF1ZXN0GhYubmVla29fbnBjLnYxLlNheUNodW5r",
+            "MAESQgoHUHJlcGFyZRIYLm5lZWtvX25wYy52MS5TYXlSZXF1ZXN0Gh0ubmVl",
+            "a29fbnBjLnYxLlByZXBhcmVSZXNwb25zZRJMCglMaXN0Um9sZXMSHi5uZWVr",
+            "b19ucGMudjEuTGlzdFJvbGVzUmVxdWVzdBofLm5lZWtvX25wYy52MS5MaXN0",
+            "Um9sZXNSZXNwb25zZRI7CgdHZXRSb2xlEhwubmVla29fbnBjLnYxLkdldFJv",
+            "bGVSZXF1ZXN0GhIubmVla29fbnBjLnYxLlJvbGUSUgoLUmVsb2FkUm9sZXMS",
+            "IC5uZWVrb19ucGMudjEuUmVsb2FkUm9sZXNSZXF1ZXN0GiEubmVla29fbnBj",
+            "LnYxLlJlbG9hZFJvbGVzUmVzcG9uc2USWAoNRm9yZ2V0U2Vzc2lvbhIiLm5l",
+            "ZWtvX25wYy52MS5Gb3JnZXRTZXNzaW9uUmVxdWVzdBojLm5lZWtvX25wYy52",
+            "MS5Gb3JnZXRTZXNzaW9uUmVzcG9uc2USSgoKR2V0U2Vzc2lvbhIfLm5lZWtv",
+            "X25wYy52MS5HZXRTZXNzaW9uUmVxdWVzdBobLm5lZWtvX25wYy52MS5TZXNz",
+            "aW9uTWVtb3J5ElMKDlJlc3RvcmVTZXNzaW9uEhsubmVla29fbnBjLnYxLlNl",
+            "c3Npb25NZW1vcnkaJC5uZWVrb19ucGMudjEuUmVzdG9yZVNlc3Npb25SZXNw",
+            "b25zZUIPqgIMTmVla28uTnBjLlYxYgZwcm90bzM="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
           new pbr::GeneratedClrTypeInfo(new[] {typeof(global::Neeko.Npc.V1.FinishReason), typeof(global::Neeko.Npc.V1.PromptCache), }, null, new pbr::GeneratedClrTypeInfo[] {
@@ -98,6 +103,7 @@ namespace Neeko.Npc.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayRequest), global::Neeko.Npc.V1.SayRequest.Parser, new[]{ "NpcId", "SessionId", "PlayerLine", "Scene", "Options", "Profile", "Blend" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.RoleWeight), global::Neeko.Npc.V1.RoleWeight.Parser, new[]{ "RoleId", "Weight" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayChunk), global::Neeko.Npc.V1.SayChunk.Parser, new[]{ "Text", "FinishReason", "PromptTokens", "CompletionTokens", "CachedPromptTokens", "TimeToFirstTokenMs", "RoleWeights", "Done", "PromptCache" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.PrepareResponse), global::Neeko.Npc.V1.PrepareResponse.Parser, new[]{ "PromptTokens", "ReadTokens", "PromptCache", "Skipped", "ElapsedMs" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.Role), global::Neeko.Npc.V1.Role.Parser, new[]{ "Id", "Name", "Kind", "Persona", "Style", "Weights", "Sha256", "File" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.RoleProblem), global::Neeko.Npc.V1.RoleProblem.Parser, new[]{ "File", "Error" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.ListRolesRequest), global::Neeko.Npc.V1.ListRolesRequest.Parser, null, null, null, null, null),
@@ -2497,6 +2503,352 @@ namespace Neeko.Npc.V1 {
 
   }
 
+  public sealed partial class PrepareResponse : pb::IMessage<PrepareResponse>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<PrepareResponse> _parser = new pb::MessageParser<PrepareResponse>(() => new PrepareResponse());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<PrepareResponse> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[6]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public PrepareResponse() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public PrepareResponse(PrepareResponse other) : this() {
+      promptTokens_ = other.promptTokens_;
+      readTokens_ = other.readTokens_;
+      promptCache_ = other.promptCache_;
+      skipped_ = other.skipped_;
+      elapsedMs_ = other.elapsedMs_;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public PrepareResponse Clone() {
+      return new PrepareResponse(this);
+    }
+
+    /// <summary>Field number for the "prompt_tokens" field.</summary>
+    public const int PromptTokensFieldNumber = 1;
+    private uint promptTokens_;
+    /// <summary>
+    /// The prompt's tokens before the player's line, and how many of them were read now (the rest were cached).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint PromptTokens {
+      get { return promptTokens_; }
+      set {
+        promptTokens_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "read_tokens" field.</summary>
+    public const int ReadTokensFieldNumber = 2;
+    private uint readTokens_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint ReadTokens {
+      get { return readTokens_; }
+      set {
+        readTokens_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "prompt_cache" field.</summary>
+    public const int PromptCacheFieldNumber = 3;
+    private global::Neeko.Npc.V1.PromptCache promptCache_ = global::Neeko.Npc.V1.PromptCache.Unspecified;
+    /// <summary>
+    /// How the prompt's start was served; unspecified when skipped.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Neeko.Npc.V1.PromptCache PromptCache {
+      get { return promptCache_; }
+      set {
+        promptCache_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "skipped" field.</summary>
+    public const int SkippedFieldNumber = 4;
+    private string skipped_ = "";
+    /// <summary>
+    /// Why nothing was read (every context busy, kept states off); empty when it was.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Skipped {
+      get { return skipped_; }
+      set {
+        skipped_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "elapsed_ms" field.</summary>
+    public const int ElapsedMsFieldNumber = 5;
+    private float elapsedMs_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public float ElapsedMs {
+      get { return elapsedMs_; }
+      set {
+        elapsedMs_ = value;
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as PrepareResponse);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(PrepareResponse other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (PromptTokens != other.PromptTokens) return false;
+      if (ReadTokens != other.ReadTokens) return false;
+      if (PromptCache != other.PromptCache) return false;
+      if (Skipped != other.Skipped) return false;
+      if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(ElapsedMs, other.ElapsedMs)) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (PromptTokens != 0) hash ^= PromptTokens.GetHashCode();
+      if (ReadTokens != 0) hash ^= ReadTokens.GetHashCode();
+      if (PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) hash ^= PromptCache.GetHashCode();
+      if (Skipped.Length != 0) hash ^= Skipped.GetHashCode();
+      if (ElapsedMs != 0F) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(ElapsedMs);
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (PromptTokens != 0) {
+        output.WriteRawTag(8);
+        output.WriteUInt32(PromptTokens);
+      }
+      if (ReadTokens != 0) {
+        output.WriteRawTag(16);
+        output.WriteUInt32(ReadTokens);
+      }
+      if (PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) {
+        output.WriteRawTag(24);
+        output.WriteEnum((int) PromptCache);
+      }
+      if (Skipped.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(Skipped);
+      }
+      if (ElapsedMs != 0F) {
+        output.WriteRawTag(45);
+        output.WriteFloat(ElapsedMs);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (PromptTokens != 0) {
+        output.WriteRawTag(8);
+        output.WriteUInt32(PromptTokens);
+      }
+      if (ReadTokens != 0) {
+        output.WriteRawTag(16);
+        output.WriteUInt32(ReadTokens);
+      }
+      if (PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) {
+        output.WriteRawTag(24);
+        output.WriteEnum((int) PromptCache);
+      }
+      if (Skipped.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(Skipped);
+      }
+      if (ElapsedMs != 0F) {
+        output.WriteRawTag(45);
+        output.WriteFloat(ElapsedMs);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (PromptTokens != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(PromptTokens);
+      }
+      if (ReadTokens != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(ReadTokens);
+      }
+      if (PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) {
+        size += 1 + pb::CodedOutputStream.ComputeEnumSize((int) PromptCache);
+      }
+      if (Skipped.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Skipped);
+      }
+      if (ElapsedMs != 0F) {
+        size += 1 + 4;
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(PrepareResponse other) {
+      if (other == null) {
+        return;
+      }
+      if (other.PromptTokens != 0) {
+        PromptTokens = other.PromptTokens;
+      }
+      if (other.ReadTokens != 0) {
+        ReadTokens = other.ReadTokens;
+      }
+      if (other.PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) {
+        PromptCache = other.PromptCache;
+      }
+      if (other.Skipped.Length != 0) {
+        Skipped = other.Skipped;
+      }
+      if (other.ElapsedMs != 0F) {
+        ElapsedMs = other.ElapsedMs;
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 8: {
+            PromptTokens = input.ReadUInt32();
+            break;
+          }
+          case 16: {
+            ReadTokens = input.ReadUInt32();
+            break;
+          }
+          case 24: {
+            PromptCache = (global::Neeko.Npc.V1.PromptCache) input.ReadEnum();
+            break;
+          }
+          case 34: {
+            Skipped = input.ReadString();
+            break;
+          }
+          case 45: {
+            ElapsedMs = input.ReadFloat();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 8: {
+            PromptTokens = input.ReadUInt32();
+            break;
+          }
+          case 16: {
+            ReadTokens = input.ReadUInt32();
+            break;
+          }
+          case 24: {
+            PromptCache = (global::Neeko.Npc.V1.PromptCache) input.ReadEnum();
+            break;
+          }
+          case 34: {
+            Skipped = input.ReadString();
+            break;
+          }
+          case 45: {
+            ElapsedMs = input.ReadFloat();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
   public sealed partial class Role : pb::IMessage<Role>
   #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
       , pb::IBufferMessage
@@ -2511,7 +2863,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[6]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[7]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2954,7 +3306,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[7]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[8]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3180,7 +3532,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[8]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[9]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3332,7 +3684,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[9]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[10]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3536,7 +3888,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[10]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[11]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3725,7 +4077,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[11]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[12]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3877,7 +4229,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[12]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[13]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4133,7 +4485,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[13]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[14]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4362,7 +4714,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[14]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[15]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4551,7 +4903,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[15]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[16]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4777,7 +5129,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[16]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[17]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4995,7 +5347,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[17]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[18]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -5210,7 +5562,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[18]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[19]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -5399,7 +5751,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[19]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[20]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]

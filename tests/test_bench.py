@@ -77,6 +77,10 @@ def test_bench_quick_measures_every_section(quick_report):
     assert [m["count"] for m in merged] == [1, 2] and merged[1]["disk_bytes"] == pytest.approx(2 * merged[0]["disk_bytes"], rel=0.01)
 
     assert r["town"] == {} and "Town:" not in text  # --no-town
+    # every step is timed, in the order it ran, and the table says where the time went
+    assert list(r["seconds"])[:4] == ["loading the model", "time to first token", "switching NPC", "concurrency"]
+    assert "memory: daemon RSS by role count" in r["seconds"] and all(v > 0 for v in r["seconds"].values())
+    assert f"{sum(r['seconds'].values()):.0f} s in all" in text
 
     for line in ("time to first token", "decode", "targets"):
         assert line in text.lower()

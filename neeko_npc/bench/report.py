@@ -178,6 +178,9 @@ def table(r: BenchResult) -> str:
         lines.append("")
     for s in r.skipped:
         lines.append(f"skipped: {s}")
+    if r.seconds:
+        lines.append("Time taken: " + ", ".join(f"{k} {v:.0f} s" for k, v in r.seconds.items())
+                     + f"; {sum(r.seconds.values()):.0f} s in all")
     ts = targets(r)
     if ts:
         lines.append("Targets")

@@ -11,6 +11,7 @@ import platform
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class BenchResult:
     memory: dict = field(default_factory=dict)  # memory.memory_by_role_count, plus merged_models
     town: dict = field(default_factory=dict)  # town.town: many NPCs, few contexts, with and without snapshots
     skipped: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall-clock time of each step, in the order they ran
 
     def decode_row(self, key: str) -> DecodeRow | None:
         return next((row for row in self.decode if row.key == key), None)
@@ -93,20 +95,29 @@ def machine() -> dict:
 
 def run_bench(cfg: BenchConfig, progress=None) -> BenchResult:
     tick = progress.update if progress is not None else None
+    out = BenchResult(machine(), "daemon" if cfg.address else "in-process", cfg.quick)
+    started = [None, time.perf_counter()]  # the step running and when it began
 
-    def step(name: str):
-        if progress is not None:
+    def step(name: str | None):
+        """Start the step ``name`` (None: the end); the one before is timed into ``out.seconds``."""
+        now = time.perf_counter()
+        if started[0] is not None:
+            out.seconds[started[0]] = out.seconds.get(started[0], 0.0) + now - started[1]
+        started[:] = [name, now]
+        if progress is not None and name:
             progress.set_description(name)
 
-    out = BenchResult(machine(), "daemon" if cfg.address else "in-process", cfg.quick)
-    if cfg.address:
-        return _run_remote(cfg, out, step, tick)
-    work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="neeko-bench-"))
     try:
-        return off_main_thread(_run_local, cfg, out, work, step, tick)
+        if cfg.address:
+            return _run_remote(cfg, out, step, tick)
+        work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="neeko-bench-"))
+        try:
+            return off_main_thread(_run_local, cfg, out, work, step, tick)
+        finally:
+            if not cfg.workdir:
+                shutil.rmtree(work, ignore_errors=True)
     finally:
-        if not cfg.workdir:
-            shutil.rmtree(work, ignore_errors=True)
+        step(None)
 
 
 def off_main_thread(fn, *args):

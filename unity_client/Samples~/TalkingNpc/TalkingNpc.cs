@@ -4,7 +4,9 @@ using UnityEngine;
 
 /// <summary>
 /// Sample: put on a GameObject with an NpcVoice (npcId "blacksmith"), press Play, type a line and press
-/// Enter. The reply streams into the label; a second line interrupts the first.
+/// Enter. The reply streams into the label; a second line interrupts the first. On Start (and whenever a
+/// collider tagged Player enters this object's trigger) the daemon is asked to prepare the NPC's prompt, so
+/// the first line starts like a follow-up.
 /// </summary>
 [RequireComponent(typeof(NpcVoice))]
 public class TalkingNpc : MonoBehaviour
@@ -15,6 +17,17 @@ public class TalkingNpc : MonoBehaviour
     string _status = "";
 
     void Awake() { _voice = GetComponent<NpcVoice>(); }
+
+    void Start() { Prepare(); }
+
+    void OnTriggerEnter(Collider other) { if (other.CompareTag("Player")) Prepare(); }
+
+    async void Prepare()
+    {
+        var r = await _voice.Prepare();  // never faults; Skipped says why nothing was read
+        _status = r.Prepared ? "prepared " + r.PromptTokens + " prompt tokens in " + r.ElapsedMs.ToString("0") + " ms"
+                             : "not prepared: " + r.Skipped;
+    }
 
     void Ask()
     {

@@ -70,16 +70,16 @@ def test_interrupted_bake_resumes_to_the_identical_result(tmp_path):
 
     ck = tmp_path / "ck.pt"
     broken = fresh()
-    real_forward = broken.forward
+    real_loss = broken.loss  # what each training step calls
     calls = {"n": 0}
 
     def crash_after_four(*a, **kw):
         calls["n"] += 1
         if calls["n"] > 4:
             raise KeyboardInterrupt
-        return real_forward(*a, **kw)
+        return real_loss(*a, **kw)
 
-    broken.forward = crash_after_four
+    broken.loss = crash_after_four
     with pytest.raises(KeyboardInterrupt):
         train_blocks(broken, data, ["a", "b"], cfg, pad_id=0, checkpoint=ck, progress=False)
     assert torch.load(ck, weights_only=True)["step"] == 4
@@ -106,3 +106,25 @@ def test_same_seed_same_blocks():
         train_blocks(n, data, ["a"], cfg, pad_id=0, progress=False)
         outs.append(snapshot(n))
     assert all(torch.equal(x, y) for x, y in zip(*outs))
+
+
+def test_the_loss_on_labelled_tokens_only_is_the_models_own_loss():
+    """Training and held-out scoring run the LM head on the labelled tokens only; the loss must be the one the
+    model computes from ``labels=`` over every position, for the base and under a block, padding included."""
+    from neeko_npc.neeko.data import collate
+
+    neeko = NeekoLoRA(tiny_llama(), r=4, alpha=8.0, targets=("q_proj", "v_proj"))
+    neeko.add_role("smith", generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for p in neeko.block_parameters():
+            p.normal_(0, 0.3)  # a block that changes the output
+    batch = collate(examples("smith", n=3) + [Example("smith", list(range(3, 17)), [IGNORE] * 9 + list(range(12, 17)))], 0)
+    for w in (None, neeko.weights(["smith"] * 4)):
+        with torch.no_grad():
+            ours = neeko.loss(w, **batch)
+            theirs = neeko.forward(w, **batch).loss
+            total = neeko.loss(w, **batch, reduction="sum")
+        assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6), (w, ours, theirs)
+        assert torch.allclose(total / int((batch["labels"][:, 1:] != IGNORE).sum()), theirs, rtol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(neeko.loss(None, **batch), neeko.loss(neeko.weights(["smith"] * 4), **batch))

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from ..errors import InputError
 from .. import defaults
@@ -124,8 +123,7 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
             ks = [neeko.index(b) for b in (groups or {}).get(rid, [rid])]
             w = torch.zeros(len(idx), neeko.n_blocks)
             w[:, ks] = group_weight if groups and rid in groups else 1.0
-            out = neeko.forward(w, **batch)
-            loss = out.loss
+            loss = neeko.loss(w, **batch)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at step {step} (role {rid}); lower --lr")
@@ -174,10 +172,6 @@ def heldout_loss(neeko: NeekoLoRA, examples: list[Example], weights: dict[str, f
         chunk = examples[i:i + batch_size]
         batch = collate(chunk, pad_id)
         w = None if weights is None else neeko.weights([weights] * len(chunk))
-        with neeko.gate(w):
-            logits = neeko.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"))
-        count += int((labels != IGNORE).sum())
+        total += float(neeko.loss(w, **batch, reduction="sum"))
+        count += int((batch["labels"][:, 1:] != IGNORE).sum())
     return total / count if count else math.nan

@@ -92,6 +92,11 @@ def test_stop_strings_and_dropped_streams(torch_engine):
     assert torch_engine.pool.wait_idle(30)  # the dropped row stopped long before 300 tokens
 
 
+def test_prepare_on_the_torch_engine_says_why_it_reads_nothing(torch_engine):
+    p = torch_engine.prepare("smith", SceneInfo(location="the forge"))
+    assert p.role_id == "smith" and p.prompt_tokens > 0 and p.read_tokens == 0 and "keeps no prompt cache" in p.skipped
+
+
 def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine):
     """A block that escaped the file checks (set here in memory: 1e30 everywhere) ends its own row with
     NonFiniteLogits naming the NPC; the NPC batched beside it gets its solo reply."""

@@ -62,8 +62,9 @@ def train_options(f):
         click.option("--batch-size", default=D.BATCH_SIZE, show_default=True, type=click.IntRange(1, 256), help="Examples per step."),
         click.option("--max-len", default=D.MAX_LEN, show_default=True, type=click.IntRange(32, 8192), help="Tokens per training example."),
         click.option("--seed", default=D.SEED, show_default=True, type=int, help="Seed for the block initialisation and the data order."),
-        click.option("--precision", type=click.Choice(["bf16", "fp32"]), default=D.PRECISION, show_default=True,
-                     help="Base weights while training (blocks are always fp32)."),
+        click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default=D.PRECISION, show_default=True,
+                     help="Base weights while training (blocks are always fp32). auto: bf16 on a CUDA GPU or a CPU with "
+                          "AVX512-BF16 or AMX, else fp32 (emulated bf16 trains about 10x slower)."),
         click.option("--holdout", default=D.HOLDOUT, show_default=True, type=click.FloatRange(0, 0.9),
                      help="Share of scenes held out to measure the block."),
         click.option("--resume", is_flag=True, help="Continue from the checkpoint of an interrupted bake."),
@@ -260,7 +261,7 @@ def export(role, fmt, roles_dir, out, base_model):
 @base_model_option
 @click.option("--holdout", default=D.HOLDOUT, show_default=True, type=click.FloatRange(0.01, 0.9), help="Must match the bake's --holdout.")
 @click.option("--max-len", default=D.MAX_LEN, show_default=True, type=click.IntRange(32, 8192), help="Tokens per scored example (as the bake's).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None, help="Default: the precision the roles were baked in.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None, help="Default: the precision the roles were baked in.")
 @click.option("--no-shared", is_flag=True, help="Skip the shared-LoRA baseline (it trains one LoRA on all roles' lines).")
 @click.option("--shared-weight", type=click.FloatRange(0, min_open=True), default=None,
               help="Gate weight of each of the shared LoRA's M blocks. Default 1/M: one LoRA of rank M*r with the roles' "

@@ -65,5 +65,5 @@ LR = 2e-3
 BATCH_SIZE = 4
 MAX_LEN = 320  # tokens per training example
 SEED = 0
-PRECISION = "bf16"  # base weights while training; blocks are always float32
+PRECISION = "auto"  # base weights while training (bf16 where the hardware has it, else fp32); blocks are float32
 HOLDOUT = 0.2  # share of scenes held out to measure a block

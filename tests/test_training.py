@@ -128,3 +128,23 @@ def test_the_loss_on_labelled_tokens_only_is_the_models_own_loss():
         assert torch.allclose(total / int((batch["labels"][:, 1:] != IGNORE).sum()), theirs, rtol=1e-5)
     with torch.no_grad():
         assert not torch.allclose(neeko.loss(None, **batch), neeko.loss(neeko.weights(["smith"] * 4), **batch))
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, tmp_path):
+    from neeko_npc.errors import InputError
+    from neeko_npc.neeko import base
+
+    assert base.resolve_precision("fp32") == "fp32" and base.resolve_precision("bf16") == "bf16"
+    with pytest.raises(InputError, match="choose from auto, fp32, bf16"):
+        base.resolve_precision("fp16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpuinfo = tmp_path / "cpuinfo"
+    real = base.Path
+    monkeypatch.setattr(base, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real(p))
+    for flags, want in (("fpu avx2 avx512f", "fp32"), ("fpu avx512f avx512_bf16", "bf16"), ("fpu amx_bf16 amx_tile", "bf16")):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert base.resolve_precision("auto") == want, flags
+    cpuinfo.unlink()  # no /proc (macOS, Windows): fp32
+    assert base.resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert base.resolve_precision("auto") == "bf16"

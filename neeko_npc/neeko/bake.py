@@ -20,6 +20,7 @@ from ..roles.base_model import BaseModelRef, base_info
 from ..roles.dialogue import Scene, data_hash, load_scenes, split_holdout
 from ..roles.folder import load_role_assets
 from ..roles.profile import RoleProfile, load_profile
+from .base import resolve_precision
 from .data import Example, encode_scene
 from .embed import MODEL_NAME, embed_texts
 from .gate import fusion_weights
@@ -103,7 +104,7 @@ def _training_record(mode: str, src: RoleSource, rec, cfg: TrainConfig, lora: Lo
         "mode": mode, "seed": cfg.seed, "steps": rec.steps, "final_loss": rec.final_loss, "tokens": rec.tokens,
         "data_sha256": data_hash(src.scenes), "lines": src.n_lines, "scenes": len(src.scenes),
         "heldout_scenes": len(src.held), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
-        "max_len": cfg.max_len, "precision": lora.precision,
+        "max_len": cfg.max_len, "precision": resolve_precision(lora.precision),
         "heldout_loss_base": held.base, "heldout_loss_block": held.block,
     }
 
@@ -144,7 +145,7 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
 
 
 def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainConfig, out_path: Path | None = None,
-           lora_precision: str = "bf16", replace: bool = False, resume: bool = False, progress: bool = True) -> BakeReport:
+           lora_precision: str = defaults.PRECISION, replace: bool = False, resume: bool = False, progress: bool = True) -> BakeReport:
     info = base_info(base_ref)
     assets, errors = load_role_assets(roles_dir, info)
     old = [a for a in assets if a.block is not None and a.id != src.profile.id]

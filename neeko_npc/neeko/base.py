@@ -23,6 +23,24 @@ from ..errors import InputError
 from ..roles.base_model import BaseModelRef, base_info
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = ("auto", *DTYPES)
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" is bf16 where the hardware computes in it (a CUDA GPU, or a CPU with AVX512-BF16 or AMX), else fp32.
+    Without those instructions torch emulates bf16: on a 2-core AMD EPYC (Zen 3) a training step on 4 x 200
+    tokens took 19-21 s in bf16 against 1.6-2.0 s in fp32."""
+    if precision != "auto":
+        if precision not in DTYPES:
+            raise InputError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+        return precision
+    if torch.cuda.is_available():
+        return "bf16"
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return "bf16" if {"avx512_bf16", "amx_bf16"} & set(flags.split()) else "fp32"
 COMPLETE = "neeko-complete"  # written last: a folder without it is a write that did not finish
 
 log = logging.getLogger("neeko_npc.neeko")
@@ -41,7 +59,7 @@ def load_for_training(ref: BaseModelRef, precision: str = "fp32", cache: bool = 
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    dtype = DTYPES[precision]
+    dtype = DTYPES[resolve_precision(precision)]
     if ref.kind == "gguf":
         model, tok = _load_gguf(ref, dtype, cache)
     else:

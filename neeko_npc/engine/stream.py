@@ -48,21 +48,31 @@ class Chunk:
     cache: str = ""  # how the prompt was served: "hot" (on a context), "snapshot" (restored), "cold"
 
 
+TOP_P_HEAD = 256  # nucleus sampling sorts only this many of the likeliest tokens while they hold top_p of the mass
+
+
 def sample(logits: np.ndarray, opts: GenOptions, rng: np.random.Generator) -> int:
+    """Greedy at temperature 0; else a draw from softmax(logits / temperature), cut to the smallest set of
+    likeliest tokens whose mass reaches top_p. The nucleus is found among the likeliest TOP_P_HEAD tokens (more
+    only when they hold less than top_p): sorting all 49,152 of SmolLM2's logits took 4.9 ms a token, a third of
+    a decode step, and every stream's sampling shares one Python interpreter."""
     if opts.temperature <= 0:
         return int(np.argmax(logits))
     z = logits.astype(np.float64) / opts.temperature
     z -= z.max()
     p = np.exp(z)
     p /= p.sum()
-    if opts.top_p < 1.0:
-        order = np.argsort(-p)
+    if opts.top_p >= 1.0:
+        return min(int(np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right")), len(p) - 1)
+    order = np.argpartition(-p, TOP_P_HEAD - 1)[:TOP_P_HEAD] if TOP_P_HEAD < len(p) else np.arange(len(p))
+    order = order[np.argsort(-p[order], kind="stable")]
+    cum = np.cumsum(p[order])
+    if cum[-1] < opts.top_p:  # a flat distribution: sort it all
+        order = np.argsort(-p, kind="stable")
         cum = np.cumsum(p[order])
-        keep = order[: int(np.searchsorted(cum, opts.top_p)) + 1]
-        q = np.zeros_like(p)
-        q[keep] = p[keep]
-        p = q / q.sum()
-    return int(rng.choice(len(p), p=p))
+    keep = order[: int(np.searchsorted(cum, opts.top_p)) + 1]
+    cut = np.cumsum(p[keep])
+    return int(keep[min(int(np.searchsorted(cut, rng.random() * cut[-1], side="right")), len(keep) - 1)])
 
 
 class ReplyStream:

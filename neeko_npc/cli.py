@@ -270,10 +270,12 @@ def export(role, fmt, roles_dir, out, base_model):
 @click.option("--quick", is_flag=True, help="CI-sized: 4 held-out scenes per role, a one-epoch shared LoRA on 6 scenes "
                                             "per role, 2 prompts per role; figures are rough.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a PNG: the confusion matrix as a heat-map, and attribution with its intervals (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_shared, shared_weight, no_attribution, quick,
-             json_out, quiet):
+             json_out, plot_out, quiet):
     """Role fidelity, beside baselines trained and scored in the same run.
 
     Prints the role confusion matrix (held-out loss; rows: whose lines, columns:
@@ -287,6 +289,11 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
     from .neeko.evaluate import EvalConfig, evaluate
     from .roles.base_model import resolve_base_model
 
+    if plot_out:
+        try:
+            import matplotlib  # noqa: F401  (checked before the run, not after it)
+        except ImportError:
+            raise click.ClickException("--plot needs matplotlib: pip install 'neeko-npc[bench]'") from None
     cfg = replace(EvalConfig.quick() if quick else EvalConfig(), holdout=holdout, max_len=max_len, precision=precision,
                   shared=not no_shared, shared_weight=shared_weight, attribution=not no_attribution)
     rep = evaluate(resolve_base_model(base_model), roles_dir, src_dir, cfg, progress=not quiet)
@@ -294,6 +301,10 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
     if json_out:
         json_out.write_text(json.dumps(rep.to_dict(), indent=2))
         click.echo(f"wrote {json_out}")
+    if plot_out:
+        from .neeko.eval_plot import plot
+
+        click.echo(f"wrote {plot(rep, plot_out)}")
 
 
 # -- bench -------------------------------------------------------------------------------

@@ -258,7 +258,10 @@ def quick_eval(baked, tmp_path_factory):
     """One `eval --quick` on the expanded set (smith, bard, then fisher by expansion), shared by the eval tests.
     --quick scores at most 4 held-out scenes per role; these roles hold out 1 or 2, so every score is complete."""
     out = tmp_path_factory.mktemp("eval") / "eval.json"
-    text = run("eval", "--quick", "--roles", baked["dir"], "--src", DATA, "--max-len", "256", "--json", out, "--quiet")
+    png = out.with_suffix(".png")
+    text = run("eval", "--quick", "--roles", baked["dir"], "--src", DATA, "--max-len", "256", "--json", out, "--plot", png,
+               "--quiet")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in text
     return text, json.loads(out.read_text())
 
 
@@ -306,5 +309,10 @@ def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(quick_
         assert sorted(res["per_role"]) == ["bard", "fisher", "smith"]
         assert all(0.0 <= v <= 1.0 for v in res["per_role"].values())
         assert res["mean"] == pytest.approx(sum(res["per_role"].values()) / 3)
+        for rid, (lo, hi) in res["ci"]["per_role"].items():  # bootstrap intervals around each figure
+            assert 0.0 <= lo <= res["per_role"][rid] <= hi <= 1.0
+        assert res["ci"]["mean"][0] <= res["mean"] <= res["ci"]["mean"][1]
+    assert [c["b"] for c in att["comparisons"]] == ["in_context", "shared_lora", "real_held_out_lines"]
+    assert all(isinstance(c["separated"], bool) for c in att["comparisons"]) and "95% interval" in text
     assert "Forgetting" in text and "Fusion, leave-one-out" in text and "Attribution" in text
     assert rep["settings"]["max_scenes"] == 4 and rep["seconds"]["total"] > 0

@@ -9,6 +9,10 @@ def _pct(a: float, b: float) -> str:
     return f"{(a - b) / b:+.1%}" if b else "n/a"
 
 
+def _interval(ci: list[float]) -> str:
+    return f"{ci[0] * 100:.0f}-{ci[1] * 100:.0f}%"
+
+
 def report_table(rep: EvalReport) -> str:
     w = max(12, *(len(c) for c in rep.blocks))
     out = ["held-out loss of ROW's lines with COLUMN's block (* = lowest in the row)"]
@@ -70,6 +74,13 @@ def report_table(rep: EvalReport) -> str:
                        + "".join(f"{a['systems'][n]['per_role'].get(rid, float('nan')):>13.0%}" for n in names))
         real_mean = sum(a["real_held_out_lines"].values()) / max(1, len(a["real_held_out_lines"]))
         out.append(f"  {'mean':<16}{real_mean:>12.0%}" + "".join(f"{a['systems'][n]['mean']:>13.0%}" for n in names))
+        if "ci" in a["systems"].get("neeko", {}):
+            cis = [a["real_held_out_lines_ci"]["mean"]] + [a["systems"][n]["ci"]["mean"] for n in names]
+            level = a["real_held_out_lines_ci"]["level"]
+            out.append(f"  {f'{level:.0%} interval':<16}" + "".join(f"{_interval(c):>{12 if i == 0 else 13}}" for i, c in enumerate(cis)))
+            for c in a.get("comparisons", []):
+                verdict = "the intervals separate" if c["separated"] else "within noise (the intervals overlap)"
+                out.append(f"  neeko vs {c['b'].replace('_', ' ')}: {c['points']:+.0f} points, {verdict}")
     if rep.seconds:
         out.append("\n" + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in rep.seconds.items()))
     return "\n".join(out)

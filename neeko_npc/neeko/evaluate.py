@@ -31,7 +31,8 @@ from ..errors import InputError
 from .. import defaults
 from ..roles.base_model import BaseModelRef
 from ..roles.folder import load_role_assets
-from .attribution import CentroidClassifier, accuracy, generate_replies, prompt_messages, prompts_from, role_lines
+from .attribution import (CentroidClassifier, accuracy, bootstrap_accuracy, generate_replies, hits_by_role,
+                          prompt_messages, prompts_from, role_lines, separated)
 from .bake import RoleSource
 from .data import encode_scene
 from .gate import fusion_weights
@@ -235,7 +236,10 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
         lines = role_lines(rid, sources[rid].held)
         real_texts += lines
         real_truth += [rid] * len(lines)
-    out = {"real_held_out_lines": accuracy(classifier.classify(real_texts), real_truth), "systems": {}, "samples": {}}
+    real_predicted = classifier.classify(real_texts)
+    out = {"real_held_out_lines": accuracy(real_predicted, real_truth),
+           "real_held_out_lines_ci": bootstrap_accuracy(hits_by_role(real_predicted, real_truth), seed=cfg.seed),
+           "systems": {}, "samples": {}}
     prompts = [p for rid in rows for p in prompts_from(rid, sources[rid].held, cfg.prompts_per_role)]
     systems = {"neeko": lambda rid: rid, "in_context": lambda rid: None}
     if shared_w is not None:
@@ -249,9 +253,17 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
             replies += got
             truth += [rid] * len(got)
             out["samples"].setdefault(rid, {})[name] = got[0] if got else ""
-        acc = accuracy(classifier.classify(replies), truth)
-        out["systems"][name] = {"per_role": acc, "mean": float(np.mean(list(acc.values())))}
+        predicted = classifier.classify(replies)
+        acc = accuracy(predicted, truth)
+        out["systems"][name] = {"per_role": acc, "mean": float(np.mean(list(acc.values()))),
+                                "ci": bootstrap_accuracy(hits_by_role(predicted, truth), seed=cfg.seed)}
     bar.close()
+    # differences are called only where the 95% intervals of the means do not overlap
+    real = {"mean": float(np.mean(list(out["real_held_out_lines"].values()))), "ci": out["real_held_out_lines_ci"]}
+    against = [(b, out["systems"][b]) for b in out["systems"] if b != "neeko"] + [("real_held_out_lines", real)]
+    out["comparisons"] = [{"a": "neeko", "b": b, "points": 100 * (out["systems"]["neeko"]["mean"] - v["mean"]),
+                           "separated": separated(out["systems"]["neeko"]["ci"]["mean"], v["ci"]["mean"])}
+                          for b, v in against]
     out["prompts"] = len(prompts)
     out["sample_prompt"] = prompts[0].scene.turns[prompts[0].cut - 1].text if prompts and prompts[0].cut else ""
     return out

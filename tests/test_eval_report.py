@@ -1,0 +1,69 @@
+"""The eval's statistics and pictures, on a tiny hand-made report (no model): bootstrap intervals for attribution,
+differences called only where the intervals separate, and the heat-map PNG."""
+
+import numpy as np
+
+from neeko_npc.neeko.attribution import bootstrap_accuracy, hits_by_role, separated
+from neeko_npc.neeko.eval_table import report_table
+from neeko_npc.neeko.evaluate import EvalReport
+
+
+def test_bootstrap_intervals_hold_the_accuracy_and_narrow_with_more_prompts():
+    perfect = bootstrap_accuracy({"smith": [True] * 10, "bard": [True] * 10})
+    assert perfect["per_role"] == {"bard": [1.0, 1.0], "smith": [1.0, 1.0]} and perfect["mean"] == [1.0, 1.0]
+    few = bootstrap_accuracy({"smith": [True, False] * 5})["per_role"]["smith"]
+    many = bootstrap_accuracy({"smith": [True, False] * 200})["per_role"]["smith"]
+    assert few[0] < 0.5 < few[1] and many[0] < 0.5 < many[1]
+    assert many[1] - many[0] < (few[1] - few[0]) / 3  # 40x the prompts: about a sixth of the width
+    assert bootstrap_accuracy({"smith": [True, False] * 5}, seed=3) == bootstrap_accuracy({"smith": [True, False] * 5}, seed=3)
+    # the mean's interval is the interval of the mean of role accuracies, resampled role by role
+    mixed = bootstrap_accuracy({"a": [True] * 8, "b": [False] * 8})
+    assert mixed["mean"] == [0.5, 0.5]
+
+
+def test_hits_and_separation():
+    assert hits_by_role(["a", "b", "a", "a"], ["a", "a", "b", "a"]) == {"a": [True, False, True], "b": [False]}
+    assert separated([0.6, 0.8], [0.2, 0.5]) and separated([0.2, 0.5], [0.6, 0.8])
+    assert not separated([0.4, 0.7], [0.6, 0.8])
+
+
+def report() -> EvalReport:
+    rng = np.random.default_rng(0)
+    roles = ["bard", "smith", "witch"]
+    hits = {r: list(rng.random(30) < p) for r, p in zip(roles, (0.8, 0.7, 0.9))}
+    flat = {r: list(rng.random(30) < 0.35) for r in roles}
+    near = {r: list(rng.random(30) < 0.75) for r in roles}
+
+    def system(h):
+        acc = {r: float(np.mean(v)) for r, v in h.items()}
+        return {"per_role": acc, "mean": float(np.mean(list(acc.values()))), "ci": bootstrap_accuracy(h)}
+
+    neeko, in_context, real = system(hits), system(flat), system(near)
+    comparisons = [{"a": "neeko", "b": b, "points": 100 * (neeko["mean"] - v["mean"]), "separated": separated(neeko["ci"]["mean"], v["ci"]["mean"])}
+                   for b, v in (("in_context", in_context), ("real_held_out_lines", real))]
+    return EvalReport(roles=roles, blocks=roles, confusion=[[2.9, 3.4, 3.5], [3.5, 3.1, 3.6], [3.3, 3.5, 2.7]],
+                      in_context={"bard": 3.8, "smith": 3.9, "witch": 3.6}, diagonal_wins=1.0,
+                      attribution={"prompts": 30, "real_held_out_lines": real["per_role"], "real_held_out_lines_ci": real["ci"],
+                                   "systems": {"neeko": neeko, "in_context": in_context}, "comparisons": comparisons,
+                                   "samples": {}})
+
+
+def test_the_table_prints_intervals_and_calls_only_separated_differences():
+    rep = report()
+    text = report_table(rep)
+    assert "95% interval" in text
+    by_b = {c["b"]: c for c in rep.attribution["comparisons"]}
+    assert by_b["in_context"]["separated"] and not by_b["real_held_out_lines"]["separated"]
+    assert f"neeko vs in context: {by_b['in_context']['points']:+.0f} points, the intervals separate" in text
+    assert "neeko vs real held out lines" in text and "within noise (the intervals overlap)" in text
+
+
+def test_plot_writes_a_heat_map_png(tmp_path):
+    from neeko_npc.neeko.eval_plot import plot  # matplotlib comes with the [test] extra
+
+    out = plot(report(), tmp_path / "eval.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    without_attribution = report()
+    without_attribution.attribution = {}
+    assert plot(without_attribution, tmp_path / "matrix.png").stat().st_size > 10_000

@@ -3,7 +3,8 @@ differences called only where the intervals separate, and the heat-map PNG."""
 
 import numpy as np
 
-from neeko_npc.neeko.attribution import bootstrap_accuracy, hits_by_role, separated
+from neeko_npc.neeko.attribution import hits_by_role
+from neeko_npc.neeko.intervals import bootstrap_accuracy, loss_difference, separated
 from neeko_npc.neeko.eval_table import report_table
 from neeko_npc.neeko.evaluate import EvalReport
 
@@ -67,3 +68,27 @@ def test_plot_writes_a_heat_map_png(tmp_path):
     without_attribution = report()
     without_attribution.attribution = {}
     assert plot(without_attribution, tmp_path / "matrix.png").stat().st_size > 10_000
+
+
+def test_a_loss_difference_interval_excludes_zero_only_for_a_real_lead():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(5, 40, size=30).astype(float)
+    base = counts * rng.uniform(2.5, 3.5, size=30)  # per-example NLL sums
+    better = (base - 0.4 * counts, counts)  # 0.4 nats a token lower on every example
+    noisy = (base + counts * rng.normal(0, 0.3, size=30), counts)  # no lead, only noise
+    lo, hi = loss_difference(better, (base, counts))
+    assert -0.4 - 1e-9 <= lo <= hi <= -0.4 + 1e-9  # the same lead on every example: no spread at all
+    lo, hi = loss_difference(noisy, (base, counts))
+    assert lo < 0 < hi
+    assert loss_difference(noisy, (base, counts), seed=1) == loss_difference(noisy, (base, counts), seed=1)
+
+
+def test_the_table_prints_the_rows_intervals():
+    rep = report()
+    rep.intervals = {"level": 0.95, "rows": {
+        "bard": {"own_vs_in_context": [-0.95, -0.85], "next_block": "witch", "own_vs_next_block": [-0.45, -0.35]},
+        "smith": {"own_vs_in_context": [-0.9, -0.7], "next_block": "bard", "own_vs_next_block": [-0.5, 0.1]},
+        "witch": {"own_vs_in_context": [-1.0, -0.8], "next_block": "bard", "own_vs_next_block": [-0.7, -0.5]}}}
+    text = report_table(rep)
+    assert "smith           bard           [-0.500, +0.100]   in-context [-0.900, -0.700]" in text
+    assert "own block lowest beyond noise in 2/3 rows; below in-context beyond noise in 3/3" in text

@@ -280,6 +280,17 @@ def test_eval_confusion_matrix_reproduces_the_bakes_own_figures(baked, quick_eva
     assert rep["diagonal_wins"] == wins / len(rep["roles"])
     assert "own block lowest in" in text and "in-context" in text
     assert len({round(v, 6) for v in rep["confusion"][0]}) == n  # the blocks really differ
+    # each row's lead comes with paired bootstrap intervals around the very differences the matrix shows
+    for j, rid in enumerate(rep["roles"]):
+        row, iv = rep["confusion"][j], rep["intervals"]["rows"][rid]
+        own = row[rep["blocks"].index(rid)]
+        lo, hi = iv["own_vs_in_context"]
+        assert lo - 1e-9 <= own - rep["in_context"][rid] <= hi + 1e-9
+        others = {b: v for b, v in zip(rep["blocks"], row) if b != rid}
+        assert iv["next_block"] == min(others, key=others.get)
+        lo, hi = iv["own_vs_next_block"]
+        assert lo - 1e-9 <= own - others[iv["next_block"]] <= hi + 1e-9
+    assert "own block lowest beyond noise in" in text
 
 
 def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(quick_eval):

@@ -148,3 +148,18 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, tmp_
     assert base.resolve_precision("auto") == "fp32"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert base.resolve_precision("auto") == "bf16"
+
+
+def test_held_out_sums_are_each_examples_own_loss():
+    from neeko_npc.neeko.data import collate
+    from neeko_npc.neeko.train import heldout_loss, heldout_sums
+
+    neeko = NeekoLoRA(tiny_llama(), r=4, alpha=8.0, targets=("q_proj", "v_proj"))
+    neeko.add_role("smith", generator=torch.Generator().manual_seed(1))
+    exs = examples("smith", n=5) + [Example("smith", list(range(3, 20)), [IGNORE] * 12 + list(range(15, 20)))]
+    sums, counts = heldout_sums(neeko, exs, "smith", pad_id=0, batch_size=4)  # batches of 4 and 2, padded
+    for i, e in enumerate(exs):
+        with torch.no_grad():
+            alone = float(neeko.loss(neeko.weights(["smith"]), **collate([e], 0)))
+        assert counts[i] == sum(x != IGNORE for x in e.labels[1:]) and abs(sums[i] / counts[i] - alone) < 1e-5
+    assert heldout_loss(neeko, exs, "smith", 0) == pytest.approx(sums.sum() / counts.sum())

@@ -110,29 +110,5 @@ def hits_by_role(predicted: list[str], truth: list[str]) -> dict[str, list[bool]
     return out
 
 
-def bootstrap_accuracy(hits: dict[str, list[bool]], n: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
-    """Percentile bootstrap intervals for each role's accuracy and for their mean: each replicate redraws every
-    role's items with replacement (the roles stay fixed). With a few dozen prompts a role, one reply moves a
-    role's accuracy by several points; the interval says how far the figure could move with other prompts."""
-    rng = np.random.default_rng(seed)
-    roles = sorted(r for r in hits if hits[r])
-    reps = np.empty((n, len(roles)))
-    for j, r in enumerate(roles):
-        x = np.asarray(hits[r], dtype=float)
-        reps[:, j] = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-
-    def interval(v: np.ndarray) -> list[float]:
-        return [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
-
-    return {"level": level, "per_role": {r: interval(reps[:, j]) for j, r in enumerate(roles)},
-            "mean": interval(reps.mean(axis=1)) if roles else [float("nan")] * 2}
-
-
-def separated(a: list[float], b: list[float]) -> bool:
-    """Two intervals that do not overlap: only then is a difference called."""
-    return a[0] > b[1] or b[0] > a[1]
-
-
 def role_lines(role_id: str, scenes: list[Scene]) -> list[str]:
     return [t.text for s in scenes for t in s.turns if t.speaker == role_id]

@@ -25,6 +25,17 @@ def report_table(rep: EvalReport) -> str:
         out.append(f"{rid:<16}{cells}{tail}")
     n = len(rep.roles)
     out.append(f"\nown block lowest in {round(rep.diagonal_wins * n)}/{n} rows ({rep.diagonal_wins:.0%})")
+    iv = rep.intervals.get("rows", {})
+    if iv:
+        out.append(f"own block minus the next best block and minus in-context, {rep.intervals['level']:.0%} intervals "
+                   "(paired bootstrap over the row's held-out examples; below 0 all along: the lead is not noise)")
+        for rid, v in iv.items():
+            nxt = (f"{v['next_block']:<14} [{v['own_vs_next_block'][0]:+.3f}, {v['own_vs_next_block'][1]:+.3f}]"
+                   if "next_block" in v else f"{'-':<14} {'':>16}")
+            out.append(f"  {rid:<16}{nxt}   in-context [{v['own_vs_in_context'][0]:+.3f}, {v['own_vs_in_context'][1]:+.3f}]")
+        clear = sum(v.get("own_vs_next_block", [0, 0])[1] < 0 for v in iv.values())
+        out.append(f"  own block lowest beyond noise in {clear}/{len(iv)} rows; below in-context beyond noise in "
+                   f"{sum(v['own_vs_in_context'][1] < 0 for v in iv.values())}/{len(iv)}")
     if rep.shared:
         beats = sum(rep.confusion[j][rep.blocks.index(r)] < rep.shared[r] for j, r in enumerate(rep.roles))
         sh = rep.forgetting.get("shared", {})

@@ -31,13 +31,14 @@ from ..errors import InputError
 from .. import defaults
 from ..roles.base_model import BaseModelRef
 from ..roles.folder import load_role_assets
-from .attribution import (CentroidClassifier, accuracy, bootstrap_accuracy, generate_replies, hits_by_role,
-                          prompt_messages, prompts_from, role_lines, separated)
+from .attribution import (CentroidClassifier, accuracy, generate_replies, hits_by_role, prompt_messages, prompts_from,
+                          role_lines)
+from .intervals import LEVEL, bootstrap_accuracy, loss_difference, separated
 from .bake import RoleSource
 from .data import encode_scene
 from .gate import fusion_weights
 from .model import NeekoLoRA
-from .train import TrainConfig, heldout_loss, train_blocks
+from .train import TrainConfig, heldout_loss, heldout_sums, train_blocks
 
 FUSE_TAU = defaults.FUSE_TAU  # bake-role --fuse's default
 
@@ -53,6 +54,8 @@ class EvalReport:
     forgetting: dict = field(default_factory=dict)
     fusion: dict = field(default_factory=dict)
     attribution: dict = field(default_factory=dict)
+    # per row: 95% intervals of own-block loss minus in-context's, and minus the next best block's (paired bootstrap)
+    intervals: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
 
@@ -133,15 +136,28 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
     for a in expansion:
         neeko.load_block(a.id, a.block)
 
-    matrix, in_context = [], {}
+    def ratio(sums) -> float:
+        return float(sums[0].sum() / sums[1].sum()) if sums[1].sum() else math.nan
+
+    matrix, in_context, intervals = [], {}, {"level": LEVEL, "rows": {}}
     for rid in rows:
-        in_context[rid] = loss(rid, None)
+        ic = heldout_sums(neeko, held[rid], None, pad)
+        in_context[rid] = ratio(ic)
         bar.update(1)
-        row = []
+        row, row_sums = [], []
         for cid in cols:
-            row.append(loss(rid, cid))
+            row_sums.append(heldout_sums(neeko, held[rid], cid, pad))
+            row.append(ratio(row_sums[-1]))
             bar.update(1)
         matrix.append(row)
+        if rid in cols:  # is the own block's lead more than these particular held-out lines?
+            own = row_sums[cols.index(rid)]
+            iv = {"own_vs_in_context": loss_difference(own, ic, seed=cfg.seed)}
+            others = [i for i, c in enumerate(cols) if c != rid]
+            if others:
+                nxt = min(others, key=lambda i: row[i])
+                iv.update(next_block=cols[nxt], own_vs_next_block=loss_difference(own, row_sums[nxt], seed=cfg.seed))
+            intervals["rows"][rid] = iv
     wins = sum(1 for rid, row in zip(rows, matrix) if int(np.argmin(row)) == cols.index(rid))
     own_after = {rid: matrix[rows.index(rid)][cols.index(rid)] for rid in own_before}
 
@@ -220,7 +236,7 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
         seconds["attribution"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
     return EvalReport(rows, cols, matrix, in_context, wins / len(rows) if rows else math.nan, shared, forgetting, fusion,
-                      attribution, seconds,
+                      attribution, intervals, seconds,
                       settings={"holdout": cfg.holdout, "max_len": cfg.max_len, "precision": precision,
                                 "max_scenes": cfg.max_scenes, "shared_train_scenes": cfg.shared_train_scenes,
                                 "shared_epochs": cfg.shared_epochs, "prompts_per_role": cfg.prompts_per_role,

@@ -125,4 +125,4 @@ class NeekoLoRA:
         target = labels[:, 1:]
         keep = target != IGNORE
         logits = self.model.get_output_embeddings()(hidden[:, :-1][keep]).float()
-        return F.cross_entropy(logits, target[keep], reduction=reduction)
+        return F.cross_entropy(logits, target[keep], reduction=reduction)  # "none": the labelled tokens, row by row

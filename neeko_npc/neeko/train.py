@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import InputError
@@ -162,16 +163,26 @@ def _save_checkpoint(path: Path, key: str, step: int, neeko: NeekoLoRA, opt: Blo
 
 
 @torch.no_grad()
+def heldout_sums(neeko: NeekoLoRA, examples: list[Example], weights: dict[str, float] | str | None, pad_id: int,
+                 batch_size: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Per example: the summed NLL of its target tokens under the given gate (None: base model), and how many
+    target tokens it has. Bootstrap intervals resample these; heldout_loss is their ratio."""
+    sums, counts = np.zeros(len(examples)), np.zeros(len(examples))
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        batch = collate(chunk, pad_id)
+        w = None if weights is None else neeko.weights([weights] * len(chunk))
+        per_token = neeko.loss(w, **batch, reduction="none").double().numpy()
+        rows = (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0].numpy()  # the row of each labelled token, in order
+        sums[i:i + len(chunk)] = np.bincount(rows, weights=per_token, minlength=len(chunk))
+        counts[i:i + len(chunk)] = np.bincount(rows, minlength=len(chunk))
+    return sums, counts
+
+
 def heldout_loss(neeko: NeekoLoRA, examples: list[Example], weights: dict[str, float] | str | None, pad_id: int,
                  batch_size: int = 4) -> float:
     """Mean per-token NLL of the examples' target tokens under the given gate (None: base model)."""
     if not examples:
         return float("nan")
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        chunk = examples[i:i + batch_size]
-        batch = collate(chunk, pad_id)
-        w = None if weights is None else neeko.weights([weights] * len(chunk))
-        total += float(neeko.loss(w, **batch, reduction="sum"))
-        count += int((batch["labels"][:, 1:] != IGNORE).sum())
-    return total / count if count else math.nan
+    sums, counts = heldout_sums(neeko, examples, weights, pad_id, batch_size)
+    return float(sums.sum() / counts.sum()) if counts.sum() else math.nan

@@ -95,11 +95,7 @@ class CentroidClassifier:
 
 def accuracy(predicted: list[str], truth: list[str]) -> dict[str, float]:
     """Per true role: the share of its items attributed to it."""
-    out = {}
-    for r in sorted(set(truth)):
-        idx = [i for i, t in enumerate(truth) if t == r]
-        out[r] = sum(predicted[i] == r for i in idx) / len(idx)
-    return out
+    return {r: sum(h) / len(h) for r, h in sorted(hits_by_role(predicted, truth).items())}
 
 
 def hits_by_role(predicted: list[str], truth: list[str]) -> dict[str, list[bool]]:

@@ -38,7 +38,7 @@ from .bake import RoleSource
 from .data import encode_scene
 from .gate import fusion_weights
 from .model import NeekoLoRA
-from .train import TrainConfig, heldout_loss, heldout_sums, train_blocks
+from .train import TrainConfig, heldout_loss, heldout_sums, mean_loss, train_blocks
 
 FUSE_TAU = defaults.FUSE_TAU  # bake-role --fuse's default
 
@@ -136,18 +136,15 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
     for a in expansion:
         neeko.load_block(a.id, a.block)
 
-    def ratio(sums) -> float:
-        return float(sums[0].sum() / sums[1].sum()) if sums[1].sum() else math.nan
-
     matrix, in_context, intervals = [], {}, {"level": LEVEL, "rows": {}}
     for rid in rows:
         ic = heldout_sums(neeko, held[rid], None, pad)
-        in_context[rid] = ratio(ic)
+        in_context[rid] = mean_loss(ic)
         bar.update(1)
         row, row_sums = [], []
         for cid in cols:
             row_sums.append(heldout_sums(neeko, held[rid], cid, pad))
-            row.append(ratio(row_sums[-1]))
+            row.append(mean_loss(row_sums[-1]))
             bar.update(1)
         matrix.append(row)
         if rid in cols:  # is the own block's lead more than these particular held-out lines?

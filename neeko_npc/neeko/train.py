@@ -184,5 +184,10 @@ def heldout_loss(neeko: NeekoLoRA, examples: list[Example], weights: dict[str, f
     """Mean per-token NLL of the examples' target tokens under the given gate (None: base model)."""
     if not examples:
         return float("nan")
-    sums, counts = heldout_sums(neeko, examples, weights, pad_id, batch_size)
-    return float(sums.sum() / counts.sum()) if counts.sum() else math.nan
+    return mean_loss(heldout_sums(neeko, examples, weights, pad_id, batch_size))
+
+
+def mean_loss(sums: tuple[np.ndarray, np.ndarray]) -> float:
+    """The per-token loss of heldout_sums' (NLL sums, token counts)."""
+    total, count = sums[0].sum(), sums[1].sum()
+    return float(total / count) if count else math.nan

@@ -19,8 +19,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .. import defaults
 from ..roles.asset import RoleAsset, write_asset
+from ..roles.base_model import info_cache_file
 
 
 def rss_bytes(pid: int | str = "self") -> int | None:
@@ -123,8 +123,8 @@ def memory_by_role_count(blocks: list[RoleAsset], counts: list[int], base_model:
     for n in counts:
         folder = Path(tempfile.mkdtemp(prefix=f"roles{n}-", dir=workdir))
         cache = Path(tempfile.mkdtemp(prefix="cache-", dir=workdir))
-        known = defaults.cache_root() / "fingerprints.json"  # the base model's fingerprint and shape, already
-        if known.is_file():                                   # read: the daemon starts as on a machine that has served before
+        known = info_cache_file()  # the base model's fingerprint and shape, already read: the daemon
+        if known.is_file():        # starts as on a machine that has served before
             shutil.copy(known, cache / known.name)
         files = synthetic_roles(blocks, n, folder)
         r = daemon_rss(folder, base_model, cache)

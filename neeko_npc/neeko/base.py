@@ -41,6 +41,8 @@ def resolve_precision(precision: str) -> str:
     except OSError:
         flags = ""
     return "bf16" if {"avx512_bf16", "amx_bf16"} & set(flags.split()) else "fp32"
+
+
 COMPLETE = "neeko-complete"  # written last: a folder without it is a write that did not finish
 
 log = logging.getLogger("neeko_npc.neeko")

@@ -35,6 +35,7 @@ from .attribution import (CentroidClassifier, accuracy, generate_replies, hits_b
                           role_lines)
 from .intervals import LEVEL, bootstrap_accuracy, loss_difference, separated
 from .bake import RoleSource
+from .base import resolve_precision
 from .data import encode_scene
 from .gate import fusion_weights
 from .model import NeekoLoRA
@@ -111,7 +112,7 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
     if not rows:
         raise InputError(f"no trained role in {roles_dir} has lines in {src_dir}/<id>/lines.jsonl to hold out")
     recorded = old[0].training
-    precision = cfg.precision or recorded.get("precision", "fp32")
+    precision = resolve_precision(cfg.precision or recorded.get("precision", "fp32"))  # the report names what ran
     model, tok = load_for_training(base_ref, precision)
     first = blocks[0].block
     neeko = NeekoLoRA(model, first.r, first.alpha, tuple(first.targets))

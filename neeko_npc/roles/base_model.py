@@ -114,7 +114,8 @@ def read_shape(ref: BaseModelRef, fields: dict | None = None) -> dict:
 # -- fingerprint -----------------------------------------------------------------
 
 
-def _cache_file() -> Path:
+def info_cache_file() -> Path:
+    """Where base_info keeps each base model's fingerprint and shape."""
     root = defaults.cache_root()
     return root / "fingerprints.json"
 
@@ -165,7 +166,7 @@ def base_info(ref: BaseModelRef) -> BaseInfo:
     files = [ref.path] if ref.kind == "gguf" else sorted(ref.path.glob("*.safetensors")) + [ref.path / "config.json"]
     stamp = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     key = str(ref.path)
-    cache_path = _cache_file()
+    cache_path = info_cache_file()
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):

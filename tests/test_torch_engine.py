@@ -48,18 +48,25 @@ def torch_engine(f32_setup):
     e.close()
 
 
+@pytest.fixture(scope="module")
+def solo(torch_engine):
+    """Each NPC's greedy 24-token reply on the torch engine alone and its last chunk, computed once for the tests that
+    compare with it."""
+    return {npc: reply(torch_engine, npc) for npc in ("smith", "bard")}
+
+
 def reply(engine, npc, line=LINE, **opts):
     r = engine.say(npc, line, SceneInfo(location="the village square"), GenOptions(**{"temperature": 0.0, "max_tokens": 24, **opts}))
     chunks = list(r.chunks)
     return "".join(c.text for c in chunks), chunks[-1]
 
 
-def test_same_greedy_reply_as_llama_cpp_on_an_unquantized_base(f32_setup, torch_engine):
+def test_same_greedy_reply_as_llama_cpp_on_an_unquantized_base(f32_setup, torch_engine, solo):
     model, roles = f32_setup["llama"]
     llama = LlamaEngine(roles, model, EngineConfig(pool_size=1, n_threads=2))
     try:
         for npc in ("smith", "bard"):
-            t_text, t_last = reply(torch_engine, npc)
+            t_text, t_last = solo[npc]
             l_text, l_last = reply(llama, npc)
             assert t_last.prompt_tokens == l_last.prompt_tokens  # same prompt, token for token
             assert t_text == l_text and t_text.strip(), (npc, t_text, l_text)
@@ -67,8 +74,8 @@ def test_same_greedy_reply_as_llama_cpp_on_an_unquantized_base(f32_setup, torch_
         llama.close()
 
 
-def test_batched_rows_equal_their_solo_replies(torch_engine):
-    solo = {npc: reply(torch_engine, npc)[0] for npc in ("smith", "bard")}
+def test_batched_rows_equal_their_solo_replies(torch_engine, solo):
+    solo = {npc: text for npc, (text, _) in solo.items()}
     assert solo["smith"] != solo["bard"]
     before = len(torch_engine.pool.batch_sizes)
     results = {}
@@ -81,10 +88,10 @@ def test_batched_rows_equal_their_solo_replies(torch_engine):
     assert 2 in torch_engine.pool.batch_sizes[before:]  # both NPCs decoded in the same forward passes
 
 
-def test_stop_strings_and_dropped_streams(torch_engine):
-    text, last = reply(torch_engine, "bard", max_tokens=40)
+def test_stop_strings_and_dropped_streams(torch_engine, solo):
+    text = solo["bard"][0]
     word = text.split()[1]
-    cut, last = reply(torch_engine, "bard", max_tokens=40, stop=(word,))
+    cut, last = reply(torch_engine, "bard", stop=(word,))
     assert word not in cut and text.startswith(cut) and last.finish == "stop"
     r = torch_engine.say("smith", "Talk for a long time.", SceneInfo(), GenOptions(temperature=0.9, max_tokens=300, seed=1))
     next(r.chunks)
@@ -97,12 +104,12 @@ def test_prepare_on_the_torch_engine_says_why_it_reads_nothing(torch_engine):
     assert p.role_id == "smith" and p.prompt_tokens > 0 and p.read_tokens == 0 and "keeps no prompt cache" in p.skipped
 
 
-def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine):
+def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine, solo):
     """A block that escaped the file checks (set here in memory: 1e30 everywhere) ends its own row with
     NonFiniteLogits naming the NPC; the NPC batched beside it gets its solo reply."""
     from neeko_npc.engine.stream import NonFiniteLogits
 
-    solo = reply(torch_engine, "smith")[0]
+    smith = solo["smith"][0]
     k = torch_engine.roles().adapters["bard"].handle
     saved = {name: [t.clone() for t in mod.block(k)] for name, mod in torch_engine.neeko.modules.items()}
     try:
@@ -124,7 +131,7 @@ def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine):
         for t in threads:
             t.join(120)
         assert 2 in torch_engine.pool.batch_sizes[before:]
-        assert results == {"smith": solo}
+        assert results == {"smith": smith}
         assert list(errors) == ["bard"] and "NPC 'bard' produced non-finite logits" in errors["bard"]
     finally:
         for name, mod in torch_engine.neeko.modules.items():
@@ -132,18 +139,18 @@ def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine):
     assert torch_engine.pool.wait_idle(10)
 
 
-def test_grpc_service_on_the_torch_engine(torch_engine):
+def test_grpc_service_on_the_torch_engine(torch_engine, solo):
     """Last in this file: the daemon takes the module's engine (one model load fewer) and closes it when it stops."""
     from neeko_npc.server.app import Daemon, ServerConfig
     from neeko_npc.server.client import Client
 
-    solo = reply(torch_engine, "smith", max_tokens=16)[0]
+    smith = solo["smith"][0]
     d = Daemon(ServerConfig(port=0, watch_interval=0), lambda: torch_engine).start()
     try:
         assert d.loaded.wait(120) and d.service.engine is torch_engine, d.service.load_error
         c = Client(d.address)
-        chunks = list(c.say("smith", LINE, scene=pb.SceneContext(location="the village square"), temperature=0.0, max_tokens=16))
-        assert chunks[-1].done and "".join(x.text for x in chunks) == solo and solo.strip()
+        chunks = list(c.say("smith", LINE, scene=pb.SceneContext(location="the village square"), temperature=0.0, max_tokens=24))
+        assert chunks[-1].done and "".join(x.text for x in chunks) == smith and smith.strip()
         assert [w.role_id for w in chunks[-1].role_weights] == ["smith"]
         c.close()
     finally:

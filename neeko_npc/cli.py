@@ -390,6 +390,8 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
               help="A procedural NPC's profile, all fields together.")
 @click.option("--max-blend", default=D.TOP_K, show_default=True, type=click.IntRange(1, 64),
               help="Roles a procedural NPC's blend may name, and blocks it may mix (the gate's top-k).")
+@click.option("--max-actions", default=D.MAX_ACTIONS, show_default=True, type=click.IntRange(1, 256),
+              help="Actions a request may declare for its line's beat.")
 @click.option("--watch-interval", default=D.WATCH_INTERVAL, show_default=True, type=click.FloatRange(0), help="Seconds between roles-folder scans; 0 turns watching off.")
 @click.option("--engine", type=click.Choice(list(D.ENGINES)), default=D.ENGINES[0], show_default=True,
               help="torch: the block LoRA in torch, batching NPCs' decode steps (GPU; needs the [train] extra).")
@@ -398,8 +400,8 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("-v", "--verbose", is_flag=True, help="Log every request and reload (INFO), not only warnings.")
 @friendly_errors
 def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
-          snapshot_mib, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, watch_interval,
-          engine, device, max_batch, verbose):
+          snapshot_mib, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, max_actions,
+          watch_interval, engine, device, max_batch, verbose):
     """Run the dialogue daemon (gRPC) on the base model and every role in --roles."""
     from functools import partial
 
@@ -408,7 +410,8 @@ def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size
     from .server import app
 
     limits = Limits(max_tokens_limit=max_tokens_limit, max_player_line_chars=max_player_line_chars,
-                    max_scene_chars=max_scene_chars, max_profile_chars=max_profile_chars, max_blend=max_blend)
+                    max_scene_chars=max_scene_chars, max_profile_chars=max_profile_chars, max_blend=max_blend,
+                    max_actions=max_actions)
     config = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
                           history_tokens=history_tokens, max_batch=max_batch, snapshot_bytes=snapshot_mib * 1024 * 1024,
                           limits=limits)
@@ -445,19 +448,26 @@ def _rpc_error(exc) -> click.ClickException:
 @click.option("--prepare", is_flag=True,
               help="First ask the daemon to read the NPC's prompt up to the line (what a game does as the player walks "
                    "up), and print what it read.")
+@click.option("--emotion", is_flag=True, help="Ask for the line's emotion (neutral, happy, sad, angry, afraid, surprised, "
+                                            "disgusted); printed after the line.")
+@click.option("--emotions", default="", metavar="E,...", help="Narrow the emotions to these (implies --emotion).")
+@click.option("--action", "actions", multiple=True, metavar="ID[:WHAT]",
+              help="An action the scene offers, e.g. --action 'open_shop:show the shop window' --action none; the NPC "
+                   "picks exactly one, printed after the line. Repeat for each.")
 @client_options
 def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend, profile_path, sentences, stats, prepare,
-        address, tls_ca, token):
+        emotion, emotions, actions, address, tls_ca, token):
     """Stream NPC_ID's reply to LINE from a running daemon."""
     import grpc
 
-    from .server.client import Client, load_npc_profile, load_scene, parse_blend
+    from .server.client import Client, beat_request, describe_beats, load_npc_profile, load_scene, parse_blend
 
     if bool(blend) != bool(profile_path):
         raise click.UsageError("--blend and --profile go together: a procedural NPC needs a voice and a character")
     try:
         scene = load_scene(scene_path) if scene_path else None
         procedural = {"blend": parse_blend(blend), "profile": load_npc_profile(profile_path, npc_id)} if blend else {}
+        beats = beat_request(emotion, emotions, list(actions))
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     opts = {"max_tokens": max_tokens} if max_tokens else {}  # 0: the daemon's default
@@ -480,7 +490,7 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend,
 
         def texts():
             nonlocal last
-            for chunk in client.say(npc_id, line, scene, session, **procedural, **opts):
+            for chunk in client.say(npc_id, line, scene, session, **procedural, beats=beats, **opts):
                 last = chunk
                 yield chunk.text
 
@@ -492,6 +502,8 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend,
                 click.echo(text, nl=False)
                 sys.stdout.flush()
             click.echo("")
+        if last is not None and describe_beats(last):
+            click.echo(describe_beats(last))
         if stats and last is not None:
             w = ", ".join(f"{x.role_id} {x.weight:.2f}" for x in last.role_weights)
             cache = pb.PromptCache.Name(last.prompt_cache).removeprefix("PROMPT_CACHE_").lower()

@@ -49,6 +49,8 @@ MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
 MAX_SESSION_NPCS = 256  # NPCs in one restored session
 MAX_NPC_LINE_CHARS = 8000  # one remembered NPC line in a restored session
+MAX_ACTIONS = 16  # actions one request may declare for its beat
+MAX_ACTION_CHARS = 120  # an action's description
 
 # -- the gate ----------------------------------------------------------------------------------------------
 GATE_TAU = 0.05  # stored in each role baked by `bake`

@@ -104,6 +104,15 @@ def test_prepare_on_the_torch_engine_says_why_it_reads_nothing(torch_engine):
     assert p.role_id == "smith" and p.prompt_tokens > 0 and p.read_tokens == 0 and "keeps no prompt cache" in p.skipped
 
 
+def test_beats_on_the_torch_engine_are_one_clear_error(torch_engine):
+    from neeko_npc.engine.base import BadRequest
+    from neeko_npc.roles.prompt import BeatAsk
+
+    with pytest.raises(BadRequest, match="does not score beats yet; serve with --engine llama.cpp"):
+        torch_engine.say("smith", LINE, SceneInfo(), GenOptions(max_tokens=4), beats=BeatAsk(("happy", "sad")))
+    assert torch_engine.busy() == 0
+
+
 def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine, solo):
     """A block that escaped the file checks (set here in memory: 1e30 everywhere) ends its own row with
     NonFiniteLogits naming the NPC; the NPC batched beside it gets its solo reply."""

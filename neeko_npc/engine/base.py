@@ -30,7 +30,8 @@ from .. import defaults
 from ..errors import InputError
 from ..roles.asset import BaseInfo
 from ..roles.profile import ROLE_ID_RE, RoleProfile
-from ..roles.prompt import ChatTemplate, SceneInfo, build_messages
+from ..roles.prompt import BEAT_ID_RE, EMOTIONS, Action, BeatAsk, ChatTemplate, SceneInfo, beat_messages, build_messages
+from .beats import BeatJob
 from .memory import Memory
 from .roleset import InvalidBlend, ReloadResult, RoleSet, Roster, ServedRole, UnknownRole, known_roles
 from .snapshots import common_prefix
@@ -65,6 +66,8 @@ class Limits:
     max_tokens_limit: int = defaults.MAX_TOKENS_LIMIT  # the largest max_tokens a request may ask for
     default_max_tokens: int = defaults.MAX_TOKENS  # a request's max_tokens when it leaves it at 0
     max_blend: int = defaults.TOP_K  # roles a procedural NPC may mix, and blocks that may result
+    max_actions: int = defaults.MAX_ACTIONS  # actions a request may declare for its beat
+    max_action_chars: int = defaults.MAX_ACTION_CHARS
 
     def check_say(self, npc_id: str, session: str, player_line: str, scene: SceneInfo, opts: GenOptions) -> GenOptions:
         """The request's options with max_tokens filled in; BadRequest names the first limit it breaks."""
@@ -92,6 +95,28 @@ class Limits:
         if bad:
             raise BadRequest(bad)
         return opts
+
+    def check_beats(self, ask: BeatAsk) -> BeatAsk:
+        """A request's beat ask, cleaned (duplicates are errors, descriptions have no control tokens); BadRequest
+        names the first problem."""
+        bad = None
+        if len(set(ask.emotions)) != len(ask.emotions) or any(e not in EMOTIONS for e in ask.emotions):
+            bad = f"emotions must be distinct and among {', '.join(EMOTIONS)}"
+        elif len(ask.actions) > self.max_actions:
+            bad = f"{len(ask.actions)} actions; at most {self.max_actions} may be declared (--max-actions)"
+        elif len({a.id for a in ask.actions}) != len(ask.actions):
+            bad = "action ids must be distinct"
+        else:
+            for a in ask.actions:
+                if not BEAT_ID_RE.match(a.id):
+                    bad = f"action id {a.id[:60]!r} must be 1 to 40 of a-z, 0-9 and _, starting with a letter"
+                elif len(a.description) > self.max_action_chars:
+                    bad = f"action {a.id!r} has a description of {len(a.description)} characters; the limit is {self.max_action_chars}"
+                if bad:
+                    break
+        if bad:
+            raise BadRequest(bad)
+        return BeatAsk(tuple(ask.emotions), tuple(Action(a.id, clean(a.description).strip()) for a in ask.actions))
 
     def profile(self, npc_id: str, name: str, persona: str, style: str = "", knowledge: str = "",
                 example_lines: list[str] = ()) -> RoleProfile:
@@ -220,8 +245,9 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def _stream(self, adapters, scales, key: tuple, prompt: list[int], opts: GenOptions, stop: Callable[[], bool],
-                deadline: float | None) -> ReplyStream:
-        """Start generating; return a ReplyStream that releases what it acquired (not the adapters) on close."""
+                deadline: float | None, beats: BeatJob | None = None) -> ReplyStream:
+        """Start generating; return a ReplyStream that releases what it acquired (not the adapters) on close. With
+        ``beats``, the last chunk of a line that ended (stop or length) carries its emotion and action."""
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -269,19 +295,35 @@ class Engine(abc.ABC):
     def build_prompt(self, profile: RoleProfile, session: str, npc_id: str, player_line: str, scene: SceneInfo,
                      max_tokens: int) -> list[int]:
         """Prompt tokens; the oldest remembered exchanges are dropped to fit the history budget and the context."""
+        return self.prompt(profile, session, npc_id, player_line, scene, max_tokens)[0]
+
+    def prompt(self, profile: RoleProfile, session: str, npc_id: str, player_line: str, scene: SceneInfo,
+               max_tokens: int) -> tuple[list[int], list[dict]]:
+        """``build_prompt``'s tokens and the chat messages they render."""
         history = self.memory.get(session, npc_id)
-        base = self.tokens(self.template.render(build_messages(profile, scene, [], player_line)))
+        msgs = build_messages(profile, scene, [], player_line)
+        base = self.tokens(self.template.render(msgs))
         room = self.config.n_ctx - max_tokens
         if len(base) > room:
             raise ContextTooLarge(f"the prompt needs {len(base)} tokens but only {room} fit "
                                   f"(--n-ctx {self.config.n_ctx} minus max_tokens {max_tokens}); shorten the scene or player line")
         if not history:
-            return base
+            return base, msgs
         while True:
-            toks = self.tokens(self.template.render(build_messages(profile, scene, history, player_line)))
+            msgs = build_messages(profile, scene, history, player_line)
+            toks = self.tokens(self.template.render(msgs))
             if not history or (len(toks) <= room and len(toks) - len(base) <= self.config.history_tokens):
-                return toks
+                return toks, msgs
             history = history[1:]
+
+    def beat_job(self, profile: RoleProfile, messages: list[dict], ask: BeatAsk) -> BeatJob:
+        """How to ask this line's beat (engine/beats.py): the question after the line, in the line's messages."""
+        return BeatJob(ask, lambda line: self.tokens(self.template.render(beat_messages(messages, line, profile.name, ask))),
+                       self.piece_tokens, self.piece_tokens(self.template.eos))
+
+    def piece_tokens(self, text: str) -> list[int]:
+        """A text piece's token ids on its own (no BOS); special tokens are parsed (the end of turn is one)."""
+        raise BadRequest(f"the {self.name} engine does not score beats yet; serve with --engine llama.cpp")
 
     def _request(self, npc_id: str, player_line: str, scene: SceneInfo | None, opts: GenOptions | None, session: str,
                  blend, profile):
@@ -300,19 +342,23 @@ class Engine(abc.ABC):
 
     def say(self, npc_id: str, player_line: str, scene: SceneInfo | None = None, opts: GenOptions | None = None,
             session: str = "", cancelled: Callable[[], bool] = lambda: False, deadline: float | None = None,
-            blend: list[tuple[str, float]] | None = None, profile: RoleProfile | None = None) -> Reply:
+            blend: list[tuple[str, float]] | None = None, profile: RoleProfile | None = None,
+            beats: BeatAsk | None = None) -> Reply:
         """Start a reply. Raises BadRequest, UnknownRole, InvalidBlend, ContextTooLarge or PoolBusy before anything
         streams; the stream raises NonFiniteLogits if the model's output stops being finite.
 
         With ``blend`` (role id, weight pairs) and ``profile``, ``npc_id`` is a procedural NPC with no role file.
-        ``opts.max_tokens`` 0 means the daemon's default."""
+        ``opts.max_tokens`` 0 means the daemon's default. With ``beats``, the last chunk carries the line's emotion
+        and action, each one of the asked candidates (engine/beats.py); the line is the one said without them."""
+        ask = self.limits.check_beats(beats) if beats else None
         opts, player_line, scene, voice, adapters, scales = self._request(npc_id, player_line, scene, opts, session,
                                                                           blend, profile)
         try:
-            prompt = self.build_prompt(voice.profile, session, npc_id, player_line, scene, opts.max_tokens)
+            prompt, messages = self.prompt(voice.profile, session, npc_id, player_line, scene, opts.max_tokens)
+            job = self.beat_job(voice.profile, messages, ask) if ask else None
             key = adapter_key(adapters, scales)
             stop = lambda: self._closing or cancelled()  # noqa: E731
-            chunks = self._stream(adapters, scales, key, prompt, opts, stop, deadline)
+            chunks = self._stream(adapters, scales, key, prompt, opts, stop, deadline, job)
         except BaseException:
             self.roleset.release(adapters)
             raise

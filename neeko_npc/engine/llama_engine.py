@@ -42,6 +42,7 @@ from ..roles.asset import BaseInfo, RoleAsset
 from ..roles.base_model import BaseModelError, base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
 from .base import Engine, EngineConfig, UnknownRole, adapter_key
+from .beats import BeatJob, choose, continuation_logprob
 from .llamacpp import LlamaContext, LlamaModel, openmp_build
 from .snapshots import Snapshot, SnapshotStore, common_prefix
 from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite, sample
@@ -306,10 +307,12 @@ def decode_slot(slot: Slot, tokens: list[int], cores: CoreBudget | None = None) 
 
 def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float], key: tuple, prompt: list[int],
              opts: GenOptions, cancelled: Callable[[], bool] = lambda: False,
-             cores: CoreBudget | None = None, store: SnapshotStore | None = None) -> Iterator[Chunk]:
+             cores: CoreBudget | None = None, store: SnapshotStore | None = None,
+             beats: BeatJob | None = None) -> Iterator[Chunk]:
     """Stream one reply. The slot must come from ContextPool.acquire; the caller releases it.
     Each decode runs on its share of ``cores`` (the pool's CoreBudget) when one is given; a snapshot in
-    ``store`` that shares more of the prompt than the slot holds is restored first."""
+    ``store`` that shares more of the prompt than the slot holds is restored first. With ``beats``, a line
+    that ended (not cancelled) gets its emotion and action on the last chunk, scored on this slot."""
     slot.ctx.set_adapters(adapters, scales)  # normally already set by acquire(); the slot is busy, its adapters pinned
     slot.adapters = tuple(adapters)
     logits, reuse, source = read_prompt(slot, key, prompt, cores, store)
@@ -340,8 +343,46 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
         logits = decode_slot(slot, [tok], cores)
         slot.tokens.append(tok)
     out.update(decoded + decoder.decode(b"", final=True))
+    emotion = action = None
+    if beats is not None and finish != "cancelled" and not cancelled():
+        beat_prompt = beats.prompt_for(out.text.strip())
+        logits, _, _ = read_prompt(slot, key, beat_prompt, cores)  # the line's tokens are mostly held already
+        emotion, action = choose(SlotScorer(slot, cores), logits, beats)
     yield Chunk(out.rest(), done=True, finish=finish, completion_tokens=n, prompt_tokens=len(prompt), cached_tokens=reuse,
-                cache=source)
+                cache=source, emotion=emotion, action=action)
+
+
+class SlotScorer:
+    """beats.Scorer on a slot: extends what it holds, and scores continuations on top of it, then trims them off."""
+
+    def __init__(self, slot: Slot, cores: CoreBudget | None):
+        self.slot, self.cores = slot, cores
+
+    def extend(self, tokens: list[int]) -> np.ndarray:
+        logits = decode_slot(self.slot, tokens, self.cores)
+        self.slot.tokens += tokens
+        return logits
+
+    def continuations(self, logits: np.ndarray, conts: list[list[int]]) -> list[float]:
+        slot, n = self.slot, len(self.slot.tokens)
+        out = []
+        for cont in conts:
+            rows = None
+            if len(cont) > 1:
+                try:
+                    if self.cores is None:
+                        rows = check_finite(slot.ctx.decode_all(cont[:-1], n))
+                    else:
+                        with self.cores.use() as k:
+                            slot.ctx.set_threads(k)
+                            rows = check_finite(slot.ctx.decode_all(cont[:-1], n))
+                    slot.ctx.truncate(n)
+                except Exception:
+                    slot.tokens, slot.key = [], ()
+                    slot.ctx.clear()
+                    raise
+            out.append(continuation_logprob(logits, rows, cont))
+        return out
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -376,10 +417,13 @@ class LlamaEngine(Engine):
         add = self._add_bos and not text.startswith(self.template.bos)
         return self.model.tokenize(text, add_special=add, parse_special=True)
 
-    def _stream(self, adapters, scales, key, prompt, opts, stop, deadline):
+    def piece_tokens(self, text: str) -> list[int]:
+        return self.model.tokenize(text, add_special=False, parse_special=True)
+
+    def _stream(self, adapters, scales, key, prompt, opts, stop, deadline, beats=None):
         handles = [a.handle for a in adapters]
         slot = self.pool.acquire(key, prompt, self._queue_timeout(deadline), handles, scales)
-        chunks = generate(self.model, slot, handles, scales, key, prompt, opts, stop, self.pool.cores, self.store)
+        chunks = generate(self.model, slot, handles, scales, key, prompt, opts, stop, self.pool.cores, self.store, beats)
         return ReplyStream(chunks, lambda finish, text: self.pool.release(slot))
 
     def _prefill(self, adapters, scales, key, tokens):

@@ -215,6 +215,30 @@ class LlamaContext:
         ptr = self.L.llama_get_logits_ith(self.ptr, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
 
+    def decode_all(self, tokens: list[int], pos: int) -> np.ndarray:
+        """Append tokens at positions pos, pos+1, ... (the context must hold exactly ``pos`` tokens); return the
+        logits after each of them, one row a token (scoring a continuation needs every row, not only the last)."""
+        n = len(tokens)
+        if not 0 < n <= 512:
+            raise LlamaError(f"decode_all takes 1 to 512 tokens, not {n}")
+        L = self.L
+        batch = L.llama_batch_init(n, 0, 1)
+        try:
+            for i, t in enumerate(tokens):
+                batch.token[i] = t
+                batch.pos[i] = pos + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = 1
+            batch.n_tokens = n
+            rc = L.llama_decode(self.ptr, batch)
+            if rc != 0:
+                raise LlamaError(f"llama_decode failed ({rc}); the context may be full")
+            rows = [np.ctypeslib.as_array(L.llama_get_logits_ith(self.ptr, i), shape=(self.model.n_vocab,)) for i in range(n)]
+            return np.stack(rows).copy()
+        finally:
+            L.llama_batch_free(batch)
+
     def close(self) -> None:
         if self.ptr:
             self.L.llama_free(self.ptr)

@@ -46,6 +46,8 @@ class Chunk:
     cached_tokens: int = 0
     completion_tokens: int = 0
     cache: str = ""  # how the prompt was served: "hot" (on a context), "snapshot" (restored), "cold"
+    emotion: object = None  # the last chunk, when the request asked: a beats.Beat
+    action: object = None
 
 
 TOP_P_HEAD = 256  # nucleus sampling sorts only this many of the likeliest tokens while they hold top_p of the mass

@@ -7,6 +7,12 @@
 * a conversation that has no turn yet (an NPC speaking first) opens with :data:`OPENING_LINE` as the player's.
   Training keeps a scene the NPC opens as it is written (system, then the NPC's line).
 
+After a line, its *beat* (what the NPC feels and does) is asked in one more exchange: a user message
+(:func:`beat_question`: the feelings and the actions on offer) and an assistant answer built from
+:func:`beat_pieces` ("Feeling: angry", "Action: call_guards"). The line itself is rendered as without beats,
+so asking for a beat never changes the line. Training labels the answer's pieces; serving scores every
+candidate piece under the NPC's block and keeps the likeliest (never free text).
+
 Serving renders the messages with :class:`ChatTemplate` (the model's own Jinja template) and llama.cpp's
 tokenizer; training renders them with the Hugging Face tokenizer's template. A test on the real model checks
 that both give the same token ids for the same profile, scene, history and line.
@@ -14,11 +20,35 @@ that both give the same token ids for the same profile, scene, history and line.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from .profile import RoleProfile
 
 OPENING_LINE = "(The player approaches you.)"
+EMOTIONS = ("neutral", "happy", "sad", "angry", "afraid", "surprised", "disgusted")  # a beat's feelings, in order
+EMOTION_PIECE = "Feeling:"  # the beat answer: "Feeling:" + " angry" + "\nAction:" + " open_shop" + end of turn
+ACTION_PIECE = "\nAction:"
+BEAT_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # an action's id (and every emotion's)
+
+
+@dataclass(frozen=True)
+class Action:
+    """An action the game offers in a scene: an id the game acts on, and what it means."""
+
+    id: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class BeatAsk:
+    """What a line's beat may be: feelings (empty: no emotion asked) and actions (empty: no action asked)."""
+
+    emotions: tuple[str, ...] = ()
+    actions: tuple[Action, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.emotions or self.actions)
 
 
 @dataclass
@@ -107,3 +137,30 @@ def build_messages(profile: RoleProfile, scene: SceneInfo, history: list[tuple[s
     (an empty line makes the NPC speak first)."""
     turns = [t for said, replied in history for t in (("player", said), (profile.id, replied))]
     return chat_messages(profile, render_scene(scene), turns + [("player", player_line.strip() or OPENING_LINE)])
+
+
+def beat_question(name: str, ask: BeatAsk) -> str:
+    """The user message that asks for the beat of the line just said."""
+    parts = [f"(Out of the scene: after that line, {'how does ' + name + ' feel' if ask.emotions else ''}"
+             f"{' and ' if ask.emotions and ask.actions else ''}{'what does ' + name + ' do' if ask.actions else ''}?"]
+    if ask.emotions:
+        parts.append("Feelings: " + ", ".join(ask.emotions) + ".")
+    if ask.actions:
+        parts.append("Actions: " + "; ".join(f"{a.id} ({a.description})" if a.description else a.id for a in ask.actions) + ".")
+    return " ".join(parts) + ")"
+
+
+def beat_messages(line_messages: list[dict], line: str, name: str, ask: BeatAsk) -> list[dict]:
+    """The messages a beat is asked under: the line's own messages, the line as the NPC's, then the question."""
+    return line_messages + [{"role": "assistant", "content": line}, {"role": "user", "content": beat_question(name, ask)}]
+
+
+def beat_pieces(emotion: str | None = None, action: str | None = None) -> list[str]:
+    """The answer's text pieces, each tokenized on its own (training and serving alike): the emotion's two, then
+    the action's two; the end of turn follows the last."""
+    out = []
+    if emotion is not None:
+        out += [EMOTION_PIECE, " " + emotion]
+    if action is not None:
+        out += [ACTION_PIECE if out else ACTION_PIECE.lstrip(), " " + action]
+    return out

@@ -29,9 +29,12 @@ class Client:
 
     def say(self, npc_id: str, line: str, scene: pb.SceneContext | None = None, session: str = "",
             timeout: float | None = None, profile: pb.NpcProfile | None = None, blend: dict[str, float] | None = None,
-            **options):
-        """Stream a line. ``profile`` and ``blend`` (role id -> weight) make ``npc_id`` a procedural NPC."""
+            beats: pb.BeatRequest | None = None, **options):
+        """Stream a line. ``profile`` and ``blend`` (role id -> weight) make ``npc_id`` a procedural NPC; with
+        ``beats``, the last chunk carries the line's emotion and action."""
         req = self.request(npc_id, line, scene, session, profile, blend, **options)
+        if beats is not None:
+            req.beats.CopyFrom(beats)
         return self.stub.Say(req, metadata=self.metadata, timeout=timeout)
 
     def prepare(self, npc_id: str, scene: pb.SceneContext | None = None, session: str = "", timeout: float | None = 10,
@@ -75,6 +78,31 @@ def parse_blend(text: str) -> dict[str, float]:
             raise ValueError(f"blend {text!r} names {rid.strip()!r} twice")
         out[rid.strip()] = weight
     return out
+
+
+def beat_request(emotion: bool = False, emotions: str = "", actions: list[str] = ()) -> pb.BeatRequest | None:
+    """A BeatRequest from the CLI's words: ``emotions`` "happy,angry" narrows (and implies) the emotion; each
+    action is "ID" or "ID:what it means". None when nothing is asked. The daemon checks the rest."""
+    narrowed = [e.strip() for e in emotions.split(",") if e.strip()]
+    acts = []
+    for a in actions:
+        aid, _, desc = a.partition(":")
+        if not aid.strip():
+            raise ValueError(f"action {a!r}: write ID or ID:DESCRIPTION, e.g. open_shop:show the shop window")
+        acts.append(pb.Action(id=aid.strip(), description=desc.strip()))
+    if not (emotion or narrowed or acts):
+        return None
+    return pb.BeatRequest(emotion=bool(emotion or narrowed), emotions=narrowed, actions=acts)
+
+
+def describe_beats(chunk: pb.SayChunk) -> str:
+    """"[feels angry 0.62 · does call_guards 0.91]" for a last chunk with beats; "" without."""
+    parts = []
+    if chunk.HasField("emotion"):
+        parts.append(f"feels {chunk.emotion.id} {chunk.emotion.probability:.2f}")
+    if chunk.HasField("action"):
+        parts.append(f"does {chunk.action.id} {chunk.action.probability:.2f}")
+    return f"[{' · '.join(parts)}]" if parts else ""
 
 
 def load_npc_profile(path: str | Path, npc_id: str) -> pb.NpcProfile:

@@ -13,7 +13,7 @@ from .. import defaults
 from ..engine.base import BadRequest, InvalidBlend, NonFiniteLogits, PoolBusy, UnknownRole
 from ..engine.stream import GenOptions
 from ..roles.profile import ProfileError
-from ..roles.prompt import SceneInfo
+from ..roles.prompt import EMOTIONS, Action, BeatAsk, SceneInfo
 from ..v1 import dialogue_pb2 as pb
 from ..v1 import dialogue_pb2_grpc as pb_grpc
 
@@ -55,6 +55,17 @@ class DialogueService(pb_grpc.DialogueServicer):
                           seed=o.seed if o.HasField("seed") else None, stop=tuple(o.stop))
 
     @staticmethod
+    def _beats(b: pb.BeatRequest) -> BeatAsk | None:
+        """The beat a request asks for; None when it asks none. Checks are the engine's (Limits.check_beats)."""
+        emotions = tuple(b.emotions) or (EMOTIONS if b.emotion else ())
+        ask = BeatAsk(emotions, tuple(Action(a.id, a.description) for a in b.actions))
+        return ask if ask else None
+
+    @staticmethod
+    def _beat(beat) -> pb.Beat | None:
+        return pb.Beat(id=beat.id, probability=beat.probability, probabilities=beat.probabilities) if beat else None
+
+    @staticmethod
     def _procedural(engine, req: pb.SayRequest):
         """The blend and profile of a procedural NPC, or (None, None) for a hosted role."""
         if not req.blend and not req.HasField("profile"):
@@ -87,7 +98,7 @@ class DialogueService(pb_grpc.DialogueServicer):
             blend, profile = self._procedural(engine, request)
             reply = engine.say(request.npc_id, request.player_line, self._scene(request.scene), self._options(request.options),
                                session=request.session_id, cancelled=lambda: not context.is_active(), deadline=deadline,
-                               blend=blend, profile=profile)
+                               blend=blend, profile=profile, beats=self._beats(request.beats))
             weights = [pb.RoleWeight(role_id=r, weight=w) for r, w in sorted(reply.weights.items())]
             yield from self._chunks(reply, weights, t0)
         except self._EXPECTED as exc:
@@ -118,7 +129,8 @@ class DialogueService(pb_grpc.DialogueServicer):
             yield pb.SayChunk(text=chunk.text, done=True, finish_reason=FINISH.get(chunk.finish, 0),
                               prompt_tokens=chunk.prompt_tokens, completion_tokens=chunk.completion_tokens,
                               cached_prompt_tokens=chunk.cached_tokens, time_to_first_token_ms=ttft, role_weights=weights,
-                              prompt_cache=CACHE.get(chunk.cache, 0))
+                              prompt_cache=CACHE.get(chunk.cache, 0), emotion=DialogueService._beat(chunk.emotion),
+                              action=DialogueService._beat(chunk.action))
 
     @staticmethod
     def _role(served) -> pb.Role:

@@ -89,7 +89,7 @@ class NpcProfile(_message.Message):
     def __init__(self, name: _Optional[str] = ..., persona: _Optional[str] = ..., style: _Optional[str] = ..., knowledge: _Optional[str] = ..., example_lines: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SayRequest(_message.Message):
-    __slots__ = ("npc_id", "session_id", "player_line", "scene", "options", "profile", "blend")
+    __slots__ = ("npc_id", "session_id", "player_line", "scene", "options", "profile", "blend", "beats")
     NPC_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PLAYER_LINE_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class SayRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     BLEND_FIELD_NUMBER: _ClassVar[int]
+    BEATS_FIELD_NUMBER: _ClassVar[int]
     npc_id: str
     session_id: str
     player_line: str
@@ -104,7 +105,43 @@ class SayRequest(_message.Message):
     options: GenerationOptions
     profile: NpcProfile
     blend: _containers.RepeatedCompositeFieldContainer[RoleWeight]
-    def __init__(self, npc_id: _Optional[str] = ..., session_id: _Optional[str] = ..., player_line: _Optional[str] = ..., scene: _Optional[_Union[SceneContext, _Mapping]] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., profile: _Optional[_Union[NpcProfile, _Mapping]] = ..., blend: _Optional[_Iterable[_Union[RoleWeight, _Mapping]]] = ...) -> None: ...
+    beats: BeatRequest
+    def __init__(self, npc_id: _Optional[str] = ..., session_id: _Optional[str] = ..., player_line: _Optional[str] = ..., scene: _Optional[_Union[SceneContext, _Mapping]] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., profile: _Optional[_Union[NpcProfile, _Mapping]] = ..., blend: _Optional[_Iterable[_Union[RoleWeight, _Mapping]]] = ..., beats: _Optional[_Union[BeatRequest, _Mapping]] = ...) -> None: ...
+
+class Action(_message.Message):
+    __slots__ = ("id", "description")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    description: str
+    def __init__(self, id: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class BeatRequest(_message.Message):
+    __slots__ = ("emotion", "emotions", "actions")
+    EMOTION_FIELD_NUMBER: _ClassVar[int]
+    EMOTIONS_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    emotion: bool
+    emotions: _containers.RepeatedScalarFieldContainer[str]
+    actions: _containers.RepeatedCompositeFieldContainer[Action]
+    def __init__(self, emotion: _Optional[bool] = ..., emotions: _Optional[_Iterable[str]] = ..., actions: _Optional[_Iterable[_Union[Action, _Mapping]]] = ...) -> None: ...
+
+class Beat(_message.Message):
+    __slots__ = ("id", "probability", "probabilities")
+    class ProbabilitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    probability: float
+    probabilities: _containers.ScalarMap[str, float]
+    def __init__(self, id: _Optional[str] = ..., probability: _Optional[float] = ..., probabilities: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RoleWeight(_message.Message):
     __slots__ = ("role_id", "weight")
@@ -115,7 +152,7 @@ class RoleWeight(_message.Message):
     def __init__(self, role_id: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class SayChunk(_message.Message):
-    __slots__ = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "time_to_first_token_ms", "role_weights", "done", "prompt_cache")
+    __slots__ = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "time_to_first_token_ms", "role_weights", "done", "prompt_cache", "emotion", "action")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +162,8 @@ class SayChunk(_message.Message):
     ROLE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     PROMPT_CACHE_FIELD_NUMBER: _ClassVar[int]
+    EMOTION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: FinishReason
     prompt_tokens: int
@@ -134,7 +173,9 @@ class SayChunk(_message.Message):
     role_weights: _containers.RepeatedCompositeFieldContainer[RoleWeight]
     done: bool
     prompt_cache: PromptCache
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., role_weights: _Optional[_Iterable[_Union[RoleWeight, _Mapping]]] = ..., done: _Optional[bool] = ..., prompt_cache: _Optional[_Union[PromptCache, str]] = ...) -> None: ...
+    emotion: Beat
+    action: Beat
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., role_weights: _Optional[_Iterable[_Union[RoleWeight, _Mapping]]] = ..., done: _Optional[bool] = ..., prompt_cache: _Optional[_Union[PromptCache, str]] = ..., emotion: _Optional[_Union[Beat, _Mapping]] = ..., action: _Optional[_Union[Beat, _Mapping]] = ...) -> None: ...
 
 class PrepareResponse(_message.Message):
     __slots__ = ("prompt_tokens", "read_tokens", "prompt_cache", "skipped", "elapsed_ms")

@@ -37,20 +37,29 @@ namespace Neeko.Npc.V1 {
             "IAEoDUgCiAEBEgwKBHN0b3AYBSADKAlCDgoMX3RlbXBlcmF0dXJlQggKBl90",
             "b3BfcEIHCgVfc2VlZCJkCgpOcGNQcm9maWxlEgwKBG5hbWUYASABKAkSDwoH",
             "cGVyc29uYRgCIAEoCRINCgVzdHlsZRgDIAEoCRIRCglrbm93bGVkZ2UYBCAB",
-            "KAkSFQoNZXhhbXBsZV9saW5lcxgFIAMoCSL2AQoKU2F5UmVxdWVzdBIOCgZu",
+            "KAkSFQoNZXhhbXBsZV9saW5lcxgFIAMoCSKgAgoKU2F5UmVxdWVzdBIOCgZu",
             "cGNfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtwbGF5ZXJfbGlu",
             "ZRgDIAEoCRIpCgVzY2VuZRgEIAEoCzIaLm5lZWtvX25wYy52MS5TY2VuZUNv",
             "bnRleHQSMAoHb3B0aW9ucxgFIAEoCzIfLm5lZWtvX25wYy52MS5HZW5lcmF0",
             "aW9uT3B0aW9ucxIpCgdwcm9maWxlGAYgASgLMhgubmVla29fbnBjLnYxLk5w",
             "Y1Byb2ZpbGUSJwoFYmxlbmQYByADKAsyGC5uZWVrb19ucGMudjEuUm9sZVdl",
-            "aWdodCItCgpSb2xlV2VpZ2h0Eg8KB3JvbGVfaWQYASABKAkSDgoGd2VpZ2h0",
-            "GAIgASgCIqoCCghTYXlDaHVuaxIMCgR0ZXh0GAEgASgJEjEKDWZpbmlzaF9y",
-            "ZWFzb24YAiABKA4yGi5uZWVrb19ucGMudjEuRmluaXNoUmVhc29uEhUKDXBy",
-            "b21wdF90b2tlbnMYAyABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYBCABKA0S",
-            "HAoUY2FjaGVkX3Byb21wdF90b2tlbnMYBSABKA0SHgoWdGltZV90b19maXJz",
-            "dF90b2tlbl9tcxgGIAEoAhIuCgxyb2xlX3dlaWdodHMYByADKAsyGC5uZWVr",
-            "b19ucGMudjEuUm9sZVdlaWdodBIMCgRkb25lGAggASgIEi8KDHByb21wdF9j",
-            "YWNoZRgJIAEoDjIZLm5lZWtvX25wYy52MS5Qcm9tcHRDYWNoZSKTAQoPUHJl",
+            "aWdodBIoCgViZWF0cxgIIAEoCzIZLm5lZWtvX25wYy52MS5CZWF0UmVxdWVz",
+            "dCIpCgZBY3Rpb24SCgoCaWQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAki",
+            "VwoLQmVhdFJlcXVlc3QSDwoHZW1vdGlvbhgBIAEoCBIQCghlbW90aW9ucxgC",
+            "IAMoCRIlCgdhY3Rpb25zGAMgAygLMhQubmVla29fbnBjLnYxLkFjdGlvbiKb",
+            "AQoEQmVhdBIKCgJpZBgBIAEoCRITCgtwcm9iYWJpbGl0eRgCIAEoAhI8Cg1w",
+            "cm9iYWJpbGl0aWVzGAMgAygLMiUubmVla29fbnBjLnYxLkJlYXQuUHJvYmFi",
+            "aWxpdGllc0VudHJ5GjQKElByb2JhYmlsaXRpZXNFbnRyeRILCgNrZXkYASAB",
+            "KAkSDQoFdmFsdWUYAiABKAI6AjgBIi0KClJvbGVXZWlnaHQSDwoHcm9sZV9p",
+            "ZBgBIAEoCRIOCgZ3ZWlnaHQYAiABKAIi8wIKCFNheUNodW5rEgwKBHRleHQY",
+            "ASABKAkSMQoNZmluaXNoX3JlYXNvbhgCIAEoDjIaLm5lZWtvX25wYy52MS5G",
+            "aW5pc2hSZWFzb24SFQoNcHJvbXB0X3Rva2VucxgDIAEoDRIZChFjb21wbGV0",
+            "aW9uX3Rva2VucxgEIAEoDRIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgFIAEo",
+            "DRIeChZ0aW1lX3RvX2ZpcnN0X3Rva2VuX21zGAYgASgCEi4KDHJvbGVfd2Vp",
+            "Z2h0cxgHIAMoCzIYLm5lZWtvX25wYy52MS5Sb2xlV2VpZ2h0EgwKBGRvbmUY",
+            "CCABKAgSLwoMcHJvbXB0X2NhY2hlGAkgASgOMhkubmVla29fbnBjLnYxLlBy",
+            "b21wdENhY2hlEiMKB2Vtb3Rpb24YCiABKAsyEi5uZWVrb19ucGMudjEuQmVh",
+            "dBIiCgZhY3Rpb24YCyABKAsyEi5uZWVrb19ucGMudjEuQmVhdCKTAQoPUHJl",
             "cGFyZVJlc3BvbnNlEhUKDXByb21wdF90b2tlbnMYASABKA0SEwoLcmVhZF90",
             "b2tlbnMYAiABKA0SLwoMcHJvbXB0X2NhY2hlGAMgASgOMhkubmVla29fbnBj",
             "LnYxLlByb21wdENhY2hlEg8KB3NraXBwZWQYBCABKAkSEgoKZWxhcHNlZF9t",
@@ -100,9 +109,12 @@ namespace Neeko.Npc.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SceneContext), global::Neeko.Npc.V1.SceneContext.Parser, new[]{ "Location", "TimeOfDay", "Weather", "NpcMood", "NpcActivity", "PlayerName", "PlayerStanding", "RecentEvents", "NearbyCharacters", "Facts" }, null, null, null, new pbr::GeneratedClrTypeInfo[] { null, }),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.GenerationOptions), global::Neeko.Npc.V1.GenerationOptions.Parser, new[]{ "MaxTokens", "Temperature", "TopP", "Seed", "Stop" }, new[]{ "Temperature", "TopP", "Seed" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.NpcProfile), global::Neeko.Npc.V1.NpcProfile.Parser, new[]{ "Name", "Persona", "Style", "Knowledge", "ExampleLines" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayRequest), global::Neeko.Npc.V1.SayRequest.Parser, new[]{ "NpcId", "SessionId", "PlayerLine", "Scene", "Options", "Profile", "Blend" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayRequest), global::Neeko.Npc.V1.SayRequest.Parser, new[]{ "NpcId", "SessionId", "PlayerLine", "Scene", "Options", "Profile", "Blend", "Beats" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.Action), global::Neeko.Npc.V1.Action.Parser, new[]{ "Id", "Description" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.BeatRequest), global::Neeko.Npc.V1.BeatRequest.Parser, new[]{ "Emotion", "Emotions", "Actions" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.Beat), global::Neeko.Npc.V1.Beat.Parser, new[]{ "Id", "Probability", "Probabilities" }, null, null, null, new pbr::GeneratedClrTypeInfo[] { null, }),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.RoleWeight), global::Neeko.Npc.V1.RoleWeight.Parser, new[]{ "RoleId", "Weight" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayChunk), global::Neeko.Npc.V1.SayChunk.Parser, new[]{ "Text", "FinishReason", "PromptTokens", "CompletionTokens", "CachedPromptTokens", "TimeToFirstTokenMs", "RoleWeights", "Done", "PromptCache" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayChunk), global::Neeko.Npc.V1.SayChunk.Parser, new[]{ "Text", "FinishReason", "PromptTokens", "CompletionTokens", "CachedPromptTokens", "TimeToFirstTokenMs", "RoleWeights", "Done", "PromptCache", "Emotion", "Action" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.PrepareResponse), global::Neeko.Npc.V1.PrepareResponse.Parser, new[]{ "PromptTokens", "ReadTokens", "PromptCache", "Skipped", "ElapsedMs" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.Role), global::Neeko.Npc.V1.Role.Parser, new[]{ "Id", "Name", "Kind", "Persona", "Style", "Weights", "Sha256", "File" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.RoleProblem), global::Neeko.Npc.V1.RoleProblem.Parser, new[]{ "File", "Error" }, null, null, null, null),
@@ -1388,6 +1400,7 @@ namespace Neeko.Npc.V1 {
       options_ = other.options_ != null ? other.options_.Clone() : null;
       profile_ = other.profile_ != null ? other.profile_.Clone() : null;
       blend_ = other.blend_.Clone();
+      beats_ = other.beats_ != null ? other.beats_.Clone() : null;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -1494,6 +1507,21 @@ namespace Neeko.Npc.V1 {
       get { return blend_; }
     }
 
+    /// <summary>Field number for the "beats" field.</summary>
+    public const int BeatsFieldNumber = 8;
+    private global::Neeko.Npc.V1.BeatRequest beats_;
+    /// <summary>
+    /// Ask for the line's beat: what the NPC feels and does. Unset: none (the line streams exactly as without).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Neeko.Npc.V1.BeatRequest Beats {
+      get { return beats_; }
+      set {
+        beats_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -1516,6 +1544,7 @@ namespace Neeko.Npc.V1 {
       if (!object.Equals(Options, other.Options)) return false;
       if (!object.Equals(Profile, other.Profile)) return false;
       if(!blend_.Equals(other.blend_)) return false;
+      if (!object.Equals(Beats, other.Beats)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -1530,6 +1559,7 @@ namespace Neeko.Npc.V1 {
       if (options_ != null) hash ^= Options.GetHashCode();
       if (profile_ != null) hash ^= Profile.GetHashCode();
       hash ^= blend_.GetHashCode();
+      if (beats_ != null) hash ^= Beats.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -1573,6 +1603,10 @@ namespace Neeko.Npc.V1 {
         output.WriteMessage(Profile);
       }
       blend_.WriteTo(output, _repeated_blend_codec);
+      if (beats_ != null) {
+        output.WriteRawTag(66);
+        output.WriteMessage(Beats);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -1608,6 +1642,10 @@ namespace Neeko.Npc.V1 {
         output.WriteMessage(Profile);
       }
       blend_.WriteTo(ref output, _repeated_blend_codec);
+      if (beats_ != null) {
+        output.WriteRawTag(66);
+        output.WriteMessage(Beats);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -1637,6 +1675,9 @@ namespace Neeko.Npc.V1 {
         size += 1 + pb::CodedOutputStream.ComputeMessageSize(Profile);
       }
       size += blend_.CalculateSize(_repeated_blend_codec);
+      if (beats_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Beats);
+      }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -1677,6 +1718,12 @@ namespace Neeko.Npc.V1 {
         Profile.MergeFrom(other.Profile);
       }
       blend_.Add(other.blend_);
+      if (other.beats_ != null) {
+        if (beats_ == null) {
+          Beats = new global::Neeko.Npc.V1.BeatRequest();
+        }
+        Beats.MergeFrom(other.Beats);
+      }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
 
@@ -1727,6 +1774,13 @@ namespace Neeko.Npc.V1 {
           }
           case 58: {
             blend_.AddEntriesFrom(input, _repeated_blend_codec);
+            break;
+          }
+          case 66: {
+            if (beats_ == null) {
+              Beats = new global::Neeko.Npc.V1.BeatRequest();
+            }
+            input.ReadMessage(Beats);
             break;
           }
         }
@@ -1781,6 +1835,754 @@ namespace Neeko.Npc.V1 {
             blend_.AddEntriesFrom(ref input, _repeated_blend_codec);
             break;
           }
+          case 66: {
+            if (beats_ == null) {
+              Beats = new global::Neeko.Npc.V1.BeatRequest();
+            }
+            input.ReadMessage(Beats);
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  /// <summary>
+  /// An action the game offers in this scene.
+  /// </summary>
+  public sealed partial class Action : pb::IMessage<Action>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<Action> _parser = new pb::MessageParser<Action>(() => new Action());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<Action> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[4]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Action() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Action(Action other) : this() {
+      id_ = other.id_;
+      description_ = other.description_;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Action Clone() {
+      return new Action(this);
+    }
+
+    /// <summary>Field number for the "id" field.</summary>
+    public const int IdFieldNumber = 1;
+    private string id_ = "";
+    /// <summary>
+    /// What the game acts on: 1 to 40 of a-z, 0-9 and _, starting with a letter (e.g. "open_shop", "none").
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Id {
+      get { return id_; }
+      set {
+        id_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "description" field.</summary>
+    public const int DescriptionFieldNumber = 2;
+    private string description_ = "";
+    /// <summary>
+    /// What it means, for the NPC (e.g. "show the shop window"); at most --max-action-chars characters.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Description {
+      get { return description_; }
+      set {
+        description_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as Action);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(Action other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Id != other.Id) return false;
+      if (Description != other.Description) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Id.Length != 0) hash ^= Id.GetHashCode();
+      if (Description.Length != 0) hash ^= Description.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Id.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Id);
+      }
+      if (Description.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(Description);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Id.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Id);
+      }
+      if (Description.Length != 0) {
+        output.WriteRawTag(18);
+        output.WriteString(Description);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Id.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Id);
+      }
+      if (Description.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Description);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(Action other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Id.Length != 0) {
+        Id = other.Id;
+      }
+      if (other.Description.Length != 0) {
+        Description = other.Description;
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            Id = input.ReadString();
+            break;
+          }
+          case 18: {
+            Description = input.ReadString();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            Id = input.ReadString();
+            break;
+          }
+          case 18: {
+            Description = input.ReadString();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  public sealed partial class BeatRequest : pb::IMessage<BeatRequest>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<BeatRequest> _parser = new pb::MessageParser<BeatRequest>(() => new BeatRequest());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<BeatRequest> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[5]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public BeatRequest() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public BeatRequest(BeatRequest other) : this() {
+      emotion_ = other.emotion_;
+      emotions_ = other.emotions_.Clone();
+      actions_ = other.actions_.Clone();
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public BeatRequest Clone() {
+      return new BeatRequest(this);
+    }
+
+    /// <summary>Field number for the "emotion" field.</summary>
+    public const int EmotionFieldNumber = 1;
+    private bool emotion_;
+    /// <summary>
+    /// Ask for an emotion, one of: neutral, happy, sad, angry, afraid, surprised, disgusted.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Emotion {
+      get { return emotion_; }
+      set {
+        emotion_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "emotions" field.</summary>
+    public const int EmotionsFieldNumber = 2;
+    private static readonly pb::FieldCodec<string> _repeated_emotions_codec
+        = pb::FieldCodec.ForString(18);
+    private readonly pbc::RepeatedField<string> emotions_ = new pbc::RepeatedField<string>();
+    /// <summary>
+    /// Narrow the emotions to these (empty: all seven).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> Emotions {
+      get { return emotions_; }
+    }
+
+    /// <summary>Field number for the "actions" field.</summary>
+    public const int ActionsFieldNumber = 3;
+    private static readonly pb::FieldCodec<global::Neeko.Npc.V1.Action> _repeated_actions_codec
+        = pb::FieldCodec.ForMessage(26, global::Neeko.Npc.V1.Action.Parser);
+    private readonly pbc::RepeatedField<global::Neeko.Npc.V1.Action> actions_ = new pbc::RepeatedField<global::Neeko.Npc.V1.Action>();
+    /// <summary>
+    /// The actions on offer; the NPC picks exactly one of them (declare "none" for "no action"). Empty: no action.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<global::Neeko.Npc.V1.Action> Actions {
+      get { return actions_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as BeatRequest);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(BeatRequest other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Emotion != other.Emotion) return false;
+      if(!emotions_.Equals(other.emotions_)) return false;
+      if(!actions_.Equals(other.actions_)) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Emotion != false) hash ^= Emotion.GetHashCode();
+      hash ^= emotions_.GetHashCode();
+      hash ^= actions_.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Emotion != false) {
+        output.WriteRawTag(8);
+        output.WriteBool(Emotion);
+      }
+      emotions_.WriteTo(output, _repeated_emotions_codec);
+      actions_.WriteTo(output, _repeated_actions_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Emotion != false) {
+        output.WriteRawTag(8);
+        output.WriteBool(Emotion);
+      }
+      emotions_.WriteTo(ref output, _repeated_emotions_codec);
+      actions_.WriteTo(ref output, _repeated_actions_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Emotion != false) {
+        size += 1 + 1;
+      }
+      size += emotions_.CalculateSize(_repeated_emotions_codec);
+      size += actions_.CalculateSize(_repeated_actions_codec);
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(BeatRequest other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Emotion != false) {
+        Emotion = other.Emotion;
+      }
+      emotions_.Add(other.emotions_);
+      actions_.Add(other.actions_);
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 8: {
+            Emotion = input.ReadBool();
+            break;
+          }
+          case 18: {
+            emotions_.AddEntriesFrom(input, _repeated_emotions_codec);
+            break;
+          }
+          case 26: {
+            actions_.AddEntriesFrom(input, _repeated_actions_codec);
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 8: {
+            Emotion = input.ReadBool();
+            break;
+          }
+          case 18: {
+            emotions_.AddEntriesFrom(ref input, _repeated_emotions_codec);
+            break;
+          }
+          case 26: {
+            actions_.AddEntriesFrom(ref input, _repeated_actions_codec);
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  /// <summary>
+  /// One beat choice: always exactly one of the candidates asked, with the probability the NPC's block gave it
+  /// among them, and every candidate's.
+  /// </summary>
+  public sealed partial class Beat : pb::IMessage<Beat>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<Beat> _parser = new pb::MessageParser<Beat>(() => new Beat());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<Beat> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[6]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Beat() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Beat(Beat other) : this() {
+      id_ = other.id_;
+      probability_ = other.probability_;
+      probabilities_ = other.probabilities_.Clone();
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public Beat Clone() {
+      return new Beat(this);
+    }
+
+    /// <summary>Field number for the "id" field.</summary>
+    public const int IdFieldNumber = 1;
+    private string id_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Id {
+      get { return id_; }
+      set {
+        id_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "probability" field.</summary>
+    public const int ProbabilityFieldNumber = 2;
+    private float probability_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public float Probability {
+      get { return probability_; }
+      set {
+        probability_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "probabilities" field.</summary>
+    public const int ProbabilitiesFieldNumber = 3;
+    private static readonly pbc::MapField<string, float>.Codec _map_probabilities_codec
+        = new pbc::MapField<string, float>.Codec(pb::FieldCodec.ForString(10, ""), pb::FieldCodec.ForFloat(21, 0F), 26);
+    private readonly pbc::MapField<string, float> probabilities_ = new pbc::MapField<string, float>();
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::MapField<string, float> Probabilities {
+      get { return probabilities_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as Beat);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(Beat other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (Id != other.Id) return false;
+      if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(Probability, other.Probability)) return false;
+      if (!Probabilities.Equals(other.Probabilities)) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (Id.Length != 0) hash ^= Id.GetHashCode();
+      if (Probability != 0F) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(Probability);
+      hash ^= Probabilities.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (Id.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Id);
+      }
+      if (Probability != 0F) {
+        output.WriteRawTag(21);
+        output.WriteFloat(Probability);
+      }
+      probabilities_.WriteTo(output, _map_probabilities_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (Id.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(Id);
+      }
+      if (Probability != 0F) {
+        output.WriteRawTag(21);
+        output.WriteFloat(Probability);
+      }
+      probabilities_.WriteTo(ref output, _map_probabilities_codec);
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (Id.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Id);
+      }
+      if (Probability != 0F) {
+        size += 1 + 4;
+      }
+      size += probabilities_.CalculateSize(_map_probabilities_codec);
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(Beat other) {
+      if (other == null) {
+        return;
+      }
+      if (other.Id.Length != 0) {
+        Id = other.Id;
+      }
+      if (other.Probability != 0F) {
+        Probability = other.Probability;
+      }
+      probabilities_.Add(other.probabilities_);
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            Id = input.ReadString();
+            break;
+          }
+          case 21: {
+            Probability = input.ReadFloat();
+            break;
+          }
+          case 26: {
+            probabilities_.AddEntriesFrom(input, _map_probabilities_codec);
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            Id = input.ReadString();
+            break;
+          }
+          case 21: {
+            Probability = input.ReadFloat();
+            break;
+          }
+          case 26: {
+            probabilities_.AddEntriesFrom(ref input, _map_probabilities_codec);
+            break;
+          }
         }
       }
     }
@@ -1802,7 +2604,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[4]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[7]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2028,7 +2830,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[5]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[8]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2057,6 +2859,8 @@ namespace Neeko.Npc.V1 {
       roleWeights_ = other.roleWeights_.Clone();
       done_ = other.done_;
       promptCache_ = other.promptCache_;
+      emotion_ = other.emotion_ != null ? other.emotion_.Clone() : null;
+      action_ = other.action_ != null ? other.action_.Clone() : null;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -2188,6 +2992,33 @@ namespace Neeko.Npc.V1 {
       }
     }
 
+    /// <summary>Field number for the "emotion" field.</summary>
+    public const int EmotionFieldNumber = 10;
+    private global::Neeko.Npc.V1.Beat emotion_;
+    /// <summary>
+    /// Set on the last chunk when the request asked for beats (and the line was not cancelled).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Neeko.Npc.V1.Beat Emotion {
+      get { return emotion_; }
+      set {
+        emotion_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "action" field.</summary>
+    public const int ActionFieldNumber = 11;
+    private global::Neeko.Npc.V1.Beat action_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Neeko.Npc.V1.Beat Action {
+      get { return action_; }
+      set {
+        action_ = value;
+      }
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -2212,6 +3043,8 @@ namespace Neeko.Npc.V1 {
       if(!roleWeights_.Equals(other.roleWeights_)) return false;
       if (Done != other.Done) return false;
       if (PromptCache != other.PromptCache) return false;
+      if (!object.Equals(Emotion, other.Emotion)) return false;
+      if (!object.Equals(Action, other.Action)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -2228,6 +3061,8 @@ namespace Neeko.Npc.V1 {
       hash ^= roleWeights_.GetHashCode();
       if (Done != false) hash ^= Done.GetHashCode();
       if (PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) hash ^= PromptCache.GetHashCode();
+      if (emotion_ != null) hash ^= Emotion.GetHashCode();
+      if (action_ != null) hash ^= Action.GetHashCode();
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -2279,6 +3114,14 @@ namespace Neeko.Npc.V1 {
         output.WriteRawTag(72);
         output.WriteEnum((int) PromptCache);
       }
+      if (emotion_ != null) {
+        output.WriteRawTag(82);
+        output.WriteMessage(Emotion);
+      }
+      if (action_ != null) {
+        output.WriteRawTag(90);
+        output.WriteMessage(Action);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -2322,6 +3165,14 @@ namespace Neeko.Npc.V1 {
         output.WriteRawTag(72);
         output.WriteEnum((int) PromptCache);
       }
+      if (emotion_ != null) {
+        output.WriteRawTag(82);
+        output.WriteMessage(Emotion);
+      }
+      if (action_ != null) {
+        output.WriteRawTag(90);
+        output.WriteMessage(Action);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -2356,6 +3207,12 @@ namespace Neeko.Npc.V1 {
       }
       if (PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) {
         size += 1 + pb::CodedOutputStream.ComputeEnumSize((int) PromptCache);
+      }
+      if (emotion_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Emotion);
+      }
+      if (action_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Action);
       }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
@@ -2393,6 +3250,18 @@ namespace Neeko.Npc.V1 {
       }
       if (other.PromptCache != global::Neeko.Npc.V1.PromptCache.Unspecified) {
         PromptCache = other.PromptCache;
+      }
+      if (other.emotion_ != null) {
+        if (emotion_ == null) {
+          Emotion = new global::Neeko.Npc.V1.Beat();
+        }
+        Emotion.MergeFrom(other.Emotion);
+      }
+      if (other.action_ != null) {
+        if (action_ == null) {
+          Action = new global::Neeko.Npc.V1.Beat();
+        }
+        Action.MergeFrom(other.Action);
       }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
@@ -2443,6 +3312,20 @@ namespace Neeko.Npc.V1 {
           }
           case 72: {
             PromptCache = (global::Neeko.Npc.V1.PromptCache) input.ReadEnum();
+            break;
+          }
+          case 82: {
+            if (emotion_ == null) {
+              Emotion = new global::Neeko.Npc.V1.Beat();
+            }
+            input.ReadMessage(Emotion);
+            break;
+          }
+          case 90: {
+            if (action_ == null) {
+              Action = new global::Neeko.Npc.V1.Beat();
+            }
+            input.ReadMessage(Action);
             break;
           }
         }
@@ -2496,6 +3379,20 @@ namespace Neeko.Npc.V1 {
             PromptCache = (global::Neeko.Npc.V1.PromptCache) input.ReadEnum();
             break;
           }
+          case 82: {
+            if (emotion_ == null) {
+              Emotion = new global::Neeko.Npc.V1.Beat();
+            }
+            input.ReadMessage(Emotion);
+            break;
+          }
+          case 90: {
+            if (action_ == null) {
+              Action = new global::Neeko.Npc.V1.Beat();
+            }
+            input.ReadMessage(Action);
+            break;
+          }
         }
       }
     }
@@ -2517,7 +3414,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[6]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[9]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -2863,7 +3760,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[7]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[10]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3306,7 +4203,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[8]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[11]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3532,7 +4429,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[9]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[12]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3684,7 +4581,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[10]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[13]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -3888,7 +4785,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[11]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[14]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4077,7 +4974,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[12]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[15]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4229,7 +5126,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[13]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[16]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4485,7 +5382,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[14]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[17]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4714,7 +5611,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[15]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[18]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -4903,7 +5800,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[16]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[19]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -5129,7 +6026,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[17]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[20]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -5347,7 +6244,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[18]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[21]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -5562,7 +6459,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[19]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[22]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
@@ -5751,7 +6648,7 @@ namespace Neeko.Npc.V1 {
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public static pbr::MessageDescriptor Descriptor {
-      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[20]; }
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[23]; }
     }
 
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]

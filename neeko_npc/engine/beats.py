@@ -1,0 +1,85 @@
+"""A line's beat: what the NPC feels and what it does, chosen among the request's candidates, never parsed.
+
+After the line, the beat question is read (roles/prompt.py: ``beat_messages``) and every candidate is scored
+as the answer's next piece, under the same adapters as the line: the probability of its tokens and of what
+must follow it (the next piece, or the end of turn, so that ``open`` never wins by being a prefix of
+``open_shop``). The likeliest candidate is the beat; the probabilities are a softmax over the candidates'
+log-probabilities. The emotion is chosen first, and the action is scored after it.
+
+Backend-neutral: a backend gives a :class:`Scorer` over the state that holds the beat prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..roles.prompt import ACTION_PIECE, EMOTION_PIECE, BeatAsk
+
+
+@dataclass(frozen=True)
+class Beat:
+    id: str
+    probability: float
+    probabilities: dict[str, float]  # every candidate's, in the order the request gave them
+
+
+@dataclass(frozen=True)
+class BeatJob:
+    """What a backend needs to add a beat to a line: the ask, the beat prompt for the line's text, how a text
+    piece tokenizes, and the end-of-turn tokens."""
+
+    ask: BeatAsk
+    prompt_for: Callable[[str], list[int]]
+    piece: Callable[[str], list[int]]
+    end: list[int]
+
+
+class Scorer(Protocol):
+    def extend(self, tokens: list[int]) -> np.ndarray:
+        """Append tokens to the state; the logits after the last."""
+
+    def continuations(self, logits: np.ndarray, conts: list[list[int]]) -> list[float]:
+        """Each continuation's log-probability after the state (whose next-token logits are ``logits``); the
+        state is left as it was."""
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    z = x.astype(np.float64) - float(np.max(x))
+    return z - np.log(np.exp(z).sum())
+
+
+def continuation_logprob(first: np.ndarray, rows: np.ndarray | None, cont: list[int]) -> float:
+    """log p(cont) from the logits before it (``first``) and after each of its tokens but the last (``rows``)."""
+    total = float(log_softmax(first)[cont[0]])
+    for i in range(1, len(cont)):
+        total += float(log_softmax(rows[i - 1])[cont[i]])
+    return total
+
+
+def _pick(ids: list[str], logps: list[float]) -> Beat:
+    lp = np.array(logps, dtype=np.float64)
+    p = np.exp(lp - lp.max())
+    p /= p.sum()
+    best = int(np.argmax(p))
+    return Beat(ids[best], float(p[best]), {i: float(x) for i, x in zip(ids, p)})
+
+
+def choose(scorer: Scorer, logits: np.ndarray, job: BeatJob) -> tuple[Beat | None, Beat | None]:
+    """(emotion, action) for the state whose logits are those after the beat prompt."""
+    ask, piece = job.ask, job.piece
+    emotion = action = None
+    if ask.emotions:
+        logits = scorer.extend(piece(EMOTION_PIECE))
+        after = piece(ACTION_PIECE) if ask.actions else job.end
+        emotion = _pick(list(ask.emotions), scorer.continuations(logits, [piece(" " + e) + after for e in ask.emotions]))
+        if ask.actions:
+            logits = scorer.extend(piece(" " + emotion.id) + after)
+    elif ask.actions:
+        logits = scorer.extend(piece(ACTION_PIECE.lstrip()))
+    if ask.actions:
+        ids = [a.id for a in ask.actions]
+        action = _pick(ids, scorer.continuations(logits, [piece(" " + a) + job.end for a in ids]))
+    return emotion, action

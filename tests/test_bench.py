@@ -62,6 +62,10 @@ def test_bench_quick_measures_every_section(quick_report):
     for k, v in c.items():
         assert v["errors"] == 0 and v["lines"] == int(k) and v["completion_tokens"] > 0 and v["aggregate_tok_s"] > 0
 
+    b = r["beats"]  # the same greedy line without and with its beat, each beat one of the candidates
+    assert b["errors"] == [] and b["same_lines"] and b["line_ms"]["n"] == b["with_beats_ms"]["n"] == QUICK["beat_reps"]
+    assert b["extra_ms"] == b["with_beats_ms"]["p50"] - b["line_ms"]["p50"] and "beats add" in text
+
     dec = {row["key"]: row for row in r["decode"]}
     assert list(dec) == ["base", "one_role", "fused", "merged", "dense", "dense_many"]
     assert dec["base"]["name"] == "base model alone" and dec["one_role"]["name"].startswith("neeko: one role")
@@ -122,7 +126,7 @@ def test_bench_through_a_running_daemon(baked, tmp_path):
     d = Daemon(config, lambda: LlamaEngine(roles, config=EngineConfig(pool_size=2, n_threads=1))).start()
     try:
         assert d.loaded.wait(120), d.service.load_error
-        sizes = dict(ttft_reps=2, switch_reps=2, levels=[1, 2], per_stream=1)
+        sizes = dict(ttft_reps=2, switch_reps=2, levels=[1, 2], per_stream=1, beat_reps=2)
         r = run_bench(BenchConfig(address=d.address, sizes=sizes))
     finally:
         d.stop(0)
@@ -130,6 +134,7 @@ def test_bench_through_a_running_daemon(baked, tmp_path):
     assert r.ttft["errors"] == [] and all(row["follow_cached_tokens"] > 0 for row in r.ttft["rows"])
     assert r.switching["errors"] == [] and "alternate_2" in r.switching
     assert all(v["errors"] == 0 and v["completion_tokens"] > 0 for v in r.concurrency.values())
+    assert r.beats["errors"] == [] and r.beats["same_lines"] and r.beats["line_ms"]["n"] > 0  # beats over gRPC too
     assert r.decode == [] and r.skipped
 
 

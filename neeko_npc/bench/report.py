@@ -135,6 +135,13 @@ def table(r: BenchResult) -> str:
             for e in v["error_messages"]:
                 lines.append(f"      error: {e}")
         lines.append("")
+    b = r.beats
+    if b and b["line_ms"]["n"]:
+        lines += [f"Beats: the same greedy line ({b['max_tokens']} tokens at most) without and with its beat ({b['emotions']} "
+                  f"emotions, {b['actions']} actions), time to the last chunk",
+                  f"  without {_p(b['line_ms'], fmt='{:.0f}')} ms, with {_p(b['with_beats_ms'], fmt='{:.0f}')} ms (p50 of "
+                  f"{b['line_ms']['n']}): beats add {b['extra_ms']:+.0f} ms; same lines: {'yes' if b['same_lines'] else 'NO'}"
+                  + (f"; {len(b['errors'])} error(s): {b['errors'][0]}" if b["errors"] else ""), ""]
     if r.town.get("runs"):
         tw = r.town
         lines.append(f"Town: {tw['npcs']} NPCs, each player {tw['stops_per_player']} stops (an opening line and a follow-up, "

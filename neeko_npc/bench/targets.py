@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from ..engine.stream import GenOptions
-from ..roles.prompt import SceneInfo
+from ..roles.prompt import Action, BeatAsk, EMOTIONS, SceneInfo
 
 BENCH_SCENE = SceneInfo(location="the market square", time_of_day="late afternoon", weather="light rain",
                         npc_mood="busy", player_name="Ash", player_standing="a stranger",
                         recent_events=["a cart lost a wheel by the well"])
+BENCH_BEATS = BeatAsk(EMOTIONS, (Action("trade", "offer something for sale"), Action("point_the_way", "point where to go"),
+                                 Action("none", "nothing")))  # the beats section: every emotion and three actions
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Line:
     text: str = ""
     error: str = ""
     cache: str = ""  # how the prompt was served: hot, snapshot or cold (in process only)
+    beat: tuple[str, str] = ("", "")  # (emotion, action) the last chunk carried, when beats were asked
 
     @property
     def decode_rate(self) -> float | None:
@@ -38,9 +41,9 @@ class Line:
         return (self.completion_tokens - 1) / gap if self.completion_tokens >= 4 and gap > 0 else None
 
 
-def timed_line(npc: str, t0: float, chunks, cached) -> Line:
-    """Consume a reply's chunks, timing its first text and its end; ``cached(last_chunk)`` is the reused prefix.
-    An engine's chunks also say how the prompt was served (``Chunk.cache``)."""
+def timed_line(npc: str, t0: float, chunks, cached, beat=lambda chunk: ("", "")) -> Line:
+    """Consume a reply's chunks, timing its first text and its end; ``cached(last_chunk)`` is the reused prefix,
+    ``beat(last_chunk)`` its (emotion, action). An engine's chunks also say how the prompt was served."""
     first = None
     text = []
     for chunk in chunks:
@@ -49,7 +52,7 @@ def timed_line(npc: str, t0: float, chunks, cached) -> Line:
         text.append(chunk.text)
         if chunk.done:
             return Line(npc, first - t0, time.perf_counter() - t0, chunk.completion_tokens, chunk.prompt_tokens,
-                        cached(chunk), "".join(text), cache=getattr(chunk, "cache", ""))
+                        cached(chunk), "".join(text), cache=getattr(chunk, "cache", ""), beat=beat(chunk))
     raise RuntimeError("the reply ended without a final chunk")
 
 
@@ -72,12 +75,13 @@ class InProcess:
         return sorted(self.engine.roles().roles)
 
     def say(self, npc: str, line: str, session: str = "", max_tokens: int = 32, temperature: float = 0.0,
-            seed: int | None = 0) -> Line:
+            seed: int | None = 0, beats: BeatAsk | None = None) -> Line:
         t0 = time.perf_counter()
         try:
             reply = self.engine.say(npc, line, self.scene, GenOptions(max_tokens=max_tokens, temperature=temperature, seed=seed),
-                                    session=session)
-            return timed_line(npc, t0, reply.chunks, lambda c: c.cached_tokens)
+                                    session=session, beats=beats)
+            return timed_line(npc, t0, reply.chunks, lambda c: c.cached_tokens,
+                              lambda c: (c.emotion.id if c.emotion else "", c.action.id if c.action else ""))
         except Exception as exc:  # measured, not raised: the concurrency section counts errors
             return failed_line(npc, t0, f"{type(exc).__name__}: {exc}")
 
@@ -111,7 +115,7 @@ class Remote:
             raise InputError(f"cannot list the daemon's roles: {exc.code().name}: {exc.details()}") from None
 
     def say(self, npc: str, line: str, session: str = "", max_tokens: int = 32, temperature: float = 0.0,
-            seed: int | None = 0) -> Line:
+            seed: int | None = 0, beats: BeatAsk | None = None) -> Line:
         import grpc
         from google.protobuf import json_format
 
@@ -123,8 +127,13 @@ class Remote:
             opts["seed"] = seed
         t0 = time.perf_counter()
         try:
-            chunks = self.client.say(npc, line, scene=scene, session=session, timeout=300, **opts)
-            return timed_line(npc, t0, chunks, lambda c: c.cached_prompt_tokens)
+            ask = None
+            if beats:
+                ask = pb.BeatRequest(emotions=list(beats.emotions),
+                                     actions=[pb.Action(id=a.id, description=a.description) for a in beats.actions])
+            chunks = self.client.say(npc, line, scene=scene, session=session, timeout=300, beats=ask, **opts)
+            return timed_line(npc, t0, chunks, lambda c: c.cached_prompt_tokens,
+                              lambda c: (c.emotion.id if c.HasField("emotion") else "", c.action.id if c.HasField("action") else ""))
         except grpc.RpcError as exc:
             return failed_line(npc, t0, f"{exc.code().name}: {exc.details()}")
         except Exception as exc:

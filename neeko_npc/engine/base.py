@@ -316,9 +316,9 @@ class Engine(abc.ABC):
                 return toks, msgs
             history = history[1:]
 
-    def beat_job(self, profile: RoleProfile, messages: list[dict], ask: BeatAsk) -> BeatJob:
+    def beat_job(self, messages: list[dict], ask: BeatAsk) -> BeatJob:
         """How to ask this line's beat (engine/beats.py): the question after the line, in the line's messages."""
-        return BeatJob(ask, lambda line: self.tokens(self.template.render(beat_messages(messages, line, profile.name, ask))),
+        return BeatJob(ask, lambda line: self.tokens(self.template.render(beat_messages(messages, line, ask))),
                        self.piece_tokens, self.piece_tokens(self.template.eos))
 
     def piece_tokens(self, text: str) -> list[int]:
@@ -355,7 +355,7 @@ class Engine(abc.ABC):
                                                                           blend, profile)
         try:
             prompt, messages = self.prompt(voice.profile, session, npc_id, player_line, scene, opts.max_tokens)
-            job = self.beat_job(voice.profile, messages, ask) if ask else None
+            job = self.beat_job(messages, ask) if ask else None
             key = adapter_key(adapters, scales)
             stop = lambda: self._closing or cancelled()  # noqa: E731
             chunks = self._stream(adapters, scales, key, prompt, opts, stop, deadline, job)

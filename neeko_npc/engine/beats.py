@@ -1,9 +1,9 @@
 """A line's beat: what the NPC feels and what it does, chosen among the request's candidates, never parsed.
 
 After the line, the beat question is read (roles/prompt.py: ``beat_messages``) and every candidate is scored
-as the answer's next piece, under the same adapters as the line: the probability of its tokens and of what
-must follow it (the next piece, or the end of turn, so that ``open`` never wins by being a prefix of
-``open_shop``). The likeliest candidate is the beat; the probabilities are a softmax over the candidates'
+as the answer's next piece, under the same adapters as the line: the probability of its tokens and of the
+first token of what must follow it (the next piece, or the end of turn), so that ``open`` never wins by being
+a prefix of ``open_shop``; the rest of what follows adds nothing to tell the candidates apart. The likeliest candidate is the beat; the probabilities are a softmax over the candidates'
 log-probabilities. The emotion is chosen first, and the action is scored after it.
 
 Backend-neutral: a backend gives a :class:`Scorer` over the state that holds the beat prompt.
@@ -74,12 +74,12 @@ def choose(scorer: Scorer, logits: np.ndarray, job: BeatJob) -> tuple[Beat | Non
     if ask.emotions:
         logits = scorer.extend(piece(EMOTION_PIECE))
         after = piece(ACTION_PIECE) if ask.actions else job.end
-        emotion = _pick(list(ask.emotions), scorer.continuations(logits, [piece(" " + e) + after for e in ask.emotions]))
+        emotion = _pick(list(ask.emotions), scorer.continuations(logits, [piece(" " + e) + after[:1] for e in ask.emotions]))
         if ask.actions:
             logits = scorer.extend(piece(" " + emotion.id) + after)
     elif ask.actions:
         logits = scorer.extend(piece(ACTION_PIECE.lstrip()))
     if ask.actions:
         ids = [a.id for a in ask.actions]
-        action = _pick(ids, scorer.continuations(logits, [piece(" " + a) + job.end for a in ids]))
+        action = _pick(ids, scorer.continuations(logits, [piece(" " + a) + job.end[:1] for a in ids]))
     return emotion, action

@@ -364,25 +364,26 @@ class SlotScorer:
         return logits
 
     def continuations(self, logits: np.ndarray, conts: list[list[int]]) -> list[float]:
-        slot, n = self.slot, len(self.slot.tokens)
-        out = []
-        for cont in conts:
-            rows = None
-            if len(cont) > 1:
-                try:
-                    if self.cores is None:
-                        rows = check_finite(slot.ctx.decode_all(cont[:-1], n))
-                    else:
-                        with self.cores.use() as k:
-                            slot.ctx.set_threads(k)
-                            rows = check_finite(slot.ctx.decode_all(cont[:-1], n))
-                    slot.ctx.truncate(n)
-                except Exception:
-                    slot.tokens, slot.key = [], ()
-                    slot.ctx.clear()
-                    raise
-            out.append(continuation_logprob(logits, rows, cont))
-        return out
+        """Every continuation decoded in one batch, each as a branch of its own off what the slot holds."""
+        slot = self.slot
+        branches = [c[:-1] for c in conts if len(c) > 1]
+        rows: list = []
+        if branches:
+            try:
+                if self.cores is None:
+                    rows = slot.ctx.decode_branches(branches, len(slot.tokens))
+                else:
+                    with self.cores.use() as k:
+                        slot.ctx.set_threads(k)
+                        rows = slot.ctx.decode_branches(branches, len(slot.tokens))
+                for r in rows:
+                    check_finite(r)
+            except Exception:
+                slot.tokens, slot.key = [], ()
+                slot.ctx.clear()
+                raise
+        it = iter(rows)
+        return [continuation_logprob(logits, next(it) if len(c) > 1 else None, c) for c in conts]
 
 
 # -- the engine ---------------------------------------------------------------------------------

@@ -48,6 +48,9 @@ except Exception:  # llama-cpp-python missing: errors surface when a model is lo
     _SILENT = None
 
 
+BRANCHES = 16  # sequences decode_branches decodes in one batch beside the conversation's
+
+
 class LlamaError(RuntimeError):
     pass
 
@@ -156,6 +159,10 @@ class LlamaContext:
         threads = n_threads or max(1, os.cpu_count() or 1)
         p.n_threads = threads
         p.n_threads_batch = threads
+        # sequence 0 is the conversation; 1..BRANCHES are short-lived branches off it (decode_branches), sharing
+        # one KV cache of n_ctx cells (unified: a branch's cells are the prefix's, not a copy)
+        p.n_seq_max = BRANCHES + 1
+        p.kv_unified = True
         self.ptr = L.llama_init_from_model(model.ptr, p)
         if not self.ptr:
             raise LlamaError("llama.cpp could not create a context (out of memory?)")
@@ -237,6 +244,49 @@ class LlamaContext:
             rows = [np.ctypeslib.as_array(L.llama_get_logits_ith(self.ptr, i), shape=(self.model.n_vocab,)) for i in range(n)]
             return np.stack(rows).copy()
         finally:
+            L.llama_batch_free(batch)
+
+    def decode_branches(self, branches: list[list[int]], pos: int) -> list[np.ndarray]:
+        """Decode each branch on top of the context's first ``pos`` tokens as if alone, all in one batch: every
+        branch is a sequence of its own that shares the prefix's cells. Returns each branch's logits after each of
+        its tokens (rows, as decode_all); afterwards the context holds only the prefix again."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(branches), BRANCHES):
+            out += self._branches(branches[start:start + BRANCHES], pos)
+        return out
+
+    def _branches(self, branches: list[list[int]], pos: int) -> list[np.ndarray]:
+        L = self.L
+        mem = L.llama_get_memory(self.ptr)
+        n = sum(len(b) for b in branches)
+        if not all(branches) or n > 512:
+            raise LlamaError(f"decode_branches takes non-empty branches of 512 tokens in all, not {n}")
+        batch = L.llama_batch_init(n, 0, 1)
+        try:
+            i = 0
+            for k, branch in enumerate(branches, start=1):
+                L.llama_memory_seq_rm(mem, k, -1, -1)
+                L.llama_memory_seq_cp(mem, 0, k, -1, -1)
+                for j, t in enumerate(branch):
+                    batch.token[i] = t
+                    batch.pos[i] = pos + j
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = k
+                    batch.logits[i] = 1
+                    i += 1
+            batch.n_tokens = n
+            rc = L.llama_decode(self.ptr, batch)
+            if rc != 0:
+                raise LlamaError(f"llama_decode failed ({rc}); the context may be full")
+            rows, i = [], 0
+            for branch in branches:
+                rows.append(np.stack([np.ctypeslib.as_array(L.llama_get_logits_ith(self.ptr, i + j), shape=(self.model.n_vocab,))
+                                      for j in range(len(branch))]).copy())
+                i += len(branch)
+            return rows
+        finally:
+            for k in range(1, len(branches) + 1):
+                L.llama_memory_seq_rm(mem, k, -1, -1)
             L.llama_batch_free(batch)
 
     def close(self) -> None:

@@ -139,10 +139,10 @@ def build_messages(profile: RoleProfile, scene: SceneInfo, history: list[tuple[s
     return chat_messages(profile, render_scene(scene), turns + [("player", player_line.strip() or OPENING_LINE)])
 
 
-def beat_question(name: str, ask: BeatAsk) -> str:
-    """The user message that asks for the beat of the line just said."""
-    parts = [f"(Out of the scene: after that line, {'how does ' + name + ' feel' if ask.emotions else ''}"
-             f"{' and ' if ask.emotions and ask.actions else ''}{'what does ' + name + ' do' if ask.actions else ''}?"]
+def beat_question(ask: BeatAsk) -> str:
+    """The user message that asks for the beat of the line just said (the system text already says who "you" are)."""
+    what = " and ".join(x for x in ("how do you feel" if ask.emotions else "", "what do you do" if ask.actions else "") if x)
+    parts = [f"(Beat: {what} now?"]
     if ask.emotions:
         parts.append("Feelings: " + ", ".join(ask.emotions) + ".")
     if ask.actions:
@@ -150,9 +150,9 @@ def beat_question(name: str, ask: BeatAsk) -> str:
     return " ".join(parts) + ")"
 
 
-def beat_messages(line_messages: list[dict], line: str, name: str, ask: BeatAsk) -> list[dict]:
+def beat_messages(line_messages: list[dict], line: str, ask: BeatAsk) -> list[dict]:
     """The messages a beat is asked under: the line's own messages, the line as the NPC's, then the question."""
-    return line_messages + [{"role": "assistant", "content": line}, {"role": "user", "content": beat_question(name, ask)}]
+    return line_messages + [{"role": "assistant", "content": line}, {"role": "user", "content": beat_question(ask)}]
 
 
 def beat_pieces(emotion: str | None = None, action: str | None = None) -> list[str]:

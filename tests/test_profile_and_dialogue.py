@@ -73,3 +73,33 @@ def test_holdout_split_is_stable_under_added_data():
     _, held2 = split_holdout(more, 0.2)
     assert set(held) <= set(held2)  # no old scene moved into or out of the held-out set
     assert split_holdout(list(reversed(scenes)), 0.2)[1] == list(reversed(held))
+
+
+def test_beats_in_dialogue_data(tmp_path):
+    """A scene declares its actions and a turn may carry an emotion and an action; the split key ignores beats
+    (annotating lines never moves a scene between train and held-out) but the data hash does not."""
+    from neeko_npc.roles.dialogue import data_hash, parse_scene
+    from neeko_npc.roles.prompt import Action
+
+    plain = {"scene": "The forge.", "turns": [{"speaker": "player", "text": "Mend this?"},
+                                               {"speaker": "smith", "text": "Three silver."}]}
+    beats = json.loads(json.dumps(plain))
+    beats["actions"] = [{"id": "quote_price", "description": "tell what the work costs"}, "none"]
+    beats["turns"][1].update(emotion="neutral", action="quote_price")
+    a, b = parse_scene(plain, "x"), parse_scene(beats, "x")
+    assert b.actions == (Action("quote_price", "tell what the work costs"), Action("none"))
+    assert (b.turns[1].emotion, b.turns[1].action) == ("neutral", "quote_price") and a.turns[1].emotion == ""
+    assert a.key() == b.key() and data_hash([a]) != data_hash([b])
+
+    for change, needle in ((lambda o: o["turns"][1].update(emotion="hungry"), "use one of neutral, happy"),
+                           (lambda o: o["turns"][1].update(action="fly"), "'fly', which the scene's 'actions' do not declare"),
+                           (lambda o: o["actions"].append("Bad Id"), "must be an id"),
+                           (lambda o: o["actions"].append("none"), "declared twice"),
+                           (lambda o: o.update(actions="none"), "'actions' must be a list")):
+        bad = json.loads(json.dumps(beats))
+        change(bad)
+        f = tmp_path / "bad.jsonl"
+        f.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(DialogueError, match=needle.replace("(", r"\(")) as e:
+            load_scenes(f)
+        assert "bad.jsonl:1" in str(e.value)

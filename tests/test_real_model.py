@@ -106,6 +106,46 @@ def test_the_daemon_serves_the_tokens_the_trainer_trains_on(base, tmp_path):
         engine.close()
 
 
+def test_the_daemon_scores_beats_on_the_tokens_the_trainer_trains_on(base, tmp_path):
+    """A line annotated with a beat: the trainer's beat example is token for token the daemon's beat prompt for
+    that line followed by the answer's pieces as the daemon scores them, and only the answer is labelled."""
+    from neeko_npc.engine.base import EngineConfig
+    from neeko_npc.engine.llama_engine import LlamaEngine
+    from neeko_npc.neeko.data import IGNORE, encode_beats, encode_scene
+    from neeko_npc.roles.dialogue import parse_scene
+    from neeko_npc.roles.profile import load_profile
+    from neeko_npc.roles.prompt import ACTION_PIECE, EMOTION_PIECE, EMOTIONS, BeatAsk, SceneInfo, render_scene
+
+    _, _, tok = base
+    prof = load_profile(Path(__file__).parent.parent / "assets" / "roles" / "src" / "blacksmith" / "profile.json")
+    scene = SceneInfo(location="the forge", time_of_day="dawn")
+    offered = [{"id": "quote_price", "description": "tell the player what the work costs"}, "none"]
+    written = parse_scene({"scene": render_scene(scene), "actions": offered, "turns": [
+        {"speaker": "player", "text": "Can you mend my sword?"},
+        {"speaker": prof.id, "text": "Aye. Three silver.", "emotion": "neutral", "action": "quote_price"},
+        {"speaker": "player", "text": "Three? Thief!"},
+        {"speaker": prof.id, "text": "Then mend it yourself.", "emotion": "angry"}]}, "test")
+    first, second = encode_beats(tok, prof, written, max_len=1024)
+    assert len(encode_scene(tok, prof, written, max_len=1024)) == 1 + 2  # the lines' example, then the two beats
+    engine = LlamaEngine(tmp_path, config=EngineConfig(pool_size=1, n_threads=1))
+    try:
+        for ex, history, said, line, ask, answer in (
+                (first, [], "Can you mend my sword?", "Aye. Three silver.", BeatAsk(EMOTIONS, written.actions),
+                 [EMOTION_PIECE, " neutral", ACTION_PIECE, " quote_price"]),
+                (second, [("Can you mend my sword?", "Aye. Three silver.")], "Three? Thief!", "Then mend it yourself.",
+                 BeatAsk(EMOTIONS), [EMOTION_PIECE, " angry"])):
+            engine.memory.forget("s")
+            for a, b in history:
+                engine.memory.add("s", prof.id, a, b)
+            _, msgs = engine.prompt(prof, "s", prof.id, said, scene, 64)
+            served = engine.beat_job(msgs, ask).prompt_for(line)
+            scored = [i for piece in answer for i in engine.piece_tokens(piece)] + engine.piece_tokens(engine.template.eos)
+            assert ex.input_ids == served + scored
+            assert ex.labels == [IGNORE] * len(served) + scored
+    finally:
+        engine.close()
+
+
 def test_bake_writes_valid_assets_and_the_block_beats_the_base(baked):
     out = baked["bake_out"]
     assert "held-out loss: base+profile" in out and "tokens/s" in out

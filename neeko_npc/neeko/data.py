@@ -15,7 +15,7 @@ import torch
 from ..errors import InputError
 from ..roles.dialogue import Scene
 from ..roles.profile import RoleProfile
-from ..roles.prompt import chat_messages
+from ..roles.prompt import EMOTIONS, BeatAsk, beat_messages, beat_pieces, chat_messages
 
 IGNORE = -100
 
@@ -65,9 +65,42 @@ def _encode_messages(tok, msgs: list[dict], train_on: set[int]) -> tuple[list[in
     return tail, labels
 
 
+def piece_ids(tok, text: str) -> list[int]:
+    """A text piece's ids on its own, as serving tokenizes it (Engine.piece_tokens): no BOS, specials parsed."""
+    return list(tok.encode(text, add_special_tokens=False))
+
+
+def encode_beats(tok, profile: RoleProfile, scene: Scene, max_len: int) -> list[Example]:
+    """One example per NPC line annotated with a beat: the line's messages, the line, the beat question (the
+    seven emotions when the turn has an emotion, the scene's actions when it has an action), and the answer's
+    pieces (roles/prompt.py), the only labelled tokens. The oldest turns are dropped until it fits."""
+    out = []
+    turns = [(t.speaker, t.text) for t in scene.turns]
+    for j, t in enumerate(scene.turns):
+        if t.speaker != profile.id or not (t.emotion or t.action):
+            continue
+        ask = BeatAsk(EMOTIONS if t.emotion else (), scene.actions if t.action else ())
+        answer = [i for piece in beat_pieces(t.emotion or None, t.action or None) for i in piece_ids(tok, piece)]
+        answer += piece_ids(tok, tok.eos_token)
+        before = turns[:j]
+        while True:
+            msgs = chat_messages(profile, scene.scene, before, open_with_player=False)
+            head = _ids(tok, beat_messages(msgs, t.text, ask), gen=True)
+            if len(head) + len(answer) <= max_len or not before:
+                break
+            before = before[1:]
+        if len(head) + len(answer) <= max_len:
+            out.append(Example(profile.id, head + answer, [IGNORE] * len(head) + answer))
+    return out
+
+
 def encode_scene(tok, profile: RoleProfile, scene: Scene, max_len: int) -> list[Example]:
     """One example per scene; a scene too long for max_len becomes one example per NPC line,
-    each with the oldest turns dropped until it fits."""
+    each with the oldest turns dropped until it fits. Lines annotated with beats add their beat examples."""
+    return _encode_lines(tok, profile, scene, max_len) + encode_beats(tok, profile, scene, max_len)
+
+
+def _encode_lines(tok, profile: RoleProfile, scene: Scene, max_len: int) -> list[Example]:
     msgs = scene_messages(profile, scene)
     npc_idx = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
     if not npc_idx:

@@ -9,6 +9,14 @@ One scene per line::
 A turn whose ``speaker`` equals the role id is the NPC's own line: those are the
 only tokens the model is trained on. Every other speaker (the player, other
 NPCs) is context. ``scene`` is optional free text describing where and when.
+
+Beats (optional): a scene may declare the ``actions`` the game offers in it, and
+a turn may carry an ``emotion`` (one of roles/prompt.py's EMOTIONS) and an
+``action`` (one of the scene's ids); the NPC's block then learns them too::
+
+    {"scene": "The forge.", "actions": [{"id": "quote_price", "description": "tell what the work costs"}, "none"],
+     "turns": [{"speaker": "player", "text": "Can you mend this blade?"},
+               {"speaker": "blacksmith", "text": "Three silver.", "emotion": "neutral", "action": "quote_price"}]}
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .. import defaults
+from .prompt import BEAT_ID_RE, EMOTIONS, Action
 
 MAX_TURN_CHARS = 2000
 MAX_TURNS = 64
@@ -33,12 +42,15 @@ class DialogueError(InputError):
 class Turn:
     speaker: str
     text: str
+    emotion: str = ""  # the beat of this line, when annotated
+    action: str = ""
 
 
 @dataclass(frozen=True)
 class Scene:
     turns: tuple[Turn, ...]
     scene: str = ""
+    actions: tuple[Action, ...] = ()  # what the game offers in this scene (the turns' actions are among them)
 
     def npc_lines(self, role_id: str) -> int:
         return sum(1 for t in self.turns if t.speaker == role_id)
@@ -66,11 +78,36 @@ def parse_scene(obj: object, where: str) -> Scene:
             raise DialogueError(f"{where}: turn {i} has empty text")
         if len(text) > MAX_TURN_CHARS:
             raise DialogueError(f"{where}: turn {i} has {len(text)} characters; the limit is {MAX_TURN_CHARS}")
-        out.append(Turn(t["speaker"].strip(), text))
+        emotion, action = t.get("emotion", ""), t.get("action", "")
+        if emotion and emotion not in EMOTIONS:
+            raise DialogueError(f"{where}: turn {i} has emotion {str(emotion)[:40]!r}; use one of {', '.join(EMOTIONS)}")
+        out.append(Turn(t["speaker"].strip(), text, emotion or "", action or ""))
     scene = obj.get("scene", "")
     if not isinstance(scene, str):
         raise DialogueError(f"{where}: 'scene' must be a string")
-    return Scene(tuple(out), scene.strip())
+    actions = _actions(obj.get("actions", []), where)
+    ids = {a.id for a in actions}
+    for i, t in enumerate(out):
+        if t.action and t.action not in ids:
+            raise DialogueError(f"{where}: turn {i} has action {t.action[:40]!r}, which the scene's 'actions' do not declare"
+                                + (f" ({', '.join(sorted(ids))})" if ids else ""))
+    return Scene(tuple(out), scene.strip(), actions)
+
+
+def _actions(raw: object, where: str) -> tuple[Action, ...]:
+    """A scene's declared actions: each "id" or {"id": ..., "description": ...}."""
+    if not isinstance(raw, list):
+        raise DialogueError(f"{where}: 'actions' must be a list of ids or {{id, description}} objects")
+    out = []
+    for a in raw:
+        aid, desc = (a, "") if isinstance(a, str) else (a.get("id"), a.get("description", "")) if isinstance(a, dict) else (None, None)
+        if not isinstance(aid, str) or not BEAT_ID_RE.match(aid) or not isinstance(desc, str):
+            raise DialogueError(f"{where}: action {str(a)[:60]!r} must be an id (a-z, 0-9, _; starting with a letter) or "
+                                "{id, description}")
+        if aid in {x.id for x in out}:
+            raise DialogueError(f"{where}: action {aid!r} is declared twice")
+        out.append(Action(aid, desc.strip()))
+    return tuple(out)
 
 
 def load_scenes(path: str | Path, role_id: str | None = None) -> list[Scene]:
@@ -116,7 +153,12 @@ def split_holdout(scenes: list[Scene], fraction: float = defaults.HOLDOUT) -> tu
 
 
 def data_hash(scenes: list[Scene]) -> str:
+    """What the role was trained on: the scenes' keys, and their beats where annotated (a scene's key, and so
+    its place in the split, does not change when beats are added)."""
     h = hashlib.sha256()
     for s in scenes:
         h.update(s.key().encode())
+        beats = [(t.emotion, t.action) for t in s.turns]
+        if s.actions or any(e or a for e, a in beats):
+            h.update(json.dumps([[(a.id, a.description) for a in s.actions], beats]).encode())
     return h.hexdigest()

@@ -516,6 +516,55 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend,
 
 
 @main.command()
+@click.argument("npc_ids", nargs=-1, required=True)
+@click.option("--topic", default="", help="What they talk about.")
+@click.option("--line", "opening_line", default="", help="The player's opening line; without one, the first NPC opens.")
+@click.option("--turns", default=0, type=click.IntRange(0), help=f"Turns to generate; 0: the daemon's default ({D.CONVERSE_TURNS}).")
+@click.option("--order", type=click.Choice(["round_robin", "named_last"]), default="round_robin", show_default=True,
+              help="named_last: the NPC the last line named speaks next.")
+@click.option("--scene", "scene_path", type=click.Path(exists=True, dir_okay=False), help="SceneContext JSON (see README).")
+@click.option("--max-tokens", default=0, type=click.IntRange(0), help="Per turn; 0: the daemon's default.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=None, help=f"Sampling temperature; 0 is greedy. Default: the daemon's ({D.TEMPERATURE}).")
+@click.option("--seed", type=click.IntRange(0), default=None, help="Sampling seed, for a repeatable scene.")
+@client_options
+def converse(npc_ids, topic, opening_line, turns, order, scene_path, max_tokens, temperature, seed, address, tls_ca, token):
+    """Stream a conversation among 2 to 4 hosted NPCs to the terminal, one speaker a line."""
+    import grpc
+
+    from .server.client import Client, load_scene
+    from .v1 import dialogue_pb2 as pb
+
+    try:
+        scene = load_scene(scene_path) if scene_path else None
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    opts = {"max_tokens": max_tokens} if max_tokens else {}
+    if temperature is not None:
+        opts["temperature"] = temperature
+    if seed is not None:
+        opts["seed"] = seed
+    client = Client(address, token, tls_ca)
+    try:
+        order_id = pb.TURN_ORDER_NAMED_LAST if order == "named_last" else pb.TURN_ORDER_ROUND_ROBIN
+        turn = None
+        for chunk in client.converse(list(npc_ids), scene, topic, opening_line, turns, order_id, **opts):
+            if chunk.done:
+                break
+            text = chunk.text
+            if chunk.turn != turn:  # a new speaker: its name, then its line as it streams
+                turn, text = chunk.turn, text.lstrip()
+                click.echo(f"{chunk.npc_id}: ", nl=False)
+            click.echo(text, nl=False)
+            sys.stdout.flush()
+            if chunk.turn_done:
+                click.echo("")
+    except grpc.RpcError as exc:
+        raise _rpc_error(exc) from None
+    finally:
+        client.close()
+
+
+@main.command()
 @client_options
 def roles(address, tls_ca, token):
     """List the roles a running daemon hosts, one a line, id first."""

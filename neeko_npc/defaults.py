@@ -50,6 +50,9 @@ MAX_STOP_CHARS = 64
 MAX_SESSION_NPCS = 256  # NPCs in one restored session
 MAX_NPC_LINE_CHARS = 8000  # one remembered NPC line in a restored session
 MAX_ACTIONS = 16  # actions one request may declare for its beat
+CONVERSE_TURNS = 6  # turns of a Converse that leaves it at 0
+MAX_CONVERSE_TURNS = 32  # the most turns a Converse may ask for
+MAX_CONVERSE_NPCS = 4
 MAX_ACTION_CHARS = 120  # an action's description
 
 # -- the gate ----------------------------------------------------------------------------------------------

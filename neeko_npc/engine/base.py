@@ -30,7 +30,8 @@ from .. import defaults
 from ..errors import InputError
 from ..roles.asset import BaseInfo
 from ..roles.profile import ROLE_ID_RE, RoleProfile
-from ..roles.prompt import BEAT_ID_RE, EMOTIONS, Action, BeatAsk, ChatTemplate, SceneInfo, beat_messages, build_messages
+from ..roles.prompt import (BEAT_ID_RE, EMOTIONS, Action, BeatAsk, ChatTemplate, SceneInfo, beat_messages, build_messages,
+                           chat_messages, render_scene)
 from .beats import BeatJob
 from .memory import Memory
 from .roleset import InvalidBlend, ReloadResult, RoleSet, Roster, ServedRole, UnknownRole, known_roles
@@ -67,6 +68,7 @@ class Limits:
     default_max_tokens: int = defaults.MAX_TOKENS  # a request's max_tokens when it leaves it at 0
     max_blend: int = defaults.TOP_K  # roles a procedural NPC may mix, and blocks that may result
     max_actions: int = defaults.MAX_ACTIONS  # actions a request may declare for its beat
+    max_converse_turns: int = defaults.MAX_CONVERSE_TURNS
     max_action_chars: int = defaults.MAX_ACTION_CHARS
 
     def check_say(self, npc_id: str, session: str, player_line: str, scene: SceneInfo, opts: GenOptions) -> GenOptions:
@@ -170,6 +172,25 @@ class Reply:
     role_id: str
     weights: dict[str, float]
     chunks: Iterator[Chunk]
+
+
+@dataclass
+class SceneChunk:
+    """A piece of a conversation among NPCs (``Engine.converse``): text of one turn, or a turn's end."""
+
+    npc: str
+    turn: int
+    text: str = ""
+    turn_done: bool = False
+    finish: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    weights: dict = field(default_factory=dict)  # on a turn's end: the blocks that spoke
+    player_line: str = ""  # on a turn's first chunk: what the player interjected before it
+    done: bool = False  # the conversation's end
+
+
+ORDERS = ("round_robin", "named_last")
 
 
 @dataclass
@@ -426,6 +447,114 @@ class Engine(abc.ABC):
         if deadline is not None:
             timeout = max(0.0, min(timeout, deadline - time.monotonic()))
         return timeout
+
+    # -- conversations among NPCs ----------------------------------------------------------------
+
+    def converse(self, npcs: list[str], scene: SceneInfo | None = None, topic: str = "", opening_line: str = "",
+                 turns: int = 0, order: str = "round_robin", opts: GenOptions | None = None,
+                 cancelled: Callable[[], bool] = lambda: False, deadline: float | None = None,
+                 interjections: Callable[[], list[str]] = lambda: []) -> Iterator[SceneChunk]:
+        """Two to four hosted NPCs talk, ``turns`` turns (0: the default). Each turn is generated under its
+        speaker's own voice (its block, or a fused role's weights), with the others' lines in its prompt as other
+        speakers ("Name: text") and the player's as the player's; every NPC sees every line said so far. The
+        order is ``round_robin`` (as named) or ``named_last`` (the NPC the last line named speaks next).
+        ``interjections()`` is asked before each turn for player lines to take in. Errors are Say's, raised
+        before anything streams; a cancelled turn ends the conversation."""
+        scene = scene or SceneInfo()
+        lim = self.limits
+        opts = lim.check_say(npcs[0] if npcs else "", "", opening_line, scene, opts or GenOptions())
+        turns = turns or defaults.CONVERSE_TURNS
+        bad = None
+        if not 2 <= len(npcs) <= defaults.MAX_CONVERSE_NPCS or len(set(npcs)) != len(npcs):
+            bad = f"a conversation needs 2 to {defaults.MAX_CONVERSE_NPCS} different NPCs, not {len(npcs)}"
+        elif turns > lim.max_converse_turns:
+            bad = f"{turns} turns; at most {lim.max_converse_turns} (--max-converse-turns)"
+        elif order not in ORDERS:
+            bad = f"order must be one of {', '.join(ORDERS)}"
+        elif len(topic) > lim.max_player_line_chars:
+            bad = f"topic has {len(topic)} characters; the limit is {lim.max_player_line_chars} (--max-player-line-chars)"
+        if bad:
+            raise BadRequest(bad)
+        profiles = {n: self.role(n).asset.profile for n in npcs}  # UnknownRole before anything streams
+        scene = clean_scene(scene)
+        lines: list[tuple[str, str]] = [("player", clean(opening_line).strip())] if opening_line.strip() else []
+        return self._converse(npcs, profiles, scene, clean(topic).strip(), lines, turns, order, opts, cancelled,
+                              deadline, interjections)
+
+    def _converse(self, npcs, profiles, scene, topic, lines, turns, order, opts, cancelled, deadline, interjections):
+        names = {n: profiles[n].name or n for n in npcs}
+        speaker = npcs[0]
+        for turn in range(turns):
+            heard = []
+            for said in interjections() if turn else []:
+                said = clean(said).strip()[: self.limits.max_player_line_chars]
+                if said:
+                    lines.append(("player", said))
+                    heard.append(said)
+            others = [names[n] for n in npcs if n != speaker]
+            about = f" You are talking with {' and '.join(others)}" + (f" about {topic}." if topic else ".")
+            voice, adapters, scales = self.roleset.acquire(speaker, None, None, self.limits.max_blend)
+            finish, text = "", []
+            try:
+                prompt = self._scene_prompt(profiles[speaker], render_scene(scene) + about, speaker, names, lines,
+                                            opts.max_tokens)
+                key = adapter_key(adapters, scales)
+                stream = self._guarded(self._stream(adapters, scales, key, prompt, opts,
+                                                    lambda: self._closing or cancelled(), deadline), voice, key)
+                first = True
+                try:
+                    for chunk in stream:
+                        text.append(chunk.text)
+                        if chunk.done:
+                            finish = chunk.finish
+                            yield SceneChunk(speaker, turn, chunk.text, True, chunk.finish, chunk.prompt_tokens,
+                                             chunk.completion_tokens, dict(voice.weights), "\n".join(heard) if first else "")
+                        elif chunk.text:
+                            yield SceneChunk(speaker, turn, chunk.text, player_line="\n".join(heard) if first else "")
+                        else:
+                            continue
+                        first = False
+                finally:
+                    stream.close()
+            finally:
+                self.roleset.release(adapters)
+            if finish == "cancelled" or self._closing:
+                return
+            said = "".join(text).strip()
+            lines.append((speaker, said))
+            speaker = self._next_speaker(npcs, names, speaker, said, order)
+        yield SceneChunk(speaker, turns, done=True)
+
+    @staticmethod
+    def _next_speaker(npcs: list[str], names: dict[str, str], speaker: str, said: str, order: str) -> str:
+        nxt = npcs[(npcs.index(speaker) + 1) % len(npcs)]
+        if order != "named_last":
+            return nxt
+        low = said.lower()
+        where = {}
+        for n in npcs:
+            if n != speaker:
+                marks = {n.lower(), names[n].lower(), names[n].split()[0].lower()}
+                where[n] = max(low.rfind(m) for m in marks if m)
+        best = max(where, key=where.get)
+        return best if where[best] >= 0 else nxt
+
+    def _scene_prompt(self, profile: RoleProfile, scene_text: str, speaker: str, names: dict[str, str],
+                      lines: list[tuple[str, str]], max_tokens: int) -> list[int]:
+        """The speaker's prompt: its profile and the scene, then every line so far (its own as the assistant's, the
+        player's as the user's, the others' as "Name: text"); the oldest lines go first when it does not fit."""
+        room = self.config.n_ctx - max_tokens
+        lines = list(lines)
+        while True:
+            turns = [(s if s in (speaker, "player") else names.get(s, s), t) for s, t in lines]
+            toks = self.tokens(self.template.render(chat_messages(profile, scene_text, turns, open_with_player=False,
+                                                                  npc=speaker)))
+            if len(toks) <= room and len(toks) - len(self.profile_prefix(profile)) <= self.config.history_tokens or not lines:
+                break
+            lines = lines[1:]
+        if len(toks) > room:
+            raise ContextTooLarge(f"the conversation's prompt needs {len(toks)} tokens but only {room} fit")
+        return toks
 
     # -- sessions --------------------------------------------------------------------------------
 

@@ -37,6 +37,20 @@ class Client:
             req.beats.CopyFrom(beats)
         return self.stub.Say(req, metadata=self.metadata, timeout=timeout)
 
+    def converse(self, npc_ids: list[str], scene: pb.SceneContext | None = None, topic: str = "", opening_line: str = "",
+                 turns: int = 0, order: int = 0, interjections=(), timeout: float | None = None, **options):
+        """Stream a conversation among hosted NPCs; ``interjections`` yields player lines to send after the start
+        (an iterator may block: each line is sent when it yields)."""
+        start = pb.ConverseStart(npc_ids=npc_ids, scene=scene, topic=topic, opening_line=opening_line, turns=turns,
+                                 order=order, options=pb.GenerationOptions(**options))
+
+        def requests():
+            yield pb.ConverseRequest(start=start)
+            for line in interjections:
+                yield pb.ConverseRequest(player_line=line)
+
+        return self.stub.Converse(requests(), metadata=self.metadata, timeout=timeout)
+
     def prepare(self, npc_id: str, scene: pb.SceneContext | None = None, session: str = "", timeout: float | None = 10,
                 profile: pb.NpcProfile | None = None, blend: dict[str, float] | None = None) -> pb.PrepareResponse:
         """Read the NPC's prompt up to the player's line now (the player is walking up); see the proto."""

@@ -20,6 +20,7 @@ from ..v1 import dialogue_pb2_grpc as pb_grpc
 log = logging.getLogger("neeko_npc.server")
 
 FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "cancelled": pb.FINISH_REASON_CANCELLED}
+ORDER = {pb.TURN_ORDER_ROUND_ROBIN: "round_robin", pb.TURN_ORDER_NAMED_LAST: "named_last"}
 CACHE = {"hot": pb.PROMPT_CACHE_HOT, "snapshot": pb.PROMPT_CACHE_SNAPSHOT, "cold": pb.PROMPT_CACHE_COLD}
 
 
@@ -101,6 +102,46 @@ class DialogueService(pb_grpc.DialogueServicer):
                                blend=blend, profile=profile, beats=self._beats(request.beats))
             weights = [pb.RoleWeight(role_id=r, weight=w) for r, w in sorted(reply.weights.items())]
             yield from self._chunks(reply, weights, t0)
+        except self._EXPECTED as exc:
+            self._abort(context, exc)
+
+    def Converse(self, request_iterator, context):
+        engine = self._engine(context)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first ConverseRequest must be `start`")
+        start = first.start
+        heard: list[str] = []
+        lock = threading.Lock()
+
+        def listen():  # later messages are the player's interjections, taken in before the next turn
+            try:
+                for req in request_iterator:
+                    if req.WhichOneof("kind") == "player_line":
+                        with lock:
+                            heard.append(req.player_line)
+            except Exception:  # the client went away: the call's own cancellation stops the scene
+                pass
+
+        def interjections() -> list[str]:
+            with lock:
+                out = heard[:]
+                heard.clear()
+            return out
+
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        try:
+            scene = engine.converse(list(start.npc_ids), self._scene(start.scene), start.topic, start.opening_line,
+                                    start.turns, ORDER.get(start.order, ""), self._options(start.options),
+                                    cancelled=lambda: not context.is_active(), deadline=deadline,
+                                    interjections=interjections)
+            threading.Thread(target=listen, name="converse-listen", daemon=True).start()
+            for c in scene:
+                yield pb.ConverseChunk(npc_id=c.npc, turn=c.turn, text=c.text, turn_done=c.turn_done,
+                                       finish_reason=FINISH.get(c.finish, 0), prompt_tokens=c.prompt_tokens,
+                                       completion_tokens=c.completion_tokens, player_line=c.player_line, done=c.done,
+                                       role_weights=[pb.RoleWeight(role_id=r, weight=w) for r, w in sorted(c.weights.items())])
         except self._EXPECTED as exc:
             self._abort(context, exc)
 

@@ -20,6 +20,11 @@ class PromptCache(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROMPT_CACHE_HOT: _ClassVar[PromptCache]
     PROMPT_CACHE_SNAPSHOT: _ClassVar[PromptCache]
     PROMPT_CACHE_COLD: _ClassVar[PromptCache]
+
+class TurnOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TURN_ORDER_ROUND_ROBIN: _ClassVar[TurnOrder]
+    TURN_ORDER_NAMED_LAST: _ClassVar[TurnOrder]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -28,6 +33,8 @@ PROMPT_CACHE_UNSPECIFIED: PromptCache
 PROMPT_CACHE_HOT: PromptCache
 PROMPT_CACHE_SNAPSHOT: PromptCache
 PROMPT_CACHE_COLD: PromptCache
+TURN_ORDER_ROUND_ROBIN: TurnOrder
+TURN_ORDER_NAMED_LAST: TurnOrder
 
 class SceneContext(_message.Message):
     __slots__ = ("location", "time_of_day", "weather", "npc_mood", "npc_activity", "player_name", "player_standing", "recent_events", "nearby_characters", "facts")
@@ -304,3 +311,53 @@ class RestoreSessionResponse(_message.Message):
     npcs: int
     exchanges: int
     def __init__(self, npcs: _Optional[int] = ..., exchanges: _Optional[int] = ...) -> None: ...
+
+class ConverseStart(_message.Message):
+    __slots__ = ("npc_ids", "scene", "topic", "opening_line", "turns", "order", "options")
+    NPC_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCENE_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    OPENING_LINE_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    npc_ids: _containers.RepeatedScalarFieldContainer[str]
+    scene: SceneContext
+    topic: str
+    opening_line: str
+    turns: int
+    order: TurnOrder
+    options: GenerationOptions
+    def __init__(self, npc_ids: _Optional[_Iterable[str]] = ..., scene: _Optional[_Union[SceneContext, _Mapping]] = ..., topic: _Optional[str] = ..., opening_line: _Optional[str] = ..., turns: _Optional[int] = ..., order: _Optional[_Union[TurnOrder, str]] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ...) -> None: ...
+
+class ConverseRequest(_message.Message):
+    __slots__ = ("start", "player_line")
+    START_FIELD_NUMBER: _ClassVar[int]
+    PLAYER_LINE_FIELD_NUMBER: _ClassVar[int]
+    start: ConverseStart
+    player_line: str
+    def __init__(self, start: _Optional[_Union[ConverseStart, _Mapping]] = ..., player_line: _Optional[str] = ...) -> None: ...
+
+class ConverseChunk(_message.Message):
+    __slots__ = ("npc_id", "turn", "text", "turn_done", "finish_reason", "prompt_tokens", "completion_tokens", "role_weights", "player_line", "done")
+    NPC_ID_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TURN_DONE_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    PLAYER_LINE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    npc_id: str
+    turn: int
+    text: str
+    turn_done: bool
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    role_weights: _containers.RepeatedCompositeFieldContainer[RoleWeight]
+    player_line: str
+    done: bool
+    def __init__(self, npc_id: _Optional[str] = ..., turn: _Optional[int] = ..., text: _Optional[str] = ..., turn_done: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., role_weights: _Optional[_Iterable[_Union[RoleWeight, _Mapping]]] = ..., player_line: _Optional[str] = ..., done: _Optional[bool] = ...) -> None: ...

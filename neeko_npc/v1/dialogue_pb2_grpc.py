@@ -44,6 +44,11 @@ class DialogueStub:
                 request_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.SayRequest.SerializeToString,
                 response_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.PrepareResponse.FromString,
                 _registered_method=True)
+        self.Converse = channel.stream_stream(
+                '/neeko_npc.v1.Dialogue/Converse',
+                request_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.ConverseRequest.SerializeToString,
+                response_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.ConverseChunk.FromString,
+                _registered_method=True)
         self.ListRoles = channel.unary_unary(
                 '/neeko_npc.v1.Dialogue/ListRoles',
                 request_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.ListRolesRequest.SerializeToString,
@@ -91,6 +96,15 @@ class DialogueServicer:
         session's memory), so the Say that follows reads only the line and starts like a follow-up. Send the Say
         request you are about to send; player_line and options are ignored. A hint: when every context is busy it
         reads nothing and says so (skipped). Errors are Say's (unknown NPC, limits, blends).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Converse(self, request_iterator, context):
+        """NPCs talking to each other: the first message starts the scene (ConverseStart), any later one is a player
+        line taken in before the next turn. Each turn streams as it is generated, every chunk naming its speaker,
+        each turn under its speaker's own block. Cancelling the call stops it within one token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +164,11 @@ def add_DialogueServicer_to_server(servicer, server):
                     servicer.Prepare,
                     request_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.SayRequest.FromString,
                     response_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.PrepareResponse.SerializeToString,
+            ),
+            'Converse': grpc.stream_stream_rpc_method_handler(
+                    servicer.Converse,
+                    request_deserializer=neeko__npc_dot_v1_dot_dialogue__pb2.ConverseRequest.FromString,
+                    response_serializer=neeko__npc_dot_v1_dot_dialogue__pb2.ConverseChunk.SerializeToString,
             ),
             'ListRoles': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRoles,
@@ -236,6 +255,33 @@ class Dialogue:
             '/neeko_npc.v1.Dialogue/Prepare',
             neeko__npc_dot_v1_dot_dialogue__pb2.SayRequest.SerializeToString,
             neeko__npc_dot_v1_dot_dialogue__pb2.PrepareResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Converse(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/neeko_npc.v1.Dialogue/Converse',
+            neeko__npc_dot_v1_dot_dialogue__pb2.ConverseRequest.SerializeToString,
+            neeko__npc_dot_v1_dot_dialogue__pb2.ConverseChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,29 +83,45 @@ namespace Neeko.Npc.V1 {
             "CgRucGNzGAIgAygLMhcubmVla29fbnBjLnYxLk5wY01lbW9yeSInChFHZXRT",
             "ZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIjkKFlJlc3RvcmVT",
             "ZXNzaW9uUmVzcG9uc2USDAoEbnBjcxgBIAEoDRIRCglleGNoYW5nZXMYAiAB",
-            "KA0qfAoMRmluaXNoUmVhc29uEh0KGUZJTklTSF9SRUFTT05fVU5TUEVDSUZJ",
-            "RUQQABIWChJGSU5JU0hfUkVBU09OX1NUT1AQARIYChRGSU5JU0hfUkVBU09O",
-            "X0xFTkdUSBACEhsKF0ZJTklTSF9SRUFTT05fQ0FOQ0VMTEVEEAMqcwoLUHJv",
-            "bXB0Q2FjaGUSHAoYUFJPTVBUX0NBQ0hFX1VOU1BFQ0lGSUVEEAASFAoQUFJP",
-            "TVBUX0NBQ0hFX0hPVBABEhkKFVBST01QVF9DQUNIRV9TTkFQU0hPVBACEhUK",
-            "EVBST01QVF9DQUNIRV9DT0xEEAMy4wQKCERpYWxvZ3VlEjkKA1NheRIYLm5l",
-            "ZWtvX25wYy52MS5TYXlSZXF1ZXN0GhYubmVla29fbnBjLnYxLlNheUNodW5r",
-            "MAESQgoHUHJlcGFyZRIYLm5lZWtvX25wYy52MS5TYXlSZXF1ZXN0Gh0ubmVl",
-            "a29fbnBjLnYxLlByZXBhcmVSZXNwb25zZRJMCglMaXN0Um9sZXMSHi5uZWVr",
-            "b19ucGMudjEuTGlzdFJvbGVzUmVxdWVzdBofLm5lZWtvX25wYy52MS5MaXN0",
-            "Um9sZXNSZXNwb25zZRI7CgdHZXRSb2xlEhwubmVla29fbnBjLnYxLkdldFJv",
-            "bGVSZXF1ZXN0GhIubmVla29fbnBjLnYxLlJvbGUSUgoLUmVsb2FkUm9sZXMS",
-            "IC5uZWVrb19ucGMudjEuUmVsb2FkUm9sZXNSZXF1ZXN0GiEubmVla29fbnBj",
-            "LnYxLlJlbG9hZFJvbGVzUmVzcG9uc2USWAoNRm9yZ2V0U2Vzc2lvbhIiLm5l",
-            "ZWtvX25wYy52MS5Gb3JnZXRTZXNzaW9uUmVxdWVzdBojLm5lZWtvX25wYy52",
-            "MS5Gb3JnZXRTZXNzaW9uUmVzcG9uc2USSgoKR2V0U2Vzc2lvbhIfLm5lZWtv",
-            "X25wYy52MS5HZXRTZXNzaW9uUmVxdWVzdBobLm5lZWtvX25wYy52MS5TZXNz",
-            "aW9uTWVtb3J5ElMKDlJlc3RvcmVTZXNzaW9uEhsubmVla29fbnBjLnYxLlNl",
-            "c3Npb25NZW1vcnkaJC5uZWVrb19ucGMudjEuUmVzdG9yZVNlc3Npb25SZXNw",
-            "b25zZUIPqgIMTmVla28uTnBjLlYxYgZwcm90bzM="));
+            "KA0i2QEKDUNvbnZlcnNlU3RhcnQSDwoHbnBjX2lkcxgBIAMoCRIpCgVzY2Vu",
+            "ZRgCIAEoCzIaLm5lZWtvX25wYy52MS5TY2VuZUNvbnRleHQSDQoFdG9waWMY",
+            "AyABKAkSFAoMb3BlbmluZ19saW5lGAQgASgJEg0KBXR1cm5zGAUgASgNEiYK",
+            "BW9yZGVyGAYgASgOMhcubmVla29fbnBjLnYxLlR1cm5PcmRlchIwCgdvcHRp",
+            "b25zGAcgASgLMh8ubmVla29fbnBjLnYxLkdlbmVyYXRpb25PcHRpb25zIl4K",
+            "D0NvbnZlcnNlUmVxdWVzdBIsCgVzdGFydBgBIAEoCzIbLm5lZWtvX25wYy52",
+            "MS5Db252ZXJzZVN0YXJ0SAASFQoLcGxheWVyX2xpbmUYAiABKAlIAEIGCgRr",
+            "aW5kIoYCCg1Db252ZXJzZUNodW5rEg4KBm5wY19pZBgBIAEoCRIMCgR0dXJu",
+            "GAIgASgNEgwKBHRleHQYAyABKAkSEQoJdHVybl9kb25lGAQgASgIEjEKDWZp",
+            "bmlzaF9yZWFzb24YBSABKA4yGi5uZWVrb19ucGMudjEuRmluaXNoUmVhc29u",
+            "EhUKDXByb21wdF90b2tlbnMYBiABKA0SGQoRY29tcGxldGlvbl90b2tlbnMY",
+            "ByABKA0SLgoMcm9sZV93ZWlnaHRzGAggAygLMhgubmVla29fbnBjLnYxLlJv",
+            "bGVXZWlnaHQSEwoLcGxheWVyX2xpbmUYCSABKAkSDAoEZG9uZRgKIAEoCCp8",
+            "CgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAA",
+            "EhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVO",
+            "R1RIEAISGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQAypzCgtQcm9tcHRD",
+            "YWNoZRIcChhQUk9NUFRfQ0FDSEVfVU5TUEVDSUZJRUQQABIUChBQUk9NUFRf",
+            "Q0FDSEVfSE9UEAESGQoVUFJPTVBUX0NBQ0hFX1NOQVBTSE9UEAISFQoRUFJP",
+            "TVBUX0NBQ0hFX0NPTEQQAypCCglUdXJuT3JkZXISGgoWVFVSTl9PUkRFUl9S",
+            "T1VORF9ST0JJThAAEhkKFVRVUk5fT1JERVJfTkFNRURfTEFTVBABMq8FCghE",
+            "aWFsb2d1ZRI5CgNTYXkSGC5uZWVrb19ucGMudjEuU2F5UmVxdWVzdBoWLm5l",
+            "ZWtvX25wYy52MS5TYXlDaHVuazABEkIKB1ByZXBhcmUSGC5uZWVrb19ucGMu",
+            "djEuU2F5UmVxdWVzdBodLm5lZWtvX25wYy52MS5QcmVwYXJlUmVzcG9uc2US",
+            "SgoIQ29udmVyc2USHS5uZWVrb19ucGMudjEuQ29udmVyc2VSZXF1ZXN0Ghsu",
+            "bmVla29fbnBjLnYxLkNvbnZlcnNlQ2h1bmsoATABEkwKCUxpc3RSb2xlcxIe",
+            "Lm5lZWtvX25wYy52MS5MaXN0Um9sZXNSZXF1ZXN0Gh8ubmVla29fbnBjLnYx",
+            "Lkxpc3RSb2xlc1Jlc3BvbnNlEjsKB0dldFJvbGUSHC5uZWVrb19ucGMudjEu",
+            "R2V0Um9sZVJlcXVlc3QaEi5uZWVrb19ucGMudjEuUm9sZRJSCgtSZWxvYWRS",
+            "b2xlcxIgLm5lZWtvX25wYy52MS5SZWxvYWRSb2xlc1JlcXVlc3QaIS5uZWVr",
+            "b19ucGMudjEuUmVsb2FkUm9sZXNSZXNwb25zZRJYCg1Gb3JnZXRTZXNzaW9u",
+            "EiIubmVla29fbnBjLnYxLkZvcmdldFNlc3Npb25SZXF1ZXN0GiMubmVla29f",
+            "bnBjLnYxLkZvcmdldFNlc3Npb25SZXNwb25zZRJKCgpHZXRTZXNzaW9uEh8u",
+            "bmVla29fbnBjLnYxLkdldFNlc3Npb25SZXF1ZXN0GhsubmVla29fbnBjLnYx",
+            "LlNlc3Npb25NZW1vcnkSUwoOUmVzdG9yZVNlc3Npb24SGy5uZWVrb19ucGMu",
+            "djEuU2Vzc2lvbk1lbW9yeRokLm5lZWtvX25wYy52MS5SZXN0b3JlU2Vzc2lv",
+            "blJlc3BvbnNlQg+qAgxOZWVrby5OcGMuVjFiBnByb3RvMw=="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
-          new pbr::GeneratedClrTypeInfo(new[] {typeof(global::Neeko.Npc.V1.FinishReason), typeof(global::Neeko.Npc.V1.PromptCache), }, null, new pbr::GeneratedClrTypeInfo[] {
+          new pbr::GeneratedClrTypeInfo(new[] {typeof(global::Neeko.Npc.V1.FinishReason), typeof(global::Neeko.Npc.V1.PromptCache), typeof(global::Neeko.Npc.V1.TurnOrder), }, null, new pbr::GeneratedClrTypeInfo[] {
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SceneContext), global::Neeko.Npc.V1.SceneContext.Parser, new[]{ "Location", "TimeOfDay", "Weather", "NpcMood", "NpcActivity", "PlayerName", "PlayerStanding", "RecentEvents", "NearbyCharacters", "Facts" }, null, null, null, new pbr::GeneratedClrTypeInfo[] { null, }),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.GenerationOptions), global::Neeko.Npc.V1.GenerationOptions.Parser, new[]{ "MaxTokens", "Temperature", "TopP", "Seed", "Stop" }, new[]{ "Temperature", "TopP", "Seed" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.NpcProfile), global::Neeko.Npc.V1.NpcProfile.Parser, new[]{ "Name", "Persona", "Style", "Knowledge", "ExampleLines" }, null, null, null, null),
@@ -129,7 +145,10 @@ namespace Neeko.Npc.V1 {
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.NpcMemory), global::Neeko.Npc.V1.NpcMemory.Parser, new[]{ "NpcId", "Exchanges" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SessionMemory), global::Neeko.Npc.V1.SessionMemory.Parser, new[]{ "SessionId", "Npcs" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.GetSessionRequest), global::Neeko.Npc.V1.GetSessionRequest.Parser, new[]{ "SessionId" }, null, null, null, null),
-            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.RestoreSessionResponse), global::Neeko.Npc.V1.RestoreSessionResponse.Parser, new[]{ "Npcs", "Exchanges" }, null, null, null, null)
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.RestoreSessionResponse), global::Neeko.Npc.V1.RestoreSessionResponse.Parser, new[]{ "Npcs", "Exchanges" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.ConverseStart), global::Neeko.Npc.V1.ConverseStart.Parser, new[]{ "NpcIds", "Scene", "Topic", "OpeningLine", "Turns", "Order", "Options" }, null, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.ConverseRequest), global::Neeko.Npc.V1.ConverseRequest.Parser, new[]{ "Start", "PlayerLine" }, new[]{ "Kind" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.ConverseChunk), global::Neeko.Npc.V1.ConverseChunk.Parser, new[]{ "NpcId", "Turn", "Text", "TurnDone", "FinishReason", "PromptTokens", "CompletionTokens", "RoleWeights", "PlayerLine", "Done" }, null, null, null, null)
           }));
     }
     #endregion
@@ -163,6 +182,17 @@ namespace Neeko.Npc.V1 {
     /// The whole prompt was read.
     /// </summary>
     [pbr::OriginalName("PROMPT_CACHE_COLD")] Cold = 3,
+  }
+
+  public enum TurnOrder {
+    /// <summary>
+    /// Each NPC in the order the request names them.
+    /// </summary>
+    [pbr::OriginalName("TURN_ORDER_ROUND_ROBIN")] RoundRobin = 0,
+    /// <summary>
+    /// The NPC the last line named (by name or id) speaks next; round robin when it named none.
+    /// </summary>
+    [pbr::OriginalName("TURN_ORDER_NAMED_LAST")] NamedLast = 1,
   }
 
   #endregion
@@ -6851,6 +6881,1237 @@ namespace Neeko.Npc.V1 {
           }
           case 16: {
             Exchanges = input.ReadUInt32();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  public sealed partial class ConverseStart : pb::IMessage<ConverseStart>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<ConverseStart> _parser = new pb::MessageParser<ConverseStart>(() => new ConverseStart());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<ConverseStart> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[24]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ConverseStart() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ConverseStart(ConverseStart other) : this() {
+      npcIds_ = other.npcIds_.Clone();
+      scene_ = other.scene_ != null ? other.scene_.Clone() : null;
+      topic_ = other.topic_;
+      openingLine_ = other.openingLine_;
+      turns_ = other.turns_;
+      order_ = other.order_;
+      options_ = other.options_ != null ? other.options_.Clone() : null;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ConverseStart Clone() {
+      return new ConverseStart(this);
+    }
+
+    /// <summary>Field number for the "npc_ids" field.</summary>
+    public const int NpcIdsFieldNumber = 1;
+    private static readonly pb::FieldCodec<string> _repeated_npcIds_codec
+        = pb::FieldCodec.ForString(10);
+    private readonly pbc::RepeatedField<string> npcIds_ = new pbc::RepeatedField<string>();
+    /// <summary>
+    /// 2 to 4 hosted NPCs, each named once.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<string> NpcIds {
+      get { return npcIds_; }
+    }
+
+    /// <summary>Field number for the "scene" field.</summary>
+    public const int SceneFieldNumber = 2;
+    private global::Neeko.Npc.V1.SceneContext scene_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Neeko.Npc.V1.SceneContext Scene {
+      get { return scene_; }
+      set {
+        scene_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "topic" field.</summary>
+    public const int TopicFieldNumber = 3;
+    private string topic_ = "";
+    /// <summary>
+    /// What they talk about (optional).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Topic {
+      get { return topic_; }
+      set {
+        topic_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "opening_line" field.</summary>
+    public const int OpeningLineFieldNumber = 4;
+    private string openingLine_ = "";
+    /// <summary>
+    /// The player's opening line (optional); without one, the first NPC opens.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string OpeningLine {
+      get { return openingLine_; }
+      set {
+        openingLine_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "turns" field.</summary>
+    public const int TurnsFieldNumber = 5;
+    private uint turns_;
+    /// <summary>
+    /// Turns to generate; 0: the daemon's default (6). At most --max-turns.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint Turns {
+      get { return turns_; }
+      set {
+        turns_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "order" field.</summary>
+    public const int OrderFieldNumber = 6;
+    private global::Neeko.Npc.V1.TurnOrder order_ = global::Neeko.Npc.V1.TurnOrder.RoundRobin;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Neeko.Npc.V1.TurnOrder Order {
+      get { return order_; }
+      set {
+        order_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "options" field.</summary>
+    public const int OptionsFieldNumber = 7;
+    private global::Neeko.Npc.V1.GenerationOptions options_;
+    /// <summary>
+    /// For every turn; max_tokens is per turn.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Neeko.Npc.V1.GenerationOptions Options {
+      get { return options_; }
+      set {
+        options_ = value;
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as ConverseStart);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(ConverseStart other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if(!npcIds_.Equals(other.npcIds_)) return false;
+      if (!object.Equals(Scene, other.Scene)) return false;
+      if (Topic != other.Topic) return false;
+      if (OpeningLine != other.OpeningLine) return false;
+      if (Turns != other.Turns) return false;
+      if (Order != other.Order) return false;
+      if (!object.Equals(Options, other.Options)) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      hash ^= npcIds_.GetHashCode();
+      if (scene_ != null) hash ^= Scene.GetHashCode();
+      if (Topic.Length != 0) hash ^= Topic.GetHashCode();
+      if (OpeningLine.Length != 0) hash ^= OpeningLine.GetHashCode();
+      if (Turns != 0) hash ^= Turns.GetHashCode();
+      if (Order != global::Neeko.Npc.V1.TurnOrder.RoundRobin) hash ^= Order.GetHashCode();
+      if (options_ != null) hash ^= Options.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      npcIds_.WriteTo(output, _repeated_npcIds_codec);
+      if (scene_ != null) {
+        output.WriteRawTag(18);
+        output.WriteMessage(Scene);
+      }
+      if (Topic.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(Topic);
+      }
+      if (OpeningLine.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(OpeningLine);
+      }
+      if (Turns != 0) {
+        output.WriteRawTag(40);
+        output.WriteUInt32(Turns);
+      }
+      if (Order != global::Neeko.Npc.V1.TurnOrder.RoundRobin) {
+        output.WriteRawTag(48);
+        output.WriteEnum((int) Order);
+      }
+      if (options_ != null) {
+        output.WriteRawTag(58);
+        output.WriteMessage(Options);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      npcIds_.WriteTo(ref output, _repeated_npcIds_codec);
+      if (scene_ != null) {
+        output.WriteRawTag(18);
+        output.WriteMessage(Scene);
+      }
+      if (Topic.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(Topic);
+      }
+      if (OpeningLine.Length != 0) {
+        output.WriteRawTag(34);
+        output.WriteString(OpeningLine);
+      }
+      if (Turns != 0) {
+        output.WriteRawTag(40);
+        output.WriteUInt32(Turns);
+      }
+      if (Order != global::Neeko.Npc.V1.TurnOrder.RoundRobin) {
+        output.WriteRawTag(48);
+        output.WriteEnum((int) Order);
+      }
+      if (options_ != null) {
+        output.WriteRawTag(58);
+        output.WriteMessage(Options);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      size += npcIds_.CalculateSize(_repeated_npcIds_codec);
+      if (scene_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Scene);
+      }
+      if (Topic.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Topic);
+      }
+      if (OpeningLine.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(OpeningLine);
+      }
+      if (Turns != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(Turns);
+      }
+      if (Order != global::Neeko.Npc.V1.TurnOrder.RoundRobin) {
+        size += 1 + pb::CodedOutputStream.ComputeEnumSize((int) Order);
+      }
+      if (options_ != null) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Options);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(ConverseStart other) {
+      if (other == null) {
+        return;
+      }
+      npcIds_.Add(other.npcIds_);
+      if (other.scene_ != null) {
+        if (scene_ == null) {
+          Scene = new global::Neeko.Npc.V1.SceneContext();
+        }
+        Scene.MergeFrom(other.Scene);
+      }
+      if (other.Topic.Length != 0) {
+        Topic = other.Topic;
+      }
+      if (other.OpeningLine.Length != 0) {
+        OpeningLine = other.OpeningLine;
+      }
+      if (other.Turns != 0) {
+        Turns = other.Turns;
+      }
+      if (other.Order != global::Neeko.Npc.V1.TurnOrder.RoundRobin) {
+        Order = other.Order;
+      }
+      if (other.options_ != null) {
+        if (options_ == null) {
+          Options = new global::Neeko.Npc.V1.GenerationOptions();
+        }
+        Options.MergeFrom(other.Options);
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            npcIds_.AddEntriesFrom(input, _repeated_npcIds_codec);
+            break;
+          }
+          case 18: {
+            if (scene_ == null) {
+              Scene = new global::Neeko.Npc.V1.SceneContext();
+            }
+            input.ReadMessage(Scene);
+            break;
+          }
+          case 26: {
+            Topic = input.ReadString();
+            break;
+          }
+          case 34: {
+            OpeningLine = input.ReadString();
+            break;
+          }
+          case 40: {
+            Turns = input.ReadUInt32();
+            break;
+          }
+          case 48: {
+            Order = (global::Neeko.Npc.V1.TurnOrder) input.ReadEnum();
+            break;
+          }
+          case 58: {
+            if (options_ == null) {
+              Options = new global::Neeko.Npc.V1.GenerationOptions();
+            }
+            input.ReadMessage(Options);
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            npcIds_.AddEntriesFrom(ref input, _repeated_npcIds_codec);
+            break;
+          }
+          case 18: {
+            if (scene_ == null) {
+              Scene = new global::Neeko.Npc.V1.SceneContext();
+            }
+            input.ReadMessage(Scene);
+            break;
+          }
+          case 26: {
+            Topic = input.ReadString();
+            break;
+          }
+          case 34: {
+            OpeningLine = input.ReadString();
+            break;
+          }
+          case 40: {
+            Turns = input.ReadUInt32();
+            break;
+          }
+          case 48: {
+            Order = (global::Neeko.Npc.V1.TurnOrder) input.ReadEnum();
+            break;
+          }
+          case 58: {
+            if (options_ == null) {
+              Options = new global::Neeko.Npc.V1.GenerationOptions();
+            }
+            input.ReadMessage(Options);
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  public sealed partial class ConverseRequest : pb::IMessage<ConverseRequest>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<ConverseRequest> _parser = new pb::MessageParser<ConverseRequest>(() => new ConverseRequest());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<ConverseRequest> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[25]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ConverseRequest() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ConverseRequest(ConverseRequest other) : this() {
+      switch (other.KindCase) {
+        case KindOneofCase.Start:
+          Start = other.Start.Clone();
+          break;
+        case KindOneofCase.PlayerLine:
+          PlayerLine = other.PlayerLine;
+          break;
+      }
+
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ConverseRequest Clone() {
+      return new ConverseRequest(this);
+    }
+
+    /// <summary>Field number for the "start" field.</summary>
+    public const int StartFieldNumber = 1;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Neeko.Npc.V1.ConverseStart Start {
+      get { return kindCase_ == KindOneofCase.Start ? (global::Neeko.Npc.V1.ConverseStart) kind_ : null; }
+      set {
+        kind_ = value;
+        kindCase_ = value == null ? KindOneofCase.None : KindOneofCase.Start;
+      }
+    }
+
+    /// <summary>Field number for the "player_line" field.</summary>
+    public const int PlayerLineFieldNumber = 2;
+    /// <summary>
+    /// The player interjects: the line is taken in before the next turn.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string PlayerLine {
+      get { return kindCase_ == KindOneofCase.PlayerLine ? (string) kind_ : ""; }
+      set {
+        kind_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+        kindCase_ = KindOneofCase.PlayerLine;
+      }
+    }
+
+    private object kind_;
+    /// <summary>Enum of possible cases for the "kind" oneof.</summary>
+    public enum KindOneofCase {
+      None = 0,
+      Start = 1,
+      PlayerLine = 2,
+    }
+    private KindOneofCase kindCase_ = KindOneofCase.None;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public KindOneofCase KindCase {
+      get { return kindCase_; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void ClearKind() {
+      kindCase_ = KindOneofCase.None;
+      kind_ = null;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as ConverseRequest);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(ConverseRequest other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (!object.Equals(Start, other.Start)) return false;
+      if (PlayerLine != other.PlayerLine) return false;
+      if (KindCase != other.KindCase) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (kindCase_ == KindOneofCase.Start) hash ^= Start.GetHashCode();
+      if (kindCase_ == KindOneofCase.PlayerLine) hash ^= PlayerLine.GetHashCode();
+      hash ^= (int) kindCase_;
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (kindCase_ == KindOneofCase.Start) {
+        output.WriteRawTag(10);
+        output.WriteMessage(Start);
+      }
+      if (kindCase_ == KindOneofCase.PlayerLine) {
+        output.WriteRawTag(18);
+        output.WriteString(PlayerLine);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (kindCase_ == KindOneofCase.Start) {
+        output.WriteRawTag(10);
+        output.WriteMessage(Start);
+      }
+      if (kindCase_ == KindOneofCase.PlayerLine) {
+        output.WriteRawTag(18);
+        output.WriteString(PlayerLine);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (kindCase_ == KindOneofCase.Start) {
+        size += 1 + pb::CodedOutputStream.ComputeMessageSize(Start);
+      }
+      if (kindCase_ == KindOneofCase.PlayerLine) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(PlayerLine);
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(ConverseRequest other) {
+      if (other == null) {
+        return;
+      }
+      switch (other.KindCase) {
+        case KindOneofCase.Start:
+          if (Start == null) {
+            Start = new global::Neeko.Npc.V1.ConverseStart();
+          }
+          Start.MergeFrom(other.Start);
+          break;
+        case KindOneofCase.PlayerLine:
+          PlayerLine = other.PlayerLine;
+          break;
+      }
+
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            global::Neeko.Npc.V1.ConverseStart subBuilder = new global::Neeko.Npc.V1.ConverseStart();
+            if (kindCase_ == KindOneofCase.Start) {
+              subBuilder.MergeFrom(Start);
+            }
+            input.ReadMessage(subBuilder);
+            Start = subBuilder;
+            break;
+          }
+          case 18: {
+            PlayerLine = input.ReadString();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            global::Neeko.Npc.V1.ConverseStart subBuilder = new global::Neeko.Npc.V1.ConverseStart();
+            if (kindCase_ == KindOneofCase.Start) {
+              subBuilder.MergeFrom(Start);
+            }
+            input.ReadMessage(subBuilder);
+            Start = subBuilder;
+            break;
+          }
+          case 18: {
+            PlayerLine = input.ReadString();
+            break;
+          }
+        }
+      }
+    }
+    #endif
+
+  }
+
+  public sealed partial class ConverseChunk : pb::IMessage<ConverseChunk>
+  #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      , pb::IBufferMessage
+  #endif
+  {
+    private static readonly pb::MessageParser<ConverseChunk> _parser = new pb::MessageParser<ConverseChunk>(() => new ConverseChunk());
+    private pb::UnknownFieldSet _unknownFields;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pb::MessageParser<ConverseChunk> Parser { get { return _parser; } }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public static pbr::MessageDescriptor Descriptor {
+      get { return global::Neeko.Npc.V1.DialogueReflection.Descriptor.MessageTypes[26]; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    pbr::MessageDescriptor pb::IMessage.Descriptor {
+      get { return Descriptor; }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ConverseChunk() {
+      OnConstruction();
+    }
+
+    partial void OnConstruction();
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ConverseChunk(ConverseChunk other) : this() {
+      npcId_ = other.npcId_;
+      turn_ = other.turn_;
+      text_ = other.text_;
+      turnDone_ = other.turnDone_;
+      finishReason_ = other.finishReason_;
+      promptTokens_ = other.promptTokens_;
+      completionTokens_ = other.completionTokens_;
+      roleWeights_ = other.roleWeights_.Clone();
+      playerLine_ = other.playerLine_;
+      done_ = other.done_;
+      _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public ConverseChunk Clone() {
+      return new ConverseChunk(this);
+    }
+
+    /// <summary>Field number for the "npc_id" field.</summary>
+    public const int NpcIdFieldNumber = 1;
+    private string npcId_ = "";
+    /// <summary>
+    /// Who speaks in this chunk, and which turn (0-based) it belongs to.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string NpcId {
+      get { return npcId_; }
+      set {
+        npcId_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "turn" field.</summary>
+    public const int TurnFieldNumber = 2;
+    private uint turn_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint Turn {
+      get { return turn_; }
+      set {
+        turn_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "text" field.</summary>
+    public const int TextFieldNumber = 3;
+    private string text_ = "";
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string Text {
+      get { return text_; }
+      set {
+        text_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "turn_done" field.</summary>
+    public const int TurnDoneFieldNumber = 4;
+    private bool turnDone_;
+    /// <summary>
+    /// The turn's last chunk: its finish reason, token counts and the blocks that spoke.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool TurnDone {
+      get { return turnDone_; }
+      set {
+        turnDone_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "finish_reason" field.</summary>
+    public const int FinishReasonFieldNumber = 5;
+    private global::Neeko.Npc.V1.FinishReason finishReason_ = global::Neeko.Npc.V1.FinishReason.Unspecified;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public global::Neeko.Npc.V1.FinishReason FinishReason {
+      get { return finishReason_; }
+      set {
+        finishReason_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "prompt_tokens" field.</summary>
+    public const int PromptTokensFieldNumber = 6;
+    private uint promptTokens_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint PromptTokens {
+      get { return promptTokens_; }
+      set {
+        promptTokens_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "completion_tokens" field.</summary>
+    public const int CompletionTokensFieldNumber = 7;
+    private uint completionTokens_;
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public uint CompletionTokens {
+      get { return completionTokens_; }
+      set {
+        completionTokens_ = value;
+      }
+    }
+
+    /// <summary>Field number for the "role_weights" field.</summary>
+    public const int RoleWeightsFieldNumber = 8;
+    private static readonly pb::FieldCodec<global::Neeko.Npc.V1.RoleWeight> _repeated_roleWeights_codec
+        = pb::FieldCodec.ForMessage(66, global::Neeko.Npc.V1.RoleWeight.Parser);
+    private readonly pbc::RepeatedField<global::Neeko.Npc.V1.RoleWeight> roleWeights_ = new pbc::RepeatedField<global::Neeko.Npc.V1.RoleWeight>();
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public pbc::RepeatedField<global::Neeko.Npc.V1.RoleWeight> RoleWeights {
+      get { return roleWeights_; }
+    }
+
+    /// <summary>Field number for the "player_line" field.</summary>
+    public const int PlayerLineFieldNumber = 9;
+    private string playerLine_ = "";
+    /// <summary>
+    /// An interjection the server took in before this turn (on the turn's first chunk).
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public string PlayerLine {
+      get { return playerLine_; }
+      set {
+        playerLine_ = pb::ProtoPreconditions.CheckNotNull(value, "value");
+      }
+    }
+
+    /// <summary>Field number for the "done" field.</summary>
+    public const int DoneFieldNumber = 10;
+    private bool done_;
+    /// <summary>
+    /// The conversation's last chunk.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Done {
+      get { return done_; }
+      set {
+        done_ = value;
+      }
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override bool Equals(object other) {
+      return Equals(other as ConverseChunk);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool Equals(ConverseChunk other) {
+      if (ReferenceEquals(other, null)) {
+        return false;
+      }
+      if (ReferenceEquals(other, this)) {
+        return true;
+      }
+      if (NpcId != other.NpcId) return false;
+      if (Turn != other.Turn) return false;
+      if (Text != other.Text) return false;
+      if (TurnDone != other.TurnDone) return false;
+      if (FinishReason != other.FinishReason) return false;
+      if (PromptTokens != other.PromptTokens) return false;
+      if (CompletionTokens != other.CompletionTokens) return false;
+      if(!roleWeights_.Equals(other.roleWeights_)) return false;
+      if (PlayerLine != other.PlayerLine) return false;
+      if (Done != other.Done) return false;
+      return Equals(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override int GetHashCode() {
+      int hash = 1;
+      if (NpcId.Length != 0) hash ^= NpcId.GetHashCode();
+      if (Turn != 0) hash ^= Turn.GetHashCode();
+      if (Text.Length != 0) hash ^= Text.GetHashCode();
+      if (TurnDone != false) hash ^= TurnDone.GetHashCode();
+      if (FinishReason != global::Neeko.Npc.V1.FinishReason.Unspecified) hash ^= FinishReason.GetHashCode();
+      if (PromptTokens != 0) hash ^= PromptTokens.GetHashCode();
+      if (CompletionTokens != 0) hash ^= CompletionTokens.GetHashCode();
+      hash ^= roleWeights_.GetHashCode();
+      if (PlayerLine.Length != 0) hash ^= PlayerLine.GetHashCode();
+      if (Done != false) hash ^= Done.GetHashCode();
+      if (_unknownFields != null) {
+        hash ^= _unknownFields.GetHashCode();
+      }
+      return hash;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public override string ToString() {
+      return pb::JsonFormatter.ToDiagnosticString(this);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void WriteTo(pb::CodedOutputStream output) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      output.WriteRawMessage(this);
+    #else
+      if (NpcId.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(NpcId);
+      }
+      if (Turn != 0) {
+        output.WriteRawTag(16);
+        output.WriteUInt32(Turn);
+      }
+      if (Text.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(Text);
+      }
+      if (TurnDone != false) {
+        output.WriteRawTag(32);
+        output.WriteBool(TurnDone);
+      }
+      if (FinishReason != global::Neeko.Npc.V1.FinishReason.Unspecified) {
+        output.WriteRawTag(40);
+        output.WriteEnum((int) FinishReason);
+      }
+      if (PromptTokens != 0) {
+        output.WriteRawTag(48);
+        output.WriteUInt32(PromptTokens);
+      }
+      if (CompletionTokens != 0) {
+        output.WriteRawTag(56);
+        output.WriteUInt32(CompletionTokens);
+      }
+      roleWeights_.WriteTo(output, _repeated_roleWeights_codec);
+      if (PlayerLine.Length != 0) {
+        output.WriteRawTag(74);
+        output.WriteString(PlayerLine);
+      }
+      if (Done != false) {
+        output.WriteRawTag(80);
+        output.WriteBool(Done);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(output);
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalWriteTo(ref pb::WriteContext output) {
+      if (NpcId.Length != 0) {
+        output.WriteRawTag(10);
+        output.WriteString(NpcId);
+      }
+      if (Turn != 0) {
+        output.WriteRawTag(16);
+        output.WriteUInt32(Turn);
+      }
+      if (Text.Length != 0) {
+        output.WriteRawTag(26);
+        output.WriteString(Text);
+      }
+      if (TurnDone != false) {
+        output.WriteRawTag(32);
+        output.WriteBool(TurnDone);
+      }
+      if (FinishReason != global::Neeko.Npc.V1.FinishReason.Unspecified) {
+        output.WriteRawTag(40);
+        output.WriteEnum((int) FinishReason);
+      }
+      if (PromptTokens != 0) {
+        output.WriteRawTag(48);
+        output.WriteUInt32(PromptTokens);
+      }
+      if (CompletionTokens != 0) {
+        output.WriteRawTag(56);
+        output.WriteUInt32(CompletionTokens);
+      }
+      roleWeights_.WriteTo(ref output, _repeated_roleWeights_codec);
+      if (PlayerLine.Length != 0) {
+        output.WriteRawTag(74);
+        output.WriteString(PlayerLine);
+      }
+      if (Done != false) {
+        output.WriteRawTag(80);
+        output.WriteBool(Done);
+      }
+      if (_unknownFields != null) {
+        _unknownFields.WriteTo(ref output);
+      }
+    }
+    #endif
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public int CalculateSize() {
+      int size = 0;
+      if (NpcId.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(NpcId);
+      }
+      if (Turn != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(Turn);
+      }
+      if (Text.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(Text);
+      }
+      if (TurnDone != false) {
+        size += 1 + 1;
+      }
+      if (FinishReason != global::Neeko.Npc.V1.FinishReason.Unspecified) {
+        size += 1 + pb::CodedOutputStream.ComputeEnumSize((int) FinishReason);
+      }
+      if (PromptTokens != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(PromptTokens);
+      }
+      if (CompletionTokens != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeUInt32Size(CompletionTokens);
+      }
+      size += roleWeights_.CalculateSize(_repeated_roleWeights_codec);
+      if (PlayerLine.Length != 0) {
+        size += 1 + pb::CodedOutputStream.ComputeStringSize(PlayerLine);
+      }
+      if (Done != false) {
+        size += 1 + 1;
+      }
+      if (_unknownFields != null) {
+        size += _unknownFields.CalculateSize();
+      }
+      return size;
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(ConverseChunk other) {
+      if (other == null) {
+        return;
+      }
+      if (other.NpcId.Length != 0) {
+        NpcId = other.NpcId;
+      }
+      if (other.Turn != 0) {
+        Turn = other.Turn;
+      }
+      if (other.Text.Length != 0) {
+        Text = other.Text;
+      }
+      if (other.TurnDone != false) {
+        TurnDone = other.TurnDone;
+      }
+      if (other.FinishReason != global::Neeko.Npc.V1.FinishReason.Unspecified) {
+        FinishReason = other.FinishReason;
+      }
+      if (other.PromptTokens != 0) {
+        PromptTokens = other.PromptTokens;
+      }
+      if (other.CompletionTokens != 0) {
+        CompletionTokens = other.CompletionTokens;
+      }
+      roleWeights_.Add(other.roleWeights_);
+      if (other.PlayerLine.Length != 0) {
+        PlayerLine = other.PlayerLine;
+      }
+      if (other.Done != false) {
+        Done = other.Done;
+      }
+      _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
+    }
+
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void MergeFrom(pb::CodedInputStream input) {
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+      input.ReadRawMessage(this);
+    #else
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, input);
+            break;
+          case 10: {
+            NpcId = input.ReadString();
+            break;
+          }
+          case 16: {
+            Turn = input.ReadUInt32();
+            break;
+          }
+          case 26: {
+            Text = input.ReadString();
+            break;
+          }
+          case 32: {
+            TurnDone = input.ReadBool();
+            break;
+          }
+          case 40: {
+            FinishReason = (global::Neeko.Npc.V1.FinishReason) input.ReadEnum();
+            break;
+          }
+          case 48: {
+            PromptTokens = input.ReadUInt32();
+            break;
+          }
+          case 56: {
+            CompletionTokens = input.ReadUInt32();
+            break;
+          }
+          case 66: {
+            roleWeights_.AddEntriesFrom(input, _repeated_roleWeights_codec);
+            break;
+          }
+          case 74: {
+            PlayerLine = input.ReadString();
+            break;
+          }
+          case 80: {
+            Done = input.ReadBool();
+            break;
+          }
+        }
+      }
+    #endif
+    }
+
+    #if !GOOGLE_PROTOBUF_REFSTRUCT_COMPATIBILITY_MODE
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    void pb::IBufferMessage.InternalMergeFrom(ref pb::ParseContext input) {
+      uint tag;
+      while ((tag = input.ReadTag()) != 0) {
+        switch(tag) {
+          default:
+            _unknownFields = pb::UnknownFieldSet.MergeFieldFrom(_unknownFields, ref input);
+            break;
+          case 10: {
+            NpcId = input.ReadString();
+            break;
+          }
+          case 16: {
+            Turn = input.ReadUInt32();
+            break;
+          }
+          case 26: {
+            Text = input.ReadString();
+            break;
+          }
+          case 32: {
+            TurnDone = input.ReadBool();
+            break;
+          }
+          case 40: {
+            FinishReason = (global::Neeko.Npc.V1.FinishReason) input.ReadEnum();
+            break;
+          }
+          case 48: {
+            PromptTokens = input.ReadUInt32();
+            break;
+          }
+          case 56: {
+            CompletionTokens = input.ReadUInt32();
+            break;
+          }
+          case 66: {
+            roleWeights_.AddEntriesFrom(ref input, _repeated_roleWeights_codec);
+            break;
+          }
+          case 74: {
+            PlayerLine = input.ReadString();
+            break;
+          }
+          case 80: {
+            Done = input.ReadBool();
             break;
           }
         }

@@ -392,6 +392,8 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
               help="Roles a procedural NPC's blend may name, and blocks it may mix (the gate's top-k).")
 @click.option("--max-actions", default=D.MAX_ACTIONS, show_default=True, type=click.IntRange(1, 256),
               help="Actions a request may declare for its line's beat.")
+@click.option("--max-converse-turns", default=D.MAX_CONVERSE_TURNS, show_default=True, type=click.IntRange(1, 1024),
+              help="Turns one Converse may ask for.")
 @click.option("--watch-interval", default=D.WATCH_INTERVAL, show_default=True, type=click.FloatRange(0), help="Seconds between roles-folder scans; 0 turns watching off.")
 @click.option("--engine", type=click.Choice(list(D.ENGINES)), default=D.ENGINES[0], show_default=True,
               help="torch: the block LoRA in torch, batching NPCs' decode steps (GPU; needs the [train] extra).")
@@ -401,7 +403,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @friendly_errors
 def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
           snapshot_mib, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, max_actions,
-          watch_interval, engine, device, max_batch, verbose):
+          max_converse_turns, watch_interval, engine, device, max_batch, verbose):
     """Run the dialogue daemon (gRPC) on the base model and every role in --roles."""
     from functools import partial
 
@@ -411,7 +413,7 @@ def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size
 
     limits = Limits(max_tokens_limit=max_tokens_limit, max_player_line_chars=max_player_line_chars,
                     max_scene_chars=max_scene_chars, max_profile_chars=max_profile_chars, max_blend=max_blend,
-                    max_actions=max_actions)
+                    max_actions=max_actions, max_converse_turns=max_converse_turns)
     config = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
                           history_tokens=history_tokens, max_batch=max_batch, snapshot_bytes=snapshot_mib * 1024 * 1024,
                           limits=limits)

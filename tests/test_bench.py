@@ -66,6 +66,13 @@ def test_bench_quick_measures_every_section(quick_report):
     assert b["errors"] == [] and b["same_lines"] and b["line_ms"]["n"] == b["with_beats_ms"]["n"] == QUICK["beat_reps"]
     assert b["extra_ms"] == b["with_beats_ms"]["p50"] - b["line_ms"]["p50"] and "beats add" in text
 
+    cv = r["converse"]  # changing speaker between the turns of a Converse, every turn a new speaker
+    assert cv["errors"] == [] and sorted(k for k in cv if k != "errors") == ["2", "3"]
+    for k in ("2", "3"):
+        assert cv[k]["turns"] == QUICK["converse_turns"] and cv[k]["changes"] == QUICK["converse_turns"] - 1
+        assert cv[k]["gap_ms"]["n"] == QUICK["converse_turns"] - 1 and cv[k]["gap_ms"]["p50"] > 0
+    assert "Converse: from one turn's end" in text
+
     dec = {row["key"]: row for row in r["decode"]}
     assert list(dec) == ["base", "one_role", "fused", "merged", "dense", "dense_many"]
     assert dec["base"]["name"] == "base model alone" and dec["one_role"]["name"].startswith("neeko: one role")
@@ -126,7 +133,7 @@ def test_bench_through_a_running_daemon(baked, tmp_path):
     d = Daemon(config, lambda: LlamaEngine(roles, config=EngineConfig(pool_size=2, n_threads=1))).start()
     try:
         assert d.loaded.wait(120), d.service.load_error
-        sizes = dict(ttft_reps=2, switch_reps=2, levels=[1, 2], per_stream=1, beat_reps=2)
+        sizes = dict(ttft_reps=2, switch_reps=2, levels=[1, 2], per_stream=1, beat_reps=2, converse_turns=2)
         r = run_bench(BenchConfig(address=d.address, sizes=sizes))
     finally:
         d.stop(0)
@@ -135,6 +142,7 @@ def test_bench_through_a_running_daemon(baked, tmp_path):
     assert r.switching["errors"] == [] and "alternate_2" in r.switching
     assert all(v["errors"] == 0 and v["completion_tokens"] > 0 for v in r.concurrency.values())
     assert r.beats["errors"] == [] and r.beats["same_lines"] and r.beats["line_ms"]["n"] > 0  # beats over gRPC too
+    assert r.converse["errors"] == [] and r.converse["2"]["changes"] == 1  # a Converse over gRPC (2 turns)
     assert r.decode == [] and r.skipped
 
 

@@ -142,6 +142,14 @@ def table(r: BenchResult) -> str:
                   f"  without {_p(b['line_ms'], fmt='{:.0f}')} ms, with {_p(b['with_beats_ms'], fmt='{:.0f}')} ms (p50 of "
                   f"{b['line_ms']['n']}): beats add {b['extra_ms']:+.0f} ms; same lines: {'yes' if b['same_lines'] else 'NO'}"
                   + (f"; {len(b['errors'])} error(s): {b['errors'][0]}" if b["errors"] else ""), ""]
+    cv = {k: v for k, v in r.converse.items() if k != "errors"}
+    if cv:
+        hot = r.ttft.get("follow_up_ms", {}).get("p50")
+        parts = [f"{v['npcs']} NPCs {_p(v['gap_ms'], fmt='{:.0f}')} ms (p95 {_p(v['gap_ms'], 'p95', '{:.0f}')}, "
+                 f"{v['changes']} changes)" for v in cv.values()]
+        lines += ["Converse: from one turn's end to the next speaker's first text, p50: " + "; ".join(parts)
+                  + (f"; a hot follow-up's time to first token {hot:.0f} ms" if hot else "")
+                  + (f"; error: {r.converse['errors'][0]}" if r.converse.get("errors") else ""), ""]
     if r.town.get("runs"):
         tw = r.town
         lines.append(f"Town: {tw['npcs']} NPCs, each player {tw['stops_per_player']} stops (an opening line and a follow-up, "

@@ -22,10 +22,10 @@ from .targets import BENCH_SCENE, InProcess, Remote
 
 FULL = dict(ttft_reps=10, switch_reps=12, levels=[1, 2, 4, 8], per_stream=3, decode_tokens=64, decode_rounds=5,
             adapter_switch_reps=40, reload_reps=6, role_counts=[0, 1, 10, 50], merged_counts=[1, 5], mixture_blocks=50,
-            town_npcs=24, town_levels=[1, 4, 8], town_stops=6, town_tokens=24, beat_reps=6)
+            town_npcs=24, town_levels=[1, 4, 8], town_stops=6, town_tokens=24, beat_reps=6, converse_turns=8)
 QUICK = dict(ttft_reps=3, switch_reps=4, levels=[1, 2, 4, 8], per_stream=1, decode_tokens=24, decode_rounds=2,
              adapter_switch_reps=10, reload_reps=2, role_counts=[0, 2], merged_counts=[1, 2], mixture_blocks=10,
-             town_npcs=8, town_levels=[1, 2], town_stops=3, town_tokens=12, beat_reps=2)
+             town_npcs=8, town_levels=[1, 2], town_stops=3, town_tokens=12, beat_reps=2, converse_turns=4)
 
 
 @dataclass
@@ -65,6 +65,7 @@ class BenchResult:
     memory: dict = field(default_factory=dict)  # memory.memory_by_role_count, plus merged_models
     town: dict = field(default_factory=dict)  # town.town: many NPCs, few contexts, with and without snapshots
     beats: dict = field(default_factory=dict)  # speed.beat_cost: what a line's beat adds to its time
+    converse: dict = field(default_factory=dict)  # speed.speaker_changes: the gap between turns of a Converse
     skipped: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall-clock time of each step, in the order they ran
 
@@ -158,6 +159,8 @@ def _sections_through(target, cfg: BenchConfig, out: BenchResult, step, tick) ->
     out.concurrency = speed.concurrency(target, roles, cfg.size("levels"), cfg.size("per_stream"), progress=tick)
     step("beats")
     out.beats = speed.beat_cost(target, roles, cfg.size("beat_reps"), progress=tick)
+    step("converse")
+    out.converse = speed.speaker_changes(target, roles, cfg.size("converse_turns"), progress=tick)
     return roles
 
 
@@ -281,7 +284,7 @@ def run_town(cfg: BenchConfig, blocks, folder: Path, tick=None) -> dict:
 def total_steps(cfg: BenchConfig) -> int:
     """Progress-bar length: one tick per timed unit of work."""
     s = cfg.size
-    n = s("ttft_reps") + 3 + len(s("levels")) + s("beat_reps")
+    n = s("ttft_reps") + 3 + len(s("levels")) + s("beat_reps") + 2
     if not cfg.address:
         n += 6 * s("decode_rounds") + 1
         n += len(s("role_counts")) if cfg.memory else 0

@@ -165,6 +165,33 @@ def beat_cost(target, roles: list[str], reps: int, max_tokens: int = 24, progres
             "same_lines": same, "errors": errors}
 
 
+def speaker_changes(target, roles: list[str], turns: int, progress=None) -> dict:
+    """What changing speaker costs in a Converse: the gap from one turn's end to the next turn's first text, each
+    turn a different NPC (its own adapters, its own prompt with every earlier line). Scenes of 2 and 3 NPCs."""
+    out, errors = {}, []
+    for k in (2, 3):
+        if len(roles) < k:
+            continue
+        gaps, first, ended, speakers = [], None, None, []
+        try:
+            for npc, turn, text, end, t in target.converse(roles[:k], turns):
+                if text and first is None:
+                    first = t
+                    if ended is not None:
+                        gaps.append(t - ended)
+                    speakers.append(npc)
+                if end:
+                    ended, first = t, None
+        except Exception as exc:  # measured, not raised
+            errors.append(f"{type(exc).__name__}: {exc}")
+        out[str(k)] = {"npcs": k, "turns": len(speakers), "changes": sum(a != b for a, b in zip(speakers, speakers[1:])),
+                       "gap_ms": summary(gaps, 1000)}
+        if progress:
+            progress()
+    out["errors"] = errors
+    return out
+
+
 # -- on llama.cpp contexts directly ----------------------------------------------------
 
 @dataclass

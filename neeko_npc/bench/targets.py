@@ -85,6 +85,13 @@ class InProcess:
         except Exception as exc:  # measured, not raised: the concurrency section counts errors
             return failed_line(npc, t0, f"{type(exc).__name__}: {exc}")
 
+    def converse(self, npcs: list[str], turns: int, max_tokens: int = 16):
+        """A conversation's chunks as (npc, turn, text, turn_done, seconds since the request)."""
+        t0 = time.perf_counter()
+        for c in self.engine.converse(npcs, self.scene, "the news of the day", turns=turns,
+                                      opts=GenOptions(max_tokens=max_tokens, temperature=0.0)):
+            yield c.npc, c.turn, c.text, c.turn_done or c.done, time.perf_counter() - t0
+
     def forget_cache(self) -> bool:
         """Drop every context's cached prefix, so the next line is cold."""
         self.engine.forget_cache()
@@ -138,6 +145,17 @@ class Remote:
             return failed_line(npc, t0, f"{exc.code().name}: {exc.details()}")
         except Exception as exc:
             return failed_line(npc, t0, f"{type(exc).__name__}: {exc}")
+
+    def converse(self, npcs: list[str], turns: int, max_tokens: int = 16):
+        from google.protobuf import json_format
+
+        from ..v1 import dialogue_pb2 as pb
+
+        scene = json_format.ParseDict({k: v for k, v in vars(BENCH_SCENE).items() if v}, pb.SceneContext())
+        t0 = time.perf_counter()
+        for c in self.client.converse(npcs, scene, "the news of the day", turns=turns, timeout=300,
+                                      max_tokens=max_tokens, temperature=0.0):
+            yield c.npc_id, c.turn, c.text, c.turn_done or c.done, time.perf_counter() - t0
 
     def forget_cache(self) -> bool:
         return False  # a daemon's KV cache is not ours to clear

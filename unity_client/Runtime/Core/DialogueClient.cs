@@ -45,7 +45,8 @@ namespace Neeko.Npc
 
         /// <param name="procedural">Null for a role the daemon hosts; set for an NPC with no role file.</param>
         public DialogueHandle Say(string npcId, string playerLine, SceneData scene = null, GenerationSettings options = null,
-                                  string sessionId = null, SayPolicy? policy = null, ProceduralNpc procedural = null)
+                                  string sessionId = null, SayPolicy? policy = null, ProceduralNpc procedural = null,
+                                  BeatRequestData beats = null)
         {
             if (string.IsNullOrEmpty(npcId)) throw new ArgumentException("npcId is required", "npcId");
             if (procedural != null) procedural.Validate();
@@ -53,7 +54,7 @@ namespace Neeko.Npc
             {
                 NpcId = npcId, PlayerLine = playerLine ?? "", Scene = scene ?? new SceneData(),
                 Options = options ?? new GenerationSettings(), SessionId = sessionId ?? SessionId ?? "",
-                Procedural = procedural,
+                Procedural = procedural, Beats = beats != null && beats.Asks ? beats : null,
             };
             var handle = new DialogueHandle(request, _main);
             bool start;
@@ -140,6 +141,33 @@ namespace Neeko.Npc
         }
 
         /// <summary>The daemon's memory of a session (default: this client's SessionId), to keep in a save file.</summary>
+        /// <summary>
+        /// Start a conversation among 2 to 4 hosted NPCs: each turn streams under its speaker's own voice, with
+        /// per-turn events on the main thread (ConversationHandle). The player may Interject between turns.
+        /// </summary>
+        public ConversationHandle Converse(IList<string> npcIds, SceneData scene = null, string topic = "", string openingLine = "",
+                                           int turns = 0, TurnOrder order = TurnOrder.RoundRobin, GenerationSettings options = null)
+        {
+            if (npcIds == null || npcIds.Count < 2 || npcIds.Count > 4)
+                throw new ArgumentException("a conversation needs 2 to 4 NPC ids", "npcIds");
+            var request = new ConverseRequestData
+            {
+                NpcIds = new List<string>(npcIds), Scene = scene ?? new SceneData(), Topic = topic ?? "",
+                OpeningLine = openingLine ?? "", Turns = Math.Max(0, turns), Order = order, Options = options ?? new GenerationSettings(),
+            };
+            var handle = new ConversationHandle(request, _main);
+            lock (_lock)
+            {
+                if (_disposed) throw new ObjectDisposedException("DialogueClient");
+            }
+            var transport = _transport as IConversationTransport;
+            if (transport == null)
+                handle.Fail(new DialogueException("UNIMPLEMENTED", _transport.GetType().Name + " cannot carry conversations (no IConversationTransport)", false));
+            else
+                System.Threading.Tasks.Task.Run(() => handle.Run(transport, Timeout));
+            return handle;
+        }
+
         public System.Threading.Tasks.Task<SavedSession> SaveSession(string sessionId = null)
         {
             var id = sessionId ?? SessionId;
@@ -272,6 +300,21 @@ namespace Neeko.Npc
                                          GenerationSettings options = null, SayPolicy? policy = null, ProceduralNpc procedural = null)
         {
             return Need().Say(npcId, playerLine, scene, options, null, policy, procedural);
+        }
+
+        /// <summary>A line with its beat: the emotion and the action the NPC chooses (DialogueHandle.OnEmotion, OnAction).</summary>
+        public static DialogueHandle Say(string npcId, string playerLine, BeatRequestData beats, SceneData scene = null,
+                                         GenerationSettings options = null, SayPolicy? policy = null, ProceduralNpc procedural = null)
+        {
+            return Need().Say(npcId, playerLine, scene, options, null, policy, procedural, beats);
+        }
+
+        /// <summary>NPCs talking to each other while the player watches (DialogueClient.Converse).</summary>
+        public static ConversationHandle Converse(IList<string> npcIds, SceneData scene = null, string topic = "",
+                                                  string openingLine = "", int turns = 0, TurnOrder order = TurnOrder.RoundRobin,
+                                                  GenerationSettings options = null)
+        {
+            return Need().Converse(npcIds, scene, topic, openingLine, turns, order, options);
         }
 
         /// <summary>An NPC speaks first, with no player line.</summary>

@@ -31,6 +31,11 @@ namespace Neeko.Npc
         /// <summary>Each sentence once it is complete (see SentenceSplitter), on the main thread; the last one just
         /// before OnDone. For text-to-speech and subtitle boxes. A cancelled or failed line raises no partial sentence.</summary>
         public event Action<string> OnSentence;
+        /// <summary>The line's emotion, when the request asked for beats: on the main thread, just before OnDone.</summary>
+        public event Action<BeatChoice> OnEmotion;
+        /// <summary>The action the NPC chose among those the request offered: on the main thread, just before OnDone
+        /// (after OnEmotion). Always one of the ids offered.</summary>
+        public event Action<BeatChoice> OnAction;
         /// <summary>The line finished (stop or length), on the main thread.</summary>
         public event Action<DialogueResult> OnDone;
         /// <summary>The request failed (daemon down, unknown NPC, ...), on the main thread. Never thrown.</summary>
@@ -100,6 +105,7 @@ namespace Neeko.Npc
                         NpcId = NpcId, Text = all, FinishReason = chunk.FinishReason, PromptTokens = chunk.PromptTokens,
                         CompletionTokens = chunk.CompletionTokens, TimeToFirstTokenMs = chunk.TimeToFirstTokenMs,
                         RoleWeights = new Dictionary<string, float>(chunk.RoleWeights),
+                        Emotion = chunk.Emotion, Action = chunk.Action,
                     };
                 }
             }
@@ -119,6 +125,16 @@ namespace Neeko.Npc
                     if (last != null) RaiseSentence(last);
                     Result = result;
                     IsDone = true;
+                    if (result.Emotion != null && State != DialogueState.Cancelled)
+                    {
+                        var em = OnEmotion;
+                        if (em != null) em(result.Emotion);
+                    }
+                    if (result.Action != null && State != DialogueState.Cancelled)
+                    {
+                        var ac = OnAction;
+                        if (ac != null) ac(result.Action);
+                    }
                     var d = OnDone;
                     if (d != null) d(result);
                 }

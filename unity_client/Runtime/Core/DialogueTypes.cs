@@ -81,6 +81,43 @@ namespace Neeko.Npc
         }
     }
 
+    /// <summary>The emotions a line's beat may be (DialogueClient.Say's beats): the daemon's fixed set, in order.</summary>
+    public static class Emotions
+    {
+        public static readonly string[] All = { "neutral", "happy", "sad", "angry", "afraid", "surprised", "disgusted" };
+    }
+
+    /// <summary>An action the game offers in a scene: an id the game acts on, and what it means for the NPC.</summary>
+    public sealed class ActionOption
+    {
+        public string Id = "";
+        public string Description = "";
+        public ActionOption() { }
+        public ActionOption(string id, string description = "") { Id = id; Description = description; }
+    }
+
+    /// <summary>
+    /// Ask for a line's beat: an emotion (Emotion, or a narrower Emotions list) and one of the Actions on offer.
+    /// The daemon picks exactly one of them under the NPC's own block; the line itself is unchanged.
+    /// </summary>
+    public sealed class BeatRequestData
+    {
+        public bool Emotion;
+        /// <summary>Narrow the emotions (implies Emotion); empty: all of Emotions.All.</summary>
+        public List<string> Emotions = new List<string>();
+        /// <summary>The actions on offer; declare "none" when doing nothing is a choice. Empty: no action.</summary>
+        public List<ActionOption> Actions = new List<ActionOption>();
+        public bool Asks { get { return Emotion || Emotions.Count > 0 || Actions.Count > 0; } }
+    }
+
+    /// <summary>A beat the daemon chose: always one of the candidates asked, with its probability and every candidate's.</summary>
+    public sealed class BeatChoice
+    {
+        public string Id = "";
+        public float Probability;
+        public Dictionary<string, float> Probabilities = new Dictionary<string, float>();
+    }
+
     public sealed class SayRequestData
     {
         public string NpcId = "";
@@ -90,6 +127,8 @@ namespace Neeko.Npc
         public GenerationSettings Options = new GenerationSettings();
         /// <summary>Null for a hosted role; set for an NPC with no role file (NpcId then only keys its memory).</summary>
         public ProceduralNpc Procedural;
+        /// <summary>Null: no beat. Set: the last chunk carries the line's emotion and action.</summary>
+        public BeatRequestData Beats;
     }
 
     /// <summary>One streamed piece of a reply. Only the last chunk has Done set and carries the stats.</summary>
@@ -105,6 +144,9 @@ namespace Neeko.Npc
         public float TimeToFirstTokenMs;
         /// <summary>The blocks that spoke and their weights (a procedural NPC's blend as the daemon resolved it).</summary>
         public Dictionary<string, float> RoleWeights = new Dictionary<string, float>();
+        /// <summary>On the last chunk, when the request asked for beats; else null.</summary>
+        public BeatChoice Emotion;
+        public BeatChoice Action;
     }
 
     /// <summary>A finished line.</summary>
@@ -117,6 +159,9 @@ namespace Neeko.Npc
         public int CompletionTokens;
         public float TimeToFirstTokenMs;
         public Dictionary<string, float> RoleWeights = new Dictionary<string, float>();
+        /// <summary>The line's beat when it was asked for; else null.</summary>
+        public BeatChoice Emotion;
+        public BeatChoice Action;
     }
 
     /// <summary>A failed request. Status is the gRPC status name (NOT_FOUND, UNAVAILABLE, ...).</summary>
@@ -205,5 +250,72 @@ namespace Neeko.Npc
     {
         /// <summary>Start a Say call. Failures surface as DialogueException from Open or NextAsync.</summary>
         IChunkStream Open(SayRequestData request, System.Threading.CancellationToken cancellation);
+    }
+
+    /// <summary>Who speaks next in a conversation among NPCs.</summary>
+    public enum TurnOrder
+    {
+        /// <summary>Each NPC in the order named.</summary>
+        RoundRobin = 0,
+        /// <summary>The NPC the last line named (by name or id); round robin when it named none.</summary>
+        NamedLast = 1,
+    }
+
+    /// <summary>A conversation among 2 to 4 hosted NPCs (DialogueClient.Converse). Mirrors neeko_npc.v1.ConverseStart.</summary>
+    public sealed class ConverseRequestData
+    {
+        public List<string> NpcIds = new List<string>();
+        public SceneData Scene = new SceneData();
+        public string Topic = "";
+        /// <summary>The player's opening line; empty: the first NPC opens.</summary>
+        public string OpeningLine = "";
+        /// <summary>0: the daemon's default (6).</summary>
+        public int Turns;
+        public TurnOrder Order = TurnOrder.RoundRobin;
+        /// <summary>For every turn; MaxTokens is per turn.</summary>
+        public GenerationSettings Options = new GenerationSettings();
+    }
+
+    /// <summary>One streamed piece of a conversation: text of one NPC's turn, a turn's end, or the conversation's end.</summary>
+    public sealed class ConverseChunk
+    {
+        public string NpcId = "";
+        public int Turn;
+        public string Text = "";
+        public bool TurnDone;
+        public FinishReason FinishReason;
+        public int PromptTokens;
+        public int CompletionTokens;
+        public Dictionary<string, float> RoleWeights = new Dictionary<string, float>();
+        /// <summary>On a turn's first chunk: what the player interjected before it.</summary>
+        public string PlayerLine = "";
+        public bool Done;
+    }
+
+    /// <summary>A finished turn: who spoke, what, and with which blocks.</summary>
+    public sealed class ConversationTurn
+    {
+        public string NpcId = "";
+        public int Turn;
+        public string Text = "";
+        public FinishReason FinishReason;
+        public Dictionary<string, float> RoleWeights = new Dictionary<string, float>();
+        /// <summary>What the player interjected just before this turn, if anything.</summary>
+        public string PlayerLine = "";
+    }
+
+    /// <summary>A conversation being received; the player's interjections go the other way.</summary>
+    public interface IConverseStream : IDisposable
+    {
+        /// <summary>The next chunk; null after the last.</summary>
+        System.Threading.Tasks.Task<ConverseChunk> NextAsync(System.Threading.CancellationToken cancellation);
+        /// <summary>Send a player line; the daemon takes it in before the next turn that starts after it arrives.</summary>
+        System.Threading.Tasks.Task SendPlayerLineAsync(string line, System.Threading.CancellationToken cancellation);
+    }
+
+    /// <summary>A transport that can carry a Converse (GrpcDialogueTransport can).</summary>
+    public interface IConversationTransport
+    {
+        IConverseStream OpenConversation(ConverseRequestData request, System.Threading.CancellationToken cancellation);
     }
 }

@@ -14,7 +14,7 @@ using Neeko.Npc.V1;
 
 namespace Neeko.Npc.Grpc
 {
-    public sealed class GrpcDialogueTransport : IDialogueTransport, ISessionStore, IPromptPreparer, IDisposable
+    public sealed class GrpcDialogueTransport : IDialogueTransport, ISessionStore, IPromptPreparer, IConversationTransport, IDisposable
     {
         const string Service = "neeko_npc.v1.Dialogue";
 
@@ -33,6 +33,11 @@ namespace Neeko.Npc.Grpc
             MethodType.Unary, Service, "GetSession", Proto(GetSessionRequest.Parser), Proto(SessionMemory.Parser));
         static readonly Method<SessionMemory, RestoreSessionResponse> RestoreSessionMethod = new Method<SessionMemory, RestoreSessionResponse>(
             MethodType.Unary, Service, "RestoreSession", Proto(SessionMemory.Parser), Proto(RestoreSessionResponse.Parser));
+
+        // Converse is bidirectional (the player's interjections go up while turns come down): HTTP/2 only, no gRPC-Web.
+        static readonly Method<Neeko.Npc.V1.ConverseRequest, Neeko.Npc.V1.ConverseChunk> ConverseMethod =
+            new Method<Neeko.Npc.V1.ConverseRequest, Neeko.Npc.V1.ConverseChunk>(MethodType.DuplexStreaming, Service, "Converse",
+                Proto(Neeko.Npc.V1.ConverseRequest.Parser), Proto(Neeko.Npc.V1.ConverseChunk.Parser));
 
         readonly GrpcChannel _channel;
         readonly CallInvoker _invoker;
@@ -64,6 +69,77 @@ namespace Neeko.Npc.Grpc
         }
 
         public void Dispose() { _channel.Dispose(); }
+
+        public IConverseStream OpenConversation(ConverseRequestData request, CancellationToken cancellation)
+        {
+            try
+            {
+                var call = _invoker.AsyncDuplexStreamingCall(ConverseMethod, null, new CallOptions(headers: _headers, cancellationToken: cancellation));
+                var start = new Neeko.Npc.V1.ConverseStart
+                {
+                    Scene = ToProto(request.Scene), Topic = request.Topic ?? "", OpeningLine = request.OpeningLine ?? "",
+                    Turns = (uint)Math.Max(0, request.Turns), Order = (Neeko.Npc.V1.TurnOrder)(int)request.Order,
+                    Options = ToProto(request.Options),
+                };
+                start.NpcIds.AddRange(request.NpcIds);
+                var conversation = new Conversation(call);
+                // a failed start surfaces from NextAsync, as the call's status
+                conversation.Send(new Neeko.Npc.V1.ConverseRequest { Start = start }, cancellation)
+                    .ContinueWith(t => { var ignored = t.Exception; }, TaskContinuationOptions.OnlyOnFaulted);
+                return conversation;
+            }
+            catch (RpcException e) { throw Map(e); }
+        }
+
+        sealed class Conversation : IConverseStream
+        {
+            readonly AsyncDuplexStreamingCall<Neeko.Npc.V1.ConverseRequest, Neeko.Npc.V1.ConverseChunk> _call;
+            readonly SemaphoreSlim _writing = new SemaphoreSlim(1, 1);  // one write at a time on a gRPC stream
+
+            public Conversation(AsyncDuplexStreamingCall<Neeko.Npc.V1.ConverseRequest, Neeko.Npc.V1.ConverseChunk> call) { _call = call; }
+
+            public Task Send(Neeko.Npc.V1.ConverseRequest message, CancellationToken cancellation)
+            {
+                return WriteAsync(message, cancellation);
+            }
+
+            async Task WriteAsync(Neeko.Npc.V1.ConverseRequest message, CancellationToken cancellation)
+            {
+                await _writing.WaitAsync(cancellation).ConfigureAwait(false);
+                try { await _call.RequestStream.WriteAsync(message).ConfigureAwait(false); }
+                catch (RpcException e) { throw Map(e); }
+                finally { _writing.Release(); }
+            }
+
+            public Task SendPlayerLineAsync(string line, CancellationToken cancellation)
+            {
+                return Send(new Neeko.Npc.V1.ConverseRequest { PlayerLine = line ?? "" }, cancellation);
+            }
+
+            public async Task<ConverseChunk> NextAsync(CancellationToken cancellation)
+            {
+                try
+                {
+                    if (!await _call.ResponseStream.MoveNext(cancellation).ConfigureAwait(false)) return null;
+                    var c = _call.ResponseStream.Current;
+                    var d = new ConverseChunk
+                    {
+                        NpcId = c.NpcId, Turn = (int)c.Turn, Text = c.Text, TurnDone = c.TurnDone,
+                        FinishReason = (FinishReason)(int)c.FinishReason, PromptTokens = (int)c.PromptTokens,
+                        CompletionTokens = (int)c.CompletionTokens, PlayerLine = c.PlayerLine, Done = c.Done,
+                    };
+                    foreach (var w in c.RoleWeights) d.RoleWeights[w.RoleId] = w.Weight;
+                    return d;
+                }
+                catch (RpcException e) when (e.StatusCode == StatusCode.Cancelled && cancellation.IsCancellationRequested)
+                {
+                    throw new OperationCanceledException(cancellation);
+                }
+                catch (RpcException e) { throw Map(e); }
+            }
+
+            public void Dispose() { _call.Dispose(); }
+        }
 
         public async Task<PrepareResult> PrepareAsync(SayRequestData request, CancellationToken cancellation)
         {
@@ -148,23 +224,41 @@ namespace Neeko.Npc.Grpc
             return new DialogueException(name, detail, transient, e);
         }
 
-        static SayRequest ToProto(SayRequestData r)
+        static SceneContext ToProto(SceneData s)
         {
             var scene = new SceneContext
             {
-                Location = r.Scene.Location ?? "", TimeOfDay = r.Scene.TimeOfDay ?? "", Weather = r.Scene.Weather ?? "",
-                NpcMood = r.Scene.NpcMood ?? "", NpcActivity = r.Scene.NpcActivity ?? "", PlayerName = r.Scene.PlayerName ?? "",
-                PlayerStanding = r.Scene.PlayerStanding ?? "",
+                Location = s.Location ?? "", TimeOfDay = s.TimeOfDay ?? "", Weather = s.Weather ?? "",
+                NpcMood = s.NpcMood ?? "", NpcActivity = s.NpcActivity ?? "", PlayerName = s.PlayerName ?? "",
+                PlayerStanding = s.PlayerStanding ?? "",
             };
-            scene.RecentEvents.AddRange(r.Scene.RecentEvents);
-            scene.NearbyCharacters.AddRange(r.Scene.NearbyCharacters);
-            scene.Facts.Add(r.Scene.Facts);
-            var options = new GenerationOptions { MaxTokens = (uint)Math.Max(0, r.Options.MaxTokens) };
-            if (r.Options.Temperature.HasValue) options.Temperature = r.Options.Temperature.Value;
-            if (r.Options.TopP.HasValue) options.TopP = r.Options.TopP.Value;
-            if (r.Options.Seed.HasValue) options.Seed = r.Options.Seed.Value;
-            options.Stop.AddRange(r.Options.Stop);
-            var request = new SayRequest { NpcId = r.NpcId, SessionId = r.SessionId ?? "", PlayerLine = r.PlayerLine ?? "", Scene = scene, Options = options };
+            scene.RecentEvents.AddRange(s.RecentEvents);
+            scene.NearbyCharacters.AddRange(s.NearbyCharacters);
+            scene.Facts.Add(s.Facts);
+            return scene;
+        }
+
+        static GenerationOptions ToProto(GenerationSettings o)
+        {
+            var options = new GenerationOptions { MaxTokens = (uint)Math.Max(0, o.MaxTokens) };
+            if (o.Temperature.HasValue) options.Temperature = o.Temperature.Value;
+            if (o.TopP.HasValue) options.TopP = o.TopP.Value;
+            if (o.Seed.HasValue) options.Seed = o.Seed.Value;
+            options.Stop.AddRange(o.Stop);
+            return options;
+        }
+
+        static SayRequest ToProto(SayRequestData r)
+        {
+            var request = new SayRequest { NpcId = r.NpcId, SessionId = r.SessionId ?? "", PlayerLine = r.PlayerLine ?? "",
+                                           Scene = ToProto(r.Scene), Options = ToProto(r.Options) };
+            if (r.Beats != null && r.Beats.Asks)
+            {
+                request.Beats = new BeatRequest { Emotion = r.Beats.Emotion || r.Beats.Emotions.Count > 0 };
+                request.Beats.Emotions.AddRange(r.Beats.Emotions);
+                foreach (var a in r.Beats.Actions)
+                    request.Beats.Actions.Add(new Neeko.Npc.V1.Action { Id = a.Id ?? "", Description = a.Description ?? "" });
+            }
             var p = r.Procedural;
             if (p != null)
             {
@@ -184,7 +278,17 @@ namespace Neeko.Npc.Grpc
                 PromptCache = (PromptCache)(int)c.PromptCache, TimeToFirstTokenMs = c.TimeToFirstTokenMs,
             };
             foreach (var w in c.RoleWeights) d.RoleWeights[w.RoleId] = w.Weight;
+            d.Emotion = FromProto(c.Emotion);
+            d.Action = FromProto(c.Action);
             return d;
+        }
+
+        static BeatChoice FromProto(Beat b)
+        {
+            if (b == null) return null;
+            var choice = new BeatChoice { Id = b.Id, Probability = b.Probability };
+            foreach (var kv in b.Probabilities) choice.Probabilities[kv.Key] = kv.Value;
+            return choice;
         }
     }
 }

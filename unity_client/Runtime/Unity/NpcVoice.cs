@@ -65,12 +65,14 @@ namespace Neeko.Npc.Unity
             return _builder.Build(gameObject.scene.name, hour, nearby, _recentEvents, overrides);
         }
 
-        /// <summary>Ask this NPC for a line. Events on the handle run on the main thread.</summary>
-        public DialogueHandle Say(string playerLine, GenerationSettings options = null, SayPolicy? policy = null)
+        /// <summary>Ask this NPC for a line. Events on the handle run on the main thread. With <paramref name="beats"/>,
+        /// the handle's OnEmotion and OnAction say what the NPC feels and which offered action it takes.</summary>
+        public DialogueHandle Say(string playerLine, GenerationSettings options = null, SayPolicy? policy = null,
+                                  BeatRequestData beats = null)
         {
             if (string.IsNullOrEmpty(npcId)) throw new InvalidOperationException(name + ": NpcVoice.npcId is empty");
             _lines.RemoveAll(h => h.IsDone);
-            var handle = Dialogue.Say(npcId, playerLine, BuildScene(), options, policy, Procedural());
+            var handle = Dialogue.Say(npcId, playerLine, beats, BuildScene(), options, policy, Procedural());
             _lines.Add(handle);
             return handle;
         }

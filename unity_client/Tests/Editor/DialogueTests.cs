@@ -160,6 +160,64 @@ namespace Neeko.Npc.Tests
         }
     }
 
+    /// <summary>A scripted Converse: the chunks it streams, and the player lines it received.</summary>
+    class FakeConversation : IConversationTransport, IDialogueTransport
+    {
+        public List<ConverseChunk> Chunks = new List<ConverseChunk>();
+        public int DelayMs;
+        public bool EndEarly;
+        public readonly List<string> Heard = new List<string>();
+        public ConverseRequestData Opened;
+
+        public IChunkStream Open(SayRequestData request, CancellationToken ct) { throw new NotSupportedException(); }
+
+        public IConverseStream OpenConversation(ConverseRequestData request, CancellationToken ct)
+        {
+            Opened = request;
+            return new Stream(this);
+        }
+
+        class Stream : IConverseStream
+        {
+            readonly FakeConversation _f;
+            int _next;
+            public Stream(FakeConversation f) { _f = f; }
+
+            public async Task<ConverseChunk> NextAsync(CancellationToken ct)
+            {
+                if (_f.DelayMs > 0) await Task.Delay(_f.DelayMs, ct);
+                ct.ThrowIfCancellationRequested();
+                if (_next >= _f.Chunks.Count) return null;
+                var c = _f.Chunks[_next++];
+                return _f.EndEarly && c.Done ? null : c;
+            }
+
+            public Task SendPlayerLineAsync(string line, CancellationToken ct)
+            {
+                lock (_f.Heard) _f.Heard.Add(line);
+                return Task.FromResult(0);
+            }
+
+            public void Dispose() { }
+        }
+
+        /// <summary>turns turns, alternating a and b, each "x y" in two chunks; then the end.</summary>
+        public static FakeConversation Alternating(string a, string b, int turns)
+        {
+            var f = new FakeConversation();
+            for (int t = 0; t < turns; t++)
+            {
+                var npc = t % 2 == 0 ? a : b;
+                f.Chunks.Add(new ConverseChunk { NpcId = npc, Turn = t, Text = npc + t, PlayerLine = t == 1 ? "Hey!" : "" });
+                var end = new ConverseChunk { NpcId = npc, Turn = t, Text = " ends.", TurnDone = true, FinishReason = FinishReason.Stop };
+                end.RoleWeights[npc] = 1f;
+                f.Chunks.Add(end);
+            }
+            f.Chunks.Add(new ConverseChunk { Done = true, Turn = turns });
+            return f;
+        }
+    }
+
     [TestFixture]
     public class DialogueTests
     {
@@ -618,6 +676,135 @@ namespace Neeko.Npc.Tests
                 Assert.AreEqual("Aye.", h.Task.Result.Text);
             }
             finally { Dialogue.Client = null; }
+        }
+            [Test]
+        public void BeatsArriveOnTheMainThreadBeforeOnDone()
+        {
+            SayRequestData seen = null;
+            var emotion = new BeatChoice { Id = "angry", Probability = 0.6f };
+            emotion.Probabilities["angry"] = 0.6f;
+            emotion.Probabilities["neutral"] = 0.4f;
+            var action = new BeatChoice { Id = "call_guards", Probability = 0.9f };
+            var t = new FakeTransport
+            {
+                Script = (n, r) =>
+                {
+                    seen = r;
+                    var last = Step.Done();
+                    last.Chunk.Emotion = emotion;
+                    last.Chunk.Action = action;
+                    return new List<Step> { Step.Text("Guards!"), last };
+                },
+            };
+            var beats = new BeatRequestData { Emotion = true };
+            beats.Actions.Add(new ActionOption("call_guards", "shout for the watch"));
+            beats.Actions.Add(new ActionOption("none"));
+            var order = new List<string>();
+            var h = Client(t).Say("guard_captain", "I saw a thief!", beats: beats);
+            h.OnEmotion += e => { Assert.AreEqual(_mainThread, Thread.CurrentThread.ManagedThreadId); order.Add("emotion " + e.Id); };
+            h.OnAction += a => { Assert.AreEqual(_mainThread, Thread.CurrentThread.ManagedThreadId); order.Add("action " + a.Id); };
+            h.OnDone += r => order.Add("done");
+            PumpUntil(() => h.IsDone);
+            CollectionAssert.AreEqual(new[] { "emotion angry", "action call_guards", "done" }, order);
+            Assert.AreSame(beats, seen.Beats);
+            Assert.AreEqual(0.4f, h.Result.Emotion.Probabilities["neutral"]);
+            Assert.AreEqual("call_guards", h.Task.Result.Action.Id);
+        }
+
+        [Test]
+        public void ALineWithoutBeatsAsksNoneAndRaisesNone()
+        {
+            SayRequestData seen = null;
+            var t = new FakeTransport { Script = (n, r) => { seen = r; return new List<Step> { Step.Text("Hi."), Step.Done() }; } };
+            int beats = 0;
+            var h = Client(t).Say("smith", "Hello", beats: new BeatRequestData());  // asks nothing: sent as no beats
+            h.OnEmotion += e => beats++;
+            h.OnAction += a => beats++;
+            PumpUntil(() => h.IsDone);
+            Assert.IsNull(seen.Beats);
+            Assert.AreEqual(0, beats);
+            Assert.IsNull(h.Result.Emotion);
+        }
+
+        [Test]
+        public void AConversationRaisesPerTurnEventsInOrder()
+        {
+            var f = FakeConversation.Alternating("smith", "bard", 3);
+            var events = new List<string>();
+            var h = Client(f).Converse(new[] { "smith", "bard" }, topic: "the weather", turns: 3, order: TurnOrder.NamedLast);
+            h.OnTurnStarted += t => { Assert.AreEqual(_mainThread, Thread.CurrentThread.ManagedThreadId); events.Add("start " + t.NpcId + " " + t.Turn + (t.PlayerLine != "" ? " after " + t.PlayerLine : "")); };
+            h.OnText += (npc, text) => events.Add(npc + ": " + text);
+            h.OnTurnDone += t => events.Add("done " + t.NpcId + " '" + t.Text + "' " + t.RoleWeights[t.NpcId]);
+            IList<ConversationTurn> all = null;
+            h.OnDone += turns => all = turns;
+            PumpUntil(() => all != null);
+            CollectionAssert.AreEqual(new[]
+            {
+                "start smith 0", "smith: smith0", "smith:  ends.", "done smith 'smith0 ends.' 1",
+                "start bard 1 after Hey!", "bard: bard1", "bard:  ends.", "done bard 'bard1 ends.' 1",
+                "start smith 2", "smith: smith2", "smith:  ends.", "done smith 'smith2 ends.' 1",
+            }, events);
+            Assert.AreEqual(3, all.Count);
+            Assert.AreEqual(3, h.Task.Result.Count);
+            Assert.AreEqual(TurnOrder.NamedLast, f.Opened.Order);
+            Assert.AreEqual("the weather", f.Opened.Topic);
+            CollectionAssert.AreEqual(new[] { "smith", "bard" }, f.Opened.NpcIds);
+        }
+
+        [Test]
+        public void ThePlayerInterjectsBeforeAndDuringAConversation()
+        {
+            var f = FakeConversation.Alternating("smith", "bard", 4);
+            f.DelayMs = 20;
+            var h = Client(f).Converse(new[] { "smith", "bard" });
+            h.Interject("Wait!");  // before the stream opened: sent once it is
+            PumpUntil(() => h.Turns.Count >= 1);
+            h.Interject("And then?");
+            Assert.IsTrue(h.Task.Wait(5000));
+            lock (f.Heard) CollectionAssert.AreEqual(new[] { "Wait!", "And then?" }, f.Heard);
+        }
+
+        [Test]
+        public void CancellingAConversationKeepsItsFinishedTurnsAndStopsEvents()
+        {
+            var f = FakeConversation.Alternating("smith", "bard", 50);
+            f.DelayMs = 10;
+            var h = Client(f).Converse(new[] { "smith", "bard" });
+            int texts = 0;
+            h.OnText += (npc, t) => texts++;
+            PumpUntil(() => h.Turns.Count >= 2);
+            h.Cancel();
+            Assert.IsTrue(h.Task.Wait(1000));
+            Assert.GreaterOrEqual(h.Task.Result.Count, 2);
+            Assert.Less(h.Task.Result.Count, 50);
+            Assert.AreEqual(DialogueState.Cancelled, h.State);
+            _main.Pump();
+            int seen = texts;
+            Thread.Sleep(60);
+            _main.Pump();
+            Assert.AreEqual(seen, texts, "no text after cancellation");
+        }
+
+        [Test]
+        public void AConversationThatCannotBeCarriedOrEndsEarlyFailsOnce()
+        {
+            var plain = new FakeTransport { Script = (n, r) => new List<Step> { Step.Done() } };
+            var h = Client(plain).Converse(new[] { "smith", "bard" });
+            DialogueException error = null;
+            h.OnError += e => error = e;
+            PumpUntil(() => error != null);
+            Assert.AreEqual("UNIMPLEMENTED", error.Status);
+            Assert.IsTrue(h.Task.IsFaulted);
+
+            var f = FakeConversation.Alternating("smith", "bard", 2);
+            f.EndEarly = true;
+            var g = Client(f).Converse(new[] { "smith", "bard" });
+            error = null;
+            g.OnError += e => error = e;
+            PumpUntil(() => error != null);
+            Assert.AreEqual("UNAVAILABLE", error.Status);
+            Assert.IsTrue(error.Transient);
+            Assert.Throws<ArgumentException>(() => Client(f).Converse(new[] { "smith" }));
         }
     }
 }

@@ -296,15 +296,11 @@ namespace Neeko.Npc
     {
         public static DialogueClient Client { get; set; }
 
+        /// <summary>A line; with <paramref name="beats"/>, also the emotion and the action the NPC chooses
+        /// (DialogueHandle.OnEmotion, OnAction).</summary>
         public static DialogueHandle Say(string npcId, string playerLine = "", SceneData scene = null,
-                                         GenerationSettings options = null, SayPolicy? policy = null, ProceduralNpc procedural = null)
-        {
-            return Need().Say(npcId, playerLine, scene, options, null, policy, procedural);
-        }
-
-        /// <summary>A line with its beat: the emotion and the action the NPC chooses (DialogueHandle.OnEmotion, OnAction).</summary>
-        public static DialogueHandle Say(string npcId, string playerLine, BeatRequestData beats, SceneData scene = null,
-                                         GenerationSettings options = null, SayPolicy? policy = null, ProceduralNpc procedural = null)
+                                         GenerationSettings options = null, SayPolicy? policy = null, ProceduralNpc procedural = null,
+                                         BeatRequestData beats = null)
         {
             return Need().Say(npcId, playerLine, scene, options, null, policy, procedural, beats);
         }

@@ -72,7 +72,7 @@ namespace Neeko.Npc.Unity
         {
             if (string.IsNullOrEmpty(npcId)) throw new InvalidOperationException(name + ": NpcVoice.npcId is empty");
             _lines.RemoveAll(h => h.IsDone);
-            var handle = Dialogue.Say(npcId, playerLine, beats, BuildScene(), options, policy, Procedural());
+            var handle = Dialogue.Say(npcId, playerLine, BuildScene(), options, policy, Procedural(), beats);
             _lines.Add(handle);
             return handle;
         }

@@ -1,6 +1,6 @@
 """Beats: the emotion and action a line comes with, always one of the candidates the request declared.
 
-The choice itself (engine/beats.py) is checked on a scorer built in-test; the rest runs the real SmolLM2 in
+The choice itself (roles/beats.py) is checked on a scorer built in-test; the rest runs the real SmolLM2 in
 llama.cpp with the shipped village roles, in process and through a real daemon on 127.0.0.1."""
 
 import math
@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from neeko_npc.cli import main
 from neeko_npc.engine.base import BadRequest, EngineConfig, Limits
-from neeko_npc.engine.beats import BeatJob, choose, continuation_logprob, log_softmax
+from neeko_npc.roles.beats import BeatJob, choose, continuation_logprob, log_softmax
 from neeko_npc.engine.stream import GenOptions
 from neeko_npc.roles.prompt import (ACTION_PIECE, EMOTION_PIECE, EMOTIONS, Action, BeatAsk, SceneInfo, beat_pieces,
                                     beat_question)

@@ -375,3 +375,27 @@ def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(quick_
     assert all(isinstance(c["separated"], bool) for c in att["comparisons"]) and "95% interval" in text
     assert "Forgetting" in text and "Fusion, leave-one-out" in text and "Attribution" in text
     assert rep["settings"]["max_scenes"] == 4 and rep["seconds"]["total"] > 0
+
+
+def test_eval_scores_beats_on_the_held_out_annotated_lines(quick_eval):
+    """The test roles' held-out scenes carry beats (their training scenes do not): each system's picks are among
+    the candidates asked, the accuracies follow from them, and with no annotated training line there is no
+    majority class to compare with."""
+    from neeko_npc.roles.prompt import EMOTIONS
+
+    text, rep = quick_eval
+    b = rep["beats"]
+    assert sorted(b) == ["bard", "fisher", "smith"]
+    assert {rid: row["n"] for rid, row in b.items()} == {"bard": {"emotion": 3, "action": 3},
+                                                         "fisher": {"emotion": 2, "action": 2},
+                                                         "smith": {"emotion": 1, "action": 1}}
+    offered = {"bard": {"play_song", "none"}, "fisher": {"point_the_way", "none"}, "smith": {"show_wares", "none"}}
+    for rid, row in b.items():
+        assert set(row["predicted"]) == {"neeko", "in_context", "shared_lora"}
+        for name, picks in row["predicted"].items():
+            assert all(e in EMOTIONS and a in offered[rid] for e, a in picks)
+            for kind, k in (("emotion", 0), ("action", 1)):
+                right = sum(p[k] == t[k] for p, t in zip(picks, row["truth"]))
+                assert row[kind][name] == right / len(row["truth"])
+        assert row["emotion"]["majority"] is None and row["action"]["majority"] is None
+    assert "Beats: held-out annotated lines" in text and rep["seconds"]["beats"] > 0

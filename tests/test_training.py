@@ -163,3 +163,32 @@ def test_held_out_sums_are_each_examples_own_loss():
             alone = float(neeko.loss(neeko.weights(["smith"]), **collate([e], 0)))
         assert counts[i] == sum(x != IGNORE for x in e.labels[1:]) and abs(sums[i] / counts[i] - alone) < 1e-5
     assert heldout_loss(neeko, exs, "smith", 0) == pytest.approx(sums.sum() / counts.sum())
+
+
+def test_the_eval_scores_beats_on_a_kv_cache_as_a_full_forward_would():
+    """beat_eval's torch scorer (a KV cache, each continuation on a copy of it) gives every continuation the
+    log-probability a full forward over prompt + continuation gives, and leaves its state unchanged."""
+    import torch
+
+    from neeko_npc.neeko.beat_eval import TorchScorer
+    from neeko_npc.neeko.model import NeekoLoRA
+    from neeko_npc.roles.beats import log_softmax
+    from tests.tiny import randomize_blocks, tiny_llama
+
+    neeko = NeekoLoRA(tiny_llama(), r=2, alpha=4.0, targets=("q_proj", "v_proj"))
+    neeko.add_role("a")
+    neeko.add_role("b")
+    randomize_blocks(neeko)
+    prompt, conts = [5, 9, 17, 3, 44], [[7], [7, 8], [60, 2, 11]]
+    for weights in ("a", {"a": 0.3, "b": 0.7}, None):
+        s = TorchScorer(neeko, weights)
+        logits = s.extend(prompt[:3])
+        logits = s.extend(prompt[3:])
+        got = s.continuations(logits, conts)
+        assert got == s.continuations(logits, conts)  # the state did not move
+        w = None if weights is None else neeko.weights([weights])
+        for c, lp in zip(conts, got):
+            with torch.no_grad():
+                full = neeko.forward(w, input_ids=torch.tensor([prompt + c])).logits[0].float().numpy()
+            want = sum(float(log_softmax(full[len(prompt) - 1 + i])[c[i]]) for i in range(len(c)))
+            assert abs(lp - want) < 1e-4, (weights, c, lp, want)

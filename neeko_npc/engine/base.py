@@ -32,7 +32,7 @@ from ..roles.asset import BaseInfo
 from ..roles.profile import ROLE_ID_RE, RoleProfile
 from ..roles.prompt import (BEAT_ID_RE, EMOTIONS, Action, BeatAsk, ChatTemplate, SceneInfo, beat_messages, build_messages,
                            chat_messages, render_scene)
-from .beats import BeatJob
+from ..roles.beats import BeatJob
 from .memory import Memory
 from .roleset import InvalidBlend, ReloadResult, RoleSet, Roster, ServedRole, UnknownRole, known_roles
 from .snapshots import common_prefix
@@ -338,7 +338,7 @@ class Engine(abc.ABC):
             history = history[1:]
 
     def beat_job(self, messages: list[dict], ask: BeatAsk) -> BeatJob:
-        """How to ask this line's beat (engine/beats.py): the question after the line, in the line's messages."""
+        """How to ask this line's beat (roles/beats.py): the question after the line, in the line's messages."""
         return BeatJob(ask, lambda line: self.tokens(self.template.render(beat_messages(messages, line, ask))),
                        self.piece_tokens, self.piece_tokens(self.template.eos))
 
@@ -370,7 +370,7 @@ class Engine(abc.ABC):
 
         With ``blend`` (role id, weight pairs) and ``profile``, ``npc_id`` is a procedural NPC with no role file.
         ``opts.max_tokens`` 0 means the daemon's default. With ``beats``, the last chunk carries the line's emotion
-        and action, each one of the asked candidates (engine/beats.py); the line is the one said without them."""
+        and action, each one of the asked candidates (roles/beats.py); the line is the one said without them."""
         ask = self.limits.check_beats(beats) if beats else None
         opts, player_line, scene, voice, adapters, scales = self._request(npc_id, player_line, scene, opts, session,
                                                                           blend, profile)

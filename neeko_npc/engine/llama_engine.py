@@ -42,7 +42,7 @@ from ..roles.asset import BaseInfo, RoleAsset
 from ..roles.base_model import BaseModelError, base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
 from .base import Engine, EngineConfig, UnknownRole, adapter_key
-from .beats import BeatJob, choose, continuation_logprob
+from ..roles.beats import BeatJob, choose, continuation_logprob
 from .llamacpp import LlamaContext, LlamaModel, openmp_build
 from .snapshots import Snapshot, SnapshotStore, common_prefix
 from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite, sample

@@ -70,25 +70,47 @@ def piece_ids(tok, text: str) -> list[int]:
     return list(tok.encode(text, add_special_tokens=False))
 
 
-def encode_beats(tok, profile: RoleProfile, scene: Scene, max_len: int) -> list[Example]:
-    """One example per NPC line annotated with a beat: the line's messages, the line, the beat question (the
-    seven emotions when the turn has an emotion, the scene's actions when it has an action), and the answer's
-    pieces (roles/prompt.py), the only labelled tokens. The oldest turns are dropped until it fits."""
+@dataclass
+class BeatItem:
+    """One NPC line annotated with a beat: the messages before it, the line, what is asked, and the answer."""
+
+    messages: list[dict]
+    line: str
+    ask: BeatAsk
+    emotion: str
+    action: str
+
+
+def beat_items(profile: RoleProfile, scene: Scene) -> list[BeatItem]:
+    """The NPC's annotated lines in a scene: asked the seven emotions when the turn has an emotion, the scene's
+    actions when it has an action (a request would ask the same)."""
     out = []
     turns = [(t.speaker, t.text) for t in scene.turns]
     for j, t in enumerate(scene.turns):
-        if t.speaker != profile.id or not (t.emotion or t.action):
-            continue
-        ask = BeatAsk(EMOTIONS if t.emotion else (), scene.actions if t.action else ())
-        answer = [i for piece in beat_pieces(t.emotion or None, t.action or None) for i in piece_ids(tok, piece)]
+        if t.speaker == profile.id and (t.emotion or t.action):
+            ask = BeatAsk(EMOTIONS if t.emotion else (), scene.actions if t.action else ())
+            out.append(BeatItem(chat_messages(profile, scene.scene, turns[:j], open_with_player=False), t.text, ask,
+                                t.emotion, t.action))
+    return out
+
+
+def beat_prompt_ids(tok, item: BeatItem) -> list[int]:
+    """The beat prompt of an annotated line, as the daemon reads it: ending where the answer begins."""
+    return _ids(tok, beat_messages(item.messages, item.line, item.ask), gen=True)
+
+
+def encode_beats(tok, profile: RoleProfile, scene: Scene, max_len: int) -> list[Example]:
+    """One example per NPC line annotated with a beat: the line's messages, the line, the beat question and the
+    answer's pieces (roles/prompt.py), the only labelled tokens. The oldest turns are dropped until it fits."""
+    out = []
+    for item in beat_items(profile, scene):
+        answer = [i for piece in beat_pieces(item.emotion or None, item.action or None) for i in piece_ids(tok, piece)]
         answer += piece_ids(tok, tok.eos_token)
-        before = turns[:j]
         while True:
-            msgs = chat_messages(profile, scene.scene, before, open_with_player=False)
-            head = _ids(tok, beat_messages(msgs, t.text, ask), gen=True)
-            if len(head) + len(answer) <= max_len or not before:
+            head = beat_prompt_ids(tok, item)
+            if len(head) + len(answer) <= max_len or len(item.messages) <= 1:
                 break
-            before = before[1:]
+            item.messages = [item.messages[0]] + item.messages[2:]  # the oldest turn goes, the system text stays
         if len(head) + len(answer) <= max_len:
             out.append(Example(profile.id, head + answer, [IGNORE] * len(head) + answer))
     return out

@@ -92,6 +92,19 @@ def report_table(rep: EvalReport) -> str:
             for c in a.get("comparisons", []):
                 verdict = "the intervals separate" if c["separated"] else "within noise (the intervals overlap)"
                 out.append(f"  neeko vs {c['b'].replace('_', ' ')}: {c['points']:+.0f} points, {verdict}")
+    if rep.beats:
+        out.append("\nBeats: held-out annotated lines, the emotion and action each system picks (scored like the daemon) "
+                   "beside the majority class of the role's training lines")
+        for kind in ("emotion", "action"):
+            names = [n for n in next(iter(rep.beats.values()))[kind] if n != "majority"] + ["majority"]
+            out.append(f"  {kind:<16}{'lines':>7}" + "".join(f"{n.replace('_', ' '):>13}" for n in names))
+            for rid, row in rep.beats.items():
+                if row["n"][kind]:
+                    out.append(f"  {rid:<16}{row['n'][kind]:>7}" + "".join(f"{_accuracy(row[kind].get(n)):>13}" for n in names))
     if rep.seconds:
         out.append("\n" + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in rep.seconds.items()))
     return "\n".join(out)
+
+
+def _accuracy(x) -> str:
+    return "n/a" if x is None else f"{x:.0%}"

@@ -57,6 +57,8 @@ class EvalReport:
     attribution: dict = field(default_factory=dict)
     # per row: 95% intervals of own-block loss minus in-context's, and minus the next best block's (paired bootstrap)
     intervals: dict = field(default_factory=dict)
+    # per role with annotated held-out lines: emotion and action accuracy of each system and of the majority class
+    beats: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
 
@@ -75,6 +77,7 @@ class EvalConfig:
     shared_epochs: int | None = None  # None: the bake's epochs
     shared_weight: float | None = None  # gate weight of each shared block; None: 1/M, a rank-M*r LoRA with our alpha
     attribution: bool = True
+    beats: bool = True  # beat accuracy on held-out annotated lines (none annotated: nothing to do)
     prompts_per_role: int = 6
     reply_tokens: int = 40
     seed: int = 0
@@ -232,9 +235,20 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
         t0 = time.perf_counter()
         attribution = _attribution(neeko, tok, sources, rows, shared_w, cfg, progress)
         seconds["attribution"] = time.perf_counter() - t0
+    beats = {}
+    if cfg.beats:
+        from .beat_eval import beat_accuracy
+
+        t0 = time.perf_counter()
+        systems = {"neeko": lambda rid: rid, "in_context": lambda rid: None}
+        if shared_w is not None:
+            systems["shared_lora"] = lambda rid: shared_w
+        beats = beat_accuracy(neeko, tok, sources, rows, systems)
+        if beats:
+            seconds["beats"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
     return EvalReport(rows, cols, matrix, in_context, wins / len(rows) if rows else math.nan, shared, forgetting, fusion,
-                      attribution, intervals, seconds,
+                      attribution, intervals, beats, seconds,
                       settings={"holdout": cfg.holdout, "max_len": cfg.max_len, "precision": precision,
                                 "max_scenes": cfg.max_scenes, "shared_train_scenes": cfg.shared_train_scenes,
                                 "shared_epochs": cfg.shared_epochs, "prompts_per_role": cfg.prompts_per_role,

@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from ..roles.prompt import ACTION_PIECE, EMOTION_PIECE, BeatAsk
+from .prompt import ACTION_PIECE, EMOTION_PIECE, BeatAsk
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ..roles.dialogue import Scene, data_hash, load_scenes, split_holdout
 from ..roles.folder import load_role_assets
 from ..roles.profile import RoleProfile, load_profile
 from .base import resolve_precision
-from .data import Example, encode_scene
+from .data import Example, encode_lines, encode_scene
 from .embed import MODEL_NAME, embed_texts
 from .gate import fusion_weights
 from .model import NeekoLoRA
@@ -110,7 +110,8 @@ def _training_record(mode: str, src: RoleSource, rec, cfg: TrainConfig, lora: Lo
 
 
 def _evaluate(neeko, tok, src: RoleSource, cfg: TrainConfig) -> HeldOut:
-    ex = _encode(tok, src, src.held, cfg.max_len)
+    """Held-out loss of the role's lines (not its beats: those are scored by accuracy, in eval)."""
+    ex = [e for s in src.held for e in encode_lines(tok, src.profile, s, cfg.max_len)]
     return HeldOut(heldout_loss(neeko, ex, None, tok.pad_token_id), heldout_loss(neeko, ex, src.profile.id, tok.pad_token_id))
 
 

@@ -119,10 +119,12 @@ def encode_beats(tok, profile: RoleProfile, scene: Scene, max_len: int) -> list[
 def encode_scene(tok, profile: RoleProfile, scene: Scene, max_len: int) -> list[Example]:
     """One example per scene; a scene too long for max_len becomes one example per NPC line,
     each with the oldest turns dropped until it fits. Lines annotated with beats add their beat examples."""
-    return _encode_lines(tok, profile, scene, max_len) + encode_beats(tok, profile, scene, max_len)
+    return encode_lines(tok, profile, scene, max_len) + encode_beats(tok, profile, scene, max_len)
 
 
-def _encode_lines(tok, profile: RoleProfile, scene: Scene, max_len: int) -> list[Example]:
+def encode_lines(tok, profile: RoleProfile, scene: Scene, max_len: int) -> list[Example]:
+    """encode_scene without the beats: the NPC's lines only (held-out loss measures the voice; beats are scored
+    by accuracy, neeko/beat_eval.py)."""
     msgs = scene_messages(profile, scene)
     npc_idx = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
     if not npc_idx:

@@ -36,7 +36,7 @@ from .attribution import (CentroidClassifier, accuracy, generate_replies, hits_b
 from .intervals import LEVEL, bootstrap_accuracy, loss_difference, separated
 from .bake import RoleSource
 from .base import resolve_precision
-from .data import encode_scene
+from .data import encode_lines, encode_scene
 from .gate import fusion_weights
 from .model import NeekoLoRA
 from .train import TrainConfig, heldout_loss, heldout_sums, mean_loss, train_blocks
@@ -126,7 +126,7 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
     held = {}
     for rid, src in sources.items():
         scenes = src.held[: cfg.max_scenes] if cfg.max_scenes else src.held
-        held[rid] = [ex for s in scenes for ex in encode_scene(tok, src.profile, s, cfg.max_len)]
+        held[rid] = [ex for s in scenes for ex in encode_lines(tok, src.profile, s, cfg.max_len)]  # the voice; beats below
 
     def loss(rid, w):
         return heldout_loss(neeko, held[rid], w, pad)

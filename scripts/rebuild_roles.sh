@@ -8,8 +8,8 @@ OUT="${1:-assets/roles}"
 SRC=assets/roles/src
 mkdir -p "$OUT"
 rm -f "$OUT"/*.nrole
-# bf16, as the shipped files were baked (slow on CPUs that emulate it; see the README)
-neeko-npc bake "$SRC/blacksmith" "$SRC/innkeeper" "$SRC/guard_captain" "$SRC/hedge_witch" --out "$OUT" --seed 0 --precision bf16
-neeko-npc bake-role --profile "$SRC/merchant/profile.json" --data "$SRC/merchant/lines.jsonl" --roles "$OUT" --seed 0 --precision bf16
+# fp32, as the shipped files were baked: the same weights on every CPU, and no emulated bf16 (see the README)
+neeko-npc bake "$SRC/blacksmith" "$SRC/innkeeper" "$SRC/guard_captain" "$SRC/hedge_witch" --out "$OUT" --seed 0 --precision fp32
+neeko-npc bake-role --profile "$SRC/merchant/profile.json" --data "$SRC/merchant/lines.jsonl" --roles "$OUT" --seed 0 --precision fp32
 neeko-npc bake-role --fuse --profile "$SRC/young_guard/profile.json" --roles "$OUT"
 ls -l "$OUT"/*.nrole

@@ -226,28 +226,58 @@ def inspect(file, as_json):
 # -- export ----------------------------------------------------------------------------
 
 @main.command()
-@click.argument("role")
+@click.argument("role", required=False)
+@click.option("--all", "all_roles", is_flag=True, help="Every role in --roles, one adapter per NPC id in the --out folder, "
+                                                        "with a manifest (vllm, peft, gguf-lora).")
 @click.option("--format", "fmt", type=click.Choice(list(D.EXPORT_FORMATS)), required=True,
-              help="peft (vLLM, LoRAX, transformers), gguf-lora (llama.cpp), or merged-gguf (one model with the role baked in).")
+              help="peft (transformers, LoRAX), vllm (peft for vLLM's LoRA resolver), gguf-lora (llama.cpp), or "
+                   "merged-gguf (one model with the role baked in).")
 @click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
               show_default=True, help="Role set (needed to resolve fused roles).")
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (peft) or file (gguf-lora, merged-gguf).")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (peft, vllm, --all) or file (gguf-lora, merged-gguf).")
+@click.option("--served-model", default=D.SERVED_MODEL, show_default=True,
+              help="vllm: the name vLLM serves the base model under (its --model or --served-model-name); the resolver "
+                   "loads an adapter only when its base_model_name_or_path equals it.")
 @base_model_option
 @friendly_errors
-def export(role, fmt, roles_dir, out, base_model):
-    """Export ROLE (an id in --roles, or a .nrole path) as a standard LoRA adapter or a merged model.
+def export(role, all_roles, fmt, roles_dir, out, served_model, base_model):
+    """Export ROLE (an id in --roles, or a .nrole path), or --all roles, as standard LoRA adapters or a merged model.
 
-    peft: a folder for vLLM (--enable-lora), LoRAX or transformers+peft.
-    gguf-lora: a file for llama.cpp (llama-server --lora). Fused roles are folded
+    peft: a folder for transformers+peft or LoRAX. vllm: the same, named for vLLM's LoRA resolver
+    (--served-model). gguf-lora: a file for llama.cpp (llama-server --lora). Fused roles are folded
     exactly into one adapter whose rank is the sum of the blocks they mix.
     merged-gguf: the GGUF base model (--base-model) with the role merged into its
     weights: one character, no adapter, no switching.
+
+    --all --out DIR writes DIR/<npc_id>/ (vllm, peft) or DIR/<npc_id>.gguf (gguf-lora) for every role, and
+    DIR/neeko-manifest.json; it says the largest rank, which vLLM's --max-lora-rank must hold.
     """
-    from .export import export_role
+    from .export import export_all, export_role
+
+    if all_roles:
+        if role:
+            raise click.UsageError("give ROLE or --all, not both")
+        if out is None:
+            raise click.UsageError("--all needs --out DIR")
+        done = export_all(roles_dir, fmt, out, served_model,
+                          progress=lambda i, n, rid: rid and click.echo(f"  [{i + 1}/{n}] {rid}", err=True))
+        for r in done.roles:
+            click.echo(f"{r.id:<20}  {r.kind:<6}  rank {r.rank:<3}  {r.path}")
+        for f, why in sorted(done.skipped.items()):
+            click.echo(f"skipped {f}: {why}", err=True)
+        for rid in done.removed:
+            click.echo(f"removed {rid} (an earlier export's; no such role now)", err=True)
+        click.echo(f"exported {len(done.roles)} role(s) as {fmt} to {done.out}; largest rank {done.max_rank}"
+                   + (f" (start vLLM with --max-lora-rank {done.vllm_max_lora_rank})" if fmt == "vllm" else ""))
+        if done.skipped:
+            raise click.ClickException(f"{len(done.skipped)} role file(s) could not be exported (listed above)")
+        return
+    if not role:
+        raise click.UsageError("give a ROLE to export, or --all")
     from .roles.folder import find_role
 
     asset, known = find_role(roles_dir, role)
-    lora, dest = export_role(asset, known, fmt, out, base_model)
+    lora, dest = export_role(asset, known, fmt, out, base_model, served_model)
     click.echo(f"exported {asset.id!r} ({asset.kind}, rank {lora.r}) as {fmt}: {dest}")
 
 
@@ -396,15 +426,26 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
               help="Turns one Converse may ask for.")
 @click.option("--watch-interval", default=D.WATCH_INTERVAL, show_default=True, type=click.FloatRange(0), help="Seconds between roles-folder scans; 0 turns watching off.")
 @click.option("--engine", type=click.Choice(list(D.ENGINES)), default=D.ENGINES[0], show_default=True,
-              help="torch: the block LoRA in torch, batching NPCs' decode steps (GPU; needs the [train] extra).")
+              help="torch: the block LoRA in torch, batching NPCs' decode steps (GPU; needs the [train] extra). openai: a "
+                   "gateway; lines are generated by the OpenAI-compatible server at --upstream.")
+@click.option("--upstream", default=None, metavar="URL",
+              help="openai engine: the server that generates, e.g. http://vllm:8000/v1; each NPC is its adapter (model=<npc_id>).")
+@click.option("--upstream-key", envvar=D.UPSTREAM_KEY_ENV, default="", help=f"openai engine: the upstream's API key (env {D.UPSTREAM_KEY_ENV}).")
+@click.option("--upstream-models", type=click.Choice(list(D.UPSTREAM_MODELS)), default=D.UPSTREAM_MODELS[0], show_default=True,
+              help="openai engine: 'listed' refuses an NPC the upstream's /v1/models does not list (for servers that fall back "
+                   "to a default model on unknown names, as llama-cpp-python's does); 'any' relies on the upstream's 404 (vLLM).")
 @click.option("--device", default=None, help="torch engine: cuda, cpu, ... Default: cuda when available.")
 @click.option("--max-batch", default=D.MAX_BATCH, show_default=True, type=click.IntRange(1, 256), help="torch engine: NPC lines per batch.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request and reload (INFO), not only warnings.")
 @friendly_errors
 def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
           snapshot_mib, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, max_actions,
-          max_converse_turns, watch_interval, engine, device, max_batch, verbose):
-    """Run the dialogue daemon (gRPC) on the base model and every role in --roles."""
+          max_converse_turns, watch_interval, engine, upstream, upstream_key, upstream_models, device, max_batch, verbose):
+    """Run the dialogue daemon (gRPC) on the base model and every role in --roles.
+
+    With --engine openai the daemon is a gateway: the same gRPC service, roles, prompts, memory and limits,
+    with every line generated by the OpenAI-compatible server at --upstream (see the README's deployment guide).
+    """
     from functools import partial
 
     from .engine import open_engine
@@ -418,7 +459,17 @@ def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size
                           history_tokens=history_tokens, max_batch=max_batch, snapshot_bytes=snapshot_mib * 1024 * 1024,
                           limits=limits)
     server = app.ServerConfig(host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval)
-    app.run(server, partial(open_engine, engine, roles_dir, base_model, config, device=device),
+    gateway = None
+    if engine == "openai":
+        if not upstream:
+            raise click.UsageError("--engine openai needs --upstream URL (the OpenAI-compatible server that generates)")
+        from .engine.openai_engine import Upstream, UpstreamConfig
+
+        gateway = UpstreamConfig(upstream, upstream_key, upstream_models)
+        Upstream(gateway)  # a malformed URL is an error now, not once the daemon has started
+    elif upstream:
+        raise click.UsageError("--upstream is for --engine openai")
+    app.run(server, partial(open_engine, engine, roles_dir, base_model, config, device=device, upstream=gateway),
             echo=lambda line: click.echo(line, err=True), verbose=verbose)
 
 

@@ -21,7 +21,9 @@ ADDRESS = f"{HOST}:{PORT}"  # where the client commands look for a daemon
 WORKERS = 16  # gRPC worker threads
 WATCH_INTERVAL = 1.0  # seconds between scans of the roles folder; 0 turns watching off
 ROLES_DIR = "assets/roles"
-EXPORT_FORMATS = ("peft", "gguf-lora", "merged-gguf")  # neeko-npc export --format
+EXPORT_FORMATS = ("peft", "vllm", "gguf-lora", "merged-gguf")  # neeko-npc export --format
+SERVED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # export --format vllm: the name vLLM serves the base under
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM (0.6 and later) accepts as --max-lora-rank
 
 POOL_SIZE = 4  # llama.cpp contexts: NPC lines generated at once
 N_CTX = 2048  # tokens per context
@@ -32,7 +34,14 @@ MAX_TURNS = 32  # exchanges remembered per (session, NPC)
 MAX_CONVERSATIONS = 10000  # (session, NPC) pairs remembered, least recently used dropped
 MAX_BATCH = 8  # torch engine: NPC lines decoded together
 SNAPSHOT_MIB = 512  # host memory for kept conversation states (KV snapshots); 22.5 KiB a token on SmolLM2-135M
-ENGINES = ("llama.cpp", "torch")  # serve --engine; the first is the default
+ENGINES = ("llama.cpp", "torch", "openai")  # serve --engine; the first is the default
+
+# -- the gateway (serve --engine openai) -----------------------------------------------------------------
+UPSTREAM_MODELS = ("any", "listed")  # --upstream-models: send every hosted NPC, or only those /v1/models lists
+UPSTREAM_CONNECT_TIMEOUT = 5.0  # seconds to reach the upstream and get its answer's headers
+UPSTREAM_READ_TIMEOUT = 60.0  # seconds the upstream may go quiet in the middle of a line
+UPSTREAM_LIST_TTL = 10.0  # seconds the upstream's model list is trusted (--upstream-models listed)
+UPSTREAM_KEY_ENV = "NEEKO_NPC_UPSTREAM_KEY"
 
 # -- sampling -----------------------------------------------------------------------------------------------
 MAX_TOKENS = 96  # a line's length when the request leaves it at 0

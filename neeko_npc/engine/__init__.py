@@ -5,6 +5,7 @@
     roleset.py       the roles a daemon serves, hot-reloaded, resolved to adapters and scales
     llamacpp.py      the llama.cpp binding;  llama_engine.py  the llama.cpp backend
     torch_engine.py  the torch backend (GPU, batched decoding; needs the [train] extra)
+    openai_engine.py the gateway: generation by an OpenAI-compatible server (vLLM, llama-cpp-python's server)
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from .base import Engine, EngineConfig
 
 
 def open_engine(kind: str, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None,
-                device: str | None = None) -> Engine:
-    """Load the base model and the roles folder on the backend ``kind`` (one of ENGINES)."""
+                device: str | None = None, upstream=None) -> Engine:
+    """Load the base model and the roles folder on the backend ``kind`` (one of ENGINES); ``openai`` needs
+    ``upstream`` (an openai_engine.UpstreamConfig)."""
     if kind == "llama.cpp":
         from .llama_engine import LlamaEngine
 
@@ -26,4 +28,10 @@ def open_engine(kind: str, roles_dir: str | Path, base_model: str | None = None,
         from .torch_engine import TorchEngine
 
         return TorchEngine(roles_dir, base_model, config, device=device)
+    if kind == "openai":
+        from .openai_engine import OpenAIEngine
+
+        if upstream is None:
+            raise ValueError("the openai engine needs an upstream server (--upstream URL)")
+        return OpenAIEngine(roles_dir, upstream, base_model, config)
     raise ValueError(f"unknown engine {kind!r}; choose from {', '.join(ENGINES)}")

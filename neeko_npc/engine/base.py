@@ -266,9 +266,10 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def _stream(self, adapters, scales, key: tuple, prompt: list[int], opts: GenOptions, stop: Callable[[], bool],
-                deadline: float | None, beats: BeatJob | None = None) -> ReplyStream:
+                deadline: float | None, beats: BeatJob | None = None, npc: str = "") -> ReplyStream:
         """Start generating; return a ReplyStream that releases what it acquired (not the adapters) on close. With
-        ``beats``, the last chunk of a line that ended (stop or length) carries its emotion and action."""
+        ``beats``, the last chunk of a line that ended (stop or length) carries its emotion and action. ``npc`` is
+        the hosted NPC speaking (a backend that selects adapters by name uses it; "" for a procedural NPC)."""
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -379,7 +380,8 @@ class Engine(abc.ABC):
             job = self.beat_job(messages, ask) if ask else None
             key = adapter_key(adapters, scales)
             stop = lambda: self._closing or cancelled()  # noqa: E731
-            chunks = self._stream(adapters, scales, key, prompt, opts, stop, deadline, job)
+            chunks = self._stream(adapters, scales, key, prompt, opts, stop, deadline, job,
+                                  npc="" if blend is not None else voice.id)
         except BaseException:
             self.roleset.release(adapters)
             raise
@@ -500,7 +502,7 @@ class Engine(abc.ABC):
                                             opts.max_tokens)
                 key = adapter_key(adapters, scales)
                 stream = self._guarded(self._stream(adapters, scales, key, prompt, opts,
-                                                    lambda: self._closing or cancelled(), deadline), voice, key)
+                                                    lambda: self._closing or cancelled(), deadline, npc=speaker), voice, key)
                 first = True
                 try:
                     for chunk in stream:

@@ -403,7 +403,6 @@ class LlamaEngine(Engine):
             log.warning("llama.cpp was built with OpenMP: replies decode 3-4x slower once several request threads "
                         "have decoded. Rebuild it with -DGGML_OPENMP=OFF (README, 'llama.cpp on CPUs ...').")
         self.template = ChatTemplate(self.model.chat_template(), self.model.bos_text, self.model.eos_text)
-        self._add_bos = bool(self.model.L.llama_vocab_get_add_bos(self.model.vocab))
         self.store = SnapshotStore(self.config.snapshot_bytes) if self.config.snapshot_bytes > 0 else None
         self.pool = ContextPool(self.model, self.config.pool_size, self.config.n_ctx, self.config.n_threads,
                                 self.config.max_queue, self.store)
@@ -415,13 +414,12 @@ class LlamaEngine(Engine):
         self._start_warm_up()
 
     def tokens(self, text: str) -> list[int]:
-        add = self._add_bos and not text.startswith(self.template.bos)
-        return self.model.tokenize(text, add_special=add, parse_special=True)
+        return self.model.encode(text)
 
     def piece_tokens(self, text: str) -> list[int]:
         return self.model.tokenize(text, add_special=False, parse_special=True)
 
-    def _stream(self, adapters, scales, key, prompt, opts, stop, deadline, beats=None):
+    def _stream(self, adapters, scales, key, prompt, opts, stop, deadline, beats=None, npc=""):
         handles = [a.handle for a in adapters]
         slot = self.pool.acquire(key, prompt, self._queue_timeout(deadline), handles, scales)
         chunks = generate(self.model, slot, handles, scales, key, prompt, opts, stop, self.pool.cores, self.store, beats)

@@ -63,12 +63,14 @@ def openmp_build() -> bool:
 class LlamaModel:
     """A GGUF model loaded once; contexts and adapters are made from it."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, vocab_only: bool = False):
+        """``vocab_only``: the tokenizer and metadata (chat template) without the weights, for the gateway."""
         L = _lib()
         self.L = L
         self.path = Path(path)
         params = L.llama_model_default_params()
         params.use_extra_bufts = False  # the AMX guard: see module docstring
+        params.vocab_only = vocab_only
         self.ptr = L.llama_model_load_from_file(str(self.path).encode(), params)
         if not self.ptr:
             raise LlamaError(f"{self.path}: llama.cpp could not load this model")
@@ -86,6 +88,25 @@ class LlamaModel:
             buf = (self.L.llama_token * cap)()
             n = self.L.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
         return list(buf[:n])
+
+    def encode(self, text: str) -> list[int]:
+        """A prompt's token ids: special tokens parsed, a BOS first where the vocabulary wants one and the text
+        does not already start with it."""
+        add = bool(self.L.llama_vocab_get_add_bos(self.vocab)) and not text.startswith(self.bos_text)
+        return self.tokenize(text, add_special=add, parse_special=True)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of ``tokens`` with special tokens written out (``<|im_start|>``) and a leading BOS left off:
+        what a server that tokenizes text itself turns back into the same ids."""
+        arr = (self.L.llama_token * len(tokens))(*tokens)
+        cap = 8 * len(tokens) + 64
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(cap)
+            n = self.L.llama_detokenize(self.vocab, arr, len(tokens), buf, cap, True, True)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", "replace")
+            cap = -n
+        raise LlamaError("llama.cpp could not detokenize the prompt")
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token (special tokens render as nothing)."""

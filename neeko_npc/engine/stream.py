@@ -22,6 +22,18 @@ class NonFiniteLogits(NeekoError, RuntimeError):
     """The model's output for a reply held NaN or infinity (a broken adapter): the reply cannot go on."""
 
 
+class UpstreamUnavailable(NeekoError, RuntimeError):
+    """The gateway's upstream server cannot be reached, or dropped a line midway; retry, or check --upstream."""
+
+
+class UpstreamFailed(NeekoError, RuntimeError):
+    """The gateway's upstream answered with an error that is not the request's fault (a refused key, a crash)."""
+
+
+class UpstreamBusy(PoolBusy):
+    """The gateway's upstream is overloaded (HTTP 429 or 503); retry shortly."""
+
+
 def check_finite(logits: np.ndarray) -> np.ndarray:
     if not np.isfinite(logits).all():
         raise NonFiniteLogits("the model's logits are not finite")

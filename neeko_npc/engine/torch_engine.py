@@ -225,7 +225,7 @@ class TorchEngine(Engine):
             ids = [self.tok.bos_token_id] + ids
         return ids
 
-    def _stream(self, adapters, scales, key, prompt, opts, stop, deadline, beats=None):
+    def _stream(self, adapters, scales, key, prompt, opts, stop, deadline, beats=None, npc=""):
         req = _Request(prompt, [a.handle for a in adapters], list(scales), opts, stop)
         self.pool.submit(req)
 

@@ -11,7 +11,7 @@ import grpc
 
 from .. import defaults
 from ..engine.base import BadRequest, InvalidBlend, NonFiniteLogits, PoolBusy, UnknownRole
-from ..engine.stream import GenOptions
+from ..engine.stream import GenOptions, UpstreamFailed, UpstreamUnavailable
 from ..roles.profile import ProfileError
 from ..roles.prompt import EMOTIONS, Action, BeatAsk, SceneInfo
 from ..v1 import dialogue_pb2 as pb
@@ -82,7 +82,8 @@ class DialogueService(pb_grpc.DialogueServicer):
     # The one mapping of the engine's expected failures to status codes.
     STATUS = {UnknownRole: grpc.StatusCode.NOT_FOUND, BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
               InvalidBlend: grpc.StatusCode.INVALID_ARGUMENT, ProfileError: grpc.StatusCode.INVALID_ARGUMENT,
-              PoolBusy: grpc.StatusCode.RESOURCE_EXHAUSTED, NonFiniteLogits: grpc.StatusCode.INTERNAL}
+              PoolBusy: grpc.StatusCode.RESOURCE_EXHAUSTED, NonFiniteLogits: grpc.StatusCode.INTERNAL,
+              UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE, UpstreamFailed: grpc.StatusCode.INTERNAL}
     _EXPECTED = tuple(STATUS)
 
     @classmethod

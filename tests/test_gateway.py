@@ -173,6 +173,21 @@ def test_cancel_reaches_the_upstream(daemon, client, upstream):
 
 
 @pytest.mark.slow
+def test_a_deadline_ends_the_line_and_the_upstream_request(daemon, client, upstream):
+    before = upstream["log"].read_text().count("Disconnected from client")
+    t0 = time.monotonic()
+    code, _ = code_of(lambda: collect(client.say("blacksmith", "Tell me everything you know.", timeout=1.5,
+                                                 temperature=2.0, top_p=1.0, max_tokens=400)))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 3
+    for _ in range(100):
+        if upstream["log"].read_text().count("Disconnected from client") > before and daemon.service.engine.busy() == 0:
+            break
+        time.sleep(0.05)
+    assert upstream["log"].read_text().count("Disconnected from client") > before
+    assert daemon.service.engine.busy() == 0
+
+
+@pytest.mark.slow
 def test_unknown_npcs_and_unmixable_requests_are_one_clear_error(client):
     code, msg = code_of(lambda: collect(client.say("nobody", "hi")))
     assert code == grpc.StatusCode.NOT_FOUND and "nobody" in msg

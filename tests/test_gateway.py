@@ -154,37 +154,41 @@ def test_the_gateway_keeps_each_sessions_memory(client):
     assert second[-1].prompt_tokens > other[-1].prompt_tokens + 8  # s1's earlier exchange is in its prompt
 
 
+def disconnects(upstream) -> int:
+    return upstream["log"].read_text().count("Disconnected from client")
+
+
+def assert_upstream_let_go(daemon, upstream, before: int) -> None:
+    """Within 5 s the upstream logs one more disconnect, and the gateway has no line in flight."""
+    for _ in range(100):
+        if disconnects(upstream) > before and daemon.service.engine.busy() == 0:
+            break
+        time.sleep(0.05)
+    assert disconnects(upstream) > before
+    assert daemon.service.engine.busy() == 0
+
+
 @pytest.mark.slow
 def test_cancel_reaches_the_upstream(daemon, client, upstream):
     """A cancelled client closes the gateway's HTTP stream; llama-cpp-python's server logs the disconnect and stops."""
-    before = upstream["log"].read_text().count("Disconnected from client")
+    before = disconnects(upstream)
     call = client.say("blacksmith", "Tell me everything you know.", temperature=2.0, top_p=1.0, max_tokens=400)
     first = next(call)
     assert first.text and not first.done
     call.cancel()
-    for _ in range(100):
-        if upstream["log"].read_text().count("Disconnected from client") > before and daemon.service.engine.busy() == 0:
-            break
-        time.sleep(0.05)
-    assert upstream["log"].read_text().count("Disconnected from client") > before
-    assert daemon.service.engine.busy() == 0
+    assert_upstream_let_go(daemon, upstream, before)
     text, _ = collect(client.say("blacksmith", "Hello.", temperature=0.0, max_tokens=4))  # and the gateway serves on
     assert text
 
 
 @pytest.mark.slow
 def test_a_deadline_ends_the_line_and_the_upstream_request(daemon, client, upstream):
-    before = upstream["log"].read_text().count("Disconnected from client")
+    before = disconnects(upstream)
     t0 = time.monotonic()
     code, _ = code_of(lambda: collect(client.say("blacksmith", "Tell me everything you know.", timeout=1.5,
                                                  temperature=2.0, top_p=1.0, max_tokens=400)))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 3
-    for _ in range(100):
-        if upstream["log"].read_text().count("Disconnected from client") > before and daemon.service.engine.busy() == 0:
-            break
-        time.sleep(0.05)
-    assert upstream["log"].read_text().count("Disconnected from client") > before
-    assert daemon.service.engine.busy() == 0
+    assert_upstream_let_go(daemon, upstream, before)
 
 
 @pytest.mark.slow

@@ -108,12 +108,14 @@ class Upstream:
         return h
 
     def request(self, method: str, path: str, body: dict | None, npc: str = "",
-                timeout: float | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send a request and read the answer's headers; a non-2xx answer raises (``upstream_error``)."""
+                timeout: float | None = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, socket.socket]:
+        """Send a request and read the answer's headers; a non-2xx answer raises (``upstream_error``). Returns the
+        socket too: http.client lets go of it when the answer says ``Connection: close``."""
         conn = self._connect(timeout if timeout is not None else self.config.connect_timeout)
         try:
             conn.request(method, self.base_path + path, json.dumps(body).encode() if body is not None else None,
                          self._headers())
+            sock = conn.sock
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
@@ -126,17 +128,21 @@ class Upstream:
                 msg = resp.reason
             conn.close()
             raise upstream_error(resp.status, msg, npc, self.url)
-        return conn, resp
+        return conn, resp, sock
 
     def models(self) -> set[str]:
         """The model ids the upstream lists (GET /v1/models)."""
-        conn, resp = self.request("GET", "/models", None)
+        conn, resp, sock = self.request("GET", "/models", None)
         try:
             doc = json.loads(resp.read())
         except ValueError as exc:
             raise UpstreamFailed(f"the upstream {self.url} answered /v1/models with something other than JSON: {exc}") from None
+        except OSError as exc:
+            raise UpstreamUnavailable(f"the upstream {self.url} dropped its model list ({exc})") from None
         finally:
+            resp.close()
             conn.close()
+            sock.close()
         return {str(m.get("id")) for m in doc.get("data", []) if isinstance(m, dict)}
 
     def check_listed(self, npc: str) -> None:
@@ -215,10 +221,10 @@ class OpenAIEngine(Engine):
         timeout = self.upstream.config.connect_timeout
         if deadline is not None:
             timeout = max(0.05, min(timeout, deadline - time.monotonic()))
-        conn, resp = self.upstream.request("POST", "/completions", body, npc, timeout)
+        conn, resp, sock = self.upstream.request("POST", "/completions", body, npc, timeout)
         with self._cond:
             self._active += 1
-        line = _UpstreamLine(self, conn, resp, prompt, opts, stop, deadline)
+        line = _UpstreamLine(self, conn, resp, sock, prompt, opts, stop, deadline)
         return ReplyStream(line.chunks(), line.close)
 
     def _done(self) -> None:
@@ -242,15 +248,13 @@ class _Named:
 class _UpstreamLine:
     """One streamed completion: SSE events in, chunks out; a watcher closes the connection on cancel or deadline."""
 
-    def __init__(self, engine: OpenAIEngine, conn, resp, prompt, opts, stop, deadline):
-        self.engine, self.conn, self.resp = engine, conn, resp
+    def __init__(self, engine: OpenAIEngine, conn, resp, sock, prompt, opts, stop, deadline):
+        self.engine, self.conn, self.resp, self.sock = engine, conn, resp, sock
         self.prompt, self.opts, self.stop, self.deadline = prompt, opts, stop, deadline
         self.ended = threading.Event()
         self.cut = False  # the watcher closed the connection
         self._closed = False
-        sock = conn.sock
-        if sock is not None:
-            sock.settimeout(engine.upstream.config.read_timeout)
+        sock.settimeout(engine.upstream.config.read_timeout)
         self.watcher = threading.Thread(target=self._watch, name="upstream-watch", daemon=True)
         self.watcher.start()
 
@@ -263,12 +267,10 @@ class _UpstreamLine:
                 return
 
     def _shut(self) -> None:
-        sock = self.conn.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
 
     def _events(self) -> Iterator[dict]:
         """The upstream's SSE data events as JSON, until [DONE]; raises UpstreamUnavailable on a dropped stream."""
@@ -330,5 +332,9 @@ class _UpstreamLine:
             return
         self._closed = True
         self.ended.set()
-        self.conn.close()  # a line that ended early (cancel, stop string, error): the upstream sees the close and stops
-        self.engine._done()
+        try:  # a line that ended early (cancel, stop string, error): the upstream sees the close and stops
+            self.resp.close()
+            self.conn.close()
+            self.sock.close()
+        finally:
+            self.engine._done()

@@ -178,6 +178,20 @@ class OpenAIEngine(Engine):
         self._active = 0
         self._cond = threading.Condition()
         self._open_roles(roles_dir, _Named())
+        self.warm_summary = self._check_upstream()
+
+    def _check_upstream(self) -> str:
+        """One start-up line: which hosted NPCs the upstream lists, or why it could not be asked (a hint only:
+        the gateway serves on, and vLLM's resolver lists an adapter only once a request has named it)."""
+        try:
+            listed = self.upstream.models()
+        except (UpstreamUnavailable, UpstreamFailed, UnknownRole) as exc:
+            log.warning("%s", exc)
+            return f"upstream: not answering yet ({exc})"
+        hosted = sorted(self.roleset.snapshot.roles)
+        missing = [r for r in hosted if r not in listed]
+        return (f"upstream: lists {len(listed)} model(s); {len(hosted) - len(missing)} of {len(hosted)} hosted NPC(s) "
+                "among them" + (f" (not yet: {', '.join(missing[:8])})" if missing else ""))
 
     def tokens(self, text: str) -> list[int]:
         return self.model.encode(text)

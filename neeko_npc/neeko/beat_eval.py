@@ -51,13 +51,16 @@ def predict(neeko: NeekoLoRA, tok, item: BeatItem, weights) -> tuple[str, str]:
     return (emotion.id if emotion else ""), (action.id if action else "")
 
 
-def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems: dict, progress=None) -> dict:
+def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems: dict, progress=None,
+                  max_scenes: int | None = None) -> dict:
     """Per role with annotated held-out lines: emotion and action accuracy of each system ({name: role id ->
-    weights}) and of the majority class of the role's annotated training lines. Empty when nothing is annotated."""
+    weights}) and of the majority class of the role's annotated training lines. Empty when nothing is annotated.
+    ``max_scenes``: the first held-out scenes of each role only, as the confusion matrix scores them."""
     out = {}
     for rid in rows:
         src = sources[rid]
-        held = [it for s in src.held for it in beat_items(src.profile, s)]
+        scenes = src.held[:max_scenes] if max_scenes else src.held
+        held = [it for s in scenes for it in beat_items(src.profile, s)]
         if not held:
             continue
         train = [it for s in src.train for it in beat_items(src.profile, s)]

@@ -243,7 +243,7 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
         systems = {"neeko": lambda rid: rid, "in_context": lambda rid: None}
         if shared_w is not None:
             systems["shared_lora"] = lambda rid: shared_w
-        beats = beat_accuracy(neeko, tok, sources, rows, systems)
+        beats = beat_accuracy(neeko, tok, sources, rows, systems, max_scenes=cfg.max_scenes)
         if beats:
             seconds["beats"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start

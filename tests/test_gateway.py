@@ -282,3 +282,16 @@ def test_stop_strings_cut_the_line_at_the_gateway(client):
     # not compared with `whole` token for token: the upstream reads this prompt on top of its cached copy
     assert text.strip() and "." not in text and chunks[-1].finish_reason == pb.FINISH_REASON_STOP
     assert len(text) < len(whole.strip())
+
+
+def test_serve_asks_for_an_upstream_only_with_the_gateway():
+    from click.testing import CliRunner
+
+    from neeko_npc.cli import main
+
+    res = CliRunner().invoke(main, ["serve", "--engine", "openai"])
+    assert res.exit_code == 2 and "--engine openai needs --upstream URL" in res.output
+    res = CliRunner().invoke(main, ["serve", "--upstream", "http://127.0.0.1:8000/v1"])
+    assert res.exit_code == 2 and "--upstream is for --engine openai" in res.output
+    res = CliRunner().invoke(main, ["serve", "--engine", "openai", "--upstream", "gpu-1:8000"])
+    assert res.exit_code == 1 and "must be an http:// or https:// URL" in res.output

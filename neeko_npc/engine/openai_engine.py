@@ -81,6 +81,14 @@ def _message(body: bytes) -> str:
     return str(doc)
 
 
+def _hang_up(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse, sock: socket.socket | None) -> None:
+    """Close a request's answer, connection and socket (the socket may be the answer's alone, see ``request``)."""
+    resp.close()
+    conn.close()
+    if sock is not None:
+        sock.close()
+
+
 class Upstream:
     """An OpenAI-compatible server over HTTP(S): its model list and streamed completions."""
 
@@ -126,7 +134,7 @@ class Upstream:
                 msg = _message(resp.read(64 * 1024))
             except (OSError, http.client.HTTPException):
                 msg = resp.reason
-            conn.close()
+            _hang_up(conn, resp, sock)
             raise upstream_error(resp.status, msg, npc, self.url)
         return conn, resp, sock
 
@@ -140,9 +148,7 @@ class Upstream:
         except OSError as exc:
             raise UpstreamUnavailable(f"the upstream {self.url} dropped its model list ({exc})") from None
         finally:
-            resp.close()
-            conn.close()
-            sock.close()
+            _hang_up(conn, resp, sock)
         return {str(m.get("id")) for m in doc.get("data", []) if isinstance(m, dict)}
 
     def check_listed(self, npc: str) -> None:
@@ -219,8 +225,6 @@ class OpenAIEngine(Engine):
         return super()._request(npc_id, player_line, scene, opts, session, blend, profile)
 
     def _stream(self, adapters, scales, key, prompt, opts, stop, deadline, beats=None, npc=""):
-        if not npc:
-            raise InvalidBlend("the gateway serves hosted NPCs only")
         if self.upstream.config.models == "listed":
             self.upstream.check_listed(npc)
         body = {"model": npc, "prompt": self.model.detokenize(prompt), "max_tokens": opts.max_tokens,
@@ -338,7 +342,7 @@ class _UpstreamLine:
             finish = "cancelled"
         out.update(decoded)
         n = int(usage["completion_tokens"]) if usage and "completion_tokens" in usage else len(
-            self.engine.model.tokenize(decoded)) if decoded else 0
+            self.engine.model.tokenize(decoded))
         yield Chunk(out.rest(), done=True, finish=finish, completion_tokens=n, prompt_tokens=len(self.prompt))
 
     def close(self, finish: str = "", text: str = "") -> None:
@@ -347,8 +351,6 @@ class _UpstreamLine:
         self._closed = True
         self.ended.set()
         try:  # a line that ended early (cancel, stop string, error): the upstream sees the close and stops
-            self.resp.close()
-            self.conn.close()
-            self.sock.close()
+            _hang_up(self.conn, self.resp, self.sock)
         finally:
             self.engine._done()

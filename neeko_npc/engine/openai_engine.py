@@ -32,7 +32,7 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from .. import defaults
-from ..errors import InputError
+from ..errors import InputError, NeekoError
 from ..roles.base_model import BaseModelError, base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
 from .base import Engine, EngineConfig, InvalidBlend, UnknownRole
@@ -191,7 +191,7 @@ class OpenAIEngine(Engine):
         the gateway serves on, and vLLM's resolver lists an adapter only once a request has named it)."""
         try:
             listed = self.upstream.models()
-        except (UpstreamUnavailable, UpstreamFailed, UnknownRole) as exc:
+        except NeekoError as exc:  # any expected failure, an overloaded upstream (UpstreamBusy) included
             log.warning("%s", exc)
             return f"upstream: not answering yet ({exc})"
         hosted = sorted(self.roleset.snapshot.roles)

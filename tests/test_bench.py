@@ -26,7 +26,7 @@ MiB = 1024 * 1024
 
 # `bench --quick` through the CLI, with fewer repetitions still: every section and every code path runs, each fewer
 # times (what the tests check is that each section measured what it says, not how precisely).
-SMALLER = dict(ttft_reps=2, switch_reps=3, levels=[1, 4], decode_tokens=8, decode_rounds=1, adapter_switch_reps=6,
+SMALLER = dict(ttft_reps=1, switch_reps=2, levels=[1, 4], decode_tokens=8, decode_rounds=1, adapter_switch_reps=6,
                reload_reps=1, mixture_blocks=6)
 
 
@@ -130,7 +130,7 @@ def test_bench_through_a_running_daemon(baked, tmp_path):
     roles = tmp_path / "roles"
     shutil.copytree(baked["before"], roles)
     config = ServerConfig(port=0, watch_interval=0)
-    d = Daemon(config, lambda: LlamaEngine(roles, config=EngineConfig(pool_size=2, n_threads=1))).start()
+    d = Daemon(config, lambda: LlamaEngine(roles, config=EngineConfig(pool_size=2, n_threads=2))).start()
     try:
         assert d.loaded.wait(120), d.service.load_error
         sizes = dict(ttft_reps=2, switch_reps=2, levels=[1, 2], per_stream=1, beat_reps=2, converse_turns=2)

@@ -26,7 +26,7 @@ GREEDY = dict(temperature=0.0, max_tokens=24)
 
 def start(roles_dir, pool=2, queue=16, token="", watch=0.2, make=None, **cfg):
     config = ServerConfig(port=0, token=token, watch_interval=watch, **cfg)
-    engine_cfg = EngineConfig(pool_size=pool, max_queue=queue, n_threads=1)
+    engine_cfg = EngineConfig(pool_size=pool, max_queue=queue, n_threads=2)
     d = Daemon(config, make or (lambda: LlamaEngine(roles_dir, config=engine_cfg))).start()
     return d
 

@@ -96,7 +96,7 @@ def test_stop_strings_and_dropped_streams(torch_engine, solo):
     r = torch_engine.say("smith", "Talk for a long time.", SceneInfo(), GenOptions(temperature=0.9, max_tokens=300, seed=1))
     next(r.chunks)
     r.chunks.close()
-    assert torch_engine.pool.wait_idle(30)  # the dropped row stopped long before 300 tokens
+    assert torch_engine.pool.inflight.wait_idle(30)  # the dropped row stopped long before 300 tokens
 
 
 def test_prepare_on_the_torch_engine_says_why_it_reads_nothing(torch_engine):
@@ -145,7 +145,7 @@ def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine, solo):
     finally:
         for name, mod in torch_engine.neeko.modules.items():
             mod.set_block(k, *saved[name])
-    assert torch_engine.pool.wait_idle(10)
+    assert torch_engine.pool.inflight.wait_idle(10)
 
 
 def test_grpc_service_on_the_torch_engine(torch_engine, solo):

@@ -166,7 +166,7 @@ def test_held_out_sums_are_each_examples_own_loss():
 
 
 def test_the_eval_scores_beats_on_a_kv_cache_as_a_full_forward_would():
-    """beat_eval's torch scorer (a KV cache, each continuation on a copy of it) gives every continuation the
+    """beat_eval's torch scorer (a KV cache, every continuation in one batch on a copy of it) gives every continuation the
     log-probability a full forward over prompt + continuation gives, and leaves its state unchanged."""
     import torch
 

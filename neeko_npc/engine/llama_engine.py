@@ -39,11 +39,9 @@ from .. import defaults
 from ..export.fold import fold
 from ..export.gguf_lora import write_gguf_lora
 from ..roles.asset import BaseInfo, RoleAsset
-from ..roles.base_model import BaseModelError, base_info, resolve_base_model
-from ..roles.prompt import ChatTemplate
 from .base import Engine, EngineConfig, UnknownRole, adapter_key
 from ..roles.beats import BeatJob, choose, continuation_logprob
-from .llamacpp import LlamaContext, LlamaModel, openmp_build
+from .llamacpp import LlamaContext, LlamaModel, open_gguf_base, openmp_build
 from .snapshots import Snapshot, SnapshotStore, common_prefix
 from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite, sample
 
@@ -393,16 +391,12 @@ class LlamaEngine(Engine):
 
     def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None):
         super().__init__(config)
-        ref = resolve_base_model(base_model)
-        if ref.kind != "gguf":
-            raise BaseModelError(f"{ref.path}: the llama.cpp engine needs a .gguf base model; convert the HF folder with "
-                             "llama.cpp's convert_hf_to_gguf.py, or serve it with --engine torch")
-        self.base = base_info(ref)
-        self.model = LlamaModel(ref.path)
+        self.base, self.model, self.template = open_gguf_base(
+            base_model, "the llama.cpp engine needs a .gguf base model; convert the HF folder with llama.cpp's "
+            "convert_hf_to_gguf.py, or serve it with --engine torch")
         if openmp_build():
             log.warning("llama.cpp was built with OpenMP: replies decode 3-4x slower once several request threads "
                         "have decoded. Rebuild it with -DGGML_OPENMP=OFF (README, 'llama.cpp on CPUs ...').")
-        self.template = ChatTemplate(self.model.chat_template(), self.model.bos_text, self.model.eos_text)
         self.store = SnapshotStore(self.config.snapshot_bytes) if self.config.snapshot_bytes > 0 else None
         self.pool = ContextPool(self.model, self.config.pool_size, self.config.n_ctx, self.config.n_threads,
                                 self.config.max_queue, self.store)

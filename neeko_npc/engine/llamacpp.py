@@ -320,3 +320,19 @@ class LlamaContext:
             self.close()
         except Exception:
             pass
+
+
+def open_gguf_base(spec: str | Path | None, needs: str, vocab_only: bool = False):
+    """The GGUF base model a llama.cpp-backed engine serves on: (BaseInfo, LlamaModel, ChatTemplate).
+
+    ``needs`` completes the error for a base that is not a .gguf file ("the llama.cpp engine needs a .gguf base
+    model; ..."); ``vocab_only`` loads the tokenizer and chat template without the weights (the gateway)."""
+    from ..roles.base_model import BaseModelError, base_info, resolve_base_model
+    from ..roles.prompt import ChatTemplate
+
+    ref = resolve_base_model(spec)
+    if ref.kind != "gguf":
+        raise BaseModelError(f"{ref.path}: {needs}")
+    info = base_info(ref)
+    model = LlamaModel(ref.path, vocab_only=vocab_only)
+    return info, model, ChatTemplate(model.chat_template(), model.bos_text, model.eos_text)

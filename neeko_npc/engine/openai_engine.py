@@ -33,11 +33,9 @@ from urllib.parse import urlsplit
 
 from .. import defaults
 from ..errors import InputError, NeekoError
-from ..roles.base_model import BaseModelError, base_info, resolve_base_model
-from ..roles.prompt import ChatTemplate
 from .base import Engine, EngineConfig, InvalidBlend, UnknownRole
-from .llamacpp import LlamaModel
-from .stream import Chunk, ReplyStream, TextStream, UpstreamBusy, UpstreamFailed, UpstreamUnavailable
+from .llamacpp import open_gguf_base
+from .stream import Chunk, InFlight, ReplyStream, TextStream, UpstreamBusy, UpstreamFailed, UpstreamUnavailable
 
 log = logging.getLogger("neeko_npc.engine")
 
@@ -173,16 +171,11 @@ class OpenAIEngine(Engine):
     def __init__(self, roles_dir: str | Path, upstream: UpstreamConfig, base_model: str | None = None,
                  config: EngineConfig | None = None):
         super().__init__(config)
-        ref = resolve_base_model(base_model)
-        if ref.kind != "gguf":
-            raise BaseModelError(f"{ref.path}: the gateway reads its tokenizer and chat template from a .gguf base model "
-                                 "(the one the roles were baked on)")
-        self.base = base_info(ref)
-        self.model = LlamaModel(ref.path, vocab_only=True)
-        self.template = ChatTemplate(self.model.chat_template(), self.model.bos_text, self.model.eos_text)
+        self.base, self.model, self.template = open_gguf_base(
+            base_model, "the gateway reads its tokenizer and chat template from a .gguf base model (the one the "
+            "roles were baked on)", vocab_only=True)
         self.upstream = Upstream(upstream)
-        self._active = 0
-        self._cond = threading.Condition()
+        self.inflight = InFlight()
         self._open_roles(roles_dir, _Named())
         self.warm_summary = self._check_upstream()
 
@@ -207,12 +200,10 @@ class OpenAIEngine(Engine):
         return f"gateway to {self.upstream.url}{listed}"
 
     def busy(self) -> int:
-        with self._cond:
-            return self._active
+        return self.inflight.count()
 
     def _wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._active == 0, timeout)
+        return self.inflight.wait_idle(timeout)
 
     def _free(self) -> None:
         self.model.close()
@@ -240,15 +231,12 @@ class OpenAIEngine(Engine):
         if deadline is not None:
             timeout = max(0.05, min(timeout, deadline - time.monotonic()))
         conn, resp, sock = self.upstream.request("POST", "/completions", body, npc, timeout)
-        with self._cond:
-            self._active += 1
+        self.inflight.add()
         line = _UpstreamLine(self, conn, resp, sock, prompt, opts, stop, deadline)
         return ReplyStream(line.chunks(), line.close)
 
     def _done(self) -> None:
-        with self._cond:
-            self._active -= 1
-            self._cond.notify_all()
+        self.inflight.done()
 
 
 class _Named:

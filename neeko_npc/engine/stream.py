@@ -5,6 +5,7 @@ build their replies from these."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -12,6 +13,34 @@ import numpy as np
 
 from .. import defaults
 from ..errors import NeekoError
+
+
+class InFlight:
+    """The count of replies in flight, and a wait until there are none (each backend's busy() and close()).
+
+    ``cond`` shares a lock the backend already holds for its own queue; a fresh one otherwise."""
+
+    def __init__(self, cond: threading.Condition | None = None):
+        self.cond = cond or threading.Condition()
+        self._n = 0
+
+    def add(self, n: int = 1) -> None:
+        with self.cond:
+            self._n += n
+            self.cond.notify_all()
+
+    def done(self, n: int = 1) -> None:
+        with self.cond:
+            self._n -= n
+            self.cond.notify_all()
+
+    def count(self) -> int:
+        with self.cond:
+            return self._n
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: self._n == 0, timeout)
 
 
 class PoolBusy(NeekoError, RuntimeError):
@@ -91,7 +120,7 @@ def sample(logits: np.ndarray, opts: GenOptions, rng: np.random.Generator) -> in
 
 class ReplyStream:
     """An iterator over a reply's chunks that runs ``on_close(finish, text)`` exactly once: when the
-    reply ends, when it fails, when ``close()`` is called, or when it is garbage-collected unstarted
+    reply ends (before its last chunk is returned), when it fails, when ``close()`` is called, or when it is garbage-collected unstarted
     (a generator's ``finally`` would not run in that last case, leaking its context)."""
 
     def __init__(self, chunks: Iterator[Chunk], on_close: Callable[[str, str], None]):
@@ -115,6 +144,10 @@ class ReplyStream:
         self._text.append(chunk.text)
         if chunk.done:
             self._finish = chunk.finish
+            # Closed before the last chunk is handed on: whoever sees a line end (a client about to send its
+            # follow-up, a reload) finds its context back in the pool, its adapters released and the line in
+            # the session's memory. Closed after, the gRPC thread did that a moment after the client had it.
+            self.close()
         return chunk
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from ..roles.asset import RoleAsset
 from ..roles.base_model import base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
 from .base import Engine, EngineConfig
-from .stream import Chunk, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, check_finite, sample
+from .stream import Chunk, GenOptions, InFlight, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, check_finite, sample
 
 
 class TorchBlocks:
@@ -78,7 +78,7 @@ class BatchScheduler:
         self.window = window
         self._pending: collections.deque[_Request] = collections.deque()
         self._cond = threading.Condition()
-        self._active = 0
+        self.inflight = InFlight(self._cond)  # under the queue's lock: a request counts from the moment it queues
         self._stopped = False
         self.batch_sizes: list[int] = []  # one entry per batch run, for tests and benchmarks
         self._thread = threading.Thread(target=self._loop, name="neeko-torch-batch", daemon=True)
@@ -90,16 +90,7 @@ class BatchScheduler:
                 raise PoolBusy(f"{len(self._pending)} requests are already waiting for the next batch "
                                f"(--max-queue {self.max_queue}); try again shortly")
             self._pending.append(req)
-            self._active += 1
-            self._cond.notify_all()
-
-    def busy(self) -> int:
-        with self._cond:
-            return self._active
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._active == 0, timeout)
+            self.inflight.add()
 
     def close(self) -> None:
         with self._cond:
@@ -122,9 +113,7 @@ class BatchScheduler:
                 for r in batch:
                     r.out.put(exc)
             finally:
-                with self._cond:
-                    self._active -= len(batch)
-                    self._cond.notify_all()
+                self.inflight.done(len(batch))
 
     @torch.no_grad()
     def _run(self, reqs: list[_Request]) -> None:
@@ -247,10 +236,10 @@ class TorchEngine(Engine):
         return f"{self.name} on {self.device}, batches of up to {self.pool.max_batch}"
 
     def busy(self) -> int:
-        return self.pool.busy()
+        return self.pool.inflight.count()
 
     def _wait_idle(self, timeout: float) -> bool:
-        return self.pool.wait_idle(timeout)
+        return self.pool.inflight.wait_idle(timeout)
 
     def _free(self) -> None:
         self.pool.close()

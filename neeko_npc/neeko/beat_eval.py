@@ -31,24 +31,48 @@ class TorchScorer:
 
     @torch.no_grad()
     def continuations(self, logits: np.ndarray, conts: list[list[int]]) -> list[float]:
-        res = []
-        for c in conts:
-            rows = None
-            if len(c) > 1:
-                out = self.neeko.forward(self.w, input_ids=torch.tensor([c[:-1]]), past_key_values=copy.deepcopy(self.cache),
-                                         use_cache=True)
-                rows = out.logits[0].float().numpy()
-            res.append(continuation_logprob(logits, rows, c))
-        return res
+        """Every continuation's log-probability after the state, in one batched forward on a copy of the cache
+        (one forward a candidate read the model's weights a dozen times a beat). Rows are right-padded: under
+        causal attention a row's own tokens never see its padding."""
+        long = [c for c in conts if len(c) > 1]
+        rows = {}
+        if long:
+            width = max(len(c) - 1 for c in long)
+            ids = torch.zeros((len(long), width), dtype=torch.long)
+            for i, c in enumerate(long):
+                ids[i, :len(c) - 1] = torch.tensor(c[:-1])
+            cache = copy.deepcopy(self.cache)
+            cache.batch_repeat_interleave(len(long))
+            w = None if self.w is None else self.w.repeat(len(long), 1)
+            out = self.neeko.forward(w, input_ids=ids, past_key_values=cache, use_cache=True).logits
+            rows = {i: out[i, :len(c) - 1].float().numpy() for i, c in enumerate(long)}
+        it = iter(range(len(long)))
+        return [continuation_logprob(logits, rows[next(it)] if len(c) > 1 else None, c) for c in conts]
 
 
-def predict(neeko: NeekoLoRA, tok, item: BeatItem, weights) -> tuple[str, str]:
-    """(emotion, action) a system chooses for an annotated line ("" for what the line does not ask)."""
+def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], weights) -> list[tuple[str, str]]:
+    """(emotion, action) a system chooses for each annotated line of one scene ("" for what a line does not ask).
+
+    The scene's lines share their prompt's head (the system text): it is read once, and each line's beat prompt
+    decodes the rest on a copy of it, as the daemon decodes a prompt on a cached prefix."""
     piece = lambda text: piece_ids(tok, text)  # noqa: E731
-    job = BeatJob(item.ask, None, piece, piece_ids(tok, tok.eos_token))
-    scorer = TorchScorer(neeko, weights)
-    emotion, action = choose(scorer, scorer.extend(beat_prompt_ids(tok, item)), job)
-    return (emotion.id if emotion else ""), (action.id if action else "")
+    prompts = [beat_prompt_ids(tok, it) for it in items]
+    head = 0
+    if len(prompts) > 1:
+        shortest = min(len(p) for p in prompts) - 1  # each line keeps at least one token of its own to decode
+        while head < shortest and all(p[head] == prompts[0][head] for p in prompts):
+            head += 1
+    root = TorchScorer(neeko, weights)
+    if head:
+        root.extend(prompts[0][:head])
+    out = []
+    for item, ids in zip(items, prompts):
+        scorer = TorchScorer(neeko, weights)
+        scorer.w, scorer.cache = root.w, copy.deepcopy(root.cache)
+        job = BeatJob(item.ask, None, piece, piece_ids(tok, tok.eos_token))
+        emotion, action = choose(scorer, scorer.extend(ids[head:]), job)
+        out.append(((emotion.id if emotion else ""), (action.id if action else "")))
+    return out
 
 
 def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems: dict, progress=None,
@@ -60,7 +84,8 @@ def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems
     for rid in rows:
         src = sources[rid]
         scenes = src.held[:max_scenes] if max_scenes else src.held
-        held = [it for s in scenes for it in beat_items(src.profile, s)]
+        by_scene = [items for s in scenes if (items := beat_items(src.profile, s))]
+        held = [it for items in by_scene for it in items]
         if not held:
             continue
         train = [it for s in src.train for it in beat_items(src.profile, s)]
@@ -68,7 +93,7 @@ def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems
         row = {"n": {k: sum(1 for t in v if t) for k, v in truth.items()}, "emotion": {}, "action": {},
                "truth": [[it.emotion, it.action] for it in held], "predicted": {}}
         for name, weights_for in systems.items():
-            got = [predict(neeko, tok, it, weights_for(rid)) for it in held]
+            got = [g for items in by_scene for g in predict(neeko, tok, items, weights_for(rid))]
             if progress:
                 progress(len(held))
             row["predicted"][name] = [list(g) for g in got]

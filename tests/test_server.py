@@ -228,6 +228,7 @@ def test_idle_contexts_keep_their_npc_and_let_go_of_removed_roles(baked, tmp_pat
     try:
         assert d.loaded.wait(60)
         e, c = d.service.engine, Client(d.address)
+        assert e.warmed.wait(30)  # the start-up warm-up holds each role's adapter for a moment; let it finish
         smith = e.roles().adapters["smith"].handle
         collect(c.say("smith", "Hello!", **GREEDY))
         collect(c.say("bard", "Hello!", **GREEDY))

@@ -297,6 +297,15 @@ def export(role, all_roles, fmt, roles_dir, out, served_model, base_model):
               help="Gate weight of each of the shared LoRA's M blocks. Default 1/M: one LoRA of rank M*r with the roles' "
                    "alpha. 1 gives it M times that scale.")
 @click.option("--no-attribution", is_flag=True, help="Skip attribution (it generates replies for every role).")
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0, 2),
+              help="Attribution replies: 0 is greedy; above 0 they are drawn as the daemon draws them "
+                   f"(its default is {D.TEMPERATURE}).")
+@click.option("--top-p", default=D.TOP_P, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Attribution replies: nucleus cut, with --temperature above 0.")
+@click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 4),
+              help="Attribution replies: the own block's gate weight (1 is as served).")
+@click.option("--prompts-per-role", type=click.IntRange(1, 1000), default=None,
+              help="Attribution: held-out prompts taken from each role (default 6; 2 with --quick).")
 @click.option("--quick", is_flag=True, help="CI-sized: 4 held-out scenes per role, a one-epoch shared LoRA on 6 scenes "
                                             "per role, 2 prompts per role; figures are rough.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON.")
@@ -304,8 +313,8 @@ def export(role, all_roles, fmt, roles_dir, out, served_model, base_model):
               help="Also write a PNG: the confusion matrix as a heat-map, and attribution with its intervals (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
-def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_shared, shared_weight, no_attribution, quick,
-             json_out, plot_out, quiet):
+def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_shared, shared_weight, no_attribution,
+             temperature, top_p, strength, prompts_per_role, quick, json_out, plot_out, quiet):
     """Role fidelity, beside baselines trained and scored in the same run.
 
     Prints the role confusion matrix (held-out loss; rows: whose lines, columns:
@@ -325,7 +334,10 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'neeko-npc[bench]'") from None
     cfg = replace(EvalConfig.quick() if quick else EvalConfig(), holdout=holdout, max_len=max_len, precision=precision,
-                  shared=not no_shared, shared_weight=shared_weight, attribution=not no_attribution)
+                  shared=not no_shared, shared_weight=shared_weight, attribution=not no_attribution,
+                  temperature=temperature, top_p=top_p, strength=strength)
+    if prompts_per_role is not None:
+        cfg = replace(cfg, prompts_per_role=prompts_per_role)
     rep = evaluate(resolve_base_model(base_model), roles_dir, src_dir, cfg, progress=not quiet)
     click.echo(report_table(rep))
     if json_out:

@@ -4,7 +4,8 @@ nucleus is found among the likeliest few hundred tokens or needs the whole vocab
 import numpy as np
 import pytest
 
-from neeko_npc.engine.stream import TOP_P_HEAD, GenOptions, sample
+from neeko_npc.engine.stream import GenOptions
+from neeko_npc.roles.sampling import TOP_P_HEAD, sample
 
 
 def nucleus(logits, temperature, top_p):

@@ -192,3 +192,46 @@ def test_the_eval_scores_beats_on_a_kv_cache_as_a_full_forward_would():
                 full = neeko.forward(w, input_ids=torch.tensor([prompt + c])).logits[0].float().numpy()
             want = sum(float(log_softmax(full[len(prompt) - 1 + i])[c[i]]) for i in range(len(c)))
             assert abs(lp - want) < 1e-4, (weights, c, lp, want)
+
+
+def test_sampled_attribution_replies_decode_as_the_daemon_samples():
+    """The eval's sampled replies (attribution.py ``_sampled``): at a vanishing temperature, left-padded rows on a
+    KV cache give the tokens of a full greedy forward over each row alone; at the daemon's temperature a seed gives
+    the same draw every time and another seed another; an own block at strength 0 speaks as the base model."""
+    import numpy as np
+    import torch
+
+    from neeko_npc.neeko.attribution import _sampled
+    from neeko_npc.neeko.model import NeekoLoRA
+    from neeko_npc.engine.stream import GenOptions
+    from tests.tiny import randomize_blocks, tiny_llama
+
+    neeko = NeekoLoRA(tiny_llama(), r=2, alpha=4.0, targets=("q_proj", "v_proj"))
+    neeko.add_role("a")
+    randomize_blocks(neeko)
+    neeko.model.generation_config.eos_token_id = 95
+    tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 95})()
+    rows = [[5, 9, 17, 3, 44], [7, 8, 60]]
+    ids = torch.tensor([[0] * (5 - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (5 - len(r)) + [1] * len(r) for r in rows])
+    w = neeko.weights(["a", "a"])
+
+    def greedy_alone(row, steps):
+        seq = list(row)
+        for _ in range(steps):
+            with torch.no_grad():
+                nxt = int(neeko.forward(neeko.weights(["a"]), input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+            if nxt == 95:
+                break
+            seq.append(nxt)
+        return seq[len(row):]
+
+    cold = GenOptions(temperature=1e-6, top_p=1.0)
+    got = _sampled(neeko, tok, ids, mask, w, 6, cold, [np.random.default_rng(i) for i in range(2)])
+    assert got == [greedy_alone(r, 6) for r in rows]
+
+    warm = GenOptions(temperature=0.7, top_p=0.95)
+    draw = lambda seed, weights: _sampled(neeko, tok, ids, mask, weights, 8, warm,  # noqa: E731
+                                          [np.random.default_rng(seed + j) for j in range(2)])
+    assert draw(0, w) == draw(0, w) and draw(0, w) != draw(100, w)
+    assert draw(3, neeko.weights([{"a": 0.0}] * 2)) == draw(3, None)

@@ -41,9 +41,10 @@ from ..export.gguf_lora import write_gguf_lora
 from ..roles.asset import BaseInfo, RoleAsset
 from .base import Engine, EngineConfig, UnknownRole, adapter_key
 from ..roles.beats import BeatJob, choose, continuation_logprob
+from ..roles.sampling import sample
 from .llamacpp import LlamaContext, LlamaModel, open_gguf_base, openmp_build
 from .snapshots import Snapshot, SnapshotStore, common_prefix
-from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite, sample
+from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite
 
 log = logging.getLogger("neeko_npc.engine")
 MiB = 1024 * 1024

@@ -26,8 +26,9 @@ from ..neeko.model import NeekoLoRA
 from ..roles.asset import RoleAsset
 from ..roles.base_model import base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
+from ..roles.sampling import sample
 from .base import Engine, EngineConfig
-from .stream import Chunk, GenOptions, InFlight, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, check_finite, sample
+from .stream import Chunk, GenOptions, InFlight, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, check_finite
 
 
 class TorchBlocks:

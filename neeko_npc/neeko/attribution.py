@@ -16,6 +16,7 @@ import torch
 from ..roles.dialogue import Scene
 from ..roles.profile import RoleProfile
 from ..roles.prompt import chat_messages
+from ..roles.sampling import sample
 from .embed import embed_texts
 from .model import NeekoLoRA
 
@@ -48,8 +49,11 @@ def prompt_messages(profile: RoleProfile, p: Prompt) -> list[dict]:
 
 @torch.no_grad()
 def generate_replies(neeko: NeekoLoRA, tok, conversations: list[list[dict]], weights, max_new_tokens: int = 40,
-                     batch_size: int = 8, progress=None) -> list[str]:
-    """Greedy replies, batched with left padding; ``weights`` is a role id, {role: weight} or None (base)."""
+                     batch_size: int = 8, progress=None, sampling=None, seed: int = 0) -> list[str]:
+    """Replies, batched with left padding; ``weights`` is a role id, {role: weight} or None (base).
+
+    Greedy unless ``sampling`` (anything with ``temperature`` and ``top_p``) has a temperature above 0: then each
+    token is drawn by the daemon's own sampler (roles/sampling.py), reply ``i`` from a generator seeded ``seed + i``."""
     out = []
     pad = tok.pad_token_id
     for i in range(0, len(conversations), batch_size):
@@ -59,13 +63,45 @@ def generate_replies(neeko: NeekoLoRA, tok, conversations: list[list[dict]], wei
         input_ids = torch.tensor([[pad] * (n - len(x)) + x for x in ids])
         mask = torch.tensor([[0] * (n - len(x)) + [1] * len(x) for x in ids])
         w = None if weights is None else neeko.weights([weights] * len(chunk))
-        with neeko.gate(w):
-            gen = neeko.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                       do_sample=False, pad_token_id=pad)
-        out += [tok.decode(g[n:], skip_special_tokens=True).strip() for g in gen]
+        if sampling is not None and sampling.temperature > 0:
+            rngs = [np.random.default_rng(seed + i + j) for j in range(len(chunk))]
+            out += [tok.decode(g, skip_special_tokens=True).strip()
+                    for g in _sampled(neeko, tok, input_ids, mask, w, max_new_tokens, sampling, rngs)]
+        else:
+            with neeko.gate(w):
+                gen = neeko.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                           do_sample=False, pad_token_id=pad)
+            out += [tok.decode(g[n:], skip_special_tokens=True).strip() for g in gen]
         if progress:
             progress(len(chunk))
     return out
+
+
+@torch.no_grad()
+def _sampled(neeko: NeekoLoRA, tok, input_ids, mask, w, max_new_tokens: int, sampling, rngs) -> list[list[int]]:
+    """Token-by-token decoding on a KV cache, every row's next token from ``sample``; a row ends at an EOS."""
+    eos = neeko.model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tok.eos_token_id}
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    res = neeko.forward(w, input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    gen, done = [[] for _ in rngs], [False] * len(rngs)
+    for _ in range(max_new_tokens):
+        logits = res.logits[:, -1].float().numpy()
+        nxt = []
+        for j, rng in enumerate(rngs):
+            t = tok.pad_token_id if done[j] else sample(logits[j], sampling, rng)
+            if not done[j] and t in eos:
+                done[j] = True
+            elif not done[j]:
+                gen[j].append(t)
+            nxt.append(t)
+        if all(done):
+            break
+        mask = torch.cat([mask, torch.ones((len(rngs), 1), dtype=mask.dtype)], 1)
+        pos = pos[:, -1:] + 1
+        res = neeko.forward(w, input_ids=torch.tensor(nxt)[:, None], attention_mask=mask, position_ids=pos,
+                            past_key_values=res.past_key_values, use_cache=True)
+    return gen
 
 
 def _ids(tok, msgs):

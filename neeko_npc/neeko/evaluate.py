@@ -80,6 +80,9 @@ class EvalConfig:
     beats: bool = True  # beat accuracy on held-out annotated lines (none annotated: nothing to do)
     prompts_per_role: int = 6
     reply_tokens: int = 40
+    temperature: float = 0.0  # attribution replies: 0 greedy; above 0, drawn as the daemon draws them (with top_p)
+    top_p: float = defaults.TOP_P
+    strength: float = 1.0  # the own block's gate weight in attribution replies (1: as served)
     seed: int = 0
 
     @classmethod
@@ -252,7 +255,8 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
                       settings={"holdout": cfg.holdout, "max_len": cfg.max_len, "precision": precision,
                                 "max_scenes": cfg.max_scenes, "shared_train_scenes": cfg.shared_train_scenes,
                                 "shared_epochs": cfg.shared_epochs, "prompts_per_role": cfg.prompts_per_role,
-                                "reply_tokens": cfg.reply_tokens, "load_problems": [str(e) for e in errors]})
+                                "reply_tokens": cfg.reply_tokens, "temperature": cfg.temperature,
+                                "top_p": cfg.top_p, "strength": cfg.strength, "load_problems": [str(e) for e in errors]})
 
 
 def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: EvalConfig, progress: bool) -> dict:
@@ -269,7 +273,7 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
            "real_held_out_lines_ci": bootstrap_accuracy(hits_by_role(real_predicted, real_truth), seed=cfg.seed),
            "systems": {}, "samples": {}}
     prompts = [p for rid in rows for p in prompts_from(rid, sources[rid].held, cfg.prompts_per_role)]
-    systems = {"neeko": lambda rid: rid, "in_context": lambda rid: None}
+    systems = {"neeko": lambda rid: rid if cfg.strength == 1.0 else {rid: cfg.strength}, "in_context": lambda rid: None}
     if shared_w is not None:
         systems["shared_lora"] = lambda rid: shared_w
     bar = tqdm(total=len(systems) * len(rows) * len(prompts), desc="attribution replies", unit="reply", disable=not progress)
@@ -277,7 +281,8 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
         replies, truth = [], []
         for rid in rows:
             convs = [prompt_messages(sources[rid].profile, p) for p in prompts]
-            got = generate_replies(neeko, tok, convs, weights_for(rid), cfg.reply_tokens, progress=bar.update)
+            got = generate_replies(neeko, tok, convs, weights_for(rid), cfg.reply_tokens, progress=bar.update,
+                                   sampling=cfg, seed=cfg.seed)
             replies += got
             truth += [rid] * len(got)
             out["samples"].setdefault(rid, {})[name] = got[0] if got else ""

@@ -1,0 +1,35 @@
+"""How a line's next token is drawn: the one sampler the daemon serves with and the eval measures with.
+
+Numpy only (the serving side never imports torch); the engine's stream.py and the eval's attribution both call it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TOP_P_HEAD = 256  # nucleus sampling sorts only this many of the likeliest tokens while they hold top_p of the mass
+
+
+def sample(logits: np.ndarray, opts, rng: np.random.Generator) -> int:
+    """One token from ``logits`` under ``opts`` (anything with ``temperature`` and ``top_p``: the daemon's
+    GenOptions, the eval's EvalConfig). Greedy at temperature 0; else a draw from softmax(logits / temperature),
+    cut to the smallest set of likeliest tokens whose mass reaches top_p. The nucleus is found among the likeliest TOP_P_HEAD tokens (more
+    only when they hold less than top_p): sorting all 49,152 of SmolLM2's logits took about 3 ms a token beside a
+    7 ms decode step, and every stream's sampling shares one Python interpreter."""
+    if opts.temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / opts.temperature
+    z -= z.max()
+    p = np.exp(z)
+    p /= p.sum()
+    if opts.top_p >= 1.0:
+        return min(int(np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right")), len(p) - 1)
+    order = np.argpartition(-p, TOP_P_HEAD - 1)[:TOP_P_HEAD] if TOP_P_HEAD < len(p) else np.arange(len(p))
+    order = order[np.argsort(-p[order], kind="stable")]
+    cum = np.cumsum(p[order])
+    if cum[-1] < opts.top_p:  # a flat distribution: sort it all
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+    keep = order[: int(np.searchsorted(cum, opts.top_p)) + 1]
+    cut = np.cumsum(p[keep])
+    return int(keep[min(int(np.searchsorted(cut, rng.random() * cut[-1], side="right")), len(keep) - 1)])

@@ -46,7 +46,9 @@ def test_adding_and_removing_a_near_duplicate_role_changes_no_other_npc(baked, t
     twin = json.loads((DATA / "smith" / "profile.json").read_text())
     twin["id"] = "smith_twin"
     (tmp_path / "twin.json").write_text(json.dumps(twin))
-    lines = (DATA / "smith" / "lines.jsonl").read_text().replace('"speaker": "smith"', '"speaker": "smith_twin"')
+    # four of the smith's scenes are enough for a block of its own (what it learns is not what this test checks)
+    lines = "".join((DATA / "smith" / "lines.jsonl").read_text().splitlines(keepends=True)[:4])
+    lines = lines.replace('"speaker": "smith"', '"speaker": "smith_twin"')
     (tmp_path / "twin.jsonl").write_text(lines)
     run("bake-role", "--profile", tmp_path / "twin.json", "--data", tmp_path / "twin.jsonl", "--roles", roles,
         "--out", tmp_path / "smith_twin.nrole", *FAST, "--epochs", "1")

@@ -304,7 +304,8 @@ def quick_eval(baked, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "eval.json"
     png = out.with_suffix(".png")
     quick = EvalConfig.quick()  # smaller still: the shared LoRA on 2 scenes a role, 1 attribution prompt a role, 8 tokens
-    smaller = replace(quick, shared_train_scenes=2, prompts_per_role=1, reply_tokens=8)
+    # replies drawn at the daemon's temperature (the sampled path on the real tokenizer; greedy is the default)
+    smaller = replace(quick, shared_train_scenes=2, prompts_per_role=1, reply_tokens=8, temperature=0.7)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(EvalConfig, "quick", classmethod(lambda cls: smaller))
         text = run("eval", "--quick", "--roles", baked["dir"], "--src", DATA, "--max-len", "256", "--json", out, "--plot",
@@ -375,6 +376,9 @@ def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(quick_
     assert all(isinstance(c["separated"], bool) for c in att["comparisons"]) and "95% interval" in text
     assert "Forgetting" in text and "Fusion, leave-one-out" in text and "Attribution" in text
     assert rep["settings"]["max_scenes"] == 4 and rep["seconds"]["total"] > 0
+    assert rep["settings"]["temperature"] == 0.7 and rep["settings"]["strength"] == 1.0
+    assert all(isinstance(v, str) for by in att["samples"].values() for v in by.values())
+    assert any(v.strip() for by in att["samples"].values() for v in by.values())  # sampled replies say something
 
 
 def test_eval_scores_beats_on_the_held_out_annotated_lines(quick_eval):

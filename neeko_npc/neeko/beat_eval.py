@@ -23,6 +23,12 @@ class TorchScorer:
         self.w = None if weights is None else neeko.weights([weights])
         self.cache = None
 
+    def fork(self) -> "TorchScorer":
+        """A scorer that goes on from this one's state (a copy of its cache); this one stays as it is."""
+        other = copy.copy(self)
+        other.cache = copy.deepcopy(self.cache)
+        return other
+
     @torch.no_grad()
     def extend(self, tokens: list[int]) -> np.ndarray:
         out = self.neeko.forward(self.w, input_ids=torch.tensor([tokens]), past_key_values=self.cache, use_cache=True)
@@ -67,8 +73,7 @@ def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], weights) -> list[tuple
         root.extend(prompts[0][:head])
     out = []
     for item, ids in zip(items, prompts):
-        scorer = TorchScorer(neeko, weights)
-        scorer.w, scorer.cache = root.w, copy.deepcopy(root.cache)
+        scorer = root.fork()
         job = BeatJob(item.ask, None, piece, piece_ids(tok, tok.eos_token))
         emotion, action = choose(scorer, scorer.extend(ids[head:]), job)
         out.append(((emotion.id if emotion else ""), (action.id if action else "")))

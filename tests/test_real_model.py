@@ -304,12 +304,12 @@ def quick_eval(baked, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "eval.json"
     png = out.with_suffix(".png")
     quick = EvalConfig.quick()  # smaller still: the shared LoRA on 2 scenes a role, 1 attribution prompt a role, 8 tokens
-    # replies drawn at the daemon's temperature (the sampled path on the real tokenizer; greedy is the default)
-    smaller = replace(quick, shared_train_scenes=2, prompts_per_role=1, reply_tokens=8, temperature=0.7)
+    smaller = replace(quick, shared_train_scenes=2, prompts_per_role=1, reply_tokens=8)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(EvalConfig, "quick", classmethod(lambda cls: smaller))
-        text = run("eval", "--quick", "--roles", baked["dir"], "--src", DATA, "--max-len", "256", "--json", out, "--plot",
-                   png, "--quiet")
+        # replies drawn at the daemon's temperature: the sampled path on the real tokenizer (greedy is the default)
+        text = run("eval", "--quick", "--roles", baked["dir"], "--src", DATA, "--max-len", "256", "--temperature", "0.7",
+                   "--json", out, "--plot", png, "--quiet")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in text
     return text, json.loads(out.read_text())
 

@@ -20,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..roles.base_model import BaseModelError, base_info, resolve_base_model
+from ..roles.prompt import ChatTemplate
+
 _init_lock = threading.Lock()
 _initialised = False
 
@@ -327,9 +330,6 @@ def open_gguf_base(spec: str | Path | None, needs: str, vocab_only: bool = False
 
     ``needs`` completes the error for a base that is not a .gguf file ("the llama.cpp engine needs a .gguf base
     model; ..."); ``vocab_only`` loads the tokenizer and chat template without the weights (the gateway)."""
-    from ..roles.base_model import BaseModelError, base_info, resolve_base_model
-    from ..roles.prompt import ChatTemplate
-
     ref = resolve_base_model(spec)
     if ref.kind != "gguf":
         raise BaseModelError(f"{ref.path}: {needs}")

@@ -93,8 +93,9 @@ class Chunk:
 
 class ReplyStream:
     """An iterator over a reply's chunks that runs ``on_close(finish, text)`` exactly once: when the
-    reply ends (before its last chunk is returned), when it fails, when ``close()`` is called, or when it is garbage-collected unstarted
-    (a generator's ``finally`` would not run in that last case, leaking its context)."""
+    reply ends (before its last chunk is returned), when it fails, when ``close()`` is called, or when it
+    is garbage-collected unstarted (a generator's ``finally`` would not run in that last case, leaking its
+    context)."""
 
     def __init__(self, chunks: Iterator[Chunk], on_close: Callable[[str, str], None]):
         self._chunks = chunks

@@ -42,6 +42,7 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="names of settings to run (default: all)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    role_id = json.loads((args.src / "profile.json").read_text())["id"]
     rows = []
     for name, flags in SETTINGS:
         if args.only and name not in args.only:
@@ -49,7 +50,6 @@ def main() -> int:
         work = args.out / "roles"
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(args.roles, work)
-        role_id = json.loads((args.src / "profile.json").read_text())["id"]
         (work / f"{role_id}.nrole").unlink(missing_ok=True)
         t0 = time.perf_counter()
         subprocess.run(["neeko-npc", "bake-role", "--profile", str(args.src / "profile.json"), "--data",

@@ -41,7 +41,7 @@ class TorchScorer:
         (one forward a candidate read the model's weights a dozen times a beat). Rows are right-padded: under
         causal attention a row's own tokens never see its padding."""
         long = [c for c in conts if len(c) > 1]
-        rows = {}
+        rows = []
         if long:
             width = max(len(c) - 1 for c in long)
             ids = torch.zeros((len(long), width), dtype=torch.long)
@@ -51,9 +51,9 @@ class TorchScorer:
             cache.batch_repeat_interleave(len(long))
             w = None if self.w is None else self.w.repeat(len(long), 1)
             out = self.neeko.forward(w, input_ids=ids, past_key_values=cache, use_cache=True).logits
-            rows = {i: out[i, :len(c) - 1].float().numpy() for i, c in enumerate(long)}
-        it = iter(range(len(long)))
-        return [continuation_logprob(logits, rows[next(it)] if len(c) > 1 else None, c) for c in conts]
+            rows = [out[i, :len(c) - 1].float().numpy() for i, c in enumerate(long)]
+        it = iter(rows)
+        return [continuation_logprob(logits, next(it) if len(c) > 1 else None, c) for c in conts]
 
 
 def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], weights) -> list[tuple[str, str]]:
@@ -71,10 +71,10 @@ def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], weights) -> list[tuple
     root = TorchScorer(neeko, weights)
     if head:
         root.extend(prompts[0][:head])
-    out = []
+    end, out = piece_ids(tok, tok.eos_token), []
     for item, ids in zip(items, prompts):
         scorer = root.fork()
-        job = BeatJob(item.ask, None, piece, piece_ids(tok, tok.eos_token))
+        job = BeatJob(item.ask, None, piece, end)
         emotion, action = choose(scorer, scorer.extend(ids[head:]), job)
         out.append(((emotion.id if emotion else ""), (action.id if action else "")))
     return out

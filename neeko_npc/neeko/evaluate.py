@@ -273,7 +273,7 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
            "real_held_out_lines_ci": bootstrap_accuracy(hits_by_role(real_predicted, real_truth), seed=cfg.seed),
            "systems": {}, "samples": {}}
     prompts = [p for rid in rows for p in prompts_from(rid, sources[rid].held, cfg.prompts_per_role)]
-    systems = {"neeko": lambda rid: rid if cfg.strength == 1.0 else {rid: cfg.strength}, "in_context": lambda rid: None}
+    systems = {"neeko": lambda rid: {rid: cfg.strength}, "in_context": lambda rid: None}  # own block alone
     if shared_w is not None:
         systems["shared_lora"] = lambda rid: shared_w
     bar = tqdm(total=len(systems) * len(rows) * len(prompts), desc="attribution replies", unit="reply", disable=not progress)

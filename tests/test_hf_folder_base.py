@@ -61,12 +61,12 @@ def test_not_a_model(tmp_path):
 
 
 def test_base_info_reads_a_gguf_once_per_version_of_the_file(tmp_path, monkeypatch):
-    """Reading a GGUF's header takes seconds; the daemon, each bake and each engine ask for the base's fingerprint
+    """A fingerprint hashes every weight of the model; the daemon, each bake and each engine ask for the base's fingerprint
     and shape, so both are kept per (path, size, mtime) and read again only when the file changes."""
     import os
     import shutil
 
-    import gguf
+    from neeko_npc.roles import base_model
 
     copy = tmp_path / "base.gguf"
     shutil.copy(resolve_base_model(None).path, copy)
@@ -76,7 +76,7 @@ def test_base_info_reads_a_gguf_once_per_version_of_the_file(tmp_path, monkeypat
     def read_again(*args, **kwargs):
         raise AssertionError("the GGUF was read again")
 
-    monkeypatch.setattr(gguf, "GGUFReader", read_again)
+    monkeypatch.setattr(base_model, "GGUFFile", read_again)
     assert base_info(resolve_base_model(copy)) == first
     st = copy.stat()
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # the file changed

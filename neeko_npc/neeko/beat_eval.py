@@ -31,7 +31,8 @@ class TorchScorer:
 
     @torch.no_grad()
     def extend(self, tokens: list[int]) -> np.ndarray:
-        out = self.neeko.forward(self.w, input_ids=torch.tensor([tokens]), past_key_values=self.cache, use_cache=True)
+        out = self.neeko.forward(self.w, input_ids=torch.tensor([tokens]), past_key_values=self.cache, use_cache=True,
+                                 logits_to_keep=1)  # the state's next-token logits only
         self.cache = out.past_key_values
         return out.logits[0, -1].float().numpy()
 

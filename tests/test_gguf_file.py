@@ -82,3 +82,24 @@ def test_a_damaged_file_is_one_clear_error(small, tmp_path, damage, message):
     bad.write_bytes(damage(path.read_bytes()))
     with pytest.raises(GGUFFormatError, match=message):
         GGUFFile(bad)
+
+
+def test_a_fingerprint_spells_shapes_as_the_shipped_roles_were_fingerprinted():
+    """The fingerprint hashes each tensor's shape as text, written out so that it does not follow numpy's repr."""
+    from neeko_npc.roles.base_model import _dims_text
+
+    assert _dims_text((576, 49152)) == "[np.uint64(576), np.uint64(49152)]"
+
+
+@pytest.mark.slow
+def test_the_default_base_fingerprints_as_every_shipped_role_records(tmp_path, monkeypatch):
+    """Read fresh (no cached fingerprint), the installed SmolLM2 GGUF is the base every shipped role names."""
+    from pathlib import Path
+
+    from neeko_npc.roles.asset import read_asset
+    from neeko_npc.roles.base_model import base_info, resolve_base_model
+
+    monkeypatch.setenv("NEEKO_NPC_CACHE", str(tmp_path))
+    info = base_info(resolve_base_model(None))
+    shipped = sorted((Path(__file__).parent.parent / "assets" / "roles").glob("*.nrole"))
+    assert shipped and all(read_asset(p).base == info for p in shipped)

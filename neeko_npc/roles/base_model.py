@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
 from .. import defaults
 from ..errors import InputError
 from .asset import BaseInfo
@@ -115,15 +113,19 @@ def info_cache_file() -> Path:
 
 
 def _hash_gguf(gfile: GGUFFile) -> str:
-    # The shape is written as str(list) of a numpy uint64 array (gguf-py's reader's type, in which every shipped
-    # role's fingerprint was computed): "[np.uint64(576), ...]" on numpy 2. Kept so, or every role file would
-    # stop matching its base.
     h = hashlib.sha256(b"gguf:")
     h.update(str(gfile.value("general.architecture", "")).encode())
     for t in sorted(gfile.tensors, key=lambda t: t.name):
-        h.update(f"|{t.name}|{list(np.array(t.dims, dtype=np.uint64))}|{t.type.name}|".encode())
+        h.update(f"|{t.name}|{_dims_text(t.dims)}|{t.type.name}|".encode())
         h.update(memoryview(gfile.raw(t)).cast("B"))
     return h.hexdigest()
+
+
+def _dims_text(dims) -> str:
+    """A tensor's shape as the fingerprint spells it: "[np.uint64(576), np.uint64(49152)]". That is how numpy 2
+    printed gguf-py's shape arrays when every shipped role's fingerprint was computed; written out here so that
+    the fingerprint no longer depends on the numpy installed (numpy 1 prints "[576, 49152]")."""
+    return "[" + ", ".join(f"np.uint64({int(d)})" for d in dims) + "]"
 
 
 def _hash_safetensors_folder(path: Path) -> str:

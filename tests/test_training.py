@@ -166,8 +166,9 @@ def test_held_out_sums_are_each_examples_own_loss():
 
 
 def test_the_eval_scores_beats_on_a_kv_cache_as_a_full_forward_would():
-    """beat_eval's torch scorer (a KV cache, every continuation in one batch on a copy of it) gives every continuation the
-    log-probability a full forward over prompt + continuation gives, and leaves its state unchanged."""
+    """beat_eval's torch scorer (rows under different gate weights on one KV cache, appending different numbers of
+    tokens; every continuation in one batch on a copy of it) gives every continuation the log-probability a full
+    forward over that row's prompt + continuation gives, and leaves its state unchanged."""
     import torch
 
     from neeko_npc.neeko.beat_eval import TorchScorer
@@ -179,19 +180,49 @@ def test_the_eval_scores_beats_on_a_kv_cache_as_a_full_forward_would():
     neeko.add_role("a")
     neeko.add_role("b")
     randomize_blocks(neeko)
-    prompt, conts = [5, 9, 17, 3, 44], [[7], [7, 8], [60, 2, 11]]
-    for weights in ("a", {"a": 0.3, "b": 0.7}, None):
-        s = TorchScorer(neeko, weights)
-        logits = s.extend(prompt[:3])
-        logits = s.extend(prompt[3:])
-        got = s.continuations(logits, conts)
-        assert got == s.continuations(logits, conts)  # the state did not move
+    systems = ["a", {"a": 0.3, "b": 0.7}, None]
+    tails = [[3, 44], [3], [3, 44, 12, 70]]  # after a shared head, rows of different lengths
+    conts = [[[7], [7, 8], [60, 2, 11]], [[9, 9]], [[5], [6]]]
+    s = TorchScorer(neeko, systems)
+    s.extend_rows([[5, 9, 17]] * 3)
+    logits = s.extend_rows(tails)
+    got = s.continuations_rows(logits, conts)
+    assert got == s.continuations_rows(logits, conts)  # the state did not move
+    for weights, tail, cs, lps in zip(systems, tails, conts, got):
+        prompt = [5, 9, 17] + tail
         w = None if weights is None else neeko.weights([weights])
-        for c, lp in zip(conts, got):
+        for c, lp in zip(cs, lps):
             with torch.no_grad():
                 full = neeko.forward(w, input_ids=torch.tensor([prompt + c])).logits[0].float().numpy()
             want = sum(float(log_softmax(full[len(prompt) - 1 + i])[c[i]]) for i in range(len(c)))
             assert abs(lp - want) < 1e-4, (weights, c, lp, want)
+
+
+def test_the_eval_chooses_each_systems_beat_as_it_would_alone():
+    """Serving's ``choose``, run for three systems in lockstep on one batch, picks for each what it picks alone
+    (and with the same probabilities, to float precision)."""
+    from neeko_npc.neeko.beat_eval import TorchScorer, _Lockstep
+    from neeko_npc.neeko.model import NeekoLoRA
+    from neeko_npc.roles.beats import BeatJob
+    from neeko_npc.roles.prompt import Action, BeatAsk
+    from tests.tiny import randomize_blocks, tiny_llama
+
+    neeko = NeekoLoRA(tiny_llama(), r=2, alpha=4.0, targets=("q_proj", "v_proj"))
+    neeko.add_role("a")
+    neeko.add_role("b")
+    randomize_blocks(neeko, seed=3)
+    piece = lambda text: [1 + (ord(ch) * 7) % 90 for ch in text.strip()[:4]] or [1]  # noqa: E731
+    ask = BeatAsk(("happy", "angry", "sad", "afraid"), (Action("open"), Action("open_shop"), Action("none")))
+    job = BeatJob(ask, None, piece, [95])
+    systems = ["a", "b", None]
+    prompt = [5, 9, 17, 3, 44, 12]
+    together = _Lockstep(TorchScorer(neeko, systems)).choose_all([prompt] * 3, job)
+    alone = [_Lockstep(TorchScorer(neeko, [w])).choose_all([prompt], job)[0] for w in systems]
+    for (e1, a1), (e2, a2) in zip(together, alone):
+        assert (e1.id, a1.id) == (e2.id, a2.id)
+        assert all(abs(e1.probabilities[k] - e2.probabilities[k]) < 1e-5 for k in e1.probabilities)
+        assert all(abs(a1.probabilities[k] - a2.probabilities[k]) < 1e-5 for k in a1.probabilities)
+    assert len({(e.id, a.id, round(e.probability, 4)) for e, a in together}) > 1  # the systems really differ
 
 
 def test_sampled_attribution_replies_decode_as_the_daemon_samples():

@@ -5,6 +5,7 @@ daemon reads (neeko/data.py ``beat_prompt_ids``); the action is scored after the
 from __future__ import annotations
 
 import copy
+import threading
 from collections import Counter
 
 import numpy as np
@@ -16,49 +17,151 @@ from .model import NeekoLoRA
 
 
 class TorchScorer:
-    """roles/beats.py's Scorer on a NeekoLoRA under fixed gate weights, with the model's KV cache."""
+    """roles/beats.py's Scorer for several rows at once on one KV cache: row ``i`` under gate weights
+    ``weights[i]`` (a role id, {role: weight} or None for the base). Rows may append different numbers of
+    tokens in one step: each is right-padded, and the padding is masked out of every later step."""
 
-    def __init__(self, neeko: NeekoLoRA, weights):
+    def __init__(self, neeko: NeekoLoRA, weights: list):
         self.neeko = neeko
-        self.w = None if weights is None else neeko.weights([weights])
+        self.w = None if all(w is None for w in weights) else neeko.weights([{} if w is None else w for w in weights])
         self.cache = None
+        self.mask = torch.zeros((len(weights), 0), dtype=torch.long)
+        self.next = [0] * len(weights)  # each row's next position
 
     def fork(self) -> "TorchScorer":
         """A scorer that goes on from this one's state (a copy of its cache); this one stays as it is."""
         other = copy.copy(self)
-        other.cache = copy.deepcopy(self.cache)
+        other.cache, other.mask, other.next = copy.deepcopy(self.cache), self.mask.clone(), list(self.next)
         return other
 
+    def _forward(self, select: list[int], tokens: list[list[int]], cache, mask):
+        """One forward of ``tokens[b]`` on state row ``select[b]``; the output and the grown mask."""
+        width = max(len(t) for t in tokens)
+        ids = torch.zeros((len(tokens), width), dtype=torch.long)
+        new = torch.zeros((len(tokens), width), dtype=torch.long)
+        pos = torch.zeros((len(tokens), width), dtype=torch.long)
+        for b, (t, row) in enumerate(zip(tokens, select)):
+            ids[b, :len(t)], new[b, :len(t)] = torch.tensor(t), 1
+            pos[b] = self.next[row] + torch.arange(width)
+        mask = torch.cat([mask, new], 1)
+        w = None if self.w is None else self.w[select]
+        out = self.neeko.forward(w, input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                                 use_cache=True)
+        return out, mask
+
     @torch.no_grad()
-    def extend(self, tokens: list[int]) -> np.ndarray:
-        out = self.neeko.forward(self.w, input_ids=torch.tensor([tokens]), past_key_values=self.cache, use_cache=True,
-                                 logits_to_keep=1)  # the state's next-token logits only
+    def extend_rows(self, tokens: list[list[int]]) -> list[np.ndarray]:
+        """Append ``tokens[i]`` (at least one) to row i; each row's logits after its last token."""
+        if len(tokens) != len(self.next) or not all(tokens):
+            raise ValueError("every row appends at least one token")
+        out, self.mask = self._forward(list(range(len(tokens))), tokens, self.cache, self.mask)
         self.cache = out.past_key_values
-        return out.logits[0, -1].float().numpy()
+        self.next = [n + len(t) for n, t in zip(self.next, tokens)]
+        return [out.logits[i, len(t) - 1].float().numpy() for i, t in enumerate(tokens)]
 
     @torch.no_grad()
-    def continuations(self, logits: np.ndarray, conts: list[list[int]]) -> list[float]:
-        """Every continuation's log-probability after the state, in one batched forward on a copy of the cache
-        (one forward a candidate read the model's weights a dozen times a beat). Rows are right-padded: under
-        causal attention a row's own tokens never see its padding."""
-        long = [c for c in conts if len(c) > 1]
+    def continuations_rows(self, logits: list[np.ndarray], conts: list[list[list[int]]]) -> list[list[float]]:
+        """Every row's continuations' log-probabilities after its state, all in one batched forward on a copy of
+        the cache (one forward a candidate read the model's weights a dozen times a beat); the state is kept."""
+        select = [i for i, cs in enumerate(conts) for c in cs if len(c) > 1]
+        seqs = [c[:-1] for cs in conts for c in cs if len(c) > 1]
         rows = []
-        if long:
-            width = max(len(c) - 1 for c in long)
-            ids = torch.zeros((len(long), width), dtype=torch.long)
-            for i, c in enumerate(long):
-                ids[i, :len(c) - 1] = torch.tensor(c[:-1])
+        if seqs:
             cache = copy.deepcopy(self.cache)
-            cache.batch_repeat_interleave(len(long))
-            w = None if self.w is None else self.w.repeat(len(long), 1)
-            out = self.neeko.forward(w, input_ids=ids, past_key_values=cache, use_cache=True).logits
-            rows = [out[i, :len(c) - 1].float().numpy() for i, c in enumerate(long)]
+            cache.batch_select_indices(torch.tensor(select))
+            out, _ = self._forward(select, seqs, cache, self.mask[select])
+            rows = [out.logits[b, :len(q)].float().numpy() for b, q in enumerate(seqs)]
         it = iter(rows)
-        return [continuation_logprob(logits, next(it) if len(c) > 1 else None, c) for c in conts]
+        return [[continuation_logprob(logits[i], next(it) if len(c) > 1 else None, c) for c in cs]
+                for i, cs in enumerate(conts)]
 
 
-def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], weights) -> list[tuple[str, str]]:
-    """(emotion, action) a system chooses for each annotated line of one scene ("" for what a line does not ask).
+class _Lockstep:
+    """Runs serving's ``choose`` once per row of a TorchScorer, each in its own thread, and serves every step
+    that all the rows take together with one batched forward. The rows ask the same questions of the same
+    candidates, so their calls come in the same order; only the tokens differ (each row's chosen emotion)."""
+
+    def __init__(self, scorer: TorchScorer):
+        self.scorer = scorer
+        self.cond = threading.Condition()
+        self.calls: dict[int, tuple] = {}
+        self.results: dict[int, object] = {}
+        self.live = len(scorer.next)
+        self.error: BaseException | None = None
+
+    def call(self, row: int, kind: str, args: tuple):
+        with self.cond:
+            self.calls[row] = (kind, args)
+            self._run_if_all_waiting()
+            while row not in self.results and self.error is None:
+                self.cond.wait()
+            if self.error is not None:
+                raise self.error
+            return self.results.pop(row)
+
+    def finished(self) -> None:
+        with self.cond:
+            self.live -= 1
+            self._run_if_all_waiting()
+
+    def _run_if_all_waiting(self) -> None:
+        if not self.calls or len(self.calls) < self.live:
+            return
+        rows = sorted(self.calls)
+        kinds = {self.calls[r][0] for r in rows}
+        try:
+            if len(kinds) > 1 or len(rows) != len(self.scorer.next):
+                raise RuntimeError("the rows' beat questions went out of step")
+            if kinds == {"extend"}:
+                got = self.scorer.extend_rows([self.calls[r][1][0] for r in rows])
+            else:
+                got = self.scorer.continuations_rows([self.calls[r][1][0] for r in rows], [self.calls[r][1][1] for r in rows])
+            self.results.update(zip(rows, got))
+        except BaseException as exc:  # every waiting row raises it
+            self.error = exc
+        self.calls.clear()
+        self.cond.notify_all()
+
+    def choose_all(self, prompt: list[list[int]], job: BeatJob) -> list[tuple]:
+        out: list = [None] * len(prompt)
+
+        def run(row: int) -> None:
+            one = _RowScorer(self, row)
+            try:
+                out[row] = choose(one, one.extend(prompt[row]), job)
+            except BaseException as exc:
+                with self.cond:
+                    self.error = self.error or exc
+                    self.cond.notify_all()
+            finally:
+                self.finished()
+
+        threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in range(len(prompt))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.error is not None:
+            raise self.error
+        return out
+
+
+class _RowScorer:
+    """One row of a lockstep TorchScorer, seen by ``choose`` as a Scorer of its own."""
+
+    def __init__(self, lock: _Lockstep, row: int):
+        self.lock, self.row = lock, row
+
+    def extend(self, tokens: list[int]) -> np.ndarray:
+        return self.lock.call(self.row, "extend", (tokens,))
+
+    def continuations(self, logits: np.ndarray, conts: list[list[int]]) -> list[float]:
+        return self.lock.call(self.row, "continuations", (logits, conts))
+
+
+def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], systems: list) -> list[list[tuple[str, str]]]:
+    """For each system (a role id, {role: weight} or None), the (emotion, action) it chooses for each annotated
+    line of one scene ("" for what a line does not ask). The systems are rows of one batch.
 
     The scene's lines share their prompt's head (the system text): it is read once, and each line's beat prompt
     decodes the rest on a copy of it, as the daemon decodes a prompt on a cached prefix."""
@@ -69,15 +172,14 @@ def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], weights) -> list[tuple
         shortest = min(len(p) for p in prompts) - 1  # each line keeps at least one token of its own to decode
         while head < shortest and all(p[head] == prompts[0][head] for p in prompts):
             head += 1
-    root = TorchScorer(neeko, weights)
+    root = TorchScorer(neeko, systems)
     if head:
-        root.extend(prompts[0][:head])
-    end, out = piece_ids(tok, tok.eos_token), []
+        root.extend_rows([prompts[0][:head]] * len(systems))
+    end, out = piece_ids(tok, tok.eos_token), [[] for _ in systems]
     for item, ids in zip(items, prompts):
-        scorer = root.fork()
         job = BeatJob(item.ask, None, piece, end)
-        emotion, action = choose(scorer, scorer.extend(ids[head:]), job)
-        out.append(((emotion.id if emotion else ""), (action.id if action else "")))
+        for row, (emotion, action) in enumerate(_Lockstep(root.fork()).choose_all([ids[head:]] * len(systems), job)):
+            out[row].append(((emotion.id if emotion else ""), (action.id if action else "")))
     return out
 
 
@@ -98,10 +200,15 @@ def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems
         truth = {"emotion": [it.emotion for it in held], "action": [it.action for it in held]}
         row = {"n": {k: sum(1 for t in v if t) for k, v in truth.items()}, "emotion": {}, "action": {},
                "truth": [[it.emotion, it.action] for it in held], "predicted": {}}
-        for name, weights_for in systems.items():
-            got = [g for items in by_scene for g in predict(neeko, tok, items, weights_for(rid))]
-            if progress:
-                progress(len(held))
+        names = list(systems)
+        got_by = {name: [] for name in names}
+        for items in by_scene:  # every system a row of the same batch
+            for name, got in zip(names, predict(neeko, tok, items, [systems[n](rid) for n in names])):
+                got_by[name] += got
+        if progress:
+            progress(len(held) * len(names))
+        for name in names:
+            got = got_by[name]
             row["predicted"][name] = [list(g) for g in got]
             row["emotion"][name] = _share([g[0] for g in got], truth["emotion"])
             row["action"][name] = _share([g[1] for g in got], truth["action"])

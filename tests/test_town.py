@@ -145,7 +145,7 @@ def test_the_bench_town_day_with_and_without_kept_states(roles, tmp_path):
     from neeko_npc.roles.folder import load_role_assets
 
     blocks, _ = load_role_assets(roles)
-    cfg = BenchConfig(quick=True, sizes=dict(town_npcs=4, town_levels=[1, 2], town_stops=3, town_tokens=8))
+    cfg = BenchConfig(quick=True, sizes=dict(town_npcs=4, town_levels=[1, 2], town_stops=3, town_tokens=8, town_walk_s=0.5))
     tw = run_town(cfg, blocks, tmp_path / "town")
     assert tw["npcs"] == 4 and list(tw["runs"]) == ["snapshots", "baseline", "walks", "pool 8"]
     kept, base = tw["runs"]["snapshots"]["levels"], tw["runs"]["baseline"]["levels"]
@@ -171,7 +171,7 @@ def test_the_bench_town_day_with_and_without_kept_states(roles, tmp_path):
     r = BenchResult(machine(), "in-process", True, town=tw)
     text = table(r)
     assert "Town: 4 NPCs" in text and "baseline (pool 4)" in text and "pool 8 (pool 8)" in text
-    assert "walks, 1 player(s): 3 visits prepared 1.0 s ahead, 0 skipped" in text
+    assert "walks, 1 player(s): 3 visits prepared 0.5 s ahead, 0 skipped" in text
     got = {t.key: t for t in targets(r)}
     assert set(got) == {"town_1", "town_first", "town_1_walks", "town_first_walks", "town_8_ttft", "town_8_rate",
                         "town_8_errors", "town_budget"}

@@ -278,7 +278,8 @@ def run_town(cfg: BenchConfig, blocks, folder: Path, tick=None) -> dict:
         engine.warmed.wait()
         return engine, time.perf_counter() - t0
 
-    return town.town(make, npcs, cfg.size("town_levels"), cfg.size("town_stops"), cfg.size("town_tokens"), progress=tick)
+    return town.town(make, npcs, cfg.size("town_levels"), cfg.size("town_stops"), cfg.size("town_tokens"), progress=tick,
+                     walk_s=cfg.sizes.get("town_walk_s", town.WALK_S))
 
 
 def total_steps(cfg: BenchConfig) -> int:

@@ -9,7 +9,7 @@ The same script runs on an engine that keeps conversation states (KV snapshots, 
 that does not (the baseline, ``--snapshot-mib 0``), each started fresh, so the first round also shows the
 first line of each NPC after start-up. A third run walks: before each visit the game calls ``prepare`` (what
 ``NpcVoice.Prepare`` does as the player enters an NPC's talking range), and the player speaks
-:data:`WALK_S` seconds later. A last run gives 8 players a pool of 8 contexts.
+``walk_s`` seconds later (``WALK_S`` unless the bench's sizes say otherwise). A last run gives 8 players a pool of 8 contexts.
 """
 
 from __future__ import annotations
@@ -130,12 +130,13 @@ def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str], wal
     }
 
 
-def town(make_engine, npcs: list[str], levels: list[int], stops: int, max_tokens: int, progress=None) -> dict:
+def town(make_engine, npcs: list[str], levels: list[int], stops: int, max_tokens: int, progress=None,
+         walk_s: float = WALK_S) -> dict:
     """The day at each level of players, on a fresh engine that keeps states and on one that does not; then 8
     players on 8 contexts. ``make_engine(pool_size, snapshots)`` starts an engine and waits for its warm-up."""
-    out = {"npcs": len(npcs), "levels": levels, "stops_per_player": stops, "walk_s": WALK_S, "runs": {}}
+    out = {"npcs": len(npcs), "levels": levels, "stops_per_player": stops, "walk_s": walk_s, "runs": {}}
     for name, pool, snapshots, walk, lv in (("snapshots", 4, True, 0.0, levels), ("baseline", 4, False, 0.0, levels),
-                                            ("walks", 4, True, WALK_S, levels), ("pool 8", 8, True, 0.0, [8])):
+                                            ("walks", 4, True, walk_s, levels), ("pool 8", 8, True, 0.0, [8])):
         engine, warm_s = make_engine(pool, snapshots)
         try:
             seen: set[str] = set()

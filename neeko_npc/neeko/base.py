@@ -10,6 +10,7 @@ as transformers does when it converts the GGUF itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -93,8 +94,9 @@ def _load_gguf(ref: BaseModelRef, dtype, cache: bool):
             log.warning("%s: unreadable float copy of the base (%s); converting the GGUF again", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
     gguf_folder, name = str(ref.path.parent), ref.path.name
-    tok = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=name, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tok = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=name, dtype=torch.float32)
     # The GGUF quantizer marker blocks training and saving; the weights are plain floats now.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -102,6 +104,38 @@ def _load_gguf(ref: BaseModelRef, dtype, cache: bool):
     if folder is not None:
         _keep(model, tok, folder)
     return model.to(dtype), tok
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses the GGUF three times (tokenizer, config, weights: 3.3 s each for SmolLM2, mostly its
+    49k vocabulary strings) and rebuilds gguf-py's tensor-name map once per module (397 times, 4.8 s). Within one
+    conversion both are pure functions of their arguments, so each is computed once; the weights and tokenizer
+    are the same (test_real_model compares the conversion with its kept copy). gguf-py functions are looked up
+    at call time by transformers, so wrapping the module attributes is enough; the originals are put back."""
+    import functools
+
+    import gguf
+
+    saved = {name: getattr(gguf, name, None) for name in ("GGUFReader", "get_tensor_name_map")}
+    if None in saved.values():  # another gguf-py: convert the slow way
+        yield
+        return
+    readers = {}
+
+    def reader(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = saved["GGUFReader"](path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(saved["get_tensor_name_map"])
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(gguf, name, value)
 
 
 def _keep(model, tok, folder: Path) -> None:

@@ -193,8 +193,9 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
     if cfg.shared:
         t0 = time.perf_counter()
         tcfg = TrainConfig(epochs=cfg.shared_epochs or int(recorded.get("epochs", defaults.EPOCHS)),
-                           lr=float(recorded.get("lr", defaults.LR)), batch_size=int(recorded.get("batch_size", defaults.BATCH_SIZE)), max_len=int(recorded.get("max_len", cfg.max_len)),
-                           seed=cfg.seed)
+                           lr=float(recorded.get("lr", defaults.LR)),
+                           batch_size=int(recorded.get("batch_size", defaults.BATCH_SIZE)),
+                           max_len=int(recorded.get("max_len", cfg.max_len)), seed=cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         shared_ids = [f"shared-{k}" for k in range(len(blocks))]
         for sid in shared_ids:

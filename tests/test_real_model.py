@@ -41,8 +41,19 @@ def test_the_float_copy_of_a_gguf_base_is_the_gguf_exactly(gguf_base):
     holds the very weights and tokenizer the GGUF converts to, and bf16 is the same cast either way."""
     from neeko_npc.neeko.base import load_for_training
 
+    from neeko_npc.roles.gguf_file import GGUFFile
+
     ref, direct, direct_tok, warnings = gguf_base
     assert any("converting the GGUF again" in w for w in warnings)
+    # The conversion (transformers', with the file parsed once) holds the GGUF's own values: tensors that need no
+    # reordering, read and dequantized here by our own reader, equal the converted weights exactly.
+    gguf = GGUFFile(ref.path)
+    tensors = {t.name: t for t in gguf.tensors}
+    weights = direct.state_dict()
+    for gname, hname in (("token_embd.weight", "model.embed_tokens.weight"),
+                         ("blk.0.attn_v.weight", "model.layers.0.self_attn.v_proj.weight"),
+                         ("blk.7.ffn_down.weight", "model.layers.7.mlp.down_proj.weight")):
+        assert torch.equal(weights[hname], torch.from_numpy(gguf.as_float(tensors[gname]))), gname
     cached, cached_tok = load_for_training(ref, "fp32")
     a, b = direct.state_dict(), cached.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

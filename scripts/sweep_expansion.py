@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from neeko_npc.roles.asset import read_asset  # noqa: E402
 
-# (name, bake-role flags), each flag spelled out so that a row means the same whatever the defaults are (lr 2e-3 and
-# batch 4 unless a row says otherwise; 4 epochs was the default when this sweep was first run, 2 is now). Rank and
+# (name, bake-role flags). Every row spells its epochs, so it means the same whichever epochs are the default (4 when
+# this sweep was first run, 2 now); lr 2e-3 and batch 4, the defaults, unless a row says otherwise. Rank and
 # target modules are the whole set's (every block has the same shape), so they are swept with full bakes, not here.
 SETTINGS = [
     ("4 epochs, lr 2e-3, batch 4", ["--epochs", "4", "--lr", "2e-3", "--batch-size", "4"]),

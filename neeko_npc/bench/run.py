@@ -19,13 +19,16 @@ from ..errors import InputError
 from .. import defaults
 from .speed import DecodeRow
 from .targets import BENCH_SCENE, InProcess, Remote
+from .town import WALK_S
 
 FULL = dict(ttft_reps=10, switch_reps=12, levels=[1, 2, 4, 8], per_stream=3, decode_tokens=64, decode_rounds=5,
             adapter_switch_reps=40, reload_reps=6, role_counts=[0, 1, 10, 50], merged_counts=[1, 5], mixture_blocks=50,
-            town_npcs=24, town_levels=[1, 4, 8], town_stops=6, town_tokens=24, beat_reps=6, converse_turns=8)
+            town_npcs=24, town_levels=[1, 4, 8], town_stops=6, town_tokens=24, town_walk_s=WALK_S, beat_reps=6,
+            converse_turns=8)
 QUICK = dict(ttft_reps=3, switch_reps=4, levels=[1, 2, 4, 8], per_stream=1, decode_tokens=24, decode_rounds=2,
              adapter_switch_reps=10, reload_reps=2, role_counts=[0, 2], merged_counts=[1, 2], mixture_blocks=10,
-             town_npcs=8, town_levels=[1, 2], town_stops=3, town_tokens=12, beat_reps=2, converse_turns=4)
+             town_npcs=8, town_levels=[1, 2], town_stops=3, town_tokens=12, town_walk_s=WALK_S, beat_reps=2,
+             converse_turns=4)
 
 
 @dataclass
@@ -279,7 +282,7 @@ def run_town(cfg: BenchConfig, blocks, folder: Path, tick=None) -> dict:
         return engine, time.perf_counter() - t0
 
     return town.town(make, npcs, cfg.size("town_levels"), cfg.size("town_stops"), cfg.size("town_tokens"), progress=tick,
-                     walk_s=cfg.sizes.get("town_walk_s", town.WALK_S))
+                     walk_s=cfg.size("town_walk_s"))
 
 
 def total_steps(cfg: BenchConfig) -> int:

@@ -9,7 +9,7 @@ The same script runs on an engine that keeps conversation states (KV snapshots, 
 that does not (the baseline, ``--snapshot-mib 0``), each started fresh, so the first round also shows the
 first line of each NPC after start-up. A third run walks: before each visit the game calls ``prepare`` (what
 ``NpcVoice.Prepare`` does as the player enters an NPC's talking range), and the player speaks
-``walk_s`` seconds later (``WALK_S`` unless the bench's sizes say otherwise). A last run gives 8 players a
+``walk_s`` seconds later (``WALK_S``, the bench's size ``town_walk_s``). A last run gives 8 players a
 pool of 8 contexts.
 """
 

@@ -357,19 +357,22 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
 @base_model_option
 @click.option("--address", default=None, help="Benchmark a running daemon (host:port) instead of an engine in this process; "
                                                "baselines and memory are then skipped.")
-@click.option("--token", envvar="NEEKO_NPC_TOKEN", default="", help="Bearer token for --address (env NEEKO_NPC_TOKEN).")
+@click.option("--token", envvar=D.TOKEN_ENV, default="", help=f"Bearer token for --address (env {D.TOKEN_ENV}).")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="PEM CA to verify a TLS daemon.")
 @click.option("--pool-size", default=D.POOL_SIZE, show_default=True, type=click.IntRange(1, 64), help="In process: llama.cpp contexts.")
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="In process: CPU threads, shared by the contexts decoding at once. Default: all cores.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory section (it starts one daemon per role count).")
 @click.option("--no-town", is_flag=True, help="Skip the town section (a day of 24 NPCs on 4 contexts, with and without snapshots).")
+@click.option("--no-startup", is_flag=True, help="Skip the start-up section (server processes started cold, to the ready line).")
+@click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A folder from `neeko-npc bundle`: its start-up is timed beside `neeko-npc serve`'s.")
 @click.option("--quick", is_flag=True, help="CI-sized: fewer repetitions, 0 and 2 roles for memory; figures are rougher.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write every figure as JSON.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Also draw a PNG (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_memory, no_town, quick, json_out, plot_out,
-          quiet):
+def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_memory, no_town, no_startup, bundle_dir, quick,
+          json_out, plot_out, quiet):
     """Speed and memory: time to first token, decode rate, switching NPC,
     concurrency and resident memory, beside baselines measured in the same run
     (the base model alone, a merged single LoRA, one merged model per NPC, and a
@@ -385,7 +388,8 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'neeko-npc[bench]'") from None
     cfg = BenchConfig(roles_dir=roles_dir, base_model=base_model, address=address, token=token, tls_ca=tls_ca, quick=quick,
-                      pool_size=pool_size, threads=threads, memory=not no_memory, town=not no_town)
+                      pool_size=pool_size, threads=threads, memory=not no_memory, town=not no_town, startup=not no_startup,
+                      bundle=bundle_dir)
     with tqdm(total=total_steps(cfg), disable=quiet, unit="step", file=sys.stderr) as bar:
         result = run_bench(cfg, bar)
     click.echo(table(result))
@@ -408,7 +412,13 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @base_model_option
 @click.option("--host", default=D.HOST, show_default=True, help="Address to bind; 0.0.0.0 exposes the daemon to the network.")
 @click.option("--port", default=D.PORT, show_default=True, type=click.IntRange(0, 65535), help="0 picks a free port.")
-@click.option("--token", envvar="NEEKO_NPC_TOKEN", default="", help="Require 'authorization: Bearer TOKEN' (env NEEKO_NPC_TOKEN).")
+@click.option("--token", envvar=D.TOKEN_ENV, default="",
+              help=f"Require 'authorization: Bearer TOKEN'. Better from the environment ({D.TOKEN_ENV}) or --token-file: "
+                   "a command line is visible to every process on the machine.")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Read the token from this file's first line (what a game's launcher does: see the README's studio guide).")
+@click.option("--parent-pid", type=click.IntRange(1), default=None,
+              help="Exit once this process is gone (the game's own pid), so a crashed game leaves no server behind.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM certificate for TLS.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM private key for TLS.")
 @click.option("--pool-size", default=D.POOL_SIZE, show_default=True, type=click.IntRange(1, 64),
@@ -450,7 +460,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("--max-batch", default=D.MAX_BATCH, show_default=True, type=click.IntRange(1, 256), help="torch engine: NPC lines per batch.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request and reload (INFO), not only warnings.")
 @friendly_errors
-def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
+def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
           snapshot_mib, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, max_actions,
           max_converse_turns, watch_interval, engine, upstream, upstream_key, upstream_models, device, max_batch, verbose):
     """Run the dialogue daemon (gRPC) on the base model and every role in --roles.
@@ -470,7 +480,9 @@ def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size
     config = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
                           history_tokens=history_tokens, max_batch=max_batch, snapshot_bytes=snapshot_mib * 1024 * 1024,
                           limits=limits)
-    server = app.ServerConfig(host=host, port=port, token=token, tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval)
+    from .server.launch import read_token
+
+    server = app.ServerConfig(host=host, port=port, token=read_token(token, token_file), tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval)
     gateway = None
     if engine == "openai":
         if not upstream:
@@ -482,11 +494,26 @@ def serve(roles_dir, base_model, host, port, token, tls_cert, tls_key, pool_size
     elif upstream:
         raise click.UsageError("--upstream is for --engine openai")
     app.run(server, partial(open_engine, engine, roles_dir, base_model, config, device=device, upstream=gateway),
-            echo=lambda line: click.echo(line, err=True), verbose=verbose)
+            echo=lambda line: click.echo(line, err=True), verbose=verbose, parent_pid=parent_pid)
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The folder to build (a new or empty one, or an earlier bundle, which is replaced).")
+@click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
+              show_default=True, help="The roles to ship; every file must load on the base model.")
+@base_model_option
+@friendly_errors
+def bundle(out, roles_dir, base_model):
+    """Build the server as one folder a game ships: the neeko-npc-server executable (serve's options), its runtime,
+    the base model and the roles. Needs PyInstaller (the [bundle] extra); builds for this operating system."""
+    from .bundle.build import build_bundle
+
+    click.echo(build_bundle(out, roles_dir, base_model, log=lambda line: click.echo(line, err=True)).summary())
 
 
 def client_options(f):
-    f = click.option("--token", envvar="NEEKO_NPC_TOKEN", default="", help="Bearer token (env NEEKO_NPC_TOKEN).")(f)
+    f = click.option("--token", envvar=D.TOKEN_ENV, default="", help=f"Bearer token (env {D.TOKEN_ENV}).")(f)
     f = click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="PEM CA to verify a TLS daemon.")(f)
     return click.option("--address", default=D.ADDRESS, show_default=True, help="Daemon host:port.")(f)
 

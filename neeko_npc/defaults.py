@@ -19,6 +19,7 @@ HOST = "127.0.0.1"  # loopback only unless told otherwise
 PORT = 50051
 ADDRESS = f"{HOST}:{PORT}"  # where the client commands look for a daemon
 WORKERS = 16  # gRPC worker threads
+TOKEN_ENV = "NEEKO_NPC_TOKEN"  # the bearer token, for serve and the client commands (never on a command line)
 WATCH_INTERVAL = 1.0  # seconds between scans of the roles folder; 0 turns watching off
 ROLES_DIR = "assets/roles"
 EXPORT_FORMATS = ("peft", "vllm", "gguf-lora", "merged-gguf")  # neeko-npc export --format

@@ -23,17 +23,34 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   pip_install torch==2.13.0
 fi
 
-# 2. llama.cpp, compiled by pip (about 3 minutes on 2 cores). The native build can crash on CPUs with AMX,
-#    so build for a fixed, safe instruction set: AVX2 always, AVX-512 only where this CPU has it (an AVX-512
-#    build dies with "Illegal instruction" on CPUs without, e.g. AMD EPYC Milan). LLAVA_BUILD=OFF skips the
-#    multimodal library we never use. GGML_OPENMP=OFF: with OpenMP, decodes from the daemon's several worker
-#    threads ran 3-4x slower. --no-cache-dir keeps pip from reusing a wheel built with other flags.
-#    A build that is missing, crashes on this CPU, or uses OpenMP is rebuilt.
-AVX512=ON
-for f in avx512f avx512cd avx512vl avx512dq avx512bw; do grep -qw "$f" /proc/cpuinfo 2>/dev/null || AVX512=OFF; done
-if ! "$PY" -c "import llama_cpp, sys; sys.exit(b'OPENMP = 1' in llama_cpp.llama_print_system_info())" >/dev/null 2>&1; then
-  echo "==> building llama-cpp-python with safe CPU flags, AVX-512 $AVX512 (takes a few minutes)"
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=$AVX512 -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF}" \
+# 2. llama.cpp, compiled by pip (about 3 minutes on 2 cores), as one build that runs on every x86-64 CPU with
+#    AVX2 and gives the same numbers on all of them: no native flags (a native build dies with "Illegal
+#    instruction" on another CPU, and one with AMX crashed), AVX2/FMA/F16C/BMI2 on, AVX-512 off. The CPU backend is
+#    its own library (GGML_BACKEND_DL), loaded at run time by neeko_npc.engine.llamacpp.load_cpu_backend: that is
+#    how a shipped bundle carries llama.cpp. NEEKO_NPC_CPU_VARIANTS=all builds every CPU variant llama.cpp offers
+#    instead (GGML_CPU_ALL_VARIANTS: SSE4.2 to AVX-512 and AMX, the best picked at start), for the bundles a
+#    studio ships: 14 builds of the CPU backend, so far longer. GGML_OPENMP=OFF: with OpenMP, decodes from the
+#    daemon's several worker threads ran 3-4x slower. LLAVA_BUILD=OFF skips the multimodal library we never use.
+#    --no-cache-dir keeps pip from reusing a wheel built with other flags. A build that is missing, crashes on
+#    this CPU, uses OpenMP or is not the one asked for is rebuilt.
+if [ "${NEEKO_NPC_CPU_VARIANTS:-}" = all ]; then
+  LLAMA_FLAGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON"
+  WANT_LIB="*ggml-cpu-haswell*"
+else
+  LLAMA_FLAGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF"
+  WANT_LIB="*ggml-cpu.*"
+fi
+LLAMA_OK='
+import pathlib, sys, llama_cpp
+from llama_cpp import _ggml
+lib = pathlib.Path(llama_cpp.__file__).parent / "lib"
+if _ggml.libggml.ggml_backend_reg_count() or not any(lib.glob(sys.argv[1])): sys.exit(1)  # not the build asked for
+_ggml.libggml.ggml_backend_load_all_from_path(str(lib).encode())
+sys.exit(b"OPENMP = 1" in llama_cpp.llama_print_system_info())
+'
+if ! "$PY" -c "$LLAMA_OK" "$WANT_LIB" >/dev/null 2>&1; then
+  echo "==> building llama-cpp-python: $LLAMA_FLAGS (takes a few minutes)"
+  CMAKE_ARGS="${CMAKE_ARGS:-$LLAMA_FLAGS -DGGML_BACKEND_DIR=llama_cpp/lib -DGGML_OPENMP=OFF -DLLAVA_BUILD=OFF}" \
     pip_install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python>=0.3.8"
   pip_install "llama-cpp-python>=0.3.8"  # its dependencies, if the line above was its first install
 fi

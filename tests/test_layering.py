@@ -16,7 +16,9 @@ MAY_IMPORT = {
     "engine": {"roles", "export", "engine", "neeko.gate"},
     "server": {"roles", "engine", "server", "v1"},
     # the benchmark drives the engine in-process or a daemon over gRPC; baselines.py uses the gate's maths
-    "bench": {"roles", "export", "engine", "server", "v1", "neeko.gate", "bench"},
+    "bench": {"roles", "export", "engine", "server", "v1", "neeko.gate", "bench", "bundle"},
+    # the shipped server: the CLI's serve command, frozen; its builder reads role files and the base model
+    "bundle": {"roles", "bundle", "cli"},
 }
 # The one engine module allowed on the torch side; the daemon imports it only for --engine torch.
 EXCEPTIONS = {"engine/torch_engine.py": {"neeko"}}
@@ -25,7 +27,8 @@ TORCH_FREE = ["neeko_npc.defaults", "neeko_npc.errors", "neeko_npc.engine", "nee
               "neeko_npc.engine.llamacpp", "neeko_npc.bench.run", "neeko_npc.bench.speed", "neeko_npc.bench.baselines",
               "neeko_npc.bench.memory", "neeko_npc.bench.report", "neeko_npc.bench.targets",
               "neeko_npc.engine.base", "neeko_npc.engine.stream", "neeko_npc.engine.llama_engine", "neeko_npc.engine.openai_engine", "neeko_npc.engine.roleset", "neeko_npc.server.app", "neeko_npc.server.client",
-              "neeko_npc.cli"]
+              "neeko_npc.cli", "neeko_npc.server.launch", "neeko_npc.bundle.server_main", "neeko_npc.bundle.build",
+              "neeko_npc.bench.startup"]
 
 
 def internal_imports(path: Path):

@@ -24,11 +24,11 @@ from .town import WALK_S
 FULL = dict(ttft_reps=10, switch_reps=12, levels=[1, 2, 4, 8], per_stream=3, decode_tokens=64, decode_rounds=5,
             adapter_switch_reps=40, reload_reps=6, role_counts=[0, 1, 10, 50], merged_counts=[1, 5], mixture_blocks=50,
             town_npcs=24, town_levels=[1, 4, 8], town_stops=6, town_tokens=24, town_walk_s=WALK_S, beat_reps=6,
-            converse_turns=8)
+            converse_turns=8, startup_reps=3)
 QUICK = dict(ttft_reps=3, switch_reps=4, levels=[1, 2, 4, 8], per_stream=1, decode_tokens=24, decode_rounds=2,
              adapter_switch_reps=10, reload_reps=2, role_counts=[0, 2], merged_counts=[1, 2], mixture_blocks=10,
              town_npcs=8, town_levels=[1, 2], town_stops=3, town_tokens=12, town_walk_s=WALK_S, beat_reps=2,
-             converse_turns=4)
+             converse_turns=4, startup_reps=1)
 
 
 @dataclass
@@ -43,6 +43,8 @@ class BenchConfig:
     threads: int | None = None
     memory: bool = True
     town: bool = True
+    startup: bool = True  # start server processes: `neeko-npc serve`, and the bundle when one is given
+    bundle: Path | None = None  # a folder from `neeko-npc bundle`, started beside serve
     workdir: Path | None = None
     sizes: dict = field(default_factory=dict)  # overrides of FULL / QUICK
 
@@ -69,6 +71,7 @@ class BenchResult:
     town: dict = field(default_factory=dict)  # town.town: many NPCs, few contexts, with and without snapshots
     beats: dict = field(default_factory=dict)  # speed.beat_cost: what a line's beat adds to its time
     converse: dict = field(default_factory=dict)  # speed.speaker_changes: the gap between turns of a Converse
+    startup: dict = field(default_factory=dict)  # startup.startup: a server process to its ready line and first line
     skipped: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall-clock time of each step, in the order they ran
 
@@ -249,6 +252,12 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
     finally:
         engine.close()
 
+    if cfg.startup:
+        from . import startup
+
+        step("start-up: server processes")
+        out.startup = startup.startup(startup.start_commands(cfg.roles_dir, cfg.base_model, cfg.bundle, cfg.threads),
+                                      cfg.size("startup_reps"), progress=tick)
     if cfg.town:
         step(f"town: {cfg.size('town_npcs')} NPCs on 4 contexts")
         out.town = run_town(cfg, blocks, work / "town", tick)
@@ -293,4 +302,5 @@ def total_steps(cfg: BenchConfig) -> int:
         n += 6 * s("decode_rounds") + 1
         n += len(s("role_counts")) if cfg.memory else 0
         n += 3 if cfg.town else 0
+        n += s("startup_reps") * (2 if cfg.bundle else 1) if cfg.startup else 0
     return n

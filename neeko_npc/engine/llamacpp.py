@@ -34,9 +34,27 @@ def _lib():
     with _init_lock:
         if not _initialised:
             llama_cpp.llama_log_set(_SILENT, ctypes.c_void_p(0)) if os.environ.get("NEEKO_NPC_LLAMA_LOG") != "1" else None
+            load_cpu_backend()
             llama_cpp.llama_backend_init()
             _initialised = True
     return llama_cpp
+
+
+def load_cpu_backend() -> None:
+    """A portable llama.cpp (GGML_BACKEND_DL with GGML_CPU_ALL_VARIANTS, as scripts/setup.sh and every bundle have
+    it) keeps one CPU backend per instruction set (haswell, skylakex, zen4, ...) in libraries beside libggml, and
+    ggml loads the best one this CPU runs. ggml looks beside the executable and in the working directory, which
+    are python's and the caller's, so point it at llama-cpp-python's own lib folder. A build with the CPU
+    backend linked in has it registered already, and nothing is loaded."""
+    from llama_cpp import _ggml
+
+    lib = _ggml.libggml
+    lib.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if lib.ggml_backend_reg_count() == 0:
+        lib.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        lib.ggml_backend_load_all_from_path(os.fsencode(_ggml.libggml_base_path))
+        if lib.ggml_backend_reg_count() == 0:
+            raise LlamaError(f"llama.cpp found no CPU backend in {_ggml.libggml_base_path} that this CPU can run")
 
 
 def _silent(level, text, user_data):  # pragma: no cover - called from C

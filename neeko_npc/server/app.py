@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from ..errors import InputError
 from .. import defaults
 from ..v1 import dialogue_pb2 as pb
 from ..v1 import dialogue_pb2_grpc as pb_grpc
+from . import launch
 from .service import DialogueService
 
 log = logging.getLogger("neeko_npc.server")
@@ -125,29 +127,45 @@ class Daemon:
             self.service.engine.close()
 
 
-def run(config: ServerConfig, make_engine, echo=print, verbose: bool = False) -> None:
-    """The ``serve`` command: log to stderr, start, say when ready, serve until SIGTERM or Ctrl-C, then drain.
+def run(config: ServerConfig, make_engine, echo=print, verbose: bool = False, parent_pid: int | None = None) -> None:
+    """The ``serve`` command, held to the launch contract (server/launch.py): log to stderr, start, write the one
+    JSON line on stdout when ready (or failed), serve until SIGTERM, Ctrl-C, Ctrl-Break or the end of
+    ``parent_pid``, then stop within ``launch.STOP_S`` seconds.
 
-    ``echo`` prints the start-up lines; an engine that fails to load raises InputError with its reason."""
-    import signal
-
+    ``echo`` prints the human start-up lines (to stderr); an engine that fails to load raises InputError with
+    its reason, after the ``failed`` line."""
     from .. import __version__
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    daemon = Daemon(config, make_engine).start()
+    launcher = launch.claim_stdout()
+    done = threading.Event()
+    launch.stop_signals(done.set)
+    try:
+        if parent_pid is not None:
+            launch.watch_parent(parent_pid, done.set)
+        daemon = Daemon(config, make_engine).start()
+    except (OSError, InputError) as exc:
+        launch.announce(launcher, launch.FAILED, error=str(exc))
+        raise
     scheme = "grpcs" if config.tls_cert else "grpc"
     echo(f"neeko-npc {__version__} listening on {scheme}://{daemon.address} (loading the model...)")
-    daemon.loaded.wait()
+    while not daemon.loaded.wait(0.05):
+        if done.is_set():  # stopped (or orphaned) while loading
+            launch.exit_within()
+            daemon.stop(0)
+            return
     engine = daemon.service.engine
     if engine is None:
         daemon.stop(0)
+        launch.announce(launcher, launch.FAILED, error=f"the model failed to load: {daemon.service.load_error}")
         raise InputError(f"the model failed to load: {daemon.service.load_error}")
     snap = engine.roles()
     echo(f"ready: {len(snap.roles)} role(s) from {engine.roles_dir} on {engine.base.name} ({engine.describe()})"
          + (", token required" if config.token else ""))
     for _, err in sorted(snap.problems.items()):
         echo(f"skipped: {err}")
+    launch.announce(launcher, launch.READY, port=daemon.port, pid=os.getpid(), roles=len(snap.roles), version=__version__)
 
     def report_warm_up() -> None:
         engine.warmed.wait()
@@ -155,11 +173,8 @@ def run(config: ServerConfig, make_engine, echo=print, verbose: bool = False) ->
             echo(engine.warm_summary)
 
     threading.Thread(target=report_warm_up, name="neeko-warm-report", daemon=True).start()
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        done.wait()
-    except KeyboardInterrupt:
+    while not done.wait(0.5):  # a timed wait, so Ctrl-C and Ctrl-Break are seen on every platform
         pass
     echo("stopping")
-    daemon.stop()
+    launch.exit_within()
+    daemon.stop(grace=1.0)

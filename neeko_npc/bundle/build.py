@@ -1,0 +1,190 @@
+"""``neeko-npc bundle``: freeze the serving side with PyInstaller (one-folder mode) and lay the base model and the
+roles beside it, so a game can ship the folder and start ``neeko-npc-server`` on a machine with nothing
+installed.
+
+PyInstaller builds for the system it runs on: a Linux build runs on Linux x86-64, a Windows build must be made
+on Windows, a macOS build on macOS. The llama.cpp inside is whatever llama-cpp-python is installed here; a build
+with every CPU variant (GGML_BACKEND_DL, GGML_CPU_ALL_VARIANTS: what scripts/setup.sh builds) runs on any
+x86-64 CPU and picks the best variant at start, and ``cpu_variants`` says which variants a build has.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__
+from ..errors import InputError
+from ..roles.asset import AssetError
+from ..roles.base_model import base_info, resolve_base_model
+from ..roles.folder import load_role_assets, resolve_fusion
+from . import LEFT_OUT, MANIFEST, MODEL_DIR, ROLES_DIR, RUNTIME_DIR, SERVER_NAME, SERVING_MODULES, TRAINING
+
+ENTRY = "from neeko_npc.bundle.server_main import main\nmain()\n"
+
+
+@dataclass
+class BundleReport:
+    out: Path
+    runtime_bytes: int  # the executable and _internal/
+    model_bytes: int
+    roles_bytes: int
+    roles: list[str]
+    cpu_variants: list[str]
+    seconds: float
+    platform: str = field(default_factory=lambda: f"{sys.platform}-{platform.machine().lower()}")
+
+    @property
+    def total_bytes(self) -> int:
+        return self.runtime_bytes + self.model_bytes + self.roles_bytes
+
+    def summary(self) -> str:
+        mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
+        variants = (f"llama.cpp CPU variants: {', '.join(self.cpu_variants)}" if self.cpu_variants else
+                    "llama.cpp built for one CPU level only (no GGML_BACKEND_DL variants): it may not run on other CPUs")
+        return (f"bundle {self.out} ({self.platform}): {mb(self.total_bytes)} = runtime {mb(self.runtime_bytes)} + "
+                f"model {mb(self.model_bytes)} + roles {mb(self.roles_bytes)} ({len(self.roles)} role(s)); built in "
+                f"{self.seconds:.0f} s\n{variants}\nstart it: {self.out / executable_name()} --port 0")
+
+
+def executable_name() -> str:
+    return SERVER_NAME + (".exe" if sys.platform == "win32" else "")
+
+
+def folder_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def llama_lib_dir() -> Path:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise InputError(f"llama-cpp-python is not installed ({exc}); run scripts/setup.sh") from None
+    return Path(llama_cpp.__file__).resolve().parent / "lib"
+
+
+def cpu_variants(lib_dir: Path | None = None) -> list[str]:
+    """The CPU builds of ggml beside llama.cpp (haswell, skylakex, zen4, ...), best picked at run time; [] where the
+    CPU backend is linked into libggml itself (one instruction set, fixed when it was compiled)."""
+    lib_dir = lib_dir or llama_lib_dir()
+    names = set()
+    for p in lib_dir.iterdir() if lib_dir.is_dir() else ():
+        stem = p.name.split(".")[0]
+        for prefix in ("libggml-cpu-", "ggml-cpu-"):
+            if stem.startswith(prefix):
+                names.add(stem[len(prefix):])
+    return sorted(names)
+
+
+def check_roles(roles_dir: Path, base) -> list[str]:
+    """The ids of every role in the folder; any file the server would skip is an error here, not in a shipped game."""
+    assets, errors = load_role_assets(roles_dir, base)
+    if errors:
+        raise InputError(f"{len(errors)} role file(s) in {roles_dir} cannot ship:\n" + "\n".join(f"  {e}" for e in errors))
+    if not assets:
+        raise InputError(f"{roles_dir}: no .nrole files to ship")
+    known = {a.id: a for a in assets}
+    for a in assets:
+        if a.block is None:
+            try:
+                resolve_fusion(a, known)
+            except AssetError as exc:
+                raise InputError(str(exc)) from None
+    return [a.id for a in assets]
+
+
+def prepare_out(out: Path) -> None:
+    """An empty or missing folder, or an earlier bundle (replaced); anything else is refused, never deleted."""
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"--out {out} is a file; give a folder")
+        if any(out.iterdir()):
+            if not (out / MANIFEST).is_file():
+                raise InputError(f"--out {out} is not empty and holds no earlier bundle ({MANIFEST}); give an empty or "
+                                 "new folder")
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+PROBE = """
+import importlib, importlib.metadata as md, json, sys
+before = set(sys.modules)
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+loaded = {m.split(".")[0] for m in sys.modules}
+installed = set(md.packages_distributions())
+print(json.dumps({"loaded": sorted(loaded), "unused": sorted(installed - loaded - set(sys.stdlib_module_names) - {"neeko_npc"})}))
+"""
+
+
+def unused_packages() -> list[str]:
+    """Installed top-level packages that serving never imports (SERVING_MODULES, in a fresh interpreter): a
+    package reached only through an optional import (botocore, pydantic, psutil, ...) would otherwise ship."""
+    proc = subprocess.run([sys.executable, "-c", PROBE, *SERVING_MODULES], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise InputError(f"cannot import the serving side to see what it needs:\n{proc.stderr[-2000:]}")
+    probe = json.loads(proc.stdout)
+    training = sorted(set(probe["loaded"]) & set(TRAINING))
+    if training:
+        raise InputError(f"the serving side imports {', '.join(training)}: it must not reach the training side")
+    return sorted(set(probe["unused"]) | set(LEFT_OUT) | set(TRAINING))
+
+
+def pyinstaller_command(entry: Path, work: Path, exclude: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "PyInstaller", "--noconfirm", "--onedir", "--name", SERVER_NAME,
+           "--distpath", str(work / "dist"), "--workpath", str(work / "build"), "--specpath", str(work),
+           "--log-level", "WARN", "--collect-binaries", "llama_cpp"]
+    for name in exclude:
+        cmd += ["--exclude-module", name]
+    return cmd + [str(entry)]
+
+
+def build_bundle(out: Path, roles_dir: Path, base_model: str | None = None, log: Callable[[str], None] = print) -> BundleReport:
+    """Build the bundle folder ``out``; returns what went in and how large each part is."""
+    try:
+        import PyInstaller  # noqa: F401
+    except ImportError:
+        raise InputError("neeko-npc bundle needs PyInstaller: pip install 'neeko-npc[bundle]'") from None
+    t0 = time.monotonic()
+    ref = resolve_base_model(base_model)
+    if ref.kind != "gguf":
+        raise InputError(f"{ref.path}: a bundle serves a GGUF base model on llama.cpp; convert the folder to .gguf first")
+    roles = check_roles(Path(roles_dir), base_info(ref))
+    variants = cpu_variants()
+    out = Path(out).resolve()
+    prepare_out(out)
+    with tempfile.TemporaryDirectory(prefix="neeko-bundle-") as tmp:
+        work = Path(tmp)
+        entry = work / "neeko_npc_server.py"
+        entry.write_text(ENTRY)
+        log(f"freezing the server with PyInstaller (one folder, serving side only; about a minute)...")
+        proc = subprocess.run(pyinstaller_command(entry, work, unused_packages()), capture_output=True, text=True,
+                              env={**os.environ, "PYTHONNOUSERSITE": "1"})
+        if proc.returncode != 0:
+            raise InputError(f"PyInstaller failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        built = work / "dist" / SERVER_NAME
+        for item in built.iterdir():
+            shutil.move(str(item), out / item.name)
+    log(f"copying the base model ({ref.path.name}) and {len(roles)} role(s)...")
+    (out / MODEL_DIR).mkdir()
+    shutil.copy2(ref.path, out / MODEL_DIR / ref.path.name)
+    shutil.copytree(roles_dir, out / ROLES_DIR, ignore=lambda d, names: [n for n in names if not n.endswith(".nrole")])
+    report = BundleReport(out=out, runtime_bytes=folder_bytes(out / executable_name()) + folder_bytes(out / RUNTIME_DIR),
+                          model_bytes=folder_bytes(out / MODEL_DIR), roles_bytes=folder_bytes(out / ROLES_DIR), roles=roles,
+                          cpu_variants=variants, seconds=time.monotonic() - t0)
+    manifest = {"version": __version__, "server": executable_name(), "model": f"{MODEL_DIR}/{ref.path.name}",
+                "roles_dir": ROLES_DIR, "role_ids": roles, "platform": report.platform, "cpu_variants": variants,
+                "runtime_bytes": report.runtime_bytes, "model_bytes": report.model_bytes, "roles_bytes": report.roles_bytes}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return report

@@ -1,0 +1,61 @@
+"""``neeko-npc-server``: the entry point frozen into a bundle. It is ``neeko-npc serve`` with the bundle's own
+model and roles as defaults (read from bundle.json beside the executable), under its own program name.
+
+It imports the CLI's ``serve`` command and nothing else of the CLI, so the serving side is all that the
+executable ever loads."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from . import MANIFEST, SERVER_NAME
+
+
+def bundle_root() -> Path:
+    """The folder holding the executable (frozen) or, run from source, the folder given by NEEKO_NPC_BUNDLE."""
+    if getattr(sys, "frozen", False):
+        return Path(sys.executable).resolve().parent
+    import os
+
+    return Path(os.environ.get("NEEKO_NPC_BUNDLE", ".")).resolve()
+
+
+def given(args: list[str], option: str) -> bool:
+    return any(a == option or a.startswith(option + "=") for a in args)
+
+
+def with_bundle_defaults(args: list[str], root: Path) -> list[str]:
+    """``args`` with ``--roles`` and ``--base-model`` pointing into the bundle unless the caller chose them."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: {root / MANIFEST}: cannot read the bundle's manifest ({exc}); rebuild the bundle "
+                         "with `neeko-npc bundle`")
+    extra = []
+    if not given(args, "--roles"):
+        extra += ["--roles", str(root / manifest["roles_dir"])]
+    if not given(args, "--base-model"):
+        extra += ["--base-model", str(root / manifest["model"])]
+    return extra + args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if given(args, "--version"):
+        from .. import __version__
+
+        print(f"{SERVER_NAME} {__version__}")
+        return
+    if given(args, "--help") or given(args, "-h"):
+        full = args
+    else:
+        full = with_bundle_defaults(args, bundle_root())
+    from ..cli import serve
+
+    serve.main(full, prog_name=SERVER_NAME)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The server as a game ships it: `neeko-npc bundle` builds the folder once (PyInstaller, the real build), and the
+tests start its `neeko-npc-server` as a game would, with nothing of this machine's Python in reach: an empty
+environment (PATH /usr/bin:/bin, a fresh HOME), another working directory. Real processes, real gRPC on
+127.0.0.1, the real SmolLM2. Every process a test starts is gone when it ends."""
+
+import ctypes
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from neeko_npc import __version__
+from neeko_npc.bundle import LEFT_OUT, MANIFEST, RUNTIME_DIR, TRAINING
+from neeko_npc.bundle.build import cpu_variants, executable_name, folder_bytes, llama_lib_dir
+from neeko_npc.server.client import Client
+from neeko_npc.server.launch import process_alive
+
+from .conftest import run
+
+pytestmark = pytest.mark.slow  # a PyInstaller build and the real model
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLES = ROOT / "assets" / "roles"
+LINE = "Can you mend my sword before the festival?"
+GREEDY = dict(temperature=0.0, max_tokens=24)
+SAME_START = ["--port", "0", "--threads", "2", "--pool-size", "1", "--snapshot-mib", "0", "--watch-interval", "0"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ship") / "npc-server"
+    printed = run("bundle", "--out", out, "--roles", ROLES)
+    assert f"bundle {out}" in printed and "runtime" in printed, printed
+    return out
+
+
+class Server:
+    """A server process and its one stdout line; ``stop`` leaves nothing running."""
+
+    def __init__(self, cmd, env=None, cwd=None):
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
+        self.ready = self._first_line(timeout=120)
+
+    def _first_line(self, timeout):
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            self.stop()
+            pytest.fail(f"no ready line within {timeout} s")
+        line = self.proc.stdout.readline().decode()
+        if not line:
+            self.stop()
+            pytest.fail("the server closed stdout without a line: " + self.proc.stderr.read().decode()[-3000:])
+        return json.loads(line)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        rest = self.proc.stdout.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return rest
+
+
+def empty_env(tmp_path, **extra):
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), **extra}
+
+
+def greedy_line(port, token=""):
+    c = Client(f"127.0.0.1:{port}", token=token)
+    try:
+        return "".join(ch.text for ch in c.say("blacksmith", LINE, **GREEDY))
+    finally:
+        c.close()
+
+
+def gone_within(pid, seconds):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        if not process_alive(pid):
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    return None
+
+
+def test_the_bundle_holds_the_serving_side_and_says_how_large_it_is(bundle):
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    assert manifest["version"] == __version__ and (bundle / manifest["server"]).is_file()
+    assert sorted(p.stem for p in (bundle / manifest["roles_dir"]).glob("*.nrole")) == sorted(p.stem for p in ROLES.glob("*.nrole"))
+    assert len(manifest["role_ids"]) == 6 and manifest["model_bytes"] == folder_bytes(bundle / "model")
+    assert manifest["roles_bytes"] == folder_bytes(bundle / manifest["roles_dir"])
+    assert manifest["runtime_bytes"] == folder_bytes(bundle / RUNTIME_DIR) + folder_bytes(bundle / executable_name())
+    inside = {p.name for p in (bundle / RUNTIME_DIR).iterdir()}
+    shipped = sorted(n for n in TRAINING + LEFT_OUT + ("botocore", "pydantic", "psutil") if n in inside)
+    assert shipped == [], f"training-side packages in the bundle: {shipped}"
+    assert (bundle / RUNTIME_DIR / "llama_cpp" / "lib").is_dir()
+    # every CPU variant of this machine's llama.cpp travels with it
+    assert cpu_variants(bundle / RUNTIME_DIR / "llama_cpp" / "lib") == cpu_variants(llama_lib_dir()) == manifest["cpu_variants"]
+
+
+def test_the_bundle_speaks_where_nothing_is_installed_as_serve_does(bundle, tmp_path):
+    """Same flags, same cold state (no snapshots, one context): the bundle's greedy line is serve's."""
+    token = tmp_path / "token"
+    token.write_text("s3cret-from-a-file\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    shipped = Server([str(bundle / executable_name()), *SAME_START, "--token-file", str(token)],
+                     env=empty_env(tmp_path), cwd=elsewhere)
+    try:
+        ready = shipped.ready
+        assert set(ready) == {"event", "port", "pid", "roles", "version"}
+        assert ready["event"] == "ready" and ready["pid"] == shipped.proc.pid and ready["roles"] == 6
+        assert ready["version"] == __version__ and ready["port"] > 0
+        assert "s3cret" not in " ".join(Path(f"/proc/{shipped.proc.pid}/cmdline").read_text().split("\0"))
+        from_bundle = greedy_line(ready["port"], token="s3cret-from-a-file")
+    finally:
+        assert shipped.stop() == b"", "the ready line must be the only thing on stdout"
+    dev = Server([sys.executable, "-m", "neeko_npc.cli", "serve", "--roles", str(ROLES), *SAME_START])
+    try:
+        from_serve = greedy_line(dev.ready["port"])
+    finally:
+        dev.stop()
+    assert from_bundle.strip() and from_bundle == from_serve
+
+
+def test_two_bundles_on_one_machine_each_get_a_port_and_sigterm_stops_them(bundle, tmp_path):
+    servers = [Server([str(bundle / executable_name()), *SAME_START], env=empty_env(tmp_path)) for _ in range(2)]
+    try:
+        ports = [s.ready["port"] for s in servers]
+        assert ports[0] != ports[1]
+        for s in servers:
+            t0 = time.monotonic()
+            s.proc.send_signal(signal.SIGTERM)
+            assert s.proc.wait(5) == 0
+            assert time.monotonic() - t0 < 2.0
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_the_server_ends_within_2s_of_its_parent(bundle, tmp_path):
+    """A game that is not the server's parent (the pid is passed), then one that started it and crashed."""
+    game = subprocess.Popen(["sleep", "600"])
+    s = Server([str(bundle / executable_name()), *SAME_START, "--parent-pid", str(game.pid)], env=empty_env(tmp_path))
+    try:
+        game.kill()
+        game.wait()
+        t0 = time.monotonic()
+        s.proc.wait(5)
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        s.stop()
+
+    # the game launches the server itself, passing its own pid, and is killed without a word
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: the orphaned server becomes ours to reap
+    launcher = ("import os, subprocess, sys\n"
+                f"p = subprocess.Popen([{str(bundle / executable_name())!r}, *{SAME_START!r}, '--parent-pid', str(os.getpid())],"
+                " stdout=subprocess.PIPE)\n"
+                "sys.stdout.write(str(p.pid) + ' ' + p.stdout.readline().decode()); sys.stdout.flush()\n"
+                "import time; time.sleep(600)\n")
+    game = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, env=empty_env(tmp_path))
+    pid_text, ready = game.stdout.readline().decode().split(" ", 1)
+    server_pid = int(pid_text)
+    try:
+        assert json.loads(ready)["event"] == "ready" and process_alive(server_pid)
+        game.kill()
+        game.wait()
+        took = gone_within(server_pid, 2.0)
+        assert took is not None, "the server outlived its crashed game by 2 s"
+    finally:
+        if process_alive(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
+        try:
+            os.waitpid(server_pid, 0)
+        except ChildProcessError:
+            pass
+        game.stdout.close()
+
+
+def test_serve_refuses_a_parent_that_is_not_running(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "neeko_npc.cli", "serve", "--roles", str(ROLES), "--port", "0",
+                           "--parent-pid", "999999999"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout) == {"event": "failed", "error": "--parent-pid 999999999: no such process is running"}
+    assert "no such process" in proc.stderr

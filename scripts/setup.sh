@@ -41,12 +41,11 @@ else
   WANT_LIB="*ggml-cpu.*"
 fi
 LLAMA_OK='
-import pathlib, sys, llama_cpp
-from llama_cpp import _ggml
+import pathlib, sys, llama_cpp, llama_cpp.llama_cpp as bound
 lib = pathlib.Path(llama_cpp.__file__).parent / "lib"
-if _ggml.libggml.ggml_backend_reg_count() or not any(lib.glob(sys.argv[1])): sys.exit(1)  # not the build asked for
-_ggml.libggml.ggml_backend_load_all_from_path(str(lib).encode())
-sys.exit(b"OPENMP = 1" in llama_cpp.llama_print_system_info())
+if bound._lib.ggml_backend_reg_count() or not any(lib.glob(sys.argv[1])): sys.exit(1)  # not the build asked for
+bound._lib.ggml_backend_load_all_from_path(str(lib).encode())
+sys.exit(b"OPENMP = 1" in llama_cpp.llama_print_system_info() or b"CPU" not in llama_cpp.llama_print_system_info())
 '
 if ! "$PY" -c "$LLAMA_OK" "$WANT_LIB" >/dev/null 2>&1; then
   echo "==> building llama-cpp-python: $LLAMA_FLAGS (takes a few minutes)"

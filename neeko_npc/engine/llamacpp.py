@@ -41,20 +41,32 @@ def _lib():
 
 
 def load_cpu_backend() -> None:
-    """A portable llama.cpp (GGML_BACKEND_DL with GGML_CPU_ALL_VARIANTS, as scripts/setup.sh and every bundle have
-    it) keeps one CPU backend per instruction set (haswell, skylakex, zen4, ...) in libraries beside libggml, and
-    ggml loads the best one this CPU runs. ggml looks beside the executable and in the working directory, which
-    are python's and the caller's, so point it at llama-cpp-python's own lib folder. A build with the CPU
-    backend linked in has it registered already, and nothing is loaded."""
-    from llama_cpp import _ggml
+    """A portable llama.cpp (GGML_BACKEND_DL, as scripts/setup.sh and every bundle have it) keeps its CPU backend
+    (with GGML_CPU_ALL_VARIANTS, one per instruction set: haswell, skylakex, zen4, ...) in libraries beside
+    libggml, and ggml loads the best one this CPU runs. ggml looks beside the executable and in the working
+    directory, which are python's and the caller's, so point it at llama-cpp-python's own lib folder.
 
-    lib = _ggml.libggml
-    lib.ggml_backend_reg_count.restype = ctypes.c_size_t
-    if lib.ggml_backend_reg_count() == 0:
-        lib.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
-        lib.ggml_backend_load_all_from_path(os.fsencode(_ggml.libggml_base_path))
-        if lib.ggml_backend_reg_count() == 0:
-            raise LlamaError(f"llama.cpp found no CPU backend in {_ggml.libggml_base_path} that this CPU can run")
+    The call goes through libllama's handle, which resolves to the libggml that libllama itself uses: a wheel
+    holds libggml.so and libggml.so.0 as two files, and registering the backend in the other copy (the one
+    llama_cpp._ggml opens) leaves libllama with none. A build with the CPU backend linked in has it registered
+    already, and nothing is loaded."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as bound
+
+    lib = bound._lib
+    try:
+        count, load = lib.ggml_backend_reg_count, lib.ggml_backend_load_all_from_path
+    except AttributeError:  # Windows: symbols are looked up in the library itself; there is one ggml.dll
+        from llama_cpp import _ggml
+
+        count, load = _ggml.libggml.ggml_backend_reg_count, _ggml.libggml.ggml_backend_load_all_from_path
+    count.restype = ctypes.c_size_t
+    load.argtypes = [ctypes.c_char_p]
+    if count() == 0:
+        folder = Path(llama_cpp.__file__).resolve().parent / "lib"
+        load(os.fsencode(folder))
+        if count() == 0:
+            raise LlamaError(f"llama.cpp found no CPU backend in {folder} that this CPU can run")
 
 
 def _silent(level, text, user_data):  # pragma: no cover - called from C

@@ -432,6 +432,9 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("--snapshot-mib", default=D.SNAPSHOT_MIB, show_default=True, type=click.IntRange(0),
               help="Host memory for kept conversation states (KV snapshots, 22.5 KiB a token on the default model), so "
                    "a line can start on any free context; roles' prompts are prefilled into it at start-up. 0 turns it off.")
+@click.option("--warm-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also restore the roles' warm prompt prefixes saved in this folder (a bundle ships its own). New ones "
+                   "are saved in the cache, so a second start is warm at once.")
 @click.option("--history-tokens", default=D.HISTORY_TOKENS, show_default=True, type=click.IntRange(0), help="Memory budget per (session, NPC).")
 @click.option("--max-tokens-limit", default=D.MAX_TOKENS_LIMIT, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
 @click.option("--max-player-line-chars", default=D.MAX_PLAYER_LINE_CHARS, show_default=True, type=click.IntRange(1),
@@ -461,7 +464,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("-v", "--verbose", is_flag=True, help="Log every request and reload (INFO), not only warnings.")
 @friendly_errors
 def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
-          snapshot_mib, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, max_actions,
+          snapshot_mib, warm_dir, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, max_actions,
           max_converse_turns, watch_interval, engine, upstream, upstream_key, upstream_models, device, max_batch, verbose):
     """Run the dialogue daemon (gRPC) on the base model and every role in --roles.
 
@@ -479,7 +482,7 @@ def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_
                     max_actions=max_actions, max_converse_turns=max_converse_turns)
     config = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
                           history_tokens=history_tokens, max_batch=max_batch, snapshot_bytes=snapshot_mib * 1024 * 1024,
-                          limits=limits)
+                          warm_dirs=(warm_dir,) if warm_dir else (), limits=limits)
     from .server.launch import read_token
 
     server = app.ServerConfig(host=host, port=port, token=read_token(token, token_file), tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval)

@@ -14,6 +14,11 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or os.path.expanduser(CACHE_DIR))
 
 
+def warm_dir() -> Path:
+    """Roles' warm prefixes (KV states) saved by the llama.cpp engine, restored at its next start."""
+    return cache_root() / "warm"
+
+
 # -- the daemon -------------------------------------------------------------------------------------------
 HOST = "127.0.0.1"  # loopback only unless told otherwise
 PORT = 50051

@@ -133,10 +133,20 @@ def test_the_bundle_speaks_where_nothing_is_installed_as_serve_does(bundle, tmp_
 
 
 def test_two_bundles_on_one_machine_each_get_a_port_and_sigterm_stops_them(bundle, tmp_path):
-    servers = [Server([str(bundle / executable_name()), *SAME_START], env=empty_env(tmp_path)) for _ in range(2)]
+    """With their defaults: each restores the roles' prefixes the bundle ships (its HOME is empty), so even the
+    first line after start reads only its scene and line."""
+    assert len(list((bundle / "warm").glob("*.kv"))) == 6
+    servers = [Server([str(bundle / executable_name()), "--port", "0", "--threads", "2"], env=empty_env(tmp_path))
+               for _ in range(2)]
     try:
         ports = [s.ready["port"] for s in servers]
         assert ports[0] != ports[1]
+        c = Client(f"127.0.0.1:{ports[0]}")
+        try:
+            last = list(c.say("innkeeper", LINE, **GREEDY))[-1]
+        finally:
+            c.close()
+        assert last.cached_prompt_tokens > 50 and last.prompt_tokens - last.cached_prompt_tokens < 60
         for s in servers:
             t0 = time.monotonic()
             s.proc.send_signal(signal.SIGTERM)

@@ -18,7 +18,7 @@ MAY_IMPORT = {
     # the benchmark drives the engine in-process or a daemon over gRPC; baselines.py uses the gate's maths
     "bench": {"roles", "export", "engine", "server", "v1", "neeko.gate", "bench", "bundle"},
     # the shipped server: the CLI's serve command, frozen; its builder reads role files and the base model
-    "bundle": {"roles", "bundle", "cli"},
+    "bundle": {"roles", "engine", "bundle", "cli"},
 }
 # The one engine module allowed on the torch side; the daemon imports it only for --engine torch.
 EXCEPTIONS = {"engine/torch_engine.py": {"neeko"}}

@@ -225,3 +225,22 @@ def test_prepare_is_a_hint_that_never_waits_and_checks_like_say(engine):
 
     off = engine(snapshot_bytes=0)
     assert "--snapshot-mib 0" in off.prepare("smith", SCENE).skipped
+
+
+def test_a_second_start_restores_the_saved_warm_prefixes_and_speaks_alike(engine, tmp_path):
+    """The first start prefills each role's prefix and saves it; the next start on the same folders restores them
+    instead (nothing prefilled), and a line served from a restored prefix is the line served from a computed one."""
+    saved = tmp_path / "warm"
+    first = engine(warm_save_dir=saved)
+    assert first.warm_restored == 0 and len(list(saved.glob("*.kv"))) == 2
+    text, last = line(first, "smith", "Good evening.")
+    assert last.cache == "snapshot"
+    again = engine(warm_save_dir=saved)
+    assert again.warm_restored == 2 and again.warm_summary.startswith("warm: 2 role prefix(es), 2 restored")
+    text2, last2 = line(again, "smith", "Good evening.")
+    assert last2.cache == "snapshot" and last2.cached_tokens == last.cached_tokens and text2 == text
+    # a damaged file is not restored: that role is prefilled again, the other still restored
+    victim = sorted(saved.glob("*.kv"))[0]
+    victim.write_bytes(victim.read_bytes()[:-4096])
+    third = engine(warm_save_dir=saved)
+    assert third.warm_restored == 1 and third.warm_summary.startswith("warm: 2 role prefix(es), 1 restored")

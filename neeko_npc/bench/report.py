@@ -186,10 +186,10 @@ def table(r: BenchResult) -> str:
         lines.append("")
     if r.startup:
         lines.append(f"Start-up: a server process started cold with --port 0 (p50 of {next(iter(r.startup.values()))['ready_s']['n']})")
-        lines.append(f"  {'how':<10}{'ready s':>9}{'first TTFT ms':>15}{'follow-up ms':>14}{'first/follow':>14}{'first line ms':>15}"
+        lines.append(f"  {'how':<24}{'ready s':>9}{'first TTFT ms':>15}{'follow-up ms':>14}{'first/follow':>14}{'first line ms':>15}"
                      f"{'SIGTERM to exit s':>19}")
         for name, st in r.startup.items():
-            lines.append(f"  {name:<10}{_p(st['ready_s'], fmt='{:.2f}'):>9}{_p(st['first_ttft_ms'], fmt='{:.0f}'):>15}"
+            lines.append(f"  {name:<24}{_p(st['ready_s'], fmt='{:.2f}'):>9}{_p(st['first_ttft_ms'], fmt='{:.0f}'):>15}"
                          f"{_p(st['follow_ttft_ms'], fmt='{:.0f}'):>14}{_f(st['first_over_follow'], '{:.2f}x'):>14}"
                          f"{_p(st['first_line_ms'], fmt='{:.0f}'):>15}{_p(st['stop_s'], fmt='{:.2f}'):>19}")
             for e in st["errors"][:2]:
@@ -255,10 +255,10 @@ def plot(r: BenchResult, path: str | Path) -> Path:
     ax[1, 0].set_title("concurrency")
     if r.startup:
         lines.append(f"Start-up: a server process started cold with --port 0 (p50 of {next(iter(r.startup.values()))['ready_s']['n']})")
-        lines.append(f"  {'how':<10}{'ready s':>9}{'first TTFT ms':>15}{'follow-up ms':>14}{'first/follow':>14}{'first line ms':>15}"
+        lines.append(f"  {'how':<24}{'ready s':>9}{'first TTFT ms':>15}{'follow-up ms':>14}{'first/follow':>14}{'first line ms':>15}"
                      f"{'SIGTERM to exit s':>19}")
         for name, st in r.startup.items():
-            lines.append(f"  {name:<10}{_p(st['ready_s'], fmt='{:.2f}'):>9}{_p(st['first_ttft_ms'], fmt='{:.0f}'):>15}"
+            lines.append(f"  {name:<24}{_p(st['ready_s'], fmt='{:.2f}'):>9}{_p(st['first_ttft_ms'], fmt='{:.0f}'):>15}"
                          f"{_p(st['follow_ttft_ms'], fmt='{:.0f}'):>14}{_f(st['first_over_follow'], '{:.2f}x'):>14}"
                          f"{_p(st['first_line_ms'], fmt='{:.0f}'):>15}{_p(st['stop_s'], fmt='{:.2f}'):>19}")
             for e in st["errors"][:2]:

@@ -302,5 +302,5 @@ def total_steps(cfg: BenchConfig) -> int:
         n += 6 * s("decode_rounds") + 1
         n += len(s("role_counts")) if cfg.memory else 0
         n += 3 if cfg.town else 0
-        n += s("startup_reps") * (2 if cfg.bundle else 1) if cfg.startup else 0
+        n += s("startup_reps") * (4 if cfg.bundle else 2) if cfg.startup else 0
     return n

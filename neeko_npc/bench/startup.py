@@ -1,15 +1,18 @@
-"""Start-up as a game meets it: a server process started cold with ``--port 0``, the time to its ready line (the
+"""Start-up as a game meets it: a server process started with ``--port 0``, the time to its ready line (the
 launch contract, server/launch.py), then an NPC's first line and a hot follow-up in the same session, then
-SIGTERM and the time to exit. Each way of starting (the shipped bundle, ``neeko-npc serve``) runs once per
+SIGTERM and the time to exit. Each way of starting (the shipped bundle, ``neeko-npc serve``) runs on an empty
+cache (the first launch on a player's machine) and again on what that left (every later launch), rep after
 rep, interleaved, so machine noise hits them alike."""
 
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -44,11 +47,14 @@ def read_ready(proc: subprocess.Popen, timeout: float) -> dict:
     return event
 
 
-def one_start(cmd: list[str], rep: int, max_tokens: int) -> dict:
+def one_start(cmd: list[str], cache: Path, rep: int, max_tokens: int) -> dict:
+    """Start ``cmd`` with ``cache`` as its cache, wait for the ready line, say an opening line and a follow-up."""
+    from .. import defaults
     from ..server.client import Client
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env={**os.environ, defaults.CACHE_ENV: str(cache)})
     try:
         ready = read_ready(proc, READY_TIMEOUT_S)
         ready_s = time.perf_counter() - t0
@@ -75,14 +81,17 @@ def one_start(cmd: list[str], rep: int, max_tokens: int) -> dict:
 
 
 def startup(commands: dict[str, list[str]], reps: int, max_tokens: int = 16, progress=None) -> dict:
-    """name -> summaries of the ready time (s), the first line's and the follow-up's time to first token (ms),
-    the first over the follow-up, and the time from SIGTERM to exit (s)."""
-    rows: dict[str, list[dict]] = {name: [] for name in commands}
+    """Each way of starting, first on an empty cache (a player's first launch) and then again on the cache that
+    start left (every later launch). name -> summaries of the ready time (s), the first line's and the
+    follow-up's time to first token (ms), the first over the follow-up, and the time from SIGTERM to exit (s)."""
+    rows: dict[str, list[dict]] = {}
     for rep in range(reps):
         for name, cmd in commands.items():
-            rows[name].append(one_start(cmd, rep, max_tokens))
-            if progress:
-                progress()
+            with tempfile.TemporaryDirectory(prefix="neeko-startup-") as cache:
+                for when in ("first start", "next start"):
+                    rows.setdefault(f"{name}, {when}", []).append(one_start(cmd, Path(cache), rep, max_tokens))
+                    if progress:
+                        progress()
     out = {}
     for name, rs in rows.items():
         first, follow = summary([r["first_ttft_ms"] for r in rs]), summary([r["follow_ttft_ms"] for r in rs])

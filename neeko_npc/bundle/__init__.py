@@ -7,6 +7,7 @@ A bundle folder::
     _internal/               the runtime: Python, llama.cpp (every CPU variant it was built with), gRPC, numpy
     model/<base>.gguf        the base model
     roles/*.nrole            the roles it serves unless --roles says otherwise
+    warm/*.kv                each role's prompt prefix, prefilled at build time: every NPC's first line starts warm
     bundle.json              what is inside (MANIFEST): version, model and roles paths, sizes, the build's platform
 
 Only the serving side is frozen: never torch, transformers or the profile encoder (TRAINING).
@@ -16,6 +17,7 @@ SERVER_NAME = "neeko-npc-server"  # the executable, and its program name in --he
 MANIFEST = "bundle.json"
 MODEL_DIR = "model"
 ROLES_DIR = "roles"
+WARM_DIR = "warm"
 RUNTIME_DIR = "_internal"  # PyInstaller's one-folder layout keeps everything but the executable here
 
 # What the server imports: the frozen entry point (serve's command), both engines that need no torch, the client

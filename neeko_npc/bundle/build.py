@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..roles.asset import AssetError
 from ..roles.base_model import base_info, resolve_base_model
 from ..roles.folder import load_role_assets, resolve_fusion
-from . import LEFT_OUT, MANIFEST, MODEL_DIR, ROLES_DIR, RUNTIME_DIR, SERVER_NAME, SERVING_MODULES, TRAINING
+from . import LEFT_OUT, MANIFEST, MODEL_DIR, ROLES_DIR, RUNTIME_DIR, SERVER_NAME, SERVING_MODULES, TRAINING, WARM_DIR
 
 ENTRY = "from neeko_npc.bundle.server_main import main\nmain()\n"
 
@@ -38,21 +38,26 @@ class BundleReport:
     runtime_bytes: int  # the executable and _internal/
     model_bytes: int
     roles_bytes: int
+    warm_bytes: int  # the roles' prefilled prompt prefixes
     roles: list[str]
     cpu_variants: list[str]
+    cpu_features: list[str]  # what the loaded CPU backend was compiled for (the best variant here, if several)
     seconds: float
     platform: str = field(default_factory=lambda: f"{sys.platform}-{platform.machine().lower()}")
 
     @property
     def total_bytes(self) -> int:
-        return self.runtime_bytes + self.model_bytes + self.roles_bytes
+        return self.runtime_bytes + self.model_bytes + self.roles_bytes + self.warm_bytes
 
     def summary(self) -> str:
         mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
-        variants = (f"llama.cpp CPU variants: {', '.join(self.cpu_variants)}" if self.cpu_variants else
-                    "llama.cpp built for one CPU level only (no GGML_BACKEND_DL variants): it may not run on other CPUs")
+        variants = (f"llama.cpp: {len(self.cpu_variants)} CPU variants ({', '.join(self.cpu_variants)}), the best picked at start"
+                    if self.cpu_variants else
+                    f"llama.cpp: one CPU backend, for {' '.join(self.cpu_features) or 'an unknown instruction set'}: it runs on "
+                    "CPUs that have these (NEEKO_NPC_CPU_VARIANTS=all bash scripts/setup.sh builds every variant)")
         return (f"bundle {self.out} ({self.platform}): {mb(self.total_bytes)} = runtime {mb(self.runtime_bytes)} + "
-                f"model {mb(self.model_bytes)} + roles {mb(self.roles_bytes)} ({len(self.roles)} role(s)); built in "
+                f"model {mb(self.model_bytes)} + roles {mb(self.roles_bytes)} ({len(self.roles)} role(s)) + warm prefixes "
+                f"{mb(self.warm_bytes)}; built in "
                 f"{self.seconds:.0f} s\n{variants}\nstart it: {self.out / executable_name()} --port 0")
 
 
@@ -87,6 +92,16 @@ def cpu_variants(lib_dir: Path | None = None) -> list[str]:
     return sorted(names)
 
 
+def cpu_features() -> list[str]:
+    """The instruction sets of the CPU backend llama.cpp loads on this machine (its system info, ``X = 1``)."""
+    from ..engine.llamacpp import _lib
+
+    info = _lib().llama_print_system_info().decode(errors="replace")
+    cpu = next((part for part in info.split("CPU :")[1:2]), "")
+    return [name.strip() for name, _, on in (item.partition("=") for item in cpu.split("|"))
+            if on.strip() == "1" and name.strip() not in ("LLAMAFILE", "REPACK", "OPENMP")]
+
+
 def check_roles(roles_dir: Path, base) -> list[str]:
     """The ids of every role in the folder; any file the server would skip is an error here, not in a shipped game."""
     assets, errors = load_role_assets(roles_dir, base)
@@ -102,6 +117,20 @@ def check_roles(roles_dir: Path, base) -> list[str]:
             except AssetError as exc:
                 raise InputError(str(exc)) from None
     return [a.id for a in assets]
+
+
+def warm_up(roles_dir: Path, model: Path, warm_dir: Path) -> None:
+    """Save every role's warm prefix (engine/snapshots.py, WarmFiles) into ``warm_dir``, computed here and now."""
+    from ..engine.base import EngineConfig
+    from ..engine.llama_engine import LlamaEngine
+
+    engine = LlamaEngine(roles_dir, str(model), EngineConfig(pool_size=1, warm_save_dir=warm_dir))
+    try:
+        engine.warmed.wait()
+    finally:
+        engine.close()
+    if not warm_dir.is_dir():
+        raise InputError(f"the roles' warm prefixes could not be saved in {warm_dir}")
 
 
 def prepare_out(out: Path) -> None:
@@ -180,11 +209,17 @@ def build_bundle(out: Path, roles_dir: Path, base_model: str | None = None, log:
     (out / MODEL_DIR).mkdir()
     shutil.copy2(ref.path, out / MODEL_DIR / ref.path.name)
     shutil.copytree(roles_dir, out / ROLES_DIR, ignore=lambda d, names: [n for n in names if not n.endswith(".nrole")])
+    log("prefilling every role's prompt prefix, saved in warm/ so that each NPC's first line starts warm...")
+    warm_up(out / ROLES_DIR, out / MODEL_DIR / ref.path.name, out / WARM_DIR)
     report = BundleReport(out=out, runtime_bytes=folder_bytes(out / executable_name()) + folder_bytes(out / RUNTIME_DIR),
-                          model_bytes=folder_bytes(out / MODEL_DIR), roles_bytes=folder_bytes(out / ROLES_DIR), roles=roles,
-                          cpu_variants=variants, seconds=time.monotonic() - t0)
+                          model_bytes=folder_bytes(out / MODEL_DIR), roles_bytes=folder_bytes(out / ROLES_DIR),
+                          warm_bytes=folder_bytes(out / WARM_DIR), roles=roles, cpu_variants=variants,
+                          cpu_features=cpu_features(),
+                          seconds=time.monotonic() - t0)
     manifest = {"version": __version__, "server": executable_name(), "model": f"{MODEL_DIR}/{ref.path.name}",
                 "roles_dir": ROLES_DIR, "role_ids": roles, "platform": report.platform, "cpu_variants": variants,
-                "runtime_bytes": report.runtime_bytes, "model_bytes": report.model_bytes, "roles_bytes": report.roles_bytes}
+                "cpu_features": report.cpu_features,
+                "runtime_bytes": report.runtime_bytes, "model_bytes": report.model_bytes, "roles_bytes": report.roles_bytes,
+                "warm_bytes": report.warm_bytes}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return report

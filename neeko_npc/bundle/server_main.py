@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import MANIFEST, SERVER_NAME
+from . import MANIFEST, SERVER_NAME, WARM_DIR
 
 
 def bundle_root() -> Path:
@@ -27,7 +27,8 @@ def given(args: list[str], option: str) -> bool:
 
 
 def with_bundle_defaults(args: list[str], root: Path) -> list[str]:
-    """``args`` with ``--roles`` and ``--base-model`` pointing into the bundle unless the caller chose them."""
+    """``args`` with ``--roles``, ``--base-model`` and ``--warm-dir`` pointing into the bundle unless the caller chose
+    them."""
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -38,6 +39,8 @@ def with_bundle_defaults(args: list[str], root: Path) -> list[str]:
         extra += ["--roles", str(root / manifest["roles_dir"])]
     if not given(args, "--base-model"):
         extra += ["--base-model", str(root / manifest["model"])]
+    if not given(args, "--warm-dir") and (root / WARM_DIR).is_dir():
+        extra += ["--warm-dir", str(root / WARM_DIR)]
     return extra + args
 
 

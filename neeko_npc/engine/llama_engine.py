@@ -43,7 +43,7 @@ from .base import Engine, EngineConfig, UnknownRole, adapter_key
 from ..roles.beats import BeatJob, choose, continuation_logprob
 from ..roles.sampling import sample
 from .llamacpp import LlamaContext, LlamaModel, open_gguf_base, openmp_build
-from .snapshots import Snapshot, SnapshotStore, common_prefix
+from .snapshots import Snapshot, SnapshotStore, WarmFiles, common_prefix
 from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite
 
 log = logging.getLogger("neeko_npc.engine")
@@ -146,6 +146,7 @@ class CoreBudget:
                 self._cond.notify_all()
 
 
+WARM_YIELD_S = 0.01  # how often a warm-up waiting for the contexts to be idle looks again
 KEEP_MIN_TOKENS = 16  # a context's state shorter than this (or only this much longer than a kept one) is not worth a snapshot
 
 
@@ -406,6 +407,11 @@ class LlamaEngine(Engine):
         self._warm_again = False
         self._warm_thread: threading.Thread | None = None
         self._open_roles(roles_dir, self.adapters)
+        import llama_cpp
+
+        self.warm_files = WarmFiles([self.config.warm_save_dir or defaults.warm_dir(), *self.config.warm_dirs],
+                                    self.base.fingerprint, f"llama-cpp-python {llama_cpp.__version__}")
+        self.warm_restored = self._restore_warm() if self.store is not None else 0
         self._start_warm_up()
 
     def tokens(self, text: str) -> list[int]:
@@ -479,7 +485,8 @@ class LlamaEngine(Engine):
                     if not self._warm_again:
                         break
                     self._warm_again = False
-            self.warm_summary = (f"warm: {done} role prefix(es), {tokens} tokens, prefilled in {time.perf_counter() - t0:.1f} s; "
+            self.warm_summary = (f"warm: {self.warm_restored + done} role prefix(es), {self.warm_restored} restored from saved "
+                                 f"states, {done} prefilled ({tokens} tokens) in {time.perf_counter() - t0:.1f} s; "
                                  f"{self.store.nbytes / MiB:.1f} MiB kept")
             log.info(self.warm_summary)
         except Exception:  # a failed warm-up costs speed, never the daemon
@@ -489,6 +496,33 @@ class LlamaEngine(Engine):
                 ctx.set_adapters([], [])
                 ctx.close()
             self.warmed.set()
+
+    def _restore_warm(self) -> int:
+        """Restore every role's saved warm prefix (WarmFiles) before the engine is ready; returns how many. Each is
+        checked by restoring it into a context once: a file llama.cpp refuses is skipped, and warmed again."""
+        restored, ctx = 0, None
+        try:
+            for rid in sorted(self.roles().roles):
+                try:
+                    voice, adapters, scales = self.roleset.acquire(rid)
+                except UnknownRole:
+                    continue
+                try:
+                    key, prefix = adapter_key(adapters, scales), self.profile_prefix(voice.profile)
+                    data = self.warm_files.load(key, prefix) if len(prefix) >= KEEP_MIN_TOKENS else None
+                    if data is None:
+                        continue
+                    ctx = ctx or self.model.new_context(self.config.n_ctx, self.pool.threads)
+                    ctx.load_state(data)
+                    restored += self.store.put(Snapshot(key, tuple(prefix), data, warm=True))
+                except Exception as exc:  # noqa: BLE001 - a bad file costs one warm-up, never the start
+                    log.warning("saved warm prefix of %s not restored (%s); warming it again", rid, exc)
+                finally:
+                    self.roleset.release(adapters)
+        finally:
+            if ctx is not None:
+                ctx.close()
+        return restored
 
     def _warm_one(self, rid: str, ctx) -> int:
         """Prefill one role's profile prefix and keep it; returns the tokens prefilled (0: nothing to do)."""
@@ -501,6 +535,8 @@ class LlamaEngine(Engine):
             prefix = self.profile_prefix(voice.profile)
             if len(prefix) < KEEP_MIN_TOKENS or self.store.covers(key, prefix):
                 return 0
+            while self.pool.busy() and not self._closing:  # lines first: warm in the gaps between them
+                time.sleep(WARM_YIELD_S)
             ctx.set_adapters([a.handle for a in adapters], scales)
             ctx.clear()
             self.pool.warming += 1
@@ -508,7 +544,9 @@ class LlamaEngine(Engine):
                 decode_on(ctx, prefix, self.pool.cores)
             finally:
                 self.pool.warming -= 1
-            self.store.put(Snapshot(key, tuple(prefix), ctx.save_state(), warm=True))
+            state = ctx.save_state()
+            self.store.put(Snapshot(key, tuple(prefix), state, warm=True))
+            self.warm_files.save(key, prefix, state)
             return len(prefix)
         except Exception as exc:  # this role goes cold, the others still warm
             log.warning("could not warm %s: %s", rid, exc)

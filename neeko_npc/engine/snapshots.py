@@ -129,3 +129,71 @@ class SnapshotStore:
             victim = next((k for k, s in others if not s.warm), None) or others[0][0]
             self._remove(victim)
             self.stats["evicted"] += 1
+
+
+class WarmFiles:
+    """Roles' warm prefixes saved to disk, so a server's next start restores them in milliseconds instead of
+    prefilling them (7 s for the six shipped roles on a slow 2-core machine).
+
+    A file is named by a hash of everything its KV depends on: the base model's fingerprint, the llama.cpp build
+    that wrote it, the key (adapters by content hash, and scales) and the tokens. Its header repeats them, and a
+    file whose header differs in any of them, or that llama.cpp will not restore, is ignored (and replaced by
+    the next warm-up). ``folders`` are searched in order (a bundle ships its own, read-only); new files go to
+    the first one, the cache."""
+
+    MAGIC = b"NEEKO-WARM\x00\x01"
+
+    def __init__(self, folders: list, fingerprint: str, build: str):
+        from pathlib import Path
+
+        self.folders = [Path(f) for f in folders if f]
+        self.fingerprint = fingerprint
+        self.build = build
+
+    def _header(self, key: tuple, tokens) -> bytes:
+        import json
+
+        return json.dumps({"fingerprint": self.fingerprint, "build": self.build, "key": [list(k) for k in key],
+                           "tokens": list(tokens)}, separators=(",", ":")).encode()
+
+    def name(self, key: tuple, tokens) -> str:
+        import hashlib
+
+        return hashlib.sha256(self._header(key, tokens)).hexdigest()[:32] + ".kv"
+
+    def load(self, key: tuple, tokens) -> bytes | None:
+        """The saved state for (key, tokens), or None."""
+        import struct
+
+        header, name = self._header(key, tokens), self.name(key, tokens)
+        for folder in self.folders:
+            try:
+                raw = (folder / name).read_bytes()
+            except OSError:
+                continue
+            start = len(self.MAGIC) + 4
+            if raw[: len(self.MAGIC)] != self.MAGIC or len(raw) < start:
+                continue
+            (n,) = struct.unpack("<I", raw[len(self.MAGIC):start])
+            if raw[start:start + n] == header and len(raw) > start + n:
+                return raw[start + n:]
+        return None
+
+    def save(self, key: tuple, tokens, data: bytes) -> bool:
+        """Write the state to the first folder (atomically); False if it cannot be written (a read-only disk)."""
+        import os
+        import struct
+
+        if not self.folders:
+            return False
+        header = self._header(key, tokens)
+        path = self.folders[0] / self.name(key, tokens)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(self.MAGIC + struct.pack("<I", len(header)) + header + data)
+            os.replace(tmp, path)
+            return True
+        except OSError:
+            tmp.unlink(missing_ok=True) if tmp.exists() else None
+            return False

@@ -96,6 +96,11 @@ def test_bench_quick_measures_every_section(quick_report):
     assert [m["count"] for m in merged] == [1, 2] and merged[1]["disk_bytes"] == pytest.approx(2 * merged[0]["disk_bytes"], rel=0.01)
 
     assert r["town"] == {} and "Town:" not in text  # --no-town
+    st = r["startup"]  # `neeko-npc serve` started twice, on an empty cache and on what the first start left
+    assert list(st) == ["serve, first start", "serve, next start"] and "Start-up: a server process" in text
+    for row in st.values():
+        assert row["errors"] == [] and row["ready_s"]["n"] == 1 and 0 < row["ready_s"]["p50"] < 120
+        assert row["first_ttft_ms"]["p50"] > 0 and row["follow_ttft_ms"]["p50"] > 0 and row["stop_s"]["p50"] < 2.0
     # every step is timed, in the order it ran, and the table says where the time went
     assert list(r["seconds"])[:4] == ["loading the model", "time to first token", "switching NPC", "concurrency"]
     assert "memory: daemon RSS by role count" in r["seconds"] and all(v > 0 for v in r["seconds"].values())
@@ -109,7 +114,10 @@ def test_bench_targets_follow_from_the_figures(quick_report):
     """The JSON's targets agree with its figures, and the table shows each one with its verdict."""
     text, r, _ = quick_report
     got = {t["key"]: t for t in r["targets"]}
-    assert set(got) == {"decode_one_role", "switch_engine", "switch_adapters", "follow_up", "throughput", "no_errors"}
+    starts = {f"startup_serve_{when}_start_{what}" for when in ("first", "next") for what in ("ready", "first")}
+    assert set(got) == {"decode_one_role", "switch_engine", "switch_adapters", "follow_up", "throughput", "no_errors"} | starts
+    ready = r["startup"]["serve, next start"]["ready_s"]["p50"]
+    assert got["startup_serve_next_start_ready"]["value"] == ready and got["startup_serve_next_start_ready"]["met"] == (ready <= 2)
     dec = {row["key"]: row for row in r["decode"]}
     share = dec["one_role"]["decode_tok_s"]["p50"] / dec["base"]["decode_tok_s"]["p50"]
     assert got["decode_one_role"]["value"] == pytest.approx(share) and got["decode_one_role"]["met"] == (share >= 0.9)

@@ -203,3 +203,15 @@ def test_serve_refuses_a_parent_that_is_not_running(tmp_path):
     assert proc.returncode == 1
     assert json.loads(proc.stdout) == {"event": "failed", "error": "--parent-pid 999999999: no such process is running"}
     assert "no such process" in proc.stderr
+
+
+def test_the_bench_times_the_bundles_start_beside_serves(bundle):
+    from neeko_npc.bench.startup import start_commands, startup
+
+    cmds = start_commands(ROLES, None, bundle, 2)
+    assert cmds["bundle"][0] == str(bundle / executable_name()) and cmds["serve"][1:4] == ["-m", "neeko_npc.cli", "serve"]
+    got = startup({"bundle": cmds["bundle"]}, reps=1)
+    assert list(got) == ["bundle, first start", "bundle, next start"]
+    for row in got.values():
+        assert row["errors"] == [] and 0 < row["ready_s"]["p50"] < 60 and row["stop_s"]["p50"] < 2.0
+        assert row["first_ttft_ms"]["p50"] > 0 and row["first_over_follow"] > 0

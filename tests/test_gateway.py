@@ -277,10 +277,12 @@ def test_export_all_for_vllm_loads_with_peft_and_equals_our_blocks(gguf_base, tm
 @pytest.mark.slow
 def test_stop_strings_cut_the_line_at_the_gateway(client):
     whole, _ = collect(client.say("blacksmith", LINE, **GREEDY))
-    assert "." in whole.strip()[:-1], whole  # the line goes on after its first full stop
-    text, chunks = collect(client.say("blacksmith", LINE, stop=["."], **GREEDY))
+    words = whole.split()
+    assert len(words) >= 3, whole
+    stop = " " + words[1]  # the line is cut before its second word (which greedy text on any CPU build has)
+    text, chunks = collect(client.say("blacksmith", LINE, stop=[stop], **GREEDY))
     # not compared with `whole` token for token: the upstream reads this prompt on top of its cached copy
-    assert text.strip() and "." not in text and chunks[-1].finish_reason == pb.FINISH_REASON_STOP
+    assert text.strip() and stop not in text and chunks[-1].finish_reason == pb.FINISH_REASON_STOP
     assert len(text) < len(whole.strip())
 
 

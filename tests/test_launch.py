@@ -3,6 +3,7 @@ line on stdout whatever else writes there, the token from a file, a parent's end
 hang. The whole contract on the real server is in test_bundle.py."""
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,8 @@ import threading
 import time
 
 import pytest
+
+from pathlib import Path
 
 from neeko_npc.bundle import MANIFEST
 from neeko_npc.bundle.server_main import with_bundle_defaults
@@ -103,3 +106,26 @@ def test_the_shipped_server_defaults_to_the_bundles_model_and_roles(tmp_path):
     assert with_bundle_defaults(mine, tmp_path) == mine
     with pytest.raises(SystemExit, match="manifest"):
         with_bundle_defaults([], tmp_path / "nowhere")
+
+
+ROLES = Path(__file__).resolve().parent.parent / "assets" / "roles"
+
+
+def serve_fails(*flags):
+    """`neeko-npc serve` that cannot start (before any model is loaded): (exit code, stdout, stderr)."""
+    out = subprocess.run([sys.executable, "-m", "neeko_npc.cli", "serve", "--roles", str(ROLES), *flags],
+                         capture_output=True, text=True, timeout=60)
+    return out.returncode, out.stdout, out.stderr
+
+
+def test_a_dead_parent_or_a_taken_port_is_one_failed_line_and_exit_1():
+    code, stdout, stderr = serve_fails("--port", "0", "--parent-pid", "999999999")
+    assert code == 1 and json.loads(stdout) == {"event": "failed", "error": "--parent-pid 999999999: no such process is running"}
+    assert "Error: --parent-pid 999999999: no such process is running" in stderr and "Traceback" not in stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, stdout, stderr = serve_fails("--port", str(port))
+    assert code == 1 and json.loads(stdout) == {"event": "failed", "error": f"cannot listen on 127.0.0.1:{port} (port in use?)"}
+    assert "Traceback" not in stderr

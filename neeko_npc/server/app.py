@@ -73,13 +73,16 @@ class Daemon:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
         address = f"{config.host}:{config.port}"
-        if config.tls_cert or config.tls_key:
-            if not (config.tls_cert and config.tls_key):
-                raise InputError("TLS needs both --tls-cert and --tls-key")
-            creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
-            self.port = self.server.add_secure_port(address, creds)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if config.tls_cert or config.tls_key:
+                if not (config.tls_cert and config.tls_key):
+                    raise InputError("TLS needs both --tls-cert and --tls-key")
+                creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+                self.port = self.server.add_secure_port(address, creds)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc 1.5x raises where older versions returned 0
+            self.port = 0
         if not self.port:
             raise OSError(f"cannot listen on {address} (port in use?)")
         self.address = f"{config.host}:{self.port}"
@@ -145,9 +148,9 @@ def run(config: ServerConfig, make_engine, echo=print, verbose: bool = False, pa
         if parent_pid is not None:
             launch.watch_parent(parent_pid, done.set)
         daemon = Daemon(config, make_engine).start()
-    except (OSError, InputError) as exc:
+    except (OSError, InputError) as exc:  # a taken port, a dead --parent-pid: one line for the launcher and the user
         launch.announce(launcher, launch.FAILED, error=str(exc))
-        raise
+        raise InputError(str(exc)) from None
     scheme = "grpcs" if config.tls_cert else "grpc"
     echo(f"neeko-npc {__version__} listening on {scheme}://{daemon.address} (loading the model...)")
     while not daemon.loaded.wait(0.05):

@@ -127,7 +127,7 @@ namespace Neeko.Npc
                             {
                                 if (_cts.IsCancellationRequested) return;
                                 throw new DialogueException("DEADLINE_EXCEEDED",
-                                    "no turn within " + idleTimeout.TotalSeconds + " s (DialogueClient.Timeout)", false);
+                                    "no turn within " + idleTimeout.TotalSeconds + " s (DialogueClient.FirstChunkTimeout)", false);
                             }
                         }
                         if (!Live) return;

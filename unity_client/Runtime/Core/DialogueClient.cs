@@ -23,8 +23,12 @@ namespace Neeko.Npc
         public SayPolicy DefaultPolicy = SayPolicy.Interrupt;
         /// <summary>Session id sent with every request unless the call gives one: the daemon's memory key.</summary>
         public string SessionId = "";
-        /// <summary>A line that streams nothing for this long fails with DEADLINE_EXCEEDED.</summary>
-        public TimeSpan Timeout = TimeSpan.FromSeconds(30);
+        /// <summary>Longest wait for a line's first chunk (the daemon may queue the request, then reads its prompt);
+        /// past it the line fails with DEADLINE_EXCEEDED. Also bounds Prepare and each turn of a Converse.</summary>
+        public TimeSpan FirstChunkTimeout = TimeSpan.FromSeconds(30);
+        /// <summary>Longest silence between two chunks of a line that has started: a line that stops streaming for
+        /// this long fails with DEADLINE_EXCEEDED. A line that keeps streaming is never cut, however long it takes.</summary>
+        public TimeSpan IdleTimeout = TimeSpan.FromSeconds(10);
 
         class NpcLine
         {
@@ -119,11 +123,11 @@ namespace Neeko.Npc
                 {
                     var work = preparer.PrepareAsync(request, timeout.Token);
                     // waited for here, not only through the token: a transport that ignores it must not hang the game
-                    if (await Task.WhenAny(work, Task.Delay(Timeout)).ConfigureAwait(false) != work)
+                    if (await Task.WhenAny(work, Task.Delay(FirstChunkTimeout)).ConfigureAwait(false) != work)
                     {
                         timeout.Cancel();
                         Observe(work);
-                        return new PrepareResult { NpcId = npcId, Skipped = "no answer within " + Timeout.TotalSeconds + " s (DialogueClient.Timeout)" };
+                        return new PrepareResult { NpcId = npcId, Skipped = "no answer within " + FirstChunkTimeout.TotalSeconds + " s (DialogueClient.FirstChunkTimeout)" };
                     }
                     var r = await work.ConfigureAwait(false);
                     return r ?? new PrepareResult { NpcId = npcId, Skipped = "the transport returned nothing" };
@@ -164,7 +168,7 @@ namespace Neeko.Npc
             if (transport == null)
                 handle.Fail(new DialogueException("UNIMPLEMENTED", _transport.GetType().Name + " cannot carry conversations (no IConversationTransport)", false));
             else
-                System.Threading.Tasks.Task.Run(() => handle.Run(transport, Timeout));
+                System.Threading.Tasks.Task.Run(() => handle.Run(transport, FirstChunkTimeout));
             return handle;
         }
 
@@ -234,24 +238,29 @@ namespace Neeko.Npc
         {
             for (int attempt = 1; ; attempt++)
             {
-                bool gotText = false;
+                bool gotText = false, gotChunk = false;
                 try
                 {
-                    using (var timeout = new CancellationTokenSource(Timeout))
-                    using (var linked = CancellationTokenSource.CreateLinkedTokenSource(handle.Cancellation, timeout.Token))
-                    using (var stream = _transport.Open(handle.Request, linked.Token))
+                    using (var stream = _transport.Open(handle.Request, handle.Cancellation))
                     {
                         while (true)
                         {
                             DialogueChunk chunk;
-                            try { chunk = await stream.NextAsync(linked.Token).ConfigureAwait(false); }
-                            catch (OperationCanceledException)
+                            var limit = gotChunk ? IdleTimeout : FirstChunkTimeout;
+                            using (var wait = CancellationTokenSource.CreateLinkedTokenSource(handle.Cancellation))
                             {
-                                if (handle.Cancellation.IsCancellationRequested) return;
-                                throw new DialogueException("DEADLINE_EXCEEDED",
-                                    "no reply within " + Timeout.TotalSeconds + " s (DialogueClient.Timeout)", false);
+                                wait.CancelAfter(limit);
+                                try { chunk = await stream.NextAsync(wait.Token).ConfigureAwait(false); }
+                                catch (OperationCanceledException)
+                                {
+                                    if (handle.Cancellation.IsCancellationRequested) return;
+                                    throw new DialogueException("DEADLINE_EXCEEDED", gotChunk
+                                        ? "the line stopped streaming: nothing for " + limit.TotalSeconds + " s (DialogueClient.IdleTimeout)"
+                                        : "no reply within " + limit.TotalSeconds + " s (DialogueClient.FirstChunkTimeout)", false);
+                                }
                             }
                             if (chunk == null) { handle.Finished(); return; }
+                            gotChunk = true;
                             gotText |= chunk.Text.Length > 0;
                             if (!handle.Receive(chunk) || chunk.Done) return;
                         }

@@ -40,7 +40,8 @@ namespace Neeko.Npc.Unity
             var client = new DialogueClient(runtime._transport, new MainThreadQueue(), new RetryPolicy { MaxAttempts = Math.Max(1, settings.maxAttempts) })
             {
                 DefaultPolicy = settings.sayPolicy,
-                Timeout = TimeSpan.FromSeconds(Math.Max(1f, settings.timeoutSeconds)),
+                FirstChunkTimeout = TimeSpan.FromSeconds(Math.Max(1f, settings.firstChunkTimeoutSeconds)),
+                IdleTimeout = TimeSpan.FromSeconds(Math.Max(1f, settings.idleTimeoutSeconds)),
                 SessionId = string.IsNullOrEmpty(settings.sessionId) ? Guid.NewGuid().ToString("N") : settings.sessionId,
             };
             client.MainThread.CallbackFailed += e => Debug.LogException(e);

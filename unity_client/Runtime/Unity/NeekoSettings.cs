@@ -1,4 +1,5 @@
 using UnityEngine;
+using UnityEngine.Serialization;
 
 namespace Neeko.Npc.Unity
 {
@@ -11,7 +12,10 @@ namespace Neeko.Npc.Unity
     {
         [Tooltip("host:port of neeko-npc serve")] public string address = "127.0.0.1:50051";
         [Tooltip("Bearer token, if the daemon runs with --token")] public string token = "";
-        [Tooltip("Seconds a line may take before it fails with DEADLINE_EXCEEDED")] public float timeoutSeconds = 30f;
+        [Tooltip("Seconds a line may wait for its first words before it fails with DEADLINE_EXCEEDED")]
+        [FormerlySerializedAs("timeoutSeconds")] public float firstChunkTimeoutSeconds = 30f;
+        [Tooltip("Seconds a streaming line may go silent before it fails with DEADLINE_EXCEEDED; a line that keeps streaming is never cut")]
+        public float idleTimeoutSeconds = 10f;
         [Tooltip("Connect with TLS (the daemon runs with --tls-cert/--tls-key)")] public bool useTls;
         [Tooltip("PEM root certificate for a self-signed daemon (TLS only)")] public TextAsset rootCertificate;
         [Tooltip("What a second Say to a speaking NPC does")] public SayPolicy sayPolicy = SayPolicy.Interrupt;

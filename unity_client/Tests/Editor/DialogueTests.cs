@@ -391,17 +391,48 @@ namespace Neeko.Npc.Tests
         }
 
         [Test]
-        public void TimeoutEndsInOnError()
+        public void NoFirstChunkInTimeEndsInOnError()
         {
             var t = new FakeTransport { Script = (n, r) => new List<Step> { new Step { Hang = true } } };
             var client = Client(t);
-            client.Timeout = TimeSpan.FromMilliseconds(100);
+            client.FirstChunkTimeout = TimeSpan.FromMilliseconds(100);
             DialogueException error = null;
             var h = client.Say("smith", "hello");
             h.OnError += e => error = e;
             PumpUntil(() => error != null);
             Assert.AreEqual("DEADLINE_EXCEEDED", error.Status);
+            StringAssert.Contains("FirstChunkTimeout", error.Message);
             Assert.AreEqual(1, t.Opens);
+        }
+
+        [Test]
+        public void ALineThatKeepsStreamingIsNeverCut()
+        {
+            // a chunk every 50 ms for 500 ms: longer than both timeouts, never silent for as long as either
+            var steps = Enumerable.Range(0, 10).Select(i => Step.Text("w" + i + " ", 50)).Concat(new[] { Step.Done() }).ToList();
+            var client = Client(new FakeTransport { Script = (n, r) => steps });
+            client.FirstChunkTimeout = TimeSpan.FromMilliseconds(200);
+            client.IdleTimeout = TimeSpan.FromMilliseconds(200);
+            var h = client.Say("smith", "hello");
+            PumpUntil(() => h.IsDone);
+            Assert.AreEqual(DialogueState.Done, h.State, h.Error != null ? h.Error.Message : "");
+            Assert.AreEqual("w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 ", h.Text);
+        }
+
+        [Test]
+        public void ALineThatStopsStreamingFailsAfterTheIdleTimeout()
+        {
+            var t = new FakeTransport { Script = (n, r) => new List<Step> { Step.Text("Hello "), Step.Text("there"), new Step { Hang = true } } };
+            var client = Client(t);
+            client.IdleTimeout = TimeSpan.FromMilliseconds(150);
+            DialogueException error = null;
+            var h = client.Say("smith", "hello");
+            h.OnError += e => error = e;
+            PumpUntil(() => error != null);
+            Assert.AreEqual("DEADLINE_EXCEEDED", error.Status);
+            StringAssert.Contains("IdleTimeout", error.Message);
+            Assert.AreEqual("Hello there", h.Text);
+            Assert.AreEqual(1, t.Opens);  // text had arrived: not retried
         }
 
         [Test]
@@ -655,10 +686,10 @@ namespace Neeko.Npc.Tests
 
             var silent = new FakePreparer { Script = (n, r) => null, Answer = r => Task.Delay(Timeout.Infinite).ContinueWith(_ => new PrepareResult()) };
             var c = Client(silent);
-            c.Timeout = TimeSpan.FromMilliseconds(100);
+            c.FirstChunkTimeout = TimeSpan.FromMilliseconds(100);
             var task = c.Prepare("smith");
-            Assert.IsTrue(task.Wait(5000), "a daemon that never answers must not hang Prepare past the client's Timeout");
-            StringAssert.Contains("Timeout", task.Result.Skipped);
+            Assert.IsTrue(task.Wait(5000), "a daemon that never answers must not hang Prepare past the client's FirstChunkTimeout");
+            StringAssert.Contains("FirstChunkTimeout", task.Result.Skipped);
         }
 
         [Test]

@@ -433,8 +433,8 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
               help="Host memory for kept conversation states (KV snapshots, 22.5 KiB a token on the default model), so "
                    "a line can start on any free context; roles' prompts are prefilled into it at start-up. 0 turns it off.")
 @click.option("--warm-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also restore the roles' warm prompt prefixes saved in this folder (a bundle ships its own). New ones "
-                   "are saved in the cache, so a second start is warm at once.")
+              help="A read-only folder of roles' ready adapters and prefilled prompt prefixes (a bundle ships its own: "
+                   "warm/). What is missing there is made and saved in the cache, so a second start is warm at once.")
 @click.option("--history-tokens", default=D.HISTORY_TOKENS, show_default=True, type=click.IntRange(0), help="Memory budget per (session, NPC).")
 @click.option("--max-tokens-limit", default=D.MAX_TOKENS_LIMIT, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
 @click.option("--max-player-line-chars", default=D.MAX_PLAYER_LINE_CHARS, show_default=True, type=click.IntRange(1),

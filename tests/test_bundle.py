@@ -133,9 +133,9 @@ def test_the_bundle_speaks_where_nothing_is_installed_as_serve_does(bundle, tmp_
 
 
 def test_two_bundles_on_one_machine_each_get_a_port_and_sigterm_stops_them(bundle, tmp_path):
-    """With their defaults: each restores the roles' prefixes the bundle ships (its HOME is empty), so even the
-    first line after start reads only its scene and line."""
-    assert len(list((bundle / "warm").glob("*.kv"))) == 6
+    """With their defaults: each loads the adapters and restores the roles' prefixes the bundle ships (its HOME is
+    empty, and stays so), so even the first line after start reads only its scene and line."""
+    assert len(list((bundle / "warm").glob("*.kv"))) == 6 and len(list((bundle / "warm").glob("*.gguf"))) == 5
     servers = [Server([str(bundle / executable_name()), "--port", "0", "--threads", "2"], env=empty_env(tmp_path))
                for _ in range(2)]
     try:
@@ -147,6 +147,7 @@ def test_two_bundles_on_one_machine_each_get_a_port_and_sigterm_stops_them(bundl
         finally:
             c.close()
         assert last.cached_prompt_tokens > 50 and last.prompt_tokens - last.cached_prompt_tokens < 60
+        assert not (tmp_path / "home" / ".cache" / "neeko-npc" / "adapters").exists()  # nothing made at start
         for s in servers:
             t0 = time.monotonic()
             s.proc.send_signal(signal.SIGTERM)

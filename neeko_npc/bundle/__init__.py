@@ -7,7 +7,8 @@ A bundle folder::
     _internal/               the runtime: Python, llama.cpp (every CPU variant it was built with), gRPC, numpy
     model/<base>.gguf        the base model
     roles/*.nrole            the roles it serves unless --roles says otherwise
-    warm/*.kv                each role's prompt prefix, prefilled at build time: every NPC's first line starts warm
+    warm/                    made at build time: each role's llama.cpp adapter (<sha256>.gguf) and prefilled prompt
+                             prefix (*.kv), so the first start is as quick as the next and every first line warm
     bundle.json              what is inside (MANIFEST): version, model and roles paths, sizes, the build's platform
 
 Only the serving side is frozen: never torch, transformers or the profile encoder (TRAINING).

@@ -56,7 +56,7 @@ class BundleReport:
                     f"llama.cpp: one CPU backend, for {' '.join(self.cpu_features) or 'an unknown instruction set'}: it runs on "
                     "CPUs that have these (NEEKO_NPC_CPU_VARIANTS=all bash scripts/setup.sh builds every variant)")
         return (f"bundle {self.out} ({self.platform}): {mb(self.total_bytes)} = runtime {mb(self.runtime_bytes)} + "
-                f"model {mb(self.model_bytes)} + roles {mb(self.roles_bytes)} ({len(self.roles)} role(s)) + warm prefixes "
+                f"model {mb(self.model_bytes)} + roles {mb(self.roles_bytes)} ({len(self.roles)} role(s)) + warm/ "
                 f"{mb(self.warm_bytes)}; built in "
                 f"{self.seconds:.0f} s\n{variants}\nstart it: {self.out / executable_name()} --port 0")
 
@@ -120,13 +120,18 @@ def check_roles(roles_dir: Path, base) -> list[str]:
 
 
 def warm_up(roles_dir: Path, model: Path, warm_dir: Path) -> None:
-    """Save every role's warm prefix (engine/snapshots.py, WarmFiles) into ``warm_dir``, computed here and now."""
+    """Prepare in ``warm_dir`` what a server would otherwise make at its first start: each block role as a llama.cpp
+    adapter (GGUF LoRA), and each role's prefilled prompt prefix (engine/snapshots.py, WarmFiles)."""
     from ..engine.base import EngineConfig
     from ..engine.llama_engine import LlamaEngine
 
     engine = LlamaEngine(roles_dir, str(model), EngineConfig(pool_size=1, warm_save_dir=warm_dir))
     try:
         engine.warmed.wait()
+        snap = engine.roles()
+        for rid in snap.adapters:
+            adapter = engine.adapters.path(snap.roles[rid].asset)
+            shutil.copy2(adapter, warm_dir / adapter.name)
     finally:
         engine.close()
     if not warm_dir.is_dir():
@@ -209,7 +214,7 @@ def build_bundle(out: Path, roles_dir: Path, base_model: str | None = None, log:
     (out / MODEL_DIR).mkdir()
     shutil.copy2(ref.path, out / MODEL_DIR / ref.path.name)
     shutil.copytree(roles_dir, out / ROLES_DIR, ignore=lambda d, names: [n for n in names if not n.endswith(".nrole")])
-    log("prefilling every role's prompt prefix, saved in warm/ so that each NPC's first line starts warm...")
+    log("preparing each role's adapter and prompt prefix in warm/, so the server's first start is as quick as its next...")
     warm_up(out / ROLES_DIR, out / MODEL_DIR / ref.path.name, out / WARM_DIR)
     report = BundleReport(out=out, runtime_bytes=folder_bytes(out / executable_name()) + folder_bytes(out / RUNTIME_DIR),
                           model_bytes=folder_bytes(out / MODEL_DIR), roles_bytes=folder_bytes(out / ROLES_DIR),

@@ -164,7 +164,7 @@ class EngineConfig:
     history_tokens: int = defaults.HISTORY_TOKENS  # memory budget per (session, NPC)
     max_batch: int = defaults.MAX_BATCH  # torch engine: NPC lines decoded together
     snapshot_bytes: int = defaults.SNAPSHOT_MIB * 1024 * 1024  # llama.cpp: kept conversation states; 0 turns them off
-    warm_dirs: tuple = ()  # llama.cpp: folders of saved warm prefixes to read (a bundle's), beside the cache's
+    warm_dirs: tuple = ()  # llama.cpp: read-only folders of ready adapters and warm prefixes (a bundle's), beside the cache
     warm_save_dir: Path | None = None  # where new warm prefixes are saved; None: the cache (defaults.warm_dir())
     limits: Limits = field(default_factory=Limits)
 

@@ -60,20 +60,22 @@ class LlamaAdapters:
     """llama.cpp backend: each block exported to a cached GGUF LoRA and loaded with llama_adapter_lora_init."""
 
     def __init__(self, model: LlamaModel, base: BaseInfo, cache_dir: Path | None = None, before_free=None,
-                 store: SnapshotStore | None = None):
+                 store: SnapshotStore | None = None, shipped: tuple = ()):
         self.model, self.base = model, base
         self.cache_dir = cache_dir or default_cache_dir()
+        self.shipped = tuple(Path(d) for d in shipped)  # read-only folders of ready adapters (a bundle's warm/)
         self.before_free = before_free  # detaches the adapter from idle contexts (ContextPool.drop_adapter)
         self.store = store  # KV snapshots: dropped when their adapter retires
 
     def path(self, asset: RoleAsset) -> Path:
-        """The cached GGUF LoRA of a block role (named by its content hash)."""
-        return self.cache_dir / f"{asset.sha256}.gguf"
+        """The GGUF LoRA of a block role (named by its content hash): a shipped one, or the cache's."""
+        name = f"{asset.sha256}.gguf"
+        return next((d / name for d in self.shipped if (d / name).is_file()), self.cache_dir / name)
 
     def load(self, asset: RoleAsset):
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         path = self.path(asset)
         if not path.is_file():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
             write_gguf_lora(fold(asset), self.base, path, name=asset.id)
         handle = self.model.load_adapter(path)
         if self.store is not None:
@@ -402,7 +404,8 @@ class LlamaEngine(Engine):
         self.store = SnapshotStore(self.config.snapshot_bytes) if self.config.snapshot_bytes > 0 else None
         self.pool = ContextPool(self.model, self.config.pool_size, self.config.n_ctx, self.config.n_threads,
                                 self.config.max_queue, self.store)
-        self.adapters = LlamaAdapters(self.model, self.base, before_free=self.pool.drop_adapter, store=self.store)
+        self.adapters = LlamaAdapters(self.model, self.base, before_free=self.pool.drop_adapter, store=self.store,
+                                      shipped=self.config.warm_dirs)
         self._warm_lock = threading.Lock()
         self._warm_again = False
         self._warm_thread: threading.Thread | None = None

@@ -48,12 +48,14 @@ def read_ready(proc: subprocess.Popen, timeout: float) -> dict:
 
 
 def one_start(cmd: list[str], cache: Path, rep: int, max_tokens: int) -> dict:
-    """Start ``cmd`` with ``cache`` as its cache, wait for the ready line, say an opening line and a follow-up."""
+    """Start ``cmd`` with ``cache`` as its cache, wait for the ready line, say an opening line and a follow-up, let
+    the warm-up finish, stop it."""
     from .. import defaults
     from ..server.client import Client
 
+    log = tempfile.TemporaryFile()
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=log,
                             env={**os.environ, defaults.CACHE_ENV: str(cache)})
     try:
         ready = read_ready(proc, READY_TIMEOUT_S)
@@ -67,6 +69,7 @@ def one_start(cmd: list[str], cache: Path, rep: int, max_tokens: int) -> dict:
             follow = target.say(npc, FOLLOW_UP[rep % len(FOLLOW_UP)], session, max_tokens)
         finally:
             client.close()
+        wait_for_warm_up(log, proc, READY_TIMEOUT_S)  # as a session of play would: the next start finds it all saved
         t1 = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -78,6 +81,17 @@ def one_start(cmd: list[str], cache: Path, rep: int, max_tokens: int) -> dict:
             proc.kill()
             proc.wait()
         proc.stdout.close()
+        log.close()
+
+
+def wait_for_warm_up(log, proc: subprocess.Popen, timeout: float) -> None:
+    """Until the server has logged its warm-up summary (``warm: ...``), it exits, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        log.seek(0)
+        if b"\nwarm: " in b"\n" + log.read():
+            return
+        time.sleep(0.1)
 
 
 def startup(commands: dict[str, list[str]], reps: int, max_tokens: int = 16, progress=None) -> dict:

@@ -3,9 +3,10 @@ roles beside it, so a game can ship the folder and start ``neeko-npc-server`` on
 installed.
 
 PyInstaller builds for the system it runs on: a Linux build runs on Linux x86-64, a Windows build must be made
-on Windows, a macOS build on macOS. The llama.cpp inside is whatever llama-cpp-python is installed here; a build
-with every CPU variant (GGML_BACKEND_DL, GGML_CPU_ALL_VARIANTS: what scripts/setup.sh builds) runs on any
-x86-64 CPU and picks the best variant at start, and ``cpu_variants`` says which variants a build has.
+on Windows, a macOS build on macOS. The llama.cpp inside is whatever llama-cpp-python is installed here.
+scripts/setup.sh builds one CPU backend for AVX2 (``cpu_features`` names its instruction sets); with
+NEEKO_NPC_CPU_VARIANTS=all it builds every CPU variant llama.cpp offers (GGML_CPU_ALL_VARIANTS), the best of
+which is picked at start, and ``cpu_variants`` lists them.
 """
 
 from __future__ import annotations
@@ -153,7 +154,6 @@ def prepare_out(out: Path) -> None:
 
 PROBE = """
 import importlib, importlib.metadata as md, json, sys
-before = set(sys.modules)
 for name in sys.argv[1:]:
     importlib.import_module(name)
 loaded = {m.split(".")[0] for m in sys.modules}
@@ -195,14 +195,22 @@ def build_bundle(out: Path, roles_dir: Path, base_model: str | None = None, log:
     if ref.kind != "gguf":
         raise InputError(f"{ref.path}: a bundle serves a GGUF base model on llama.cpp; convert the folder to .gguf first")
     roles = check_roles(Path(roles_dir), base_info(ref))
-    variants = cpu_variants()
     out = Path(out).resolve()
     prepare_out(out)
+    try:
+        return _build_into(out, ref, Path(roles_dir), roles, log, t0)
+    except BaseException:  # a half-built folder would be refused next time (no manifest): nothing is left
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _build_into(out: Path, ref, roles_dir: Path, roles: list[str], log, t0: float) -> BundleReport:
+    variants = cpu_variants()
     with tempfile.TemporaryDirectory(prefix="neeko-bundle-") as tmp:
         work = Path(tmp)
         entry = work / "neeko_npc_server.py"
         entry.write_text(ENTRY)
-        log(f"freezing the server with PyInstaller (one folder, serving side only; about a minute)...")
+        log("freezing the server with PyInstaller (one folder, serving side only; about a minute)...")
         proc = subprocess.run(pyinstaller_command(entry, work, unused_packages()), capture_output=True, text=True,
                               env={**os.environ, "PYTHONNOUSERSITE": "1"})
         if proc.returncode != 0:

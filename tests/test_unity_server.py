@@ -23,8 +23,9 @@ pytestmark = pytest.mark.slow  # the real model
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = ROOT / "assets" / "roles"
-SERVE = [sys.executable, "-m", "neeko_npc.cli", "serve", "--roles", str(ROLES), "--threads", "2", "--snapshot-mib", "0",
-         "--watch-interval", "0"]
+def serve(roles=ROLES):
+    return [sys.executable, "-m", "neeko_npc.cli", "serve", "--roles", str(roles), "--threads", "2", "--snapshot-mib", "0",
+            "--watch-interval", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +74,10 @@ def healthy(port, token):
     return status == health_pb2.HealthCheckResponse.SERVING and "blacksmith" in roles
 
 
-def test_it_starts_the_server_restarts_it_after_a_crash_and_leaves_nothing_behind(driver):
-    d = Driver(driver, 3, *SERVE)
+def test_it_starts_the_server_restarts_it_after_a_crash_and_leaves_nothing_behind(driver, tmp_path):
+    spaced = tmp_path / "My Game" / "npc roles"  # a path with spaces reaches the server as one argument
+    shutil.copytree(ROLES, spaced, ignore=shutil.ignore_patterns("src"))
+    d = Driver(driver, 3, *serve(spaced))
     try:
         _, port, pid, token, restarts = d.ask("wait", {"ready", "not-ready"})
         assert restarts == "0" and process_alive(int(pid)) and healthy(int(port), token)
@@ -97,7 +100,7 @@ def test_it_starts_the_server_restarts_it_after_a_crash_and_leaves_nothing_behin
 
 
 def test_a_server_that_cannot_start_ends_failed_with_its_own_reason(driver, tmp_path):
-    d = Driver(driver, 1, *SERVE, "--base-model", str(tmp_path / "missing.gguf"))
+    d = Driver(driver, 1, *serve(), "--base-model", str(tmp_path / "missing.gguf"))
     try:
         answer = d.ask("wait", {"ready", "not-ready"})
         assert answer[:2] == ["not-ready", "Failed"] and "missing.gguf" in " ".join(answer)

@@ -86,6 +86,29 @@ namespace Neeko.Npc
             return handle;
         }
 
+        /// <summary>Say, cancelled when <paramref name="cancellation"/> is (a scene unloading, the player walking
+        /// away): the line ends as Cancel() ends it, with the text so far.</summary>
+        public DialogueHandle Say(string npcId, string playerLine, CancellationToken cancellation, SceneData scene = null,
+                                  GenerationSettings options = null, string sessionId = null, SayPolicy? policy = null,
+                                  ProceduralNpc procedural = null, BeatRequestData beats = null)
+        {
+            return CancelWith(Say(npcId, playerLine, scene, options, sessionId, policy, procedural, beats), cancellation, h => h.Cancel());
+        }
+
+        /// <summary>Converse, cancelled when <paramref name="cancellation"/> is.</summary>
+        public ConversationHandle Converse(IList<string> npcIds, CancellationToken cancellation, SceneData scene = null,
+                                           string topic = "", string openingLine = "", int turns = 0,
+                                           TurnOrder order = TurnOrder.RoundRobin, GenerationSettings options = null)
+        {
+            return CancelWith(Converse(npcIds, scene, topic, openingLine, turns, order, options), cancellation, h => h.Cancel());
+        }
+
+        static T CancelWith<T>(T handle, CancellationToken cancellation, Action<T> cancel)
+        {
+            if (cancellation.CanBeCanceled) cancellation.Register(() => cancel(handle));  // at once if already cancelled
+            return handle;
+        }
+
         /// <summary>An NPC speaks first: a line with no player line (a greeting, a shout across the square).</summary>
         public DialogueHandle Bark(string npcId, SceneData scene = null, GenerationSettings options = null, SayPolicy? policy = null,
                                    ProceduralNpc procedural = null)
@@ -312,6 +335,22 @@ namespace Neeko.Npc
                                          BeatRequestData beats = null)
         {
             return Need().Say(npcId, playerLine, scene, options, null, policy, procedural, beats);
+        }
+
+        /// <summary>A line that ends (as Cancel() ends it) when <paramref name="cancellation"/> is cancelled.</summary>
+        public static DialogueHandle Say(string npcId, string playerLine, CancellationToken cancellation, SceneData scene = null,
+                                         GenerationSettings options = null, SayPolicy? policy = null, ProceduralNpc procedural = null,
+                                         BeatRequestData beats = null)
+        {
+            return Need().Say(npcId, playerLine, cancellation, scene, options, null, policy, procedural, beats);
+        }
+
+        /// <summary>A conversation that ends when <paramref name="cancellation"/> is cancelled.</summary>
+        public static ConversationHandle Converse(IList<string> npcIds, CancellationToken cancellation, SceneData scene = null,
+                                                  string topic = "", string openingLine = "", int turns = 0,
+                                                  TurnOrder order = TurnOrder.RoundRobin, GenerationSettings options = null)
+        {
+            return Need().Converse(npcIds, cancellation, scene, topic, openingLine, turns, order, options);
         }
 
         /// <summary>NPCs talking to each other while the player watches (DialogueClient.Converse).</summary>

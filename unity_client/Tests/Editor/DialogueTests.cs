@@ -436,6 +436,30 @@ namespace Neeko.Npc.Tests
         }
 
         [Test]
+        public void ATokenCancelsTheLineItWasGivenWith()
+        {
+            var client = Client(Slow(1000, 5));
+            using (var leaving = new CancellationTokenSource())
+            {
+                var h = client.Say("smith", "a", leaving.Token);
+                PumpUntil(() => h.Text.Length > 0);
+                leaving.Cancel();
+                Assert.IsTrue(h.Task.Wait(1000));
+                Assert.AreEqual(DialogueState.Cancelled, h.State);
+                Assert.AreEqual(FinishReason.Cancelled, h.Task.Result.FinishReason);
+                StringAssert.StartsWith("a0 ", h.Task.Result.Text);
+            }
+            var already = new CancellationTokenSource();
+            already.Cancel();
+            var late = client.Say("bard", "b", already.Token);
+            Assert.IsTrue(late.Task.Wait(1000));
+            Assert.AreEqual(DialogueState.Cancelled, late.State);
+            var other = Client(Slow(3, 1)).Say("smith", "c", CancellationToken.None);  // a token that never cancels changes nothing
+            PumpUntil(() => other.IsDone);
+            Assert.AreEqual(DialogueState.Done, other.State);
+        }
+
+        [Test]
         public void CancelNpcStopsEverythingForThatNpc()
         {
             var client = Client(Slow(1000, 5));
@@ -793,6 +817,22 @@ namespace Neeko.Npc.Tests
             h.Interject("And then?");
             Assert.IsTrue(h.Task.Wait(5000));
             lock (f.Heard) CollectionAssert.AreEqual(new[] { "Wait!", "And then?" }, f.Heard);
+        }
+
+        [Test]
+        public void ATokenCancelsTheConversationItWasGivenWith()
+        {
+            var f = FakeConversation.Alternating("smith", "bard", 50);
+            f.DelayMs = 10;
+            using (var sceneUnloads = new CancellationTokenSource())
+            {
+                var h = Client(f).Converse(new[] { "smith", "bard" }, sceneUnloads.Token);
+                PumpUntil(() => h.Turns.Count >= 1);
+                sceneUnloads.Cancel();
+                Assert.IsTrue(h.Task.Wait(1000));
+                Assert.AreEqual(DialogueState.Cancelled, h.State);
+                Assert.Less(h.Task.Result.Count, 50);
+            }
         }
 
         [Test]

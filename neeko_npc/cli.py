@@ -416,7 +416,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
               help=f"Require 'authorization: Bearer TOKEN'. Better from the environment ({D.TOKEN_ENV}) or --token-file: "
                    "a command line is visible to every process on the machine.")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Read the token from this file's first line (what a game's launcher does: see the README's studio guide).")
+              help="Read the token from this file's first line (one way a game's launcher passes it: docs/shipping.md).")
 @click.option("--parent-pid", type=click.IntRange(1), default=None,
               help="Exit once this process is gone (the game's own pid), so a crashed game leaves no server behind.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM certificate for TLS.")

@@ -47,6 +47,16 @@ namespace Neeko.Npc
 
         public MainThreadQueue MainThread { get { return _main; } }
 
+        /// <summary>A line failed and its handle has no OnError subscriber: raised once for that line, on the main
+        /// thread, so a failure the game does not handle is still seen (NeekoRuntime logs it as a warning).</summary>
+        public event Action<DialogueHandle, DialogueException> UnhandledLineError;
+
+        void RaiseUnhandled(DialogueHandle handle, DialogueException error)
+        {
+            var e = UnhandledLineError;
+            if (e != null) e(handle, error);
+        }
+
         /// <param name="procedural">Null for a role the daemon hosts; set for an NPC with no role file.</param>
         public DialogueHandle Say(string npcId, string playerLine, SceneData scene = null, GenerationSettings options = null,
                                   string sessionId = null, SayPolicy? policy = null, ProceduralNpc procedural = null,
@@ -60,7 +70,7 @@ namespace Neeko.Npc
                 Options = options ?? new GenerationSettings(), SessionId = sessionId ?? SessionId ?? "",
                 Procedural = procedural, Beats = beats != null && beats.Asks ? beats : null,
             };
-            var handle = new DialogueHandle(request, _main);
+            var handle = new DialogueHandle(request, _main, RaiseUnhandled);
             bool start;
             DialogueHandle interrupted = null;
             lock (_lock)

@@ -41,11 +41,14 @@ namespace Neeko.Npc
         /// <summary>The request failed (daemon down, unknown NPC, ...), on the main thread. Never thrown.</summary>
         public event Action<DialogueException> OnError;
 
-        internal DialogueHandle(SayRequestData request, MainThreadQueue main)
+        readonly Action<DialogueHandle, DialogueException> _unhandled;
+
+        internal DialogueHandle(SayRequestData request, MainThreadQueue main, Action<DialogueHandle, DialogueException> unhandled = null)
         {
             Request = request;
             NpcId = request.NpcId;
             _main = main;
+            _unhandled = unhandled;
         }
 
         public DialogueState State { get { lock (_lock) return _state; } }
@@ -163,6 +166,7 @@ namespace Neeko.Npc
                 IsDone = true;
                 var e = OnError;
                 if (e != null) e(error);
+                else if (_unhandled != null) _unhandled(this, error);  // nobody listens: said once, not lost
             });
             _tcs.TrySetException(error);
             // An unobserved faulted Task must not surface later as an UnobservedTaskException.

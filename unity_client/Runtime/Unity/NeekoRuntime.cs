@@ -45,6 +45,8 @@ namespace Neeko.Npc.Unity
                 SessionId = string.IsNullOrEmpty(settings.sessionId) ? Guid.NewGuid().ToString("N") : settings.sessionId,
             };
             client.MainThread.CallbackFailed += e => Debug.LogException(e);
+            client.UnhandledLineError += (line, e) =>
+                Debug.LogWarning("[neeko-npc] " + line.NpcId + ": " + e.Status + ": " + e.Message + " (subscribe to OnError to handle it)");
             runtime._client = client;
             Dialogue.Client = client;
             return runtime;

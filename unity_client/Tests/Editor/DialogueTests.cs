@@ -436,6 +436,26 @@ namespace Neeko.Npc.Tests
         }
 
         [Test]
+        public void AFailureNobodyHandlesIsReportedOnceOnTheMainThread()
+        {
+            var client = Client(new FakeTransport { Script = (n, r) => new List<Step> { Step.Fail("NOT_FOUND", false) } });
+            var reported = new List<string>();
+            int thread = -1;
+            client.UnhandledLineError += (line, e) => { reported.Add(line.NpcId + " " + e.Status); thread = Thread.CurrentThread.ManagedThreadId; };
+            var unheard = client.Say("nobody", "hello");
+            PumpUntil(() => unheard.IsDone);
+            var heard = client.Say("smith", "hello");
+            DialogueException seen = null;
+            heard.OnError += e => seen = e;
+            PumpUntil(() => heard.IsDone);
+            Thread.Sleep(20);
+            _main.Pump();
+            CollectionAssert.AreEqual(new[] { "nobody NOT_FOUND" }, reported);  // the handled one is not reported
+            Assert.AreEqual(_mainThread, thread);
+            Assert.AreEqual("NOT_FOUND", seen.Status);
+        }
+
+        [Test]
         public void ATokenCancelsTheLineItWasGivenWith()
         {
             var client = Client(Slow(1000, 5));

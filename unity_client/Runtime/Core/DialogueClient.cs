@@ -43,6 +43,54 @@ namespace Neeko.Npc
             _transport = transport;
             _main = main;
             _retry = retry ?? new RetryPolicy();
+            _ready = !(transport is IReadinessProbe);  // a transport that cannot tell is taken at its word
+        }
+
+        volatile bool _ready;
+
+        /// <summary>Whether the daemon served at the last look: WaitUntilReady, or the last line (a chunk arrived, or
+        /// it failed UNAVAILABLE). A transport without IReadinessProbe counts as ready.</summary>
+        public bool IsReady { get { return _ready; } }
+
+        /// <summary>Raised on the main thread when IsReady changes (the daemon came up, or went away).</summary>
+        public event Action<bool> OnConnectionChanged;
+
+        /// <summary>How often WaitUntilReady asks the daemon.</summary>
+        public TimeSpan ReadyPollInterval = TimeSpan.FromMilliseconds(250);
+
+        /// <summary>Ask the daemon until it serves (true) or <paramref name="timeout"/> passes (false). A line asked
+        /// for before the daemon is ready waits like this, up to FirstChunkTimeout, instead of failing. An answer
+        /// that waiting cannot change (a wrong token) is thrown as DialogueException.</summary>
+        public async Task<bool> WaitUntilReady(TimeSpan timeout, CancellationToken cancellation = default(CancellationToken))
+        {
+            var probe = _transport as IReadinessProbe;
+            if (probe == null) return true;
+            var deadline = DateTime.UtcNow + timeout;
+            while (true)
+            {
+                bool serving;
+                try { serving = await probe.IsServingAsync(cancellation).ConfigureAwait(false); }
+                catch (OperationCanceledException) { return false; }
+                catch (DialogueException e) when (!e.Transient) { throw; }  // a wrong token is no reason to wait
+                catch (Exception) { serving = false; }
+                SetReady(serving);
+                if (serving) return true;
+                var left = deadline - DateTime.UtcNow;
+                if (left <= TimeSpan.Zero || cancellation.IsCancellationRequested) return false;
+                try { await Task.Delay(left < ReadyPollInterval ? left : ReadyPollInterval, cancellation).ConfigureAwait(false); }
+                catch (OperationCanceledException) { return false; }
+            }
+        }
+
+        void SetReady(bool ready)
+        {
+            if (_ready == ready) return;
+            _ready = ready;
+            _main.Post(() =>
+            {
+                var e = OnConnectionChanged;
+                if (e != null) e(ready);
+            });
         }
 
         public MainThreadQueue MainThread { get { return _main; } }
@@ -274,6 +322,12 @@ namespace Neeko.Npc
                 bool gotText = false, gotChunk = false;
                 try
                 {
+                    if (!_ready && !await WaitUntilReady(FirstChunkTimeout, handle.Cancellation).ConfigureAwait(false))
+                    {
+                        if (handle.Cancellation.IsCancellationRequested) return;
+                        throw new DialogueException("UNAVAILABLE", "the daemon was not ready within " + FirstChunkTimeout.TotalSeconds +
+                                                    " s (DialogueClient.FirstChunkTimeout): is it running, and has its model loaded?", false);
+                    }
                     using (var stream = _transport.Open(handle.Request, handle.Cancellation))
                     {
                         while (true)
@@ -294,6 +348,7 @@ namespace Neeko.Npc
                             }
                             if (chunk == null) { handle.Finished(); return; }
                             gotChunk = true;
+                            SetReady(true);
                             gotText |= chunk.Text.Length > 0;
                             if (!handle.Receive(chunk) || chunk.Done) return;
                         }
@@ -303,6 +358,7 @@ namespace Neeko.Npc
                 {
                     if (handle.Cancellation.IsCancellationRequested) return;
                     var error = e as DialogueException ?? new DialogueException("UNKNOWN", e.Message, false, e);
+                    if (error.Status == "UNAVAILABLE" && error.Transient && _transport is IReadinessProbe) SetReady(false);
                     var delay = gotText ? null : _retry.NextDelay(attempt, error);
                     if (delay == null)
                     {
@@ -346,6 +402,12 @@ namespace Neeko.Npc
         {
             return Need().Say(npcId, playerLine, scene, options, null, policy, procedural, beats);
         }
+
+        /// <summary>Whether the daemon served at the last look (DialogueClient.IsReady); false without a client.</summary>
+        public static bool IsReady { get { return Client != null && Client.IsReady; } }
+
+        /// <summary>Wait until the daemon serves, or the timeout passes (DialogueClient.WaitUntilReady).</summary>
+        public static Task<bool> WaitUntilReady(TimeSpan timeout) { return Need().WaitUntilReady(timeout); }
 
         /// <summary>A line that ends (as Cancel() ends it) when <paramref name="cancellation"/> is cancelled.</summary>
         public static DialogueHandle Say(string npcId, string playerLine, CancellationToken cancellation, SceneData scene = null,

@@ -245,6 +245,14 @@ namespace Neeko.Npc
         System.Threading.Tasks.Task<PrepareResult> PrepareAsync(SayRequestData request, System.Threading.CancellationToken cancellation);
     }
 
+    /// <summary>A transport that can tell whether the daemon serves lines yet (GrpcDialogueTransport asks ListRoles,
+    /// which answers UNAVAILABLE while the model loads).</summary>
+    public interface IReadinessProbe
+    {
+        /// <summary>True once the daemon serves; false while it loads or cannot be reached (never thrown for those).</summary>
+        System.Threading.Tasks.Task<bool> IsServingAsync(System.Threading.CancellationToken cancellation);
+    }
+
     /// <summary>How requests reach the daemon: gRPC in a game, a fake or a recording in tests.</summary>
     public interface IDialogueTransport
     {

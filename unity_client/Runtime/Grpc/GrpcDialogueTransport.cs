@@ -14,7 +14,8 @@ using Neeko.Npc.V1;
 
 namespace Neeko.Npc.Grpc
 {
-    public sealed class GrpcDialogueTransport : IDialogueTransport, ISessionStore, IPromptPreparer, IConversationTransport, IDisposable
+    public sealed class GrpcDialogueTransport : IDialogueTransport, ISessionStore, IPromptPreparer, IConversationTransport,
+                                                IReadinessProbe, IDisposable
     {
         const string Service = "neeko_npc.v1.Dialogue";
 
@@ -33,6 +34,9 @@ namespace Neeko.Npc.Grpc
             MethodType.Unary, Service, "GetSession", Proto(GetSessionRequest.Parser), Proto(SessionMemory.Parser));
         static readonly Method<SessionMemory, RestoreSessionResponse> RestoreSessionMethod = new Method<SessionMemory, RestoreSessionResponse>(
             MethodType.Unary, Service, "RestoreSession", Proto(SessionMemory.Parser), Proto(RestoreSessionResponse.Parser));
+
+        static readonly Method<ListRolesRequest, ListRolesResponse> ListRolesMethod = new Method<ListRolesRequest, ListRolesResponse>(
+            MethodType.Unary, Service, "ListRoles", Proto(ListRolesRequest.Parser), Proto(ListRolesResponse.Parser));
 
         // Converse is bidirectional (the player's interjections go up while turns come down): HTTP/2 only, no gRPC-Web.
         static readonly Method<Neeko.Npc.V1.ConverseRequest, Neeko.Npc.V1.ConverseChunk> ConverseMethod =
@@ -139,6 +143,23 @@ namespace Neeko.Npc.Grpc
             }
 
             public void Dispose() { _call.Dispose(); }
+        }
+
+        /// <summary>The daemon serves once ListRoles answers: it is UNAVAILABLE while the model loads, and a daemon that
+        /// is not running cannot be reached. Any other answer (a wrong token, say) is the caller's to see: thrown.</summary>
+        public async Task<bool> IsServingAsync(CancellationToken cancellation)
+        {
+            try
+            {
+                await _invoker.AsyncUnaryCall(ListRolesMethod, null, new CallOptions(headers: _headers, cancellationToken: cancellation),
+                    new ListRolesRequest()).ResponseAsync.ConfigureAwait(false);
+                return true;
+            }
+            catch (RpcException e)
+            {
+                if (e.StatusCode == StatusCode.Unavailable) return false;
+                throw Map(e);
+            }
         }
 
         public async Task<PrepareResult> PrepareAsync(SayRequestData request, CancellationToken cancellation)

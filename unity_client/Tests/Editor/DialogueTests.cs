@@ -63,6 +63,19 @@ namespace Neeko.Npc.Tests
     }
 
     /// <summary>A daemon's session memory, kept in a dictionary: what GetSession/RestoreSession do, minus gRPC.</summary>
+    /// <summary>A daemon that serves from its ReadyAfter-th health probe on (0: never).</summary>
+    class FakeStartingDaemon : FakeTransport, IReadinessProbe
+    {
+        public int ReadyAfter;
+        public int Probes;
+
+        public Task<bool> IsServingAsync(CancellationToken ct)
+        {
+            var n = Interlocked.Increment(ref Probes);
+            return Task.FromResult(ReadyAfter > 0 && n >= ReadyAfter);
+        }
+    }
+
     class FakeSessionTransport : FakeTransport, ISessionStore
     {
         public readonly Dictionary<string, SavedSession> Sessions = new Dictionary<string, SavedSession>();
@@ -433,6 +446,64 @@ namespace Neeko.Npc.Tests
             StringAssert.Contains("IdleTimeout", error.Message);
             Assert.AreEqual("Hello there", h.Text);
             Assert.AreEqual(1, t.Opens);  // text had arrived: not retried
+        }
+
+        [Test]
+        public void ALineAskedForBeforeTheDaemonIsReadyWaitsForIt()
+        {
+            var daemon = new FakeStartingDaemon { ReadyAfter = 3, Script = (n, r) => new List<Step> { Step.Text("Hello."), Step.Done() } };
+            var client = Client(daemon);
+            client.ReadyPollInterval = TimeSpan.FromMilliseconds(20);
+            var changes = new List<bool>();
+            client.OnConnectionChanged += ready => changes.Add(ready);
+            Assert.IsFalse(client.IsReady);
+            var h = client.Bark("smith");  // at start-up, before the model has loaded
+            PumpUntil(() => h.IsDone);
+            Assert.AreEqual(DialogueState.Done, h.State, h.Error != null ? h.Error.Message : "");
+            Assert.AreEqual(3, daemon.Probes);
+            Assert.AreEqual(1, daemon.Opens);  // opened once the daemon served, never before
+            Assert.IsTrue(client.IsReady);
+            CollectionAssert.AreEqual(new[] { true }, changes);
+        }
+
+        [Test]
+        public void ADaemonThatNeverComesUpFailsTheLineOnceItsWaitIsOver()
+        {
+            var daemon = new FakeStartingDaemon { ReadyAfter = 0, Script = (n, r) => new List<Step> { Step.Done() } };
+            var client = Client(daemon);
+            client.ReadyPollInterval = TimeSpan.FromMilliseconds(20);
+            client.FirstChunkTimeout = TimeSpan.FromMilliseconds(200);
+            DialogueException error = null;
+            var h = client.Say("smith", "hello");
+            h.OnError += e => error = e;
+            PumpUntil(() => error != null);
+            Assert.AreEqual("UNAVAILABLE", error.Status);
+            StringAssert.Contains("not ready", error.Message);
+            Assert.AreEqual(0, daemon.Opens);
+            Assert.IsFalse(client.WaitUntilReady(TimeSpan.FromMilliseconds(50)).Result);
+            daemon.ReadyAfter = 1;
+            Assert.IsTrue(client.WaitUntilReady(TimeSpan.FromSeconds(2)).Result);
+            Assert.IsTrue(Client(new FakeTransport()).WaitUntilReady(TimeSpan.Zero).Result);  // no probe: taken at its word
+        }
+
+        class WrongTokenDaemon : FakeTransport, IReadinessProbe
+        {
+            public Task<bool> IsServingAsync(CancellationToken ct)
+            {
+                throw new DialogueException("UNAUTHENTICATED", "missing or wrong token", false);
+            }
+        }
+
+        [Test]
+        public void AWrongTokenFailsTheLineAtOnceInsteadOfWaiting()
+        {
+            var client = Client(new WrongTokenDaemon { Script = (n, r) => new List<Step> { Step.Done() } });
+            client.FirstChunkTimeout = TimeSpan.FromSeconds(30);
+            DialogueException error = null;
+            var h = client.Say("smith", "hello");
+            h.OnError += e => error = e;
+            PumpUntil(() => error != null, 3000);
+            Assert.AreEqual("UNAUTHENTICATED", error.Status);
         }
 
         [Test]

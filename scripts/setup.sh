@@ -23,23 +23,18 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
   pip_install torch==2.13.0
 fi
 
-# 2. llama.cpp, compiled by pip (about 3 minutes on 2 cores), as one build that runs on every x86-64 CPU with
+# 2. llama.cpp, compiled by pip (3 to 14 minutes on 2 cores), as one build that runs on every x86-64 CPU with
 #    AVX2 and gives the same numbers on all of them: no native flags (a native build dies with "Illegal
 #    instruction" on another CPU, and one with AMX crashed), AVX2/FMA/F16C/BMI2 on, AVX-512 off. The CPU backend is
 #    its own library (GGML_BACKEND_DL), loaded at run time by neeko_npc.engine.llamacpp.load_cpu_backend: that is
-#    how a shipped bundle carries llama.cpp. NEEKO_NPC_CPU_VARIANTS=all builds every CPU variant llama.cpp offers
-#    instead (GGML_CPU_ALL_VARIANTS: SSE4.2 to AVX-512 and AMX, the best picked at start), for the bundles a
-#    studio ships: 14 builds of the CPU backend, so far longer. GGML_OPENMP=OFF: with OpenMP, decodes from the
-#    daemon's several worker threads ran 3-4x slower. LLAVA_BUILD=OFF skips the multimodal library we never use.
-#    --no-cache-dir keeps pip from reusing a wheel built with other flags. A build that is missing, crashes on
-#    this CPU, uses OpenMP or is not the one asked for is rebuilt.
-if [ "${NEEKO_NPC_CPU_VARIANTS:-}" = all ]; then
-  LLAMA_FLAGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON"
-  WANT_LIB="*ggml-cpu-haswell*"
-else
-  LLAMA_FLAGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF"
-  WANT_LIB="*ggml-cpu.*"
-fi
+#    how a shipped bundle carries llama.cpp. (GGML_CPU_ALL_VARIANTS, every CPU variant picked at start, compiled
+#    here in 33 min, but llama-cpp-python 0.3.36's wheel held none of the variant libraries: docs/shipping.md.)
+#    GGML_OPENMP=OFF: with OpenMP, decodes from the daemon's several worker threads ran 3-4x slower.
+#    LLAVA_BUILD=OFF skips the multimodal library we never use. --no-cache-dir keeps pip from reusing a wheel
+#    built with other flags. A build that is missing, crashes on this CPU, uses OpenMP or is not this one is
+#    rebuilt.
+LLAMA_FLAGS="-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF"
+WANT_LIB="*ggml-cpu.*"
 LLAMA_OK='
 import pathlib, sys, llama_cpp, llama_cpp.llama_cpp as bound
 lib = pathlib.Path(llama_cpp.__file__).parent / "lib"

@@ -4,7 +4,7 @@ server_main.py is the entry point frozen into its ``neeko-npc-server`` executabl
 A bundle folder::
 
     neeko-npc-server[.exe]   the executable; takes `neeko-npc serve`'s options
-    _internal/               the runtime: Python, llama.cpp (every CPU variant it was built with), gRPC, numpy
+    _internal/               the runtime: Python, llama.cpp (its CPU backend(s)), gRPC, numpy
     model/<base>.gguf        the base model
     roles/*.nrole            the roles it serves unless --roles says otherwise
     warm/                    made at build time: each role's llama.cpp adapter (<sha256>.gguf) and prefilled prompt

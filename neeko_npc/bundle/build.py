@@ -4,9 +4,9 @@ installed.
 
 PyInstaller builds for the system it runs on: a Linux build runs on Linux x86-64, a Windows build must be made
 on Windows, a macOS build on macOS. The llama.cpp inside is whatever llama-cpp-python is installed here.
-scripts/setup.sh builds one CPU backend for AVX2 (``cpu_features`` names its instruction sets); with
-NEEKO_NPC_CPU_VARIANTS=all it builds every CPU variant llama.cpp offers (GGML_CPU_ALL_VARIANTS), the best of
-which is picked at start, and ``cpu_variants`` lists them.
+scripts/setup.sh builds one CPU backend for AVX2 (``cpu_features`` names its instruction sets). A build that
+carries every CPU variant llama.cpp offers (GGML_CPU_ALL_VARIANTS, the best picked at start) is listed by
+``cpu_variants``; llama-cpp-python 0.3.36's wheel does not carry them yet (docs/shipping.md).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class BundleReport:
         variants = (f"llama.cpp: {len(self.cpu_variants)} CPU variants ({', '.join(self.cpu_variants)}), the best picked at start"
                     if self.cpu_variants else
                     f"llama.cpp: one CPU backend, for {' '.join(self.cpu_features) or 'an unknown instruction set'}: it runs on "
-                    "CPUs that have these (NEEKO_NPC_CPU_VARIANTS=all bash scripts/setup.sh builds every variant)")
+                    "CPUs that have these")
         return (f"bundle {self.out} ({self.platform}): {mb(self.total_bytes)} = runtime {mb(self.runtime_bytes)} + "
                 f"model {mb(self.model_bytes)} + roles {mb(self.roles_bytes)} ({len(self.roles)} role(s)) + warm/ "
                 f"{mb(self.warm_bytes)}; built in "

@@ -195,5 +195,5 @@ class WarmFiles:
             os.replace(tmp, path)
             return True
         except OSError:
-            tmp.unlink(missing_ok=True) if tmp.exists() else None
+            tmp.unlink(missing_ok=True)
             return False

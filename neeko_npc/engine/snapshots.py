@@ -195,5 +195,8 @@ class WarmFiles:
             os.replace(tmp, path)
             return True
         except OSError:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink()  # a half-written file, if the write got that far
+            except OSError:
+                pass
             return False

@@ -42,7 +42,7 @@ from ..roles.asset import BaseInfo, RoleAsset
 from .base import Engine, EngineConfig, UnknownRole, adapter_key
 from ..roles.beats import BeatJob, choose, continuation_logprob
 from ..roles.sampling import sample
-from .llamacpp import LlamaContext, LlamaModel, open_gguf_base, openmp_build
+from .llamacpp import LlamaContext, LlamaModel, binding_version, open_gguf_base, openmp_build
 from .snapshots import Snapshot, SnapshotStore, WarmFiles, common_prefix
 from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite
 
@@ -148,7 +148,7 @@ class CoreBudget:
                 self._cond.notify_all()
 
 
-WARM_YIELD_S = 0.01  # how often a warm-up waiting for the contexts to be idle looks again
+WARM_YIELD_S = 0.1  # a warm-up waiting for the contexts to be idle looks again this often for a stop
 KEEP_MIN_TOKENS = 16  # a context's state shorter than this (or only this much longer than a kept one) is not worth a snapshot
 
 
@@ -410,10 +410,8 @@ class LlamaEngine(Engine):
         self._warm_again = False
         self._warm_thread: threading.Thread | None = None
         self._open_roles(roles_dir, self.adapters)
-        import llama_cpp
-
         self.warm_files = WarmFiles([self.config.warm_save_dir or defaults.warm_dir(), *self.config.warm_dirs],
-                                    self.base.fingerprint, f"llama-cpp-python {llama_cpp.__version__}")
+                                    self.base.fingerprint, binding_version())
         self.warm_restored = self._restore_warm() if self.store is not None else 0
         self._start_warm_up()
 
@@ -500,6 +498,21 @@ class LlamaEngine(Engine):
                 ctx.close()
             self.warmed.set()
 
+    @contextmanager
+    def _warm_target(self, rid: str):
+        """(adapters, scales, key, prefix tokens) of a role's warm prefix, its adapters pinned meanwhile; None when the
+        role was removed or its prefix is too short to keep."""
+        try:
+            voice, adapters, scales = self.roleset.acquire(rid)
+        except UnknownRole:  # removed meanwhile
+            yield None
+            return
+        try:
+            prefix = self.profile_prefix(voice.profile)
+            yield (adapters, scales, adapter_key(adapters, scales), prefix) if len(prefix) >= KEEP_MIN_TOKENS else None
+        finally:
+            self.roleset.release(adapters)
+
     def _restore_warm(self) -> int:
         """Restore every role's saved warm prefix (WarmFiles) before the engine is ready; returns how many. Each is
         checked by restoring it into a context once: a file llama.cpp refuses is skipped, and warmed again."""
@@ -507,21 +520,18 @@ class LlamaEngine(Engine):
         try:
             for rid in sorted(self.roles().roles):
                 try:
-                    voice, adapters, scales = self.roleset.acquire(rid)
-                except UnknownRole:
-                    continue
-                try:
-                    key, prefix = adapter_key(adapters, scales), self.profile_prefix(voice.profile)
-                    data = self.warm_files.load(key, prefix) if len(prefix) >= KEEP_MIN_TOKENS else None
-                    if data is None:
-                        continue
-                    ctx = ctx or self.model.new_context(self.config.n_ctx, self.pool.threads)
-                    ctx.load_state(data)
-                    restored += self.store.put(Snapshot(key, tuple(prefix), data, warm=True))
+                    with self._warm_target(rid) as target:
+                        if target is None:
+                            continue
+                        _, _, key, prefix = target
+                        data = self.warm_files.load(key, prefix)
+                        if data is None:
+                            continue
+                        ctx = ctx or self.model.new_context(self.config.n_ctx, self.pool.threads)
+                        ctx.load_state(data)
+                        restored += self.store.put(Snapshot(key, tuple(prefix), data, warm=True))
                 except Exception as exc:  # noqa: BLE001 - a bad file costs one warm-up, never the start
                     log.warning("saved warm prefix of %s not restored (%s); warming it again", rid, exc)
-                finally:
-                    self.roleset.release(adapters)
         finally:
             if ctx is not None:
                 ctx.close()
@@ -530,33 +540,31 @@ class LlamaEngine(Engine):
     def _warm_one(self, rid: str, ctx) -> int:
         """Prefill one role's profile prefix and keep it; returns the tokens prefilled (0: nothing to do)."""
         try:
-            voice, adapters, scales = self.roleset.acquire(rid)
-        except UnknownRole:  # removed meanwhile
-            return 0
-        try:
-            key = adapter_key(adapters, scales)
-            prefix = self.profile_prefix(voice.profile)
-            if len(prefix) < KEEP_MIN_TOKENS or self.store.covers(key, prefix):
-                return 0
-            while self.pool.busy() and not self._closing:  # lines first: warm in the gaps between them
-                time.sleep(WARM_YIELD_S)
-            ctx.set_adapters([a.handle for a in adapters], scales)
-            ctx.clear()
-            self.pool.warming += 1
-            try:
-                decode_on(ctx, prefix, self.pool.cores)
-            finally:
-                self.pool.warming -= 1
-            state = ctx.save_state()
-            self.store.put(Snapshot(key, tuple(prefix), state, warm=True))
-            self.warm_files.save(key, prefix, state)
-            return len(prefix)
+            with self._warm_target(rid) as target:
+                if target is None:
+                    return 0
+                adapters, scales, key, prefix = target
+                if self.store.covers(key, prefix):
+                    return 0
+                while not self._closing and not self.pool.wait_idle(WARM_YIELD_S):
+                    pass  # lines first: warm in the gaps between them
+                try:
+                    ctx.set_adapters([a.handle for a in adapters], scales)
+                    ctx.clear()
+                    self.pool.warming += 1
+                    try:
+                        decode_on(ctx, prefix, self.pool.cores)
+                    finally:
+                        self.pool.warming -= 1
+                    state = ctx.save_state()
+                    self.store.put(Snapshot(key, tuple(prefix), state, warm=True))
+                    self.warm_files.save(key, prefix, state)
+                    return len(prefix)
+                finally:
+                    ctx.set_adapters([], [])  # before the role's adapters are released
         except Exception as exc:  # this role goes cold, the others still warm
             log.warning("could not warm %s: %s", rid, exc)
             return 0
-        finally:
-            ctx.set_adapters([], [])
-            self.roleset.release(adapters)
 
     def busy(self) -> int:
         return self.pool.busy()

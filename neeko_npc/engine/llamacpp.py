@@ -88,6 +88,11 @@ class LlamaError(RuntimeError):
     pass
 
 
+def binding_version() -> str:
+    """The llama.cpp binding that computed a saved state (KV layouts may change between versions)."""
+    return f"llama-cpp-python {_lib().__version__}"
+
+
 def openmp_build() -> bool:
     """Whether the loaded llama.cpp uses OpenMP (slow when several threads decode, see above)."""
     return b"OPENMP = 1" in _lib().llama_print_system_info()

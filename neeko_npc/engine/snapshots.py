@@ -13,9 +13,14 @@ very KV the original context held for those tokens (the next logits were bit-ide
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -132,8 +137,7 @@ class SnapshotStore:
 
 
 class WarmFiles:
-    """Roles' warm prefixes saved to disk, so a server's next start restores them in milliseconds instead of
-    prefilling them (7 s for the six shipped roles on a slow 2-core machine).
+    """Roles' warm prefixes saved to disk, so a server's next start restores them instead of prefilling them.
 
     A file is named by a hash of everything its KV depends on: the base model's fingerprint, the llama.cpp build
     that wrote it, the key (adapters by content hash, and scales) and the tokens. Its header repeats them, and a
@@ -144,27 +148,19 @@ class WarmFiles:
     MAGIC = b"NEEKO-WARM\x00\x01"
 
     def __init__(self, folders: list, fingerprint: str, build: str):
-        from pathlib import Path
-
         self.folders = [Path(f) for f in folders if f]
         self.fingerprint = fingerprint
         self.build = build
 
     def _header(self, key: tuple, tokens) -> bytes:
-        import json
-
         return json.dumps({"fingerprint": self.fingerprint, "build": self.build, "key": [list(k) for k in key],
                            "tokens": list(tokens)}, separators=(",", ":")).encode()
 
     def name(self, key: tuple, tokens) -> str:
-        import hashlib
-
         return hashlib.sha256(self._header(key, tokens)).hexdigest()[:32] + ".kv"
 
     def load(self, key: tuple, tokens) -> bytes | None:
         """The saved state for (key, tokens), or None."""
-        import struct
-
         header, name = self._header(key, tokens), self.name(key, tokens)
         for folder in self.folders:
             try:
@@ -181,9 +177,6 @@ class WarmFiles:
 
     def save(self, key: tuple, tokens, data: bytes) -> bool:
         """Write the state to the first folder (atomically); False if it cannot be written (a read-only disk)."""
-        import os
-        import struct
-
         if not self.folders:
             return False
         header = self._header(key, tokens)

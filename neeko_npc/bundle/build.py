@@ -81,8 +81,8 @@ def llama_lib_dir() -> Path:
 
 
 def cpu_variants(lib_dir: Path | None = None) -> list[str]:
-    """The CPU builds of ggml beside llama.cpp (haswell, skylakex, zen4, ...), best picked at run time; [] where the
-    CPU backend is linked into libggml itself (one instruction set, fixed when it was compiled)."""
+    """The CPU variants of ggml beside llama.cpp (haswell, skylakex, zen4, ...), the best picked at run time; [] where
+    there is one CPU backend (libggml-cpu: one instruction set, fixed when it was compiled)."""
     lib_dir = lib_dir or llama_lib_dir()
     names = set()
     for p in lib_dir.iterdir() if lib_dir.is_dir() else ():
@@ -98,7 +98,7 @@ def cpu_features() -> list[str]:
     from ..engine.llamacpp import _lib
 
     info = _lib().llama_print_system_info().decode(errors="replace")
-    cpu = next((part for part in info.split("CPU :")[1:2]), "")
+    _, _, cpu = info.partition("CPU :")
     return [name.strip() for name, _, on in (item.partition("=") for item in cpu.split("|"))
             if on.strip() == "1" and name.strip() not in ("LLAMAFILE", "REPACK", "OPENMP")]
 

@@ -1,8 +1,8 @@
 """``neeko-npc-server``: the entry point frozen into a bundle. It is ``neeko-npc serve`` with the bundle's own
-model and roles as defaults (read from bundle.json beside the executable), under its own program name.
+model, roles and warm/ as defaults (read from bundle.json beside the executable), under its own program name.
 
-It imports the CLI's ``serve`` command and nothing else of the CLI, so the serving side is all that the
-executable ever loads."""
+It runs the CLI's ``serve`` command only; the CLI's other commands import the training side lazily, and the
+bundle leaves that side out (build.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,8 @@ from . import MANIFEST, SERVER_NAME, WARM_DIR
 
 
 def bundle_root() -> Path:
-    """The folder holding the executable (frozen) or, run from source, the folder given by NEEKO_NPC_BUNDLE."""
-    if getattr(sys, "frozen", False):
-        return Path(sys.executable).resolve().parent
-    import os
-
-    return Path(os.environ.get("NEEKO_NPC_BUNDLE", ".")).resolve()
+    """The folder holding the executable (frozen), or the working directory when run from source."""
+    return Path(sys.executable).resolve().parent if getattr(sys, "frozen", False) else Path.cwd()
 
 
 def given(args: list[str], option: str) -> bool:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from neeko_npc.bundle.server_main import with_bundle_defaults
 from neeko_npc.cli import main
+from neeko_npc.roles import base_model
+from neeko_npc.roles.base_model import base_info, resolve_base_model
 
 ROLES = Path(__file__).resolve().parent.parent / "assets" / "roles"
 
@@ -32,3 +35,42 @@ def test_a_folder_that_holds_something_else_is_never_replaced(tmp_path):
     res = bundle("--out", out, "--roles", ROLES)
     assert res.exit_code == 1 and "holds no earlier bundle" in res.output
     assert (out / "game.exe").read_text() == "keep me"
+
+
+def shipped_bundle(tmp_path, base):
+    """A bundle's model and manifest as the builder writes them (no runtime: server_main is called in-process)."""
+    import json
+    from dataclasses import asdict
+
+    root = tmp_path / "bundle"
+    (root / "model").mkdir(parents=True)
+    model = root / "model" / base.path.name
+    shutil.copyfile(base.path, model)
+    info = asdict(base_info(base))
+    (root / "bundle.json").write_text(json.dumps({"model": f"model/{model.name}", "roles_dir": "roles",
+                                                  "base": {"size": model.stat().st_size, **info}}))
+    return root, model, base_info(base)
+
+
+def test_a_bundle_first_start_takes_its_fingerprint_from_the_manifest_and_never_hashes_the_weights(
+        tmp_path, monkeypatch):
+    base = resolve_base_model(None)
+    root, model, built = shipped_bundle(tmp_path, base)
+    monkeypatch.setenv("NEEKO_NPC_CACHE", str(tmp_path / "players-cache"))  # a player's first start: nothing cached
+    hashed = []
+    monkeypatch.setattr(base_model, "_hash_gguf", lambda g: hashed.append(g) or "not the shipped one")
+    args = with_bundle_defaults([], root)
+    assert args[args.index("--base-model") + 1] == str(model)
+    assert base_info(resolve_base_model(model)) == built and hashed == []
+
+
+def test_a_bundle_model_of_another_size_than_built_is_fingerprinted_as_usual(tmp_path, monkeypatch):
+    base = resolve_base_model(None)
+    root, model, _ = shipped_bundle(tmp_path, base)
+    with model.open("ab") as f:
+        f.write(b"\0" * 32)  # replaced or damaged after the build
+    monkeypatch.setenv("NEEKO_NPC_CACHE", str(tmp_path / "players-cache"))
+    hashed = []
+    monkeypatch.setattr(base_model, "_hash_gguf", lambda g: hashed.append(g) or "hashed here")
+    with_bundle_defaults([], root)
+    assert base_info(resolve_base_model(model)).fingerprint == "hashed here" and len(hashed) == 1

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -233,6 +233,7 @@ def _build_into(out: Path, ref, roles_dir: Path, roles: list[str], log, t0: floa
                 "roles_dir": ROLES_DIR, "role_ids": roles, "platform": report.platform, "cpu_variants": variants,
                 "cpu_features": report.cpu_features,
                 "runtime_bytes": report.runtime_bytes, "model_bytes": report.model_bytes, "roles_bytes": report.roles_bytes,
-                "warm_bytes": report.warm_bytes}
+                "warm_bytes": report.warm_bytes,
+                "base": {"size": ref.path.stat().st_size, **asdict(base_info(ref))}}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return report

@@ -35,9 +35,29 @@ def with_bundle_defaults(args: list[str], root: Path) -> list[str]:
         extra += ["--roles", str(root / manifest["roles_dir"])]
     if not given(args, "--base-model"):
         extra += ["--base-model", str(root / manifest["model"])]
+        remember_shipped_base(root / manifest["model"], manifest.get("base"))
     if not given(args, "--warm-dir") and (root / WARM_DIR).is_dir():
         extra += ["--warm-dir", str(root / WARM_DIR)]
     return extra + args
+
+
+def remember_shipped_base(model: Path, shipped) -> None:
+    """Seed the cache with the fingerprint the bundle measured when it was built, so a first start does not hash
+    every weight (half a second for the default model). Only for the bundle's own model file, at the size it
+    was built with; anything else is fingerprinted as usual."""
+    if not isinstance(shipped, dict):
+        return
+    from ..errors import InputError
+    from ..roles.asset import BaseInfo
+    from ..roles.base_model import remember_base_info, resolve_base_model
+
+    try:
+        if model.stat().st_size != shipped.get("size"):
+            return
+        info = BaseInfo(**{k: v for k, v in shipped.items() if k != "size"})
+        remember_base_info(resolve_base_model(model), info)
+    except (InputError, OSError, TypeError, ValueError):
+        return  # a manifest of another version, or a file that moved: fingerprint it as usual
 
 
 def main(argv: list[str] | None = None) -> None:

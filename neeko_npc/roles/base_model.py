@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -158,20 +158,38 @@ def _hash_safetensors_folder(path: Path) -> str:
     return h.hexdigest()
 
 
+def _stamp(ref: BaseModelRef) -> list:
+    files = [ref.path] if ref.kind == "gguf" else sorted(ref.path.glob("*.safetensors")) + [ref.path / "config.json"]
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _read_info_cache() -> dict:
+    try:
+        cache = json.loads(info_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_info_cache(ref: BaseModelRef, fingerprint: str, shape: dict) -> None:
+    cache = _read_info_cache()
+    cache[str(ref.path)] = {"stamp": _stamp(ref), "fingerprint": fingerprint, "shape": shape}
+    cache_path = info_cache_file()
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(cache_path)
+    except OSError:
+        pass  # a read-only home only costs a re-read next time
+
+
 def base_info(ref: BaseModelRef) -> BaseInfo:
     """The base model's fingerprint and shape. Both are cached per (path, size, mtime) in the cache root: the
     daemon, every bake and every engine ask for them, and the fingerprint hashes every weight (0.2 s for
     SmolLM2-135M here; seconds for a model of a few GB)."""
-    files = [ref.path] if ref.kind == "gguf" else sorted(ref.path.glob("*.safetensors")) + [ref.path / "config.json"]
-    stamp = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    key = str(ref.path)
-    cache_path = info_cache_file()
-    try:
-        cache = json.loads(cache_path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    hit = cache.get(key)
-    if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("shape"), dict):
+    hit = _read_info_cache().get(str(ref.path))
+    if isinstance(hit, dict) and hit.get("stamp") == _stamp(ref) and isinstance(hit.get("shape"), dict):
         try:
             return BaseInfo(fingerprint=hit["fingerprint"], **hit["shape"])
         except (TypeError, KeyError):
@@ -181,12 +199,13 @@ def base_info(ref: BaseModelRef) -> BaseInfo:
         shape, fp = read_shape(ref, fields), _hash_gguf(gfile)
     else:
         shape, fp = read_shape(ref), _hash_safetensors_folder(ref.path)
-    cache[key] = {"stamp": stamp, "fingerprint": fp, "shape": shape}
-    try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(cache_path)
-    except OSError:
-        pass  # a read-only home only costs a re-read next time
+    _write_info_cache(ref, fp, shape)
     return BaseInfo(fingerprint=fp, **shape)
+
+
+def remember_base_info(ref: BaseModelRef, info: BaseInfo) -> None:
+    """Record ``info`` in the cache as the fingerprint and shape of ``ref`` as the file stands now, so that
+    base_info returns it without reading the weights. For a base whose fingerprint was measured elsewhere: a
+    bundle ships its model's, taken when it was built (bundle/server_main.py)."""
+    shape = {k: v for k, v in asdict(info).items() if k != "fingerprint"}
+    _write_info_cache(ref, info.fingerprint, shape)

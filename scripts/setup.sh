@@ -7,9 +7,9 @@ PY="${PYTHON:-python3}"
 pip_install() { "$PY" -m pip install --disable-pip-version-check "$@"; }
 
 # 0. Debian packages for the Unity client's C# tests: mono's compiler, NUnit, protoc (C# messages).
-DEBS="mono-mcs nunit-console libnunit-cil-dev libmono-system-runtime-serialization4.0-cil protobuf-compiler"
+DEBS="mono-mcs nunit-console libnunit-cil-dev libmono-system-runtime-serialization4.0-cil libmono-system-net-http4.0-cil protobuf-compiler"
 if ! command -v mcs >/dev/null || ! command -v nunit-console >/dev/null || ! command -v protoc >/dev/null \
-   || ! ls /usr/lib/mono/4.5/System.Runtime.Serialization.dll >/dev/null 2>&1; then
+   || ! ls /usr/lib/mono/4.5/System.Runtime.Serialization.dll /usr/lib/mono/4.5/System.Net.Http.dll >/dev/null 2>&1; then
   echo "==> installing Debian packages: $DEBS"
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
     echo "error: need root or sudo to run: apt-get install -y $DEBS" >&2; exit 1; fi

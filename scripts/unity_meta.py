@@ -19,7 +19,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "unity_client"
 
 IMPORTERS = {".cs": "MonoImporter", ".asmdef": "AssemblyDefinitionImporter", ".md": "TextScriptImporter",
-             ".json": "TextScriptImporter", ".txt": "TextScriptImporter"}
+             ".json": "TextScriptImporter", ".txt": "TextScriptImporter", ".xml": "TextScriptImporter"}
 _GUID = re.compile(r"^guid: ([0-9a-f]{32})$", re.M)
 
 

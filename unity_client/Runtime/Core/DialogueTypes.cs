@@ -253,6 +253,22 @@ namespace Neeko.Npc
         System.Threading.Tasks.Task<bool> IsServingAsync(System.Threading.CancellationToken cancellation);
     }
 
+    /// <summary>One role the daemon hosts, as ListRoles names it.</summary>
+    public sealed class RoleSummary
+    {
+        public string Id;
+        public string Name;
+        /// <summary>"block" (a trained NPC, its own block) or "fusion" (a mix of others).</summary>
+        public string Kind;
+    }
+
+    /// <summary>A transport that can list the roles the daemon hosts (GrpcDialogueTransport asks ListRoles; the
+    /// Project Settings page shows them).</summary>
+    public interface IRoleCatalog
+    {
+        System.Threading.Tasks.Task<System.Collections.Generic.IList<RoleSummary>> ListRolesAsync(System.Threading.CancellationToken cancellation);
+    }
+
     /// <summary>How requests reach the daemon: gRPC in a game, a fake or a recording in tests.</summary>
     public interface IDialogueTransport
     {

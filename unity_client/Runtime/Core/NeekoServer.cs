@@ -33,6 +33,28 @@ namespace Neeko.Npc
         public int MaxRestarts = 5;
         public TimeSpan FirstBackoff = TimeSpan.FromSeconds(0.5);
         public TimeSpan MaxBackoff = TimeSpan.FromSeconds(30);
+
+        /// <summary>Arguments typed on one line (a settings field), split as a shell would: spaces separate, double
+        /// quotes group ("" is an empty argument).</summary>
+        public static List<string> SplitArguments(string text)
+        {
+            var args = new List<string>();
+            if (string.IsNullOrEmpty(text)) return args;
+            var current = new StringBuilder();
+            bool quoted = false, any = false;
+            foreach (var c in text)
+            {
+                if (c == '"') { quoted = !quoted; any = true; }
+                else if (char.IsWhiteSpace(c) && !quoted)
+                {
+                    if (any) args.Add(current.ToString());
+                    current.Length = 0; any = false;
+                }
+                else { current.Append(c); any = true; }
+            }
+            if (any) args.Add(current.ToString());
+            return args;
+        }
     }
 
     /// <summary>
@@ -41,7 +63,7 @@ namespace Neeko.Npc
     /// <c>{"event": "failed", "error": "..."}</c>), passes this process's id (<c>--parent-pid</c>, so a crashed
     /// game leaves no server behind) and a token generated here in the environment (never on a command line),
     /// restarts the server with backoff if it dies, and stops it on Dispose. No Unity references: the
-    /// NeekoServerRunner component drives it from a scene.
+    /// NeekoRuntime component (Neeko.Npc.Unity) runs it from StreamingAssets.
     /// </summary>
     public sealed class NeekoServer : IDisposable
     {
@@ -285,6 +307,17 @@ namespace Neeko.Npc
         {
             try { return process.HasExited ? " (exit code " + process.ExitCode + ")" : ""; }
             catch (InvalidOperationException) { return ""; }
+        }
+
+        /// <summary>A TCP port on 127.0.0.1 that is free now, so a client can be made before the server is ready
+        /// (ServerLaunch.Port). Another process could take it before the server binds it: the start then fails with
+        /// the server's own message in LastError.</summary>
+        public static int FreeLoopbackPort()
+        {
+            var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+            listener.Start();
+            try { return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port; }
+            finally { listener.Stop(); }
         }
 
         static string NewToken()

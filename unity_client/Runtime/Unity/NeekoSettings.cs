@@ -10,8 +10,20 @@ namespace Neeko.Npc.Unity
     [CreateAssetMenu(menuName = "Neeko NPC/Settings", fileName = "NeekoSettings")]
     public sealed class NeekoSettings : ScriptableObject
     {
-        [Tooltip("host:port of neeko-npc serve")] public string address = "127.0.0.1:50051";
-        [Tooltip("Bearer token, if the daemon runs with --token")] public string token = "";
+        [Header("Server")]
+        [Tooltip("Start the server with the game and stop it on quit: the bundle in StreamingAssets/<serverFolder> in a build, editorCommand in the Editor. Off: connect to address")]
+        public bool startServer = true;
+        [Tooltip("The folder `neeko-npc bundle --out` made, copied under Assets/StreamingAssets")]
+        public string serverFolder = "neeko-npc-server";
+        [Tooltip("Editor only: the program that starts a server (e.g. neeko-npc); empty: the bundle in StreamingAssets")]
+        public string editorCommand = "";
+        [Tooltip("Editor only: its arguments, e.g. serve --roles /path/to/roles")]
+        public string editorArguments = "serve";
+        [Tooltip("Seconds the server may take to load before it counts as failed")]
+        public float readyTimeoutSeconds = 120f;
+        [Header("Connection")]
+        [Tooltip("host:port of a server you start yourself (startServer off)")] public string address = "127.0.0.1:50051";
+        [Tooltip("Bearer token of a server you start yourself; a started server gets a new one each time")] public string token = "";
         [Tooltip("Seconds a line may wait for its first words before it fails with DEADLINE_EXCEEDED")]
         [FormerlySerializedAs("timeoutSeconds")] public float firstChunkTimeoutSeconds = 30f;
         [Tooltip("Seconds a streaming line may go silent before it fails with DEADLINE_EXCEEDED; a line that keeps streaming is never cut")]

@@ -2,16 +2,23 @@ using System;
 using System.Collections.Generic;
 using System.Linq;
 using UnityEngine;
+using UnityEngine.Events;
 
 namespace Neeko.Npc.Unity
 {
     /// <summary>
     /// Put this on an NPC. It holds the NPC id, fills the scene context from the scene (location, time of
     /// day, the other NpcVoices nearby), applies the designer's overrides, and cancels its lines when the
-    /// GameObject is destroyed.
+    /// GameObject is destroyed. When the player enters its trigger collider it has the server read its prompt
+    /// (Prepare), so the first line starts like a follow-up. Its UnityEvents are the hook for subtitles, speech
+    /// and lip-sync.
     /// </summary>
     public sealed class NpcVoice : MonoBehaviour
     {
+        /// <summary>A UnityEvent with one string (serializable in Unity 2021.3).</summary>
+        [Serializable] public sealed class TextEvent : UnityEvent<string> { }
+
+        static readonly List<NpcVoice> Active = new List<NpcVoice>();
         [Serializable]
         public struct Fact { public string key; public string value; }
 
@@ -41,6 +48,18 @@ namespace Neeko.Npc.Unity
         [TextArea] public string style = "";
         [TextArea] public string knowledge = "";
 
+        [Header("Talking range")]
+        [Tooltip("Prepare this NPC's prompt when a collider with playerTag enters this GameObject's trigger collider")]
+        public bool prepareOnApproach = true;
+        [Tooltip("The tag of the player's collider")] public string playerTag = "Player";
+
+        [Header("Events (main thread), for subtitles, speech and lip-sync")]
+        [Tooltip("The line so far, each time it grows")] public TextEvent onLine = new TextEvent();
+        [Tooltip("Each finished sentence, once")] public TextEvent onSentence = new TextEvent();
+        [Tooltip("The emotion's id, when the line asked for beats")] public TextEvent onEmotion = new TextEvent();
+        [Tooltip("The chosen action's id, when the line offered actions")] public TextEvent onAction = new TextEvent();
+        [Tooltip("The whole line, when it is done")] public TextEvent onLineDone = new TextEvent();
+
         readonly List<DialogueHandle> _lines = new List<DialogueHandle>();
         readonly List<string> _recentEvents = new List<string>();
         readonly SceneContextBuilder _builder = new SceneContextBuilder();
@@ -52,7 +71,7 @@ namespace Neeko.Npc.Unity
         {
             _builder.NearbyRadius = nearbyRadius;
             var here = transform.position;
-            var nearby = FindObjectsOfType<NpcVoice>().Where(v => v != this)
+            var nearby = Active.Where(v => v != this)
                 .Select(v => new NearbyCharacter(string.IsNullOrEmpty(v.displayName) ? v.name : v.displayName,
                                                  Vector3.Distance(here, v.transform.position)));
             var overrides = new SceneData
@@ -74,6 +93,7 @@ namespace Neeko.Npc.Unity
             _lines.RemoveAll(h => h.IsDone);
             var handle = Dialogue.Say(npcId, playerLine, BuildScene(), options, policy, Procedural(), beats);
             _lines.Add(handle);
+            Raise(handle);
             return handle;
         }
 
@@ -92,6 +112,30 @@ namespace Neeko.Npc.Unity
         {
             if (string.IsNullOrEmpty(npcId)) throw new InvalidOperationException(name + ": NpcVoice.npcId is empty");
             return Dialogue.Prepare(npcId, BuildScene(), Procedural());
+        }
+
+        void Raise(DialogueHandle handle)
+        {
+            handle.OnText += delta => onLine.Invoke(handle.Text);
+            handle.OnSentence += sentence => onSentence.Invoke(sentence);
+            handle.OnEmotion += beat => { if (beat != null) onEmotion.Invoke(beat.Id); };
+            handle.OnAction += beat => { if (beat != null) onAction.Invoke(beat.Id); };
+            handle.OnDone += result => onLineDone.Invoke(handle.Text);
+        }
+
+        void OnEnable() { Active.Add(this); }
+
+        void OnDisable() { Active.Remove(this); }
+
+        void OnTriggerEnter(Collider other) { Approached(other.gameObject); }
+
+        void OnTriggerEnter2D(Collider2D other) { Approached(other.gameObject); }
+
+        void Approached(GameObject other)
+        {
+            if (!prepareOnApproach || string.IsNullOrEmpty(npcId) || Dialogue.Client == null) return;
+            if (!string.IsNullOrEmpty(playerTag) && !other.CompareTag(playerTag)) return;
+            Prepare();  // never faults; a line asked for meanwhile is not held up by it
         }
 
         /// <summary>The procedural NPC this component describes, or null when it has no blend (a hosted role).</summary>

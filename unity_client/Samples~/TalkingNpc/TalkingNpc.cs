@@ -4,9 +4,9 @@ using UnityEngine;
 
 /// <summary>
 /// Sample: put on a GameObject with an NpcVoice (npcId "blacksmith"), press Play, type a line and press
-/// Enter. The reply streams into the label; a second line interrupts the first. On Start (and whenever a
-/// collider tagged Player enters this object's trigger) the daemon is asked to prepare the NPC's prompt, so
-/// the first line starts like a follow-up.
+/// Enter. The reply streams into the label; a second line interrupts the first. On Start the server is asked to
+/// prepare the NPC's prompt, so the first line starts like a follow-up (the NpcVoice does the same by itself
+/// when a collider tagged Player enters its trigger).
 /// </summary>
 [RequireComponent(typeof(NpcVoice))]
 public class TalkingNpc : MonoBehaviour
@@ -20,10 +20,13 @@ public class TalkingNpc : MonoBehaviour
 
     void Start() { Prepare(); }
 
-    void OnTriggerEnter(Collider other) { if (other.CompareTag("Player")) Prepare(); }
-
     async void Prepare()
     {
+        if (!await Dialogue.WaitUntilReady(System.TimeSpan.FromSeconds(60)))
+        {
+            _status = "the server is not ready (see the Console)";
+            return;
+        }
         var r = await _voice.Prepare();  // never faults; Skipped says why nothing was read
         _status = r.Prepared ? "prepared " + r.PromptTokens + " prompt tokens in " + r.ElapsedMs.ToString("0") + " ms"
                              : "not prepared: " + r.Skipped;
@@ -45,7 +48,12 @@ public class TalkingNpc : MonoBehaviour
         GUILayout.Label(_status);
         GUI.SetNextControlName("line");
         _input = GUILayout.TextField(_input);
-        if (GUILayout.Button("Say") || (Event.current.isKey && Event.current.keyCode == KeyCode.Return)) Ask();
+        // Enter sends once: OnGUI sees the key as KeyDown (and again as other events), so only KeyDown counts, and
+        // it is used up so the text field does not see it too.
+        var e = Event.current;
+        bool enter = e.type == EventType.KeyDown && (e.keyCode == KeyCode.Return || e.keyCode == KeyCode.KeypadEnter);
+        if (enter) e.Use();
+        if (GUILayout.Button("Say") || enter) Ask();
         GUILayout.EndArea();
     }
 }

@@ -27,7 +27,13 @@ public class TwoNpcsTalking : MonoBehaviour
     void Begin()
     {
         if (_talk != null) _talk.Cancel();
+        _talk = null;
         _transcript.Length = 0;
+        if (first == null || second == null || string.IsNullOrEmpty(first.npcId) || string.IsNullOrEmpty(second.npcId))
+        {
+            _status = "assign two NpcVoices with npcIds (fields First and Second) in the Inspector";
+            return;
+        }
         var npcs = new List<string> { first.npcId, second.npcId };
         _talk = Dialogue.Converse(npcs, first.BuildScene(), topic, turns: turns);
         _talk.OnTurnStarted += t =>

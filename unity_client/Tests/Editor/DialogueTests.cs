@@ -969,4 +969,26 @@ namespace Neeko.Npc.Tests
             Assert.Throws<ArgumentException>(() => Client(f).Converse(new[] { "smith" }));
         }
     }
+    [TestFixture]
+    public class ServerLaunchTests
+    {
+        [Test]
+        public void EditorArgumentsSplitAsAShellWould()
+        {
+            CollectionAssert.AreEqual(new[] { "serve", "--roles", "/my game/roles", "" },
+                                      ServerLaunch.SplitArguments("  serve --roles \"/my game/roles\"  \"\" "));
+            CollectionAssert.IsEmpty(ServerLaunch.SplitArguments("   "));
+            CollectionAssert.IsEmpty(ServerLaunch.SplitArguments(null));
+        }
+
+        [Test]
+        public void AFreeLoopbackPortCanBeBound()
+        {
+            int port = NeekoServer.FreeLoopbackPort();
+            Assert.That(port, Is.InRange(1, 65535));
+            var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, port);
+            listener.Start();  // free when asked: a server started on it can bind it
+            listener.Stop();
+        }
+    }
 }

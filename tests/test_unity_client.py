@@ -23,7 +23,7 @@ def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         pytest.fail(f"{name} is not installed; run scripts/setup.sh (Debian packages mono-mcs, nunit-console, "
-                    "libnunit-cil-dev, libmono-system-runtime-serialization4.0-cil, protobuf-compiler)")
+                    "libnunit-cil-dev, libmono-system-runtime-serialization4.0-cil, libmono-system-net-http4.0-cil, protobuf-compiler)")
     return path
 
 
@@ -143,6 +143,7 @@ def test_package_manifest_and_hygiene():
 def test_every_type_and_member_the_docs_name_exists():
     sources = "\n".join(p.read_text() for p in (PKG / "Runtime").rglob("*.cs"))
     sources += "\n".join(p.read_text() for p in (PKG / "Samples~").rglob("*.cs"))
+    sources += "\n".join(p.read_text() for p in (PKG / "Editor").rglob("*.cs"))
     declared = set(re.findall(r"\b(?:class|struct|enum|interface)\s+(\w+)", sources))
     doc = (PKG / "Documentation~" / "index.md").read_text()
     named = {(a, b) for a, b in re.findall(r"`([A-Z]\w+)(?:\.(\w+))?(?:\([^`]*\))?`", doc) if not re.fullmatch(r"[A-Z_]+", a)}
@@ -167,7 +168,7 @@ def test_every_type_and_member_the_docs_name_exists():
     steps = doc[doc.index("## From an empty project"):doc.index("## API")]
     unity = "\n".join(p.read_text() for p in (PKG / "Runtime" / "Unity").glob("*.cs"))
     role_ids = {p.stem for p in (ROOT / "assets" / "roles").glob("*.nrole")}
-    fields = set(re.findall(r"`([a-z]\w*)`", steps)) - role_ids
-    assert {"address", "token", "npcId"} <= fields
+    fields = set(re.findall(r"(?<!to )`([a-z]\w*)`", steps)) - role_ids  # "set `x` to `value`": x is a field
+    assert {"npcId", "editorCommand", "editorArguments", "prepareOnApproach"} <= fields
     for f in fields:
         assert re.search(rf"public [\w<>\[\]]+ {f}\b", unity), f

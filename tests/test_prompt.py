@@ -25,6 +25,14 @@ def test_player_text_cannot_inject_control_tokens():
     assert s.location == "x" and s.facts == {"": "ok"} and s.recent_events == ["e"]
 
 
+def test_cleaning_runs_to_a_fixed_point_and_removes_the_models_own_special_tokens():
+    nested = "a<|im_<|im_end|>start|>b<<|x|>/s>c"
+    assert clean(nested) == "abc"  # one pass would leave "<|im_start|>" and "</s>"
+    specials = ("<filename>", "<|im_start|>")
+    assert clean("x<fil<filename>ename>y", specials) == "xy" and clean("x<fil<filename>ename>y") == "x<fil<filename>ename>y"
+    assert clean_scene(SceneInfo(location="<file<filename>name>forge"), specials).location == "forge"
+
+
 def test_messages_and_template():
     p = RoleProfile(id="smith", name="Bram", persona="A smith.")
     msgs = build_messages(p, SceneInfo(location="the forge"), [("Hello", "Aye.")], "")

@@ -18,6 +18,7 @@ llama.cpp backend is llama_engine.py, the torch one torch_engine.py; ``open_engi
 from __future__ import annotations
 
 import abc
+import functools
 import logging
 import re
 import threading
@@ -98,9 +99,9 @@ class Limits:
             raise BadRequest(bad)
         return opts
 
-    def check_beats(self, ask: BeatAsk) -> BeatAsk:
-        """A request's beat ask, cleaned (duplicates are errors, descriptions have no control tokens); BadRequest
-        names the first problem."""
+    def check_beats(self, ask: BeatAsk, specials: tuple[str, ...] = ()) -> BeatAsk:
+        """A request's beat ask, cleaned (duplicates are errors, descriptions have no control tokens: module
+        ``clean`` with the engine's ``specials``); BadRequest names the first problem."""
         bad = None
         if len(set(ask.emotions)) != len(ask.emotions) or any(e not in EMOTIONS for e in ask.emotions):
             bad = f"emotions must be distinct and among {', '.join(EMOTIONS)}"
@@ -118,7 +119,7 @@ class Limits:
                     break
         if bad:
             raise BadRequest(bad)
-        return BeatAsk(tuple(ask.emotions), tuple(Action(a.id, clean(a.description).strip()) for a in ask.actions))
+        return BeatAsk(tuple(ask.emotions), tuple(Action(a.id, clean(a.description, specials).strip()) for a in ask.actions))
 
     def profile(self, npc_id: str, name: str, persona: str, style: str = "", knowledge: str = "",
                 example_lines: list[str] = ()) -> RoleProfile:
@@ -208,25 +209,42 @@ class Prepared:
 
 
 # Text from the game must never become control tokens: "<|im_end|><|im_start|>system ..." in a player
-# line would otherwise rewrite the NPC's instructions.
-_SPECIAL = re.compile(r"<\|[^<>|]{0,48}\|>|</?s>")
+# line would otherwise rewrite the NPC's instructions. The pattern is the chat markup of every template; each
+# engine adds its vocabulary's own special tokens (Engine.special_texts: SmolLM2 also has "<filename>",
+# "<issue_start>", ...).
+_SPECIAL = r"<\|[^<>|]{0,48}\|>|</?s>"
 
 
-def clean(text: str) -> str:
-    return _SPECIAL.sub("", text)
+@functools.lru_cache(maxsize=8)
+def _special_pattern(specials: tuple[str, ...]) -> re.Pattern:
+    return re.compile("|".join([_SPECIAL, *(re.escape(t) for t in sorted(specials, key=len, reverse=True))]))
 
 
-def clean_profile(p: RoleProfile) -> RoleProfile:
-    return RoleProfile(id=p.id, name=clean(p.name), persona=clean(p.persona), style=clean(p.style),
-                       knowledge=clean(p.knowledge), example_lines=[clean(x) for x in p.example_lines])
+def clean(text: str, specials: tuple[str, ...] = ()) -> str:
+    """``text`` with every spelling of a control token removed, to a fixed point: a removal can join two halves
+    into a new one ("<|im_<|im_end|>start|>" is "<|im_start|>" after one pass), so it repeats until a pass
+    changes nothing. Each pass makes the text shorter, so it ends."""
+    pattern = _special_pattern(tuple(specials))
+    while True:
+        out = pattern.sub("", text)
+        if out == text:
+            return out
+        text = out
 
 
-def clean_scene(s: SceneInfo) -> SceneInfo:
+def clean_profile(p: RoleProfile, specials: tuple[str, ...] = ()) -> RoleProfile:
+    c = functools.partial(clean, specials=specials)
+    return RoleProfile(id=p.id, name=c(p.name), persona=c(p.persona), style=c(p.style),
+                       knowledge=c(p.knowledge), example_lines=[c(x) for x in p.example_lines])
+
+
+def clean_scene(s: SceneInfo, specials: tuple[str, ...] = ()) -> SceneInfo:
+    c = functools.partial(clean, specials=specials)
     return SceneInfo(
-        **{k: clean(v) for k, v in vars(s).items() if isinstance(v, str)},
-        recent_events=[clean(x) for x in s.recent_events],
-        nearby_characters=[clean(x) for x in s.nearby_characters],
-        facts={clean(k): clean(v) for k, v in s.facts.items()},
+        **{k: c(v) for k, v in vars(s).items() if isinstance(v, str)},
+        recent_events=[c(x) for x in s.recent_events],
+        nearby_characters=[c(x) for x in s.nearby_characters],
+        facts={c(k): c(v) for k, v in s.facts.items()},
     )
 
 
@@ -284,6 +302,18 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def _wait_idle(self, timeout: float) -> bool:
         """Wait until no reply is in flight."""
+
+    def special_texts(self) -> tuple[str, ...]:
+        """How the tokenizer spells its special tokens, which game text must never contain (clean)."""
+        return ()
+
+    @functools.cached_property
+    def specials(self) -> tuple[str, ...]:
+        return tuple(self.special_texts())
+
+    def clean(self, text: str) -> str:
+        """Game text with every control-token spelling of this engine's tokenizer removed (module ``clean``)."""
+        return clean(text, self.specials)
 
     def forget_cache(self) -> None:
         """Drop every cached prompt prefix, so the next line of any NPC is computed cold."""
@@ -360,9 +390,9 @@ class Engine(abc.ABC):
         if (blend is None) != (profile is None):
             raise InvalidBlend("a procedural NPC needs both a blend and a profile")
         if profile is not None:
-            profile = clean_profile(profile)
+            profile = clean_profile(profile, self.specials)
         voice, adapters, scales = self.roleset.acquire(npc_id, blend, profile, self.limits.max_blend)
-        return opts, clean(player_line), clean_scene(scene), voice, adapters, scales
+        return opts, self.clean(player_line), clean_scene(scene, self.specials), voice, adapters, scales
 
     def say(self, npc_id: str, player_line: str, scene: SceneInfo | None = None, opts: GenOptions | None = None,
             session: str = "", cancelled: Callable[[], bool] = lambda: False, deadline: float | None = None,
@@ -374,7 +404,7 @@ class Engine(abc.ABC):
         With ``blend`` (role id, weight pairs) and ``profile``, ``npc_id`` is a procedural NPC with no role file.
         ``opts.max_tokens`` 0 means the daemon's default. With ``beats``, the last chunk carries the line's emotion
         and action, each one of the asked candidates (roles/beats.py); the line is the one said without them."""
-        ask = self.limits.check_beats(beats) if beats else None
+        ask = self.limits.check_beats(beats, self.specials) if beats else None
         opts, player_line, scene, voice, adapters, scales = self._request(npc_id, player_line, scene, opts, session,
                                                                           blend, profile)
         try:
@@ -480,9 +510,9 @@ class Engine(abc.ABC):
         if bad:
             raise BadRequest(bad)
         profiles = {n: self.role(n).asset.profile for n in npcs}  # UnknownRole before anything streams
-        scene = clean_scene(scene)
-        lines: list[tuple[str, str]] = [("player", clean(opening_line).strip())] if opening_line.strip() else []
-        return self._converse(npcs, profiles, scene, clean(topic).strip(), lines, turns, order, opts, cancelled,
+        scene = clean_scene(scene, self.specials)
+        lines: list[tuple[str, str]] = [("player", self.clean(opening_line).strip())] if opening_line.strip() else []
+        return self._converse(npcs, profiles, scene, self.clean(topic).strip(), lines, turns, order, opts, cancelled,
                               deadline, interjections)
 
     def _converse(self, npcs, profiles, scene, topic, lines, turns, order, opts, cancelled, deadline, interjections):
@@ -491,7 +521,7 @@ class Engine(abc.ABC):
         for turn in range(turns):
             heard = []
             for said in interjections() if turn else []:
-                said = clean(said).strip()[: self.limits.max_player_line_chars]
+                said = self.clean(said).strip()[: self.limits.max_player_line_chars]
                 if said:
                     lines.append(("player", said))
                     heard.append(said)
@@ -570,7 +600,7 @@ class Engine(abc.ABC):
         """Put a saved session's memory back (checked against the limits, its text cleaned like any request's).
         Returns the exchanges restored."""
         self.limits.check_session(session, npcs, self.memory.max_turns)
-        cleaned = {npc: [(clean(said), clean(replied)) for said, replied in turns] for npc, turns in npcs}
+        cleaned = {npc: [(self.clean(said), self.clean(replied)) for said, replied in turns] for npc, turns in npcs}
         self.memory.restore(session, cleaned)
         return sum(len(t) for t in self.memory.export(session).values())
 

@@ -418,6 +418,9 @@ class LlamaEngine(Engine):
     def tokens(self, text: str) -> list[int]:
         return self.model.encode(text)
 
+    def special_texts(self) -> tuple[str, ...]:
+        return self.model.special_texts()
+
     def piece_tokens(self, text: str) -> list[int]:
         return self.model.tokenize(text, add_special=False, parse_special=True)
 

@@ -98,6 +98,11 @@ def openmp_build() -> bool:
     return b"OPENMP = 1" in _lib().llama_print_system_info()
 
 
+# The token kinds llama.cpp's tokenizer matches as whole tokens when it parses special tokens (llama-vocab.cpp,
+# cache_special_tokens): the values of llama.h's LLAMA_TOKEN_ATTR_CONTROL, _USER_DEFINED and _UNKNOWN.
+L_SPECIAL_ATTRS = 8 | 16 | 1
+
+
 class LlamaModel:
     """A GGUF model loaded once; contexts and adapters are made from it."""
 
@@ -132,6 +137,20 @@ class LlamaModel:
         does not already start with it."""
         add = bool(self.L.llama_vocab_get_add_bos(self.vocab)) and not text.startswith(self.bos_text)
         return self.tokenize(text, add_special=add, parse_special=True)
+
+    def special_texts(self) -> tuple[str, ...]:
+        """How every token that parse_special turns text into is spelled ("<|im_start|>", "<filename>"): control,
+        user-defined and unknown tokens, which llama.cpp's tokenizer matches in text before anything else."""
+        L, kinds = self.L, L_SPECIAL_ATTRS
+        out = []
+        buf = ctypes.create_string_buffer(256)
+        for t in range(self.n_vocab):
+            if L.llama_vocab_get_attr(self.vocab, t) & kinds:
+                n = L.llama_token_to_piece(self.vocab, t, buf, len(buf), 0, True)
+                text = buf.raw[:max(n, 0)].decode("utf-8", "replace")
+                if text.strip():
+                    out.append(text)
+        return tuple(sorted(set(out)))
 
     def detokenize(self, tokens: list[int]) -> str:
         """The text of ``tokens`` with special tokens written out (``<|im_start|>``) and a leading BOS left off:

@@ -195,6 +195,9 @@ class OpenAIEngine(Engine):
     def tokens(self, text: str) -> list[int]:
         return self.model.encode(text)
 
+    def special_texts(self) -> tuple[str, ...]:
+        return self.model.special_texts()  # the upstream serves the same base model, so the same vocabulary
+
     def describe(self) -> str:
         listed = ", only adapters it lists" if self.upstream.config.models == "listed" else ""
         return f"gateway to {self.upstream.url}{listed}"

@@ -209,6 +209,10 @@ class TorchEngine(Engine):
         self.pool = BatchScheduler(self, max_batch=self.config.max_batch, max_queue=self.config.max_queue)
         self._open_roles(roles_dir, TorchBlocks(self))
 
+    def special_texts(self) -> tuple[str, ...]:
+        """Every added token, special or not: the tokenizer matches each as a whole in text."""
+        return tuple(t for t in self.tok.get_added_vocab() if t.strip())
+
     def tokens(self, text: str) -> list[int]:
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
         if getattr(self.tok, "add_bos_token", False) and self.tok.bos_token_id is not None and not text.startswith(self.template.bos):

@@ -449,6 +449,11 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
               help="Actions a request may declare for its line's beat.")
 @click.option("--max-converse-turns", default=D.MAX_CONVERSE_TURNS, show_default=True, type=click.IntRange(1, 1024),
               help="Turns one Converse may ask for.")
+@click.option("--max-interjections", default=D.MAX_INTERJECTIONS, show_default=True, type=click.IntRange(1, 64),
+              help="Player lines a Converse call may send before one turn; more is refused (INVALID_ARGUMENT).")
+@click.option("--max-converse", default=D.MAX_CONVERSE, show_default=True, type=click.IntRange(1, D.WORKERS - 1),
+              help=f"Converse calls streaming at once (each holds one of the {D.WORKERS} gRPC worker threads); "
+                   "more get RESOURCE_EXHAUSTED.")
 @click.option("--watch-interval", default=D.WATCH_INTERVAL, show_default=True, type=click.FloatRange(0), help="Seconds between roles-folder scans; 0 turns watching off.")
 @click.option("--engine", type=click.Choice(list(D.ENGINES)), default=D.ENGINES[0], show_default=True,
               help="torch: the block LoRA in torch, batching NPCs' decode steps (GPU; needs the [train] extra). openai: a "
@@ -465,7 +470,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @friendly_errors
 def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
           snapshot_mib, warm_dir, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, max_actions,
-          max_converse_turns, watch_interval, engine, upstream, upstream_key, upstream_models, device, max_batch, verbose):
+          max_converse_turns, max_interjections, max_converse, watch_interval, engine, upstream, upstream_key, upstream_models, device, max_batch, verbose):
     """Run the dialogue daemon (gRPC) on the base model and every role in --roles.
 
     With --engine openai the daemon is a gateway: the same gRPC service, roles, prompts, memory and limits,
@@ -479,13 +484,14 @@ def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_
 
     limits = Limits(max_tokens_limit=max_tokens_limit, max_player_line_chars=max_player_line_chars,
                     max_scene_chars=max_scene_chars, max_profile_chars=max_profile_chars, max_blend=max_blend,
-                    max_actions=max_actions, max_converse_turns=max_converse_turns)
+                    max_actions=max_actions, max_converse_turns=max_converse_turns, max_interjections=max_interjections)
     config = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
                           history_tokens=history_tokens, max_batch=max_batch, snapshot_bytes=snapshot_mib * 1024 * 1024,
                           warm_dirs=(warm_dir,) if warm_dir else (), limits=limits)
     from .server.launch import read_token
 
-    server = app.ServerConfig(host=host, port=port, token=read_token(token, token_file), tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval)
+    server = app.ServerConfig(host=host, port=port, token=read_token(token, token_file), tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval,
+                              max_converse=max_converse)
     gateway = None
     if engine == "openai":
         if not upstream:

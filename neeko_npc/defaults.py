@@ -68,6 +68,9 @@ MAX_ACTIONS = 16  # actions one request may declare for its beat
 CONVERSE_TURNS = 6  # turns of a Converse that leaves it at 0
 MAX_CONVERSE_TURNS = 32  # the most turns a Converse may ask for
 MAX_CONVERSE_NPCS = 4
+MAX_INTERJECTIONS = 4  # player lines a Converse call may send before one turn
+MAX_CONVERSE = 4  # Converse calls streaming at once; each holds one of the WORKERS threads, the rest stay free
+CONVERSE_START_S = 5.0  # seconds a Converse call may take to send its start message before it is closed
 MAX_ACTION_CHARS = 120  # an action's description
 
 # -- the gate ----------------------------------------------------------------------------------------------

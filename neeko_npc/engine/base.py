@@ -70,6 +70,7 @@ class Limits:
     max_blend: int = defaults.TOP_K  # roles a procedural NPC may mix, and blocks that may result
     max_actions: int = defaults.MAX_ACTIONS  # actions a request may declare for its beat
     max_converse_turns: int = defaults.MAX_CONVERSE_TURNS
+    max_interjections: int = defaults.MAX_INTERJECTIONS  # player lines a Converse may send before one turn
     max_action_chars: int = defaults.MAX_ACTION_CHARS
 
     def check_say(self, npc_id: str, session: str, player_line: str, scene: SceneInfo, opts: GenOptions) -> GenOptions:
@@ -98,6 +99,17 @@ class Limits:
         if bad:
             raise BadRequest(bad)
         return opts
+
+    def check_interjection(self, line: str, pending: int) -> str:
+        """What is wrong with a player line sent into a running Converse when ``pending`` lines already wait for
+        the next turn; "" when nothing is."""
+        if len(line) > self.max_player_line_chars:
+            return (f"player_line (an interjection) has {len(line)} characters; the limit is "
+                    f"{self.max_player_line_chars} (--max-player-line-chars)")
+        if pending >= self.max_interjections:
+            return (f"more than {self.max_interjections} player lines before one turn (--max-interjections); "
+                    "send the next after the NPCs have spoken")
+        return ""
 
     def check_beats(self, ask: BeatAsk, specials: tuple[str, ...] = ()) -> BeatAsk:
         """A request's beat ask, cleaned (duplicates are errors, descriptions have no control tokens: module
@@ -519,6 +531,8 @@ class Engine(abc.ABC):
         names = {n: profiles[n].name or n for n in npcs}
         speaker = npcs[0]
         for turn in range(turns):
+            if cancelled() or self._closing:
+                return
             heard = []
             for said in interjections() if turn else []:
                 said = self.clean(said).strip()[: self.limits.max_player_line_chars]
@@ -578,14 +592,29 @@ class Engine(abc.ABC):
         """The speaker's prompt: its profile and the scene, then every line so far (its own as the assistant's, the
         player's as the user's, the others' as "Name: text"); the oldest lines go first when it does not fit."""
         room = self.config.n_ctx - max_tokens
-        lines = list(lines)
-        while True:
-            turns = [(s if s in (speaker, "player") else names.get(s, s), t) for s, t in lines]
-            toks = self.tokens(self.template.render(chat_messages(profile, scene_text, turns, open_with_player=False,
+        prefix = len(self.profile_prefix(profile))
+
+        def prompt(start: int) -> list[int]:  # the prompt with lines[start:]
+            turns = [(s if s in (speaker, "player") else names.get(s, s), t) for s, t in lines[start:]]
+            return self.tokens(self.template.render(chat_messages(profile, scene_text, turns, open_with_player=False,
                                                                   npc=speaker)))
-            if len(toks) <= room and len(toks) - len(self.profile_prefix(profile)) <= self.config.history_tokens or not lines:
-                break
-            lines = lines[1:]
+
+        def fits(toks: list[int]) -> bool:
+            return len(toks) <= room and len(toks) - prefix <= self.config.history_tokens
+
+        # The fewest oldest lines to leave out, by bisection: a prompt only shrinks as lines go, so this takes a
+        # logarithmic number of renders where dropping one line at a time took one per line.
+        toks = prompt(0)
+        if not fits(toks) and lines:
+            lo, hi, best = 0, len(lines), prompt(len(lines))  # not fits(lo); hi is taken when nothing fits
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                t = prompt(mid)
+                if fits(t):
+                    hi, best = mid, t
+                else:
+                    lo = mid
+            toks = best
         if len(toks) > room:
             raise ContextTooLarge(f"the conversation's prompt needs {len(toks)} tokens but only {room} fit")
         return toks

@@ -57,6 +57,8 @@ class ServerConfig:
     tls_key: Path | None = None
     workers: int = defaults.WORKERS
     watch_interval: float = defaults.WATCH_INTERVAL  # seconds; 0 disables the roles-folder watcher
+    max_converse: int = defaults.MAX_CONVERSE  # Converse calls streaming at once (each holds a worker)
+    converse_start_s: float = defaults.CONVERSE_START_S
 
 
 class Daemon:
@@ -64,7 +66,10 @@ class Daemon:
 
     def __init__(self, config: ServerConfig, make_engine):
         self.config = config
-        self.service = DialogueService()
+        if not 1 <= config.max_converse < config.workers:
+            raise ValueError(f"max_converse must be at least 1 and below the {config.workers} worker threads, "
+                             f"so that health checks and lines always find one (got {config.max_converse})")
+        self.service = DialogueService(config.max_converse, config.converse_start_s)
         self.health = health.HealthServicer()
         interceptors = [TokenAuth(config.token)] if config.token else []
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), interceptors=interceptors,

@@ -25,10 +25,15 @@ CACHE = {"hot": pb.PROMPT_CACHE_HOT, "snapshot": pb.PROMPT_CACHE_SNAPSHOT, "cold
 
 
 class DialogueService(pb_grpc.DialogueServicer):
-    def __init__(self):
+    def __init__(self, max_converse: int = defaults.MAX_CONVERSE, converse_start_s: float = defaults.CONVERSE_START_S):
         self.engine = None  # set once the model has loaded; until then requests get UNAVAILABLE
         self.load_error: str = ""
         self._ready = threading.Event()
+        # Each Converse holds a worker thread for as long as it streams: at most max_converse at once, so the
+        # other workers always answer health checks, ListRoles and lines.
+        self.max_converse = max_converse
+        self.converse_start_s = converse_start_s
+        self._converse_slots = threading.BoundedSemaphore(max_converse)
 
     def set_engine(self, engine) -> None:
         self.engine = engine
@@ -108,19 +113,53 @@ class DialogueService(pb_grpc.DialogueServicer):
 
     def Converse(self, request_iterator, context):
         engine = self._engine(context)
-        first = next(request_iterator, None)
+        if not self._converse_slots.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.max_converse} conversations are streaming already (--max-converse); retry when one ends")
+        try:
+            yield from self._converse(engine, request_iterator, context)
+        finally:
+            self._converse_slots.release()
+
+    def _first_request(self, request_iterator, context):
+        """The call's first message, waited for at most converse_start_s: a call that sends nothing is closed
+        instead of holding its worker until its own deadline."""
+        box: list = []
+        got = threading.Event()
+
+        def read():
+            try:
+                box.append(next(request_iterator, None))
+            except Exception:  # the client went away, or the call was closed below
+                box.append(None)
+            got.set()
+
+        threading.Thread(target=read, name="converse-start", daemon=True).start()
+        if not got.wait(self.converse_start_s):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                          f"no start message within {self.converse_start_s:g} s; a Converse call begins with `start`")
+        return box[0]
+
+    def _converse(self, engine, request_iterator, context):
+        first = self._first_request(request_iterator, context)
         if first is None or first.WhichOneof("kind") != "start":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first ConverseRequest must be `start`")
         start = first.start
         heard: list[str] = []
+        problem: list[str] = []  # the first thing wrong with what the client sent after `start`
         lock = threading.Lock()
 
         def listen():  # later messages are the player's interjections, taken in before the next turn
             try:
                 for req in request_iterator:
-                    if req.WhichOneof("kind") == "player_line":
-                        with lock:
-                            heard.append(req.player_line)
+                    with lock:
+                        kind = req.WhichOneof("kind")
+                        bad = ("a second `start`; a Converse call has one" if kind == "start"
+                               else engine.limits.check_interjection(req.player_line, len(heard)))
+                        if bad:
+                            problem.append(bad)
+                            return  # the scene stops within one token (cancelled below) and the call says why
+                        heard.append(req.player_line)
             except Exception:  # the client went away: the call's own cancellation stops the scene
                 pass
 
@@ -135,16 +174,21 @@ class DialogueService(pb_grpc.DialogueServicer):
         try:
             scene = engine.converse(list(start.npc_ids), self._scene(start.scene), start.topic, start.opening_line,
                                     start.turns, ORDER.get(start.order, ""), self._options(start.options),
-                                    cancelled=lambda: not context.is_active(), deadline=deadline,
+                                    cancelled=lambda: bool(problem) or not context.is_active(), deadline=deadline,
                                     interjections=interjections)
             threading.Thread(target=listen, name="converse-listen", daemon=True).start()
             for c in scene:
+                if problem:
+                    scene.close()  # its turn and adapters are released now, not when the generator is collected
+                    break
                 yield pb.ConverseChunk(npc_id=c.npc, turn=c.turn, text=c.text, turn_done=c.turn_done,
                                        finish_reason=FINISH.get(c.finish, 0), prompt_tokens=c.prompt_tokens,
                                        completion_tokens=c.completion_tokens, player_line=c.player_line, done=c.done,
                                        role_weights=[pb.RoleWeight(role_id=r, weight=w) for r, w in sorted(c.weights.items())])
         except self._EXPECTED as exc:
             self._abort(context, exc)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem[0])
 
     def Prepare(self, request, context):
         engine = self._engine(context)

@@ -449,6 +449,8 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
               help="Actions a request may declare for its line's beat.")
 @click.option("--max-converse-turns", default=D.MAX_CONVERSE_TURNS, show_default=True, type=click.IntRange(1, 1024),
               help="Turns one Converse may ask for.")
+@click.option("--max-memory-chars", default=D.MAX_MEMORY_CHARS, show_default=True, type=click.IntRange(10_000),
+              help="Characters of conversation memory kept, all sessions together; the least recently used go first.")
 @click.option("--max-interjections", default=D.MAX_INTERJECTIONS, show_default=True, type=click.IntRange(1, 64),
               help="Player lines a Converse call may send before one turn; more is refused (INVALID_ARGUMENT).")
 @click.option("--max-converse", default=D.MAX_CONVERSE, show_default=True, type=click.IntRange(1, D.WORKERS - 1),
@@ -470,7 +472,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @friendly_errors
 def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
           snapshot_mib, warm_dir, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, max_actions,
-          max_converse_turns, max_interjections, max_converse, watch_interval, engine, upstream, upstream_key, upstream_models, device, max_batch, verbose):
+          max_converse_turns, max_memory_chars, max_interjections, max_converse, watch_interval, engine, upstream, upstream_key, upstream_models, device, max_batch, verbose):
     """Run the dialogue daemon (gRPC) on the base model and every role in --roles.
 
     With --engine openai the daemon is a gateway: the same gRPC service, roles, prompts, memory and limits,
@@ -486,7 +488,7 @@ def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_
                     max_scene_chars=max_scene_chars, max_profile_chars=max_profile_chars, max_blend=max_blend,
                     max_actions=max_actions, max_converse_turns=max_converse_turns, max_interjections=max_interjections)
     config = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
-                          history_tokens=history_tokens, max_batch=max_batch, snapshot_bytes=snapshot_mib * 1024 * 1024,
+                          history_tokens=history_tokens, max_batch=max_batch, max_memory_chars=max_memory_chars, snapshot_bytes=snapshot_mib * 1024 * 1024,
                           warm_dirs=(warm_dir,) if warm_dir else (), limits=limits)
     from .server.launch import read_token
 

@@ -38,6 +38,7 @@ QUEUE_TIMEOUT = 30.0  # seconds a request waits for one
 HISTORY_TOKENS = 768  # conversation memory kept in the prompt per (session, NPC)
 MAX_TURNS = 32  # exchanges remembered per (session, NPC)
 MAX_CONVERSATIONS = 10000  # (session, NPC) pairs remembered, least recently used dropped
+MAX_MEMORY_CHARS = 16_000_000  # characters of remembered text, all sessions together; least recently used dropped
 MAX_BATCH = 8  # torch engine: NPC lines decoded together
 SNAPSHOT_MIB = 512  # host memory for kept conversation states (KV snapshots); 22.5 KiB a token on SmolLM2-135M
 ENGINES = ("llama.cpp", "torch", "openai")  # serve --engine; the first is the default

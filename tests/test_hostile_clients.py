@@ -192,3 +192,35 @@ def test_a_second_start_is_refused(server):
     with pytest.raises(grpc.RpcError) as err:
         list(c.stub.Converse(requests(), timeout=60))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "a second `start`" in err.value.details()
+
+
+# -- sessions sized to what they serve -----------------------------------------------------------------
+
+
+def test_a_restore_keeps_only_what_a_prompt_can_use(server):
+    d, c = server
+    engine = d.service.engine
+    huge = pb.Exchange(player_line="Tell me more about the old mill. " * 60, npc_line="Well, it was like this. " * 330)
+    assert len(huge.player_line) <= 2000 and len(huge.npc_line) <= 8000  # within the per-line limits, over the budget
+    long = pb.Exchange(player_line="Tell me more about the old mill. " * 6, npc_line="Well, it was like this. " * 25)
+    r = c.restore_session(pb.SessionMemory(session_id="huge", npcs=[
+        pb.NpcMemory(npc_id="blacksmith", exchanges=[long] * 31 + [huge]),
+        pb.NpcMemory(npc_id="innkeeper", exchanges=[huge] + [long] * 31)]))
+    got = {n.npc_id: [(x.player_line, x.npc_line) for x in n.exchanges] for n in c.get_session("huge").npcs}
+    assert "blacksmith" not in got  # its newest exchange alone is over the budget: nothing older can be used
+    kept = got["innkeeper"]
+    assert r.exchanges == len(kept) and 1 < len(kept) < 31 and kept[-1] == (long.player_line, long.npc_line)
+    assert sum(len(engine.tokens(a + "\n" + b)) - 1 for a, b in kept) <= engine.config.history_tokens
+    assert prompt_tokens(c.say("innkeeper", "And then?", session="huge", **ONE)) <= engine.config.n_ctx
+
+
+def test_every_session_rpc_limits_its_ids(server):
+    d, c = server
+    for call in (lambda: c.get_session("s" * 100_000),
+                 lambda: c.stub.ForgetSession(pb.ForgetSessionRequest(session_id="s" * 100_000), timeout=10),
+                 lambda: c.stub.ForgetSession(pb.ForgetSessionRequest(session_id="ok", npc_id="../x"), timeout=10),
+                 lambda: c.get_session("")):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "session_id" in err.value.details() or "npc_id" in err.value.details()

@@ -51,3 +51,16 @@ def test_memory_is_bounded_and_forgettable():
     m.add("s3", "smith", "x", "y")  # evicts the least recently used conversation
     assert m.get("s1", "smith") == [] and m.get("s3", "smith") == [("x", "y")]
     assert m.get("", "smith") == [] and m.forget("s3") == 1 and m.get("s3", "smith") == []
+
+
+def test_memory_is_capped_server_wide_and_forgetting_gives_the_characters_back():
+    from neeko_npc.engine.memory import Memory
+
+    m = Memory(max_chars=100)
+    m.add("a", "smith", "x" * 30, "y" * 30)
+    m.add("b", "smith", "x" * 30, "y" * 30)  # 120 characters: over, so the least recently used conversation goes
+    assert m.export("a") == {} and m.chars == 60 and m.export("b")
+    m.restore("c", {"smith": [("p" * 10, "q" * 10)], "bard": [("r", "s")]})
+    assert m.chars == 82 and m.forget("c") == 2 and m.chars == 60
+    m.forget("b")
+    assert m.chars == 0

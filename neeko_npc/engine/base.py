@@ -142,12 +142,18 @@ class Limits:
         return RoleProfile(id=npc_id, name=name, persona=persona, style=style, knowledge=knowledge,
                            example_lines=list(example_lines))
 
+    def check_session_id(self, session: str, npc_id: str = "") -> None:
+        """The ids of GetSession, ForgetSession and RestoreSession: the same rule as every other request's."""
+        if not session or len(session) > self.max_id_chars:
+            raise BadRequest(f"session_id is required and limited to {self.max_id_chars} characters")
+        if npc_id and not ROLE_ID_RE.match(npc_id):
+            raise BadRequest(f"npc_id {npc_id[:80]!r} is not a valid NPC id")
+
     def check_session(self, session: str, npcs: list[tuple[str, list[tuple[str, str]]]], max_turns: int) -> None:
         """A saved session sent back by the game: BadRequest names the first problem."""
         bad = None
-        if not session or len(session) > self.max_id_chars:
-            bad = f"session_id is required and limited to {self.max_id_chars} characters"
-        elif len(npcs) > self.max_session_npcs:
+        self.check_session_id(session)
+        if len(npcs) > self.max_session_npcs:
             bad = f"the session holds {len(npcs)} NPCs; at most {self.max_session_npcs} may be restored"
         seen: set[str] = set()
         for npc_id, turns in npcs if bad is None else ():
@@ -173,6 +179,7 @@ class EngineConfig:
     n_ctx: int = defaults.N_CTX
     n_threads: int | None = None  # None: all cores
     max_queue: int = defaults.MAX_QUEUE
+    max_memory_chars: int = defaults.MAX_MEMORY_CHARS  # remembered text, all sessions together
     queue_timeout: float = defaults.QUEUE_TIMEOUT
     history_tokens: int = defaults.HISTORY_TOKENS  # memory budget per (session, NPC)
     max_batch: int = defaults.MAX_BATCH  # torch engine: NPC lines decoded together
@@ -260,6 +267,25 @@ def clean_scene(s: SceneInfo, specials: tuple[str, ...] = ()) -> SceneInfo:
     )
 
 
+def fewest_dropped(n: int, build: Callable, fits: Callable):
+    """``build(k)``: a prompt without its ``k`` oldest items (0 <= k <= n); a prompt only shrinks as ``k`` grows.
+    The first that ``fits``, by bisection: a logarithmic number of builds where dropping one item at a time took
+    one per item (a restored session of 32 long exchanges made every line wait for 32 renders). ``build(n)``
+    when none fits."""
+    first = build(0)
+    if n == 0 or fits(first):
+        return first
+    lo, hi, best = 0, n, build(n)  # build(lo) does not fit; build(hi) is the answer so far
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        got = build(mid)
+        if fits(got):
+            hi, best = mid, got
+        else:
+            lo = mid
+    return best
+
+
 def adapter_key(adapters, scales) -> tuple:
     """What a KV cache is valid under: the adapters (by content hash) and their scales, in order."""
     return tuple((a.sha256, float(s)) for a, s in zip(adapters, scales))
@@ -275,7 +301,7 @@ class Engine(abc.ABC):
 
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
-        self.memory = Memory()
+        self.memory = Memory(max_chars=self.config.max_memory_chars)
         self.roleset: RoleSet | None = None
         self.load_result: ReloadResult | None = None
         self._closing = False
@@ -375,12 +401,13 @@ class Engine(abc.ABC):
                                   f"(--n-ctx {self.config.n_ctx} minus max_tokens {max_tokens}); shorten the scene or player line")
         if not history:
             return base, msgs
-        while True:
-            msgs = build_messages(profile, scene, history, player_line)
-            toks = self.tokens(self.template.render(msgs))
-            if not history or (len(toks) <= room and len(toks) - len(base) <= self.config.history_tokens):
-                return toks, msgs
-            history = history[1:]
+
+        def build(k: int):
+            m = build_messages(profile, scene, history[k:], player_line)
+            return self.tokens(self.template.render(m)), m
+
+        return fewest_dropped(len(history), build,
+                              lambda got: len(got[0]) <= room and len(got[0]) - len(base) <= self.config.history_tokens)
 
     def beat_job(self, messages: list[dict], ask: BeatAsk) -> BeatJob:
         """How to ask this line's beat (roles/beats.py): the question after the line, in the line's messages."""
@@ -602,19 +629,7 @@ class Engine(abc.ABC):
         def fits(toks: list[int]) -> bool:
             return len(toks) <= room and len(toks) - prefix <= self.config.history_tokens
 
-        # The fewest oldest lines to leave out, by bisection: a prompt only shrinks as lines go, so this takes a
-        # logarithmic number of renders where dropping one line at a time took one per line.
-        toks = prompt(0)
-        if not fits(toks) and lines:
-            lo, hi, best = 0, len(lines), prompt(len(lines))  # not fits(lo); hi is taken when nothing fits
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                t = prompt(mid)
-                if fits(t):
-                    hi, best = mid, t
-                else:
-                    lo = mid
-            toks = best
+        toks = fewest_dropped(len(lines), prompt, fits)
         if len(toks) > room:
             raise ContextTooLarge(f"the conversation's prompt needs {len(toks)} tokens but only {room} fit")
         return toks
@@ -623,20 +638,33 @@ class Engine(abc.ABC):
 
     def session(self, session: str) -> dict[str, list[tuple[str, str]]]:
         """Every NPC's remembered exchanges in one session, oldest first (for a game's save file)."""
+        self.limits.check_session_id(session)
         return self.memory.export(session)
+
+    def usable_history(self, turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The newest exchanges whose text alone fits the history budget (--history-tokens): older ones can never
+        reach a prompt, so a restored session keeps no more than that (one token of slack per exchange for a BOS
+        the tokenizer may add)."""
+        kept, used = [], 0
+        for said, replied in reversed(turns):
+            used += len(self.tokens(said + "\n" + replied)) - 1
+            if used > self.config.history_tokens:
+                break
+            kept.append((said, replied))
+        return kept[::-1]
 
     def restore_session(self, session: str, npcs: list[tuple[str, list[tuple[str, str]]]]) -> int:
         """Put a saved session's memory back (checked against the limits, its text cleaned like any request's).
         Returns the exchanges restored."""
         self.limits.check_session(session, npcs, self.memory.max_turns)
-        cleaned = {npc: [(self.clean(said), self.clean(replied)) for said, replied in turns] for npc, turns in npcs}
+        cleaned = {npc: self.usable_history([(self.clean(said), self.clean(replied)) for said, replied in turns])
+                   for npc, turns in npcs}
         self.memory.restore(session, cleaned)
         return sum(len(t) for t in self.memory.export(session).values())
 
     def forget(self, session: str, npc_id: str = "") -> int:
         """Forget a session (or one NPC in it); returns the conversations dropped."""
-        if not session:
-            raise BadRequest("session_id is required")
+        self.limits.check_session_id(session, npc_id)
         return self.memory.forget(session, npc_id)
 
     # -- shutting down ---------------------------------------------------------------------------

@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 from collections import OrderedDict
 
 from .. import defaults
 
 
+def _give_back() -> None:
+    """Hand freed heap pages back to the system (glibc's malloc_trim): without it, text a client made the server
+    remember stays in its resident memory after it is forgotten. Best effort: nothing elsewhere."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Memory:
-    """Server-side conversation memory per (session, npc): the last exchanges, LRU-bounded.
+    """Server-side conversation memory per (session, npc): the last exchanges, LRU-bounded in conversations and,
+    server-wide, in characters of remembered text.
 
     Trimming to a token budget happens at prompt time (the engine knows the tokenizer)."""
 
-    def __init__(self, max_conversations: int = defaults.MAX_CONVERSATIONS, max_turns: int = defaults.MAX_TURNS):
+    GIVE_BACK_CHARS = 1 << 20  # forgetting at least this much text hands the pages back at once
+
+    def __init__(self, max_conversations: int = defaults.MAX_CONVERSATIONS, max_turns: int = defaults.MAX_TURNS,
+                 max_chars: int = defaults.MAX_MEMORY_CHARS):
         self.max_conversations = max_conversations
         self.max_turns = max_turns
+        self.max_chars = max_chars
         self._data: OrderedDict[tuple[str, str], list[tuple[str, str]]] = OrderedDict()
+        self._sizes: dict[tuple[str, str], int] = {}
+        self.chars = 0  # remembered text, all conversations together
         self._lock = threading.Lock()
 
     def get(self, session: str, npc: str) -> list[tuple[str, str]]:
@@ -37,8 +56,10 @@ class Memory:
             turns.append((said, replied))
             del turns[: -self.max_turns]
             self._data.move_to_end((session, npc))
-            while len(self._data) > self.max_conversations:
-                self._data.popitem(last=False)
+            self._resize((session, npc))
+            freed = self._evict()
+        if freed >= self.GIVE_BACK_CHARS:
+            _give_back()
 
     def export(self, session: str) -> dict[str, list[tuple[str, str]]]:
         """Every NPC's exchanges in one session, oldest first (for a game's save file)."""
@@ -48,17 +69,39 @@ class Memory:
     def restore(self, session: str, npcs: dict[str, list[tuple[str, str]]]) -> None:
         """Replace one session's memory with ``npcs`` (each list trimmed to the last ``max_turns``)."""
         with self._lock:
-            for key in [k for k in self._data if k[0] == session]:
-                del self._data[key]
+            freed = sum(self._drop(k) for k in [k for k in self._data if k[0] == session])
             for npc, turns in npcs.items():
                 if turns:
                     self._data[(session, npc)] = list(turns)[-self.max_turns:]
-            while len(self._data) > self.max_conversations:
-                self._data.popitem(last=False)
+                    self._resize((session, npc))
+            freed += self._evict()
+        if freed >= self.GIVE_BACK_CHARS:
+            _give_back()
 
     def forget(self, session: str, npc: str = "") -> int:
         with self._lock:
             keys = [k for k in self._data if k[0] == session and (not npc or k[1] == npc)]
-            for k in keys:
-                del self._data[k]
-            return len(keys)
+            freed = sum(self._drop(k) for k in keys)
+        if freed >= self.GIVE_BACK_CHARS:
+            _give_back()
+        return len(keys)
+
+    # -- bookkeeping, under the lock ------------------------------------------------------------------
+
+    def _resize(self, key: tuple[str, str]) -> None:
+        size = sum(len(a) + len(b) for a, b in self._data[key])
+        self.chars += size - self._sizes.get(key, 0)
+        self._sizes[key] = size
+
+    def _drop(self, key: tuple[str, str]) -> int:
+        del self._data[key]
+        size = self._sizes.pop(key, 0)
+        self.chars -= size
+        return size
+
+    def _evict(self) -> int:
+        """Drop the least recently used conversations while over either bound; the characters freed."""
+        freed = 0
+        while self._data and (len(self._data) > self.max_conversations or self.chars > self.max_chars):
+            freed += self._drop(next(iter(self._data)))
+        return freed

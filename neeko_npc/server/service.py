@@ -248,9 +248,10 @@ class DialogueService(pb_grpc.DialogueServicer):
 
     def GetSession(self, request, context):
         engine = self._engine(context)
-        if not request.session_id:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id is required")
-        npcs = engine.session(request.session_id)
+        try:
+            npcs = engine.session(request.session_id)
+        except BadRequest as exc:
+            self._abort(context, exc)
         return pb.SessionMemory(session_id=request.session_id, npcs=[
             pb.NpcMemory(npc_id=npc, exchanges=[pb.Exchange(player_line=a, npc_line=b) for a, b in turns])
             for npc, turns in sorted(npcs.items())])

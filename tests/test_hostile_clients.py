@@ -224,3 +224,27 @@ def test_every_session_rpc_limits_its_ids(server):
             call()
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "session_id" in err.value.details() or "npc_id" in err.value.details()
+
+
+# -- malformed requests --------------------------------------------------------------------------------
+
+
+def test_a_request_that_is_not_protobuf_is_invalid_argument_with_one_log_line(server, caplog):
+    _, c = server
+    garbage = b"\xff\xff\xff\xff\x0f not protobuf"
+    say = c.channel.unary_stream("/neeko_npc.v1.Dialogue/Say", request_serializer=lambda b: b,
+                                 response_deserializer=lambda b: b)
+    roles = c.channel.unary_unary("/neeko_npc.v1.Dialogue/ListRoles", request_serializer=lambda b: b,
+                                  response_deserializer=lambda b: b)
+    converse = c.channel.stream_stream("/neeko_npc.v1.Dialogue/Converse", request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+    with caplog.at_level("WARNING", logger="neeko_npc.server"):
+        for call in (lambda: list(say(garbage, timeout=10)), lambda: roles(garbage, timeout=10),
+                     lambda: list(converse(iter([garbage]), timeout=10))):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+            assert "is not a valid" in err.value.details()
+    refused = [r for r in caplog.records if "not a valid" in r.getMessage()]
+    assert len(refused) == 3 and not any(r.exc_info for r in caplog.records)
+    assert prompt_tokens(c.say("blacksmith", "Still serving?", session="after-garbage", **ONE)) > 0

@@ -18,13 +18,39 @@ from grpc_reflection.v1alpha import reflection
 from ..errors import InputError
 from .. import defaults
 from ..v1 import dialogue_pb2 as pb
-from ..v1 import dialogue_pb2_grpc as pb_grpc
 from . import launch
-from .service import DialogueService
+from .service import DialogueService, Malformed, refuse_malformed
 
 log = logging.getLogger("neeko_npc.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Dialogue"].full_name
 OPEN_METHODS = ("/grpc.health.v1.Health/",)  # probes work without a token
+
+
+def _lenient(parse):
+    def read(data: bytes):
+        try:
+            return parse(data)
+        except Exception as exc:  # protobuf's DecodeError, or anything else a hostile payload provokes
+            return Malformed(f"{type(exc).__name__}: {exc}"[:200])
+    return read
+
+
+_HANDLERS = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+
+
+def add_dialogue_service(servicer, server) -> None:
+    """The generated add_DialogueServicer_to_server, with request parsing that never fails: every method of the
+    proto's service, its messages read by a deserializer that returns Malformed instead of raising (gRPC would
+    answer INTERNAL and log a traceback); the servicer answers INVALID_ARGUMENT."""
+    handlers = {}
+    for m in pb.DESCRIPTOR.services_by_name["Dialogue"].methods:
+        make = _HANDLERS[(m.client_streaming, m.server_streaming)]
+        method = getattr(servicer, m.name)
+        handlers[m.name] = make(method if m.client_streaming else refuse_malformed(method, m.input_type.name),
+                                request_deserializer=_lenient(getattr(pb, m.input_type.name).FromString),
+                                response_serializer=getattr(pb, m.output_type.name).SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 class TokenAuth(grpc.ServerInterceptor):
@@ -74,7 +100,7 @@ class Daemon:
         interceptors = [TokenAuth(config.token)] if config.token else []
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), interceptors=interceptors,
                                   options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_DialogueServicer_to_server(self.service, self.server)
+        add_dialogue_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), self.server)
         address = f"{config.host}:{config.port}"

@@ -24,6 +24,30 @@ ORDER = {pb.TURN_ORDER_ROUND_ROBIN: "round_robin", pb.TURN_ORDER_NAMED_LAST: "na
 CACHE = {"hot": pb.PROMPT_CACHE_HOT, "snapshot": pb.PROMPT_CACHE_SNAPSHOT, "cold": pb.PROMPT_CACHE_COLD}
 
 
+class Malformed:
+    """A request message that did not parse (app.add_dialogue_service reads every message leniently)."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def malformed_detail(message: str, m: Malformed) -> str:
+    return f"the request is not a valid {message} message ({m.error})"
+
+
+def refuse_malformed(method, message: str):
+    """``method`` for a single-request RPC, answering INVALID_ARGUMENT (one log line) to a request that did not
+    parse."""
+
+    def run(request, context):
+        if isinstance(request, Malformed):
+            log.warning("refused a request that is not a valid %s message: %s", message, request.error)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed_detail(message, request))
+        return method(request, context)
+
+    return run
+
+
 class DialogueService(pb_grpc.DialogueServicer):
     def __init__(self, max_converse: int = defaults.MAX_CONVERSE, converse_start_s: float = defaults.CONVERSE_START_S):
         self.engine = None  # set once the model has loaded; until then requests get UNAVAILABLE
@@ -142,6 +166,9 @@ class DialogueService(pb_grpc.DialogueServicer):
 
     def _converse(self, engine, request_iterator, context):
         first = self._first_request(request_iterator, context)
+        if isinstance(first, Malformed):
+            log.warning("refused a request that is not a valid ConverseRequest message: %s", first.error)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed_detail("ConverseRequest", first))
         if first is None or first.WhichOneof("kind") != "start":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first ConverseRequest must be `start`")
         start = first.start
@@ -153,9 +180,12 @@ class DialogueService(pb_grpc.DialogueServicer):
             try:
                 for req in request_iterator:
                     with lock:
-                        kind = req.WhichOneof("kind")
-                        bad = ("a second `start`; a Converse call has one" if kind == "start"
-                               else engine.limits.check_interjection(req.player_line, len(heard)))
+                        if isinstance(req, Malformed):
+                            bad = malformed_detail("ConverseRequest", req)
+                        elif req.WhichOneof("kind") == "start":
+                            bad = "a second `start`; a Converse call has one"
+                        else:
+                            bad = engine.limits.check_interjection(req.player_line, len(heard))
                         if bad:
                             problem.append(bad)
                             return  # the scene stops within one token (cancelled below) and the call says why

@@ -132,7 +132,10 @@ def test_bad_conversations_are_one_clear_error(client):
                                   (["blacksmith", "blacksmith"], {}, grpc.StatusCode.INVALID_ARGUMENT, "2 to 4"),
                                   (["blacksmith", "ghost"], {}, grpc.StatusCode.NOT_FOUND, "no NPC 'ghost'"),
                                   (["blacksmith", "merchant"], {"turns": 99}, grpc.StatusCode.INVALID_ARGUMENT, "at most 32"),
-                                  (["blacksmith", "merchant"], {"topic": "x" * 3000}, grpc.StatusCode.INVALID_ARGUMENT, "topic")):
+                                  (["blacksmith", "merchant"], {"topic": "x" * 3000}, grpc.StatusCode.INVALID_ARGUMENT, "topic"),
+                                  ([], {}, grpc.StatusCode.INVALID_ARGUMENT, "npc_ids: a conversation needs 2 to 4"),
+                                  (["blacksmith", "merchant"], {"opening_line": "x" * 1_000_000},
+                                   grpc.StatusCode.INVALID_ARGUMENT, "opening_line has 1000000 characters")):
         with pytest.raises(grpc.RpcError) as e:
             list(client.converse(npcs, **kw))
         assert e.value.code() == code and words in e.value.details(), e.value.details()

@@ -119,6 +119,29 @@ def test_upstream_failures_map_to_the_documented_errors():
     assert isinstance(upstream_error(500, "boom", "smith", url), UpstreamFailed)
 
 
+def test_an_upstream_that_takes_the_request_and_is_slow_to_answer_is_busy_not_dead():
+    """A queued upstream (it accepted the connection, it has not answered yet) is UpstreamBusy, retryable; one
+    that refuses connections is UpstreamUnavailable."""
+    import socket
+
+    from neeko_npc.engine.openai_engine import Upstream, UpstreamConfig
+    from neeko_npc.engine.stream import UpstreamUnavailable
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)  # the kernel accepts connections; nothing ever answers them
+    port = listener.getsockname()[1]
+    try:
+        with pytest.raises(UpstreamBusy) as busy:
+            Upstream(UpstreamConfig(url=f"http://127.0.0.1:{port}/v1")).request("GET", "/models", None, timeout=0.5)
+        assert "did not answer within 0.5 s" in str(busy.value)
+    finally:
+        listener.close()
+    with pytest.raises(UpstreamUnavailable) as dead:
+        Upstream(UpstreamConfig(url=f"http://127.0.0.1:{port}/v1")).request("GET", "/models", None, timeout=0.5)
+    assert "unreachable" in str(dead.value) and not isinstance(dead.value, UpstreamBusy)
+
+
 @pytest.mark.slow
 def test_a_greedy_line_equals_the_in_process_engines(daemon, client, upstream):
     """Both cold: the upstream loads an NPC's model entry afresh whenever the alias changes, and the in-process

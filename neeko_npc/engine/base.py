@@ -73,8 +73,10 @@ class Limits:
     max_interjections: int = defaults.MAX_INTERJECTIONS  # player lines a Converse may send before one turn
     max_action_chars: int = defaults.MAX_ACTION_CHARS
 
-    def check_say(self, npc_id: str, session: str, player_line: str, scene: SceneInfo, opts: GenOptions) -> GenOptions:
-        """The request's options with max_tokens filled in; BadRequest names the first limit it breaks."""
+    def check_say(self, npc_id: str, session: str, player_line: str, scene: SceneInfo, opts: GenOptions,
+                  line_field: str = "player_line") -> GenOptions:
+        """The request's options with max_tokens filled in; BadRequest names the first limit it breaks (the line
+        by ``line_field``: a Converse's is its opening_line)."""
         if opts.max_tokens <= 0:
             opts = replace(opts, max_tokens=self.default_max_tokens)
         opts = replace(opts, stop=tuple(opts.stop))
@@ -84,7 +86,7 @@ class Limits:
         elif len(npc_id) > self.max_id_chars or len(session) > self.max_id_chars:
             bad = f"npc_id and session_id are limited to {self.max_id_chars} characters"
         elif len(player_line) > self.max_player_line_chars:
-            bad = (f"player_line has {len(player_line)} characters; the limit is {self.max_player_line_chars} "
+            bad = (f"{line_field} has {len(player_line)} characters; the limit is {self.max_player_line_chars} "
                    "(--max-player-line-chars)")
         elif scene.text_size() > self.max_scene_chars:
             bad = f"scene context has {scene.text_size()} characters; the limit is {self.max_scene_chars} (--max-scene-chars)"
@@ -535,12 +537,13 @@ class Engine(abc.ABC):
         before anything streams; a cancelled turn ends the conversation."""
         scene = scene or SceneInfo()
         lim = self.limits
-        opts = lim.check_say(npcs[0] if npcs else "", "", opening_line, scene, opts or GenOptions())
+        if not 2 <= len(npcs) <= defaults.MAX_CONVERSE_NPCS or len(set(npcs)) != len(npcs):
+            raise BadRequest(f"npc_ids: a conversation needs 2 to {defaults.MAX_CONVERSE_NPCS} different NPCs, "
+                             f"not {len(npcs)}" + (" (one appears twice)" if len(set(npcs)) != len(npcs) else ""))
+        opts = lim.check_say(npcs[0], "", opening_line, scene, opts or GenOptions(), line_field="opening_line")
         turns = turns or defaults.CONVERSE_TURNS
         bad = None
-        if not 2 <= len(npcs) <= defaults.MAX_CONVERSE_NPCS or len(set(npcs)) != len(npcs):
-            bad = f"a conversation needs 2 to {defaults.MAX_CONVERSE_NPCS} different NPCs, not {len(npcs)}"
-        elif turns > lim.max_converse_turns:
+        if turns > lim.max_converse_turns:
             bad = f"{turns} turns; at most {lim.max_converse_turns} (--max-converse-turns)"
         elif order not in ORDERS:
             bad = f"order must be one of {', '.join(ORDERS)}"

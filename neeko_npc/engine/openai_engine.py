@@ -124,7 +124,11 @@ class Upstream:
             sock = conn.sock
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
+            connected = conn.sock is not None
             conn.close()
+            if connected and isinstance(exc, TimeoutError):  # it took the connection and has not answered: queued
+                raise UpstreamBusy(f"the upstream {self.url} took the request but did not answer within "
+                                   f"{conn.timeout:g} s; it is busy, retry shortly") from None
             raise UpstreamUnavailable(f"the upstream {self.url} is unreachable ({exc.__class__.__name__}: {exc}); "
                                       "is it running? (--upstream)") from None
         if not 200 <= resp.status < 300:

@@ -360,10 +360,11 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
 @click.option("--token", envvar=D.TOKEN_ENV, default="", help=f"Bearer token for --address (env {D.TOKEN_ENV}).")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="PEM CA to verify a TLS daemon.")
 @click.option("--pool-size", default=D.POOL_SIZE, show_default=True, type=click.IntRange(1, 64), help="In process: llama.cpp contexts.")
-@click.option("--threads", default=None, type=click.IntRange(1, 256), help="In process: CPU threads, shared by the contexts decoding at once. Default: all cores.")
+@click.option("--threads", default=None, type=click.IntRange(1, 256), help="In process: CPU threads, shared by the contexts decoding at once. Default: half the cores, leaving the rest to the game.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory section (it starts one daemon per role count).")
 @click.option("--no-town", is_flag=True, help="Skip the town section (a day of 24 NPCs on 4 contexts, with and without snapshots).")
 @click.option("--no-startup", is_flag=True, help="Skip the start-up section (server processes started cold, to the ready line).")
+@click.option("--no-neighbours", is_flag=True, help="Skip the beside-a-game section (lines beside busy processes).")
 @click.option("--bundle", "bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A folder from `neeko-npc bundle`: its start-up is timed beside `neeko-npc serve`'s.")
 @click.option("--quick", is_flag=True, help="CI-sized: fewer repetitions, 0 and 2 roles for memory; figures are rougher.")
@@ -371,7 +372,7 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Also draw a PNG (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_memory, no_town, no_startup, bundle_dir, quick,
+def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_memory, no_town, no_startup, no_neighbours, bundle_dir, quick,
           json_out, plot_out, quiet):
     """Speed and memory: time to first token, decode rate, switching NPC,
     concurrency and resident memory, beside baselines measured in the same run
@@ -389,6 +390,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
             raise click.ClickException("--plot needs matplotlib: pip install 'neeko-npc[bench]'") from None
     cfg = BenchConfig(roles_dir=roles_dir, base_model=base_model, address=address, token=token, tls_ca=tls_ca, quick=quick,
                       pool_size=pool_size, threads=threads, memory=not no_memory, town=not no_town, startup=not no_startup,
+                      neighbours=not no_neighbours,
                       bundle=bundle_dir)
     with tqdm(total=total_steps(cfg), disable=quiet, unit="step", file=sys.stderr) as bar:
         result = run_bench(cfg, bar)
@@ -424,7 +426,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("--pool-size", default=D.POOL_SIZE, show_default=True, type=click.IntRange(1, 64),
               help="llama.cpp contexts: NPC lines generated at once without waiting (about 57 MiB each at --n-ctx 2048).")
 @click.option("--threads", default=None, type=click.IntRange(1, 256),
-              help="CPU threads, shared by the contexts decoding at once. Default: all cores.")
+              help="CPU threads, shared by the contexts decoding at once. Default: half the cores (at least one), leaving the rest to the game beside the server.")
 @click.option("--n-ctx", default=D.N_CTX, show_default=True, type=click.IntRange(256, 131072), help="Tokens per context.")
 @click.option("--max-queue", default=D.MAX_QUEUE, show_default=True, type=click.IntRange(0, 10000),
               help="Requests that may wait for a context; more get RESOURCE_EXHAUSTED.")

@@ -19,6 +19,21 @@ def warm_dir() -> Path:
     return cache_root() / "warm"
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity, so a container's limit counts)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """--threads when none is given: half the cores, at least one, leaving the rest to the game beside it. ggml's
+    threads spin while they wait for each other, so a server that asks for every core collapses when the game
+    holds one: `neeko-npc bench` (its section "Beside a game") measured it, README "Beside a game"."""
+    return max(1, cores() // 2)
+
+
 # -- the daemon -------------------------------------------------------------------------------------------
 HOST = "127.0.0.1"  # loopback only unless told otherwise
 PORT = 50051

@@ -6,6 +6,7 @@ were built and run, the memory rows come from daemons that loaded the asked numb
 """
 
 import json
+import subprocess
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,7 @@ MiB = 1024 * 1024
 # `bench --quick` through the CLI, with fewer repetitions still: every section and every code path runs, each fewer
 # times (what the tests check is that each section measured what it says, not how precisely).
 SMALLER = dict(ttft_reps=1, switch_reps=2, levels=[1, 4], decode_tokens=8, decode_rounds=1, adapter_switch_reps=6,
-               reload_reps=1, mixture_blocks=6)
+               reload_reps=1, mixture_blocks=6, neighbour_reps=1)
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,19 @@ def test_bench_quick_measures_every_section(quick_report):
     for row in st.values():
         assert row["errors"] == [] and row["ready_s"]["n"] == 1 and 0 < row["ready_s"]["p50"] < 120
         assert row["first_ttft_ms"]["p50"] > 0 and row["follow_ttft_ms"]["p50"] > 0 and row["stop_s"]["p50"] < 2.0
+    nb = r["neighbours"]  # hot and cold lines on a quiet machine and beside a busy neighbour, per thread count
+    from neeko_npc import defaults
+
+    assert list(nb["runs"])[0] == f"--threads {defaults.default_threads()} (default)" and nb["levels"] == [0, 1]
+    assert len(nb["runs"]) == (1 if defaults.cores() == defaults.default_threads() else 2)
+    for run in nb["runs"].values():
+        for lv in run["levels"].values():
+            assert lv["errors"] == [] and lv["hot_ms"]["n"] == lv["cold_ms"]["n"] == 1
+            assert lv["cold_ms"]["p50"] > lv["hot_ms"]["p50"] > 0  # a cold line reads its whole prompt first
+        assert run["levels"]["0"]["hot_over_quiet"] == 1.0
+    assert "Beside a game:" in text
+    spinners = subprocess.run(["pgrep", "-f", r"range\(2_000_000\)"], capture_output=True, text=True).stdout.split()
+    assert spinners == []  # every busy neighbour is gone
     # every step is timed, in the order it ran, and the table says where the time went
     assert list(r["seconds"])[:4] == ["loading the model", "time to first token", "switching NPC", "concurrency"]
     assert "memory: daemon RSS by role count" in r["seconds"] and all(v > 0 for v in r["seconds"].values())

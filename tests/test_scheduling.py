@@ -65,3 +65,54 @@ def test_decodes_get_their_threads_in_the_order_they_asked():
     for t in first + rest:
         t.join(10)
     assert order[:2] in ([0, 1], [1, 0]) and order[2:] == list(range(2, 10))
+
+
+def test_the_default_threads_leave_half_the_cores_to_the_game(monkeypatch):
+    from neeko_npc import defaults
+
+    for cores, threads in ((1, 1), (2, 1), (3, 1), (8, 4), (16, 8)):
+        monkeypatch.setattr(defaults, "cores", lambda n=cores: n)
+        assert defaults.default_threads() == threads
+
+
+def test_busy_neighbours_keep_every_core_busy_and_are_gone_afterwards():
+    import subprocess
+    import time
+
+    from neeko_npc.bench.neighbours import busy_neighbours
+
+    def spinners():
+        out = subprocess.run(["pgrep", "-f", r"range\(2_000_000\)"], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    with busy_neighbours(2, 2):
+        running = spinners()
+        assert len(running) == 4  # two neighbours, each one process per core
+    deadline = time.monotonic() + 5
+    while spinners() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert spinners() == []
+
+
+def test_busy_neighbours_leave_with_a_bench_that_is_killed():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    owner = subprocess.Popen([sys.executable, "-c", "from neeko_npc.bench.neighbours import busy_neighbours\n"
+                              "import time\nwith busy_neighbours(1, 2):\n    print('up', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "up"
+        found = subprocess.run(["pgrep", "-f", r"range\(2_000_000\)"], capture_output=True, text=True).stdout.split()
+        assert len(found) == 2
+        os.kill(owner.pid, signal.SIGKILL)  # no finally, no cleanup: the spinners must notice on their own
+        owner.wait()
+        deadline = time.monotonic() + 5
+        while subprocess.run(["pgrep", "-f", r"range\(2_000_000\)"], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "busy neighbours outlived the bench"
+            time.sleep(0.05)
+    finally:
+        owner.kill()

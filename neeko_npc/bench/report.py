@@ -79,6 +79,16 @@ def targets(r: BenchResult) -> list[Target]:
         x = st["first_over_follow"]
         add(f"startup_{slug}_first", f"{name}: an NPC's first line after ready <= 2x a hot follow-up (time to first token)",
             x, x <= 2, f"{x:.2f}x")
+    nb = r.neighbours.get("runs", {})
+    if nb:
+        name, run = next(iter(nb.items()))  # the default (or given) threads come first
+        for n, limit in (("1", 2), ("2", 4)):
+            lv = run["levels"].get(n)
+            if lv:
+                for kind in ("hot", "cold"):
+                    x = lv[f"{kind}_over_quiet"]
+                    add(f"neighbours_{n}_{kind}", f"{name}, beside {n} busy neighbour(s): a {kind} line within {limit}x its "
+                        "quiet time", x, x <= limit, f"{x:.2f}x")
     c = r.concurrency
     if "1" in c and "4" in c:
         a1 = c["1"]["aggregate_tok_s"]
@@ -196,6 +206,19 @@ def table(r: BenchResult) -> str:
             for e in st["errors"][:2]:
                 lines.append(f"      error: {e}")
         lines.append("")
+    if r.neighbours.get("runs"):
+        nb = r.neighbours
+        lines.append(f"Beside a game: a 24-token greedy line, hot (prompt held) and cold (prompt read), on a quiet "
+                     f"machine and beside busy neighbours, each keeping all {nb['cores']} cores busy (p50, ms)")
+        for name, run in nb["runs"].items():
+            cells = "  ".join(f"{n} busy: hot {_p(lv['hot_ms'], fmt='{:.0f}')} ({_f(lv['hot_over_quiet'], '{:.2f}x')}), "
+                              f"cold {_p(lv['cold_ms'], fmt='{:.0f}')} ({_f(lv['cold_over_quiet'], '{:.2f}x')})"
+                              for n, lv in run["levels"].items())
+            lines.append(f"  {name}: {cells}")
+            for n, lv in run["levels"].items():
+                for e in lv["errors"][:2]:
+                    lines.append(f"      error ({n} busy): {e}")
+        lines.append("")
     mem = r.memory
     if mem:
         lines.append(f"Memory: daemon RSS    {'roles':>6}{'RSS MiB':>9}{'ready s':>9}{'.nrole MiB':>12}")
@@ -254,6 +277,19 @@ def plot(r: BenchResult, path: str | Path) -> Path:
         ax[1, 0].legend(loc="upper left")
         ax2.legend(loc="lower right")
     ax[1, 0].set_title("concurrency")
+    if r.neighbours.get("runs"):
+        nb = r.neighbours
+        lines.append(f"Beside a game: a 24-token greedy line, hot (prompt held) and cold (prompt read), on a quiet "
+                     f"machine and beside busy neighbours, each keeping all {nb['cores']} cores busy (p50, ms)")
+        for name, run in nb["runs"].items():
+            cells = "  ".join(f"{n} busy: hot {_p(lv['hot_ms'], fmt='{:.0f}')} ({_f(lv['hot_over_quiet'], '{:.2f}x')}), "
+                              f"cold {_p(lv['cold_ms'], fmt='{:.0f}')} ({_f(lv['cold_over_quiet'], '{:.2f}x')})"
+                              for n, lv in run["levels"].items())
+            lines.append(f"  {name}: {cells}")
+            for n, lv in run["levels"].items():
+                for e in lv["errors"][:2]:
+                    lines.append(f"      error ({n} busy): {e}")
+        lines.append("")
     mem = r.memory
     if mem:
         rows = [x for x in mem["rows"] if x["rss_bytes"]]

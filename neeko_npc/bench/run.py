@@ -24,11 +24,11 @@ from .town import WALK_S
 FULL = dict(ttft_reps=10, switch_reps=12, levels=[1, 2, 4, 8], per_stream=3, decode_tokens=64, decode_rounds=5,
             adapter_switch_reps=40, reload_reps=6, role_counts=[0, 1, 10, 50], merged_counts=[1, 5], mixture_blocks=50,
             town_npcs=24, town_levels=[1, 4, 8], town_stops=6, town_tokens=24, town_walk_s=WALK_S, beat_reps=6,
-            converse_turns=8, startup_reps=3)
+            converse_turns=8, startup_reps=3, neighbour_reps=5, neighbour_levels=[0, 1, 2])
 QUICK = dict(ttft_reps=3, switch_reps=4, levels=[1, 2, 4, 8], per_stream=1, decode_tokens=24, decode_rounds=2,
              adapter_switch_reps=10, reload_reps=2, role_counts=[0, 2], merged_counts=[1, 2], mixture_blocks=10,
              town_npcs=8, town_levels=[1, 2], town_stops=3, town_tokens=12, town_walk_s=WALK_S, beat_reps=2,
-             converse_turns=4, startup_reps=1)
+             converse_turns=4, startup_reps=1, neighbour_reps=2, neighbour_levels=[0, 1])
 
 
 @dataclass
@@ -44,6 +44,7 @@ class BenchConfig:
     memory: bool = True
     town: bool = True
     startup: bool = True  # start server processes: `neeko-npc serve`, and the bundle when one is given
+    neighbours: bool = True  # lines beside busy processes standing in for a game
     bundle: Path | None = None  # a folder from `neeko-npc bundle`, started beside serve
     workdir: Path | None = None
     sizes: dict = field(default_factory=dict)  # overrides of FULL / QUICK
@@ -72,6 +73,7 @@ class BenchResult:
     beats: dict = field(default_factory=dict)  # speed.beat_cost: what a line's beat adds to its time
     converse: dict = field(default_factory=dict)  # speed.speaker_changes: the gap between turns of a Converse
     startup: dict = field(default_factory=dict)  # startup.startup: a server process to its ready line and first line
+    neighbours: dict = field(default_factory=dict)  # neighbours.beside_a_game: hot and cold lines beside busy processes
     skipped: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall-clock time of each step, in the order they ran
 
@@ -195,7 +197,7 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
     try:
         snap = engine.roles()
         out.target = {"base_model": engine.base.name, "roles_dir": str(cfg.roles_dir), "pool_size": cfg.pool_size,
-                         "threads": cfg.threads or os.cpu_count()}
+                         "threads": cfg.threads or defaults.default_threads()}
         out.problems = dict(snap.problems)
         _sections_through(InProcess(engine), cfg, out, step, tick)
 
@@ -258,6 +260,9 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
         step("start-up: server processes")
         out.startup = startup.startup(startup.start_commands(cfg.roles_dir, cfg.base_model, cfg.bundle, cfg.threads),
                                       cfg.size("startup_reps"), progress=tick)
+    if cfg.neighbours:
+        step("beside a game: lines beside busy processes")
+        out.neighbours = run_neighbours(cfg, tick)
     if cfg.town:
         step(f"town: {cfg.size('town_npcs')} NPCs on 4 contexts")
         out.town = run_town(cfg, blocks, work / "town", tick)
@@ -269,6 +274,25 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
         out.memory["merged_models"] = [{"count": n, "rss_bytes": memory.models_rss(list(merged.values())[:n]),
                                            "disk_bytes": sum(p.stat().st_size for p in list(merged.values())[:n])} for n in counts]
     return out
+
+
+def run_neighbours(cfg: BenchConfig, tick=None) -> dict:
+    """The beside-a-game section: the default threads (or --threads) against every core."""
+    from ..engine.base import EngineConfig
+    from ..engine.llama_engine import LlamaEngine
+    from . import neighbours
+
+    def make(threads: int):
+        engine = LlamaEngine(cfg.roles_dir, cfg.base_model, EngineConfig(pool_size=cfg.pool_size, n_threads=threads))
+        engine.warmed.wait()
+        return engine
+
+    chosen = cfg.threads or defaults.default_threads()
+    options = {f"--threads {chosen} ({'given' if cfg.threads else 'default'})": chosen}
+    if defaults.cores() != chosen:
+        options[f"--threads {defaults.cores()} (every core)"] = defaults.cores()
+    return neighbours.beside_a_game(make, options, cfg.size("neighbour_levels"), cfg.size("neighbour_reps"), 24,
+                                    progress=tick)
 
 
 def run_town(cfg: BenchConfig, blocks, folder: Path, tick=None) -> dict:
@@ -303,4 +327,5 @@ def total_steps(cfg: BenchConfig) -> int:
         n += len(s("role_counts")) if cfg.memory else 0
         n += 3 if cfg.town else 0
         n += s("startup_reps") * (4 if cfg.bundle else 2) if cfg.startup else 0
+        n += s("neighbour_reps") * len(s("neighbour_levels")) * 2 if cfg.neighbours else 0
     return n

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import codecs
 import logging
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -158,7 +157,7 @@ class ContextPool:
         self.model = model
         self.n_ctx = n_ctx
         self.store = store
-        self.threads = n_threads or max(1, os.cpu_count() or 1)  # shared by the contexts decoding at once
+        self.threads = n_threads or defaults.default_threads()  # shared by the contexts decoding at once
         self.slots = [Slot(i, model.new_context(n_ctx, self.threads)) for i in range(size)]
         self.warming = 0  # warm-up prefills in flight: they share the cores like a busy context
         self.cores = CoreBudget(self.threads, lambda: self.busy() + self.warming)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import defaults
 from ..roles.base_model import BaseModelError, base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
 
@@ -234,7 +235,7 @@ class LlamaContext:
         p.n_ctx = n_ctx
         p.n_batch = min(n_ctx, 512)
         p.n_ubatch = min(n_ctx, 512)
-        threads = n_threads or max(1, os.cpu_count() or 1)
+        threads = n_threads or defaults.default_threads()
         p.n_threads = threads
         p.n_threads_batch = threads
         # sequence 0 is the conversation; 1..BRANCHES are short-lived branches off it (decode_branches), sharing

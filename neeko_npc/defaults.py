@@ -52,6 +52,7 @@ MAX_QUEUE = 16  # requests that may wait for a context
 QUEUE_TIMEOUT = 30.0  # seconds a request waits for one
 HISTORY_TOKENS = 768  # conversation memory kept in the prompt per (session, NPC)
 MAX_TURNS = 32  # exchanges remembered per (session, NPC)
+MAX_SCENE_TURNS = 64  # turns one scene of a role's training dialogue may hold
 MAX_CONVERSATIONS = 10000  # (session, NPC) pairs remembered, least recently used dropped
 MAX_MEMORY_CHARS = 16_000_000  # characters of remembered text, all sessions together; least recently used dropped
 MAX_BATCH = 8  # torch engine: NPC lines decoded together

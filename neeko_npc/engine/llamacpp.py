@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import defaults
+from ..errors import NeekoError
 from ..roles.base_model import BaseModelError, base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
 
@@ -85,8 +86,8 @@ except Exception:  # llama-cpp-python missing: errors surface when a model is lo
 BRANCHES = 16  # sequences decode_branches decodes in one batch beside the conversation's
 
 
-class LlamaError(RuntimeError):
-    pass
+class LlamaError(NeekoError, RuntimeError):
+    """llama.cpp refused something: a model it cannot load, a decode that failed."""
 
 
 def binding_version() -> str:
@@ -301,34 +302,10 @@ class LlamaContext:
         ptr = self.L.llama_get_logits_ith(self.ptr, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,)).copy()
 
-    def decode_all(self, tokens: list[int], pos: int) -> np.ndarray:
-        """Append tokens at positions pos, pos+1, ... (the context must hold exactly ``pos`` tokens); return the
-        logits after each of them, one row a token (scoring a continuation needs every row, not only the last)."""
-        n = len(tokens)
-        if not 0 < n <= 512:
-            raise LlamaError(f"decode_all takes 1 to 512 tokens, not {n}")
-        L = self.L
-        batch = L.llama_batch_init(n, 0, 1)
-        try:
-            for i, t in enumerate(tokens):
-                batch.token[i] = t
-                batch.pos[i] = pos + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = 1
-            batch.n_tokens = n
-            rc = L.llama_decode(self.ptr, batch)
-            if rc != 0:
-                raise LlamaError(f"llama_decode failed ({rc}); the context may be full")
-            rows = [np.ctypeslib.as_array(L.llama_get_logits_ith(self.ptr, i), shape=(self.model.n_vocab,)) for i in range(n)]
-            return np.stack(rows).copy()
-        finally:
-            L.llama_batch_free(batch)
-
     def decode_branches(self, branches: list[list[int]], pos: int) -> list[np.ndarray]:
         """Decode each branch on top of the context's first ``pos`` tokens as if alone, all in one batch: every
         branch is a sequence of its own that shares the prefix's cells. Returns each branch's logits after each of
-        its tokens (rows, as decode_all); afterwards the context holds only the prefix again."""
+        its tokens (one row a token); afterwards the context holds only the prefix again."""
         out: list[np.ndarray] = []
         for start in range(0, len(branches), BRANCHES):
             out += self._branches(branches[start:start + BRANCHES], pos)

@@ -26,10 +26,6 @@ class Example:
     input_ids: list[int]
     labels: list[int]
 
-    @property
-    def n_target(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE)
-
 
 def scene_messages(profile: RoleProfile, scene: Scene) -> list[dict]:
     """A training scene as it is written: the NPC's lines are what the block learns to say."""

@@ -107,10 +107,6 @@ class BaseInfo:
     n_kv_heads: int
     intermediate: int
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.n_heads
-
     def linear_shape(self, target: str) -> tuple[int, int]:
         """(out_features, in_features) of a llama linear."""
         return llama.linear_shape(target, self.hidden, self.n_heads, self.n_kv_heads, self.intermediate)

@@ -31,7 +31,7 @@ from .. import defaults
 from .prompt import BEAT_ID_RE, EMOTIONS, Action
 
 MAX_TURN_CHARS = 2000
-MAX_TURNS = 64
+MAX_TURNS = defaults.MAX_SCENE_TURNS  # turns one training scene may hold (not the memory's MAX_TURNS)
 
 
 class DialogueError(InputError):

@@ -114,6 +114,7 @@ namespace Neeko.Npc.Unity
             {
                 launch.FileName = settings.editorCommand;
                 launch.Arguments.AddRange(ServerLaunch.SplitArguments(settings.editorArguments));
+                launch.Arguments.AddRange(ServerLaunch.SplitArguments(settings.serverArguments));
                 return launch;
             }
             var folder = Path.Combine(Application.streamingAssetsPath, settings.serverFolder);
@@ -127,6 +128,7 @@ namespace Neeko.Npc.Unity
             }
             launch.FileName = exe;
             launch.WorkingDirectory = folder;
+            launch.Arguments.AddRange(ServerLaunch.SplitArguments(settings.serverArguments));
             return launch;
         }
 

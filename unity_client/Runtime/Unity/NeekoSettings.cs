@@ -19,6 +19,8 @@ namespace Neeko.Npc.Unity
         public string editorCommand = "";
         [Tooltip("Editor only: its arguments, e.g. serve --roles /path/to/roles")]
         public string editorArguments = "serve";
+        [Tooltip("Extra flags for the server, e.g. --threads 2 --pool-size 2 (the server's default threads: half the cores, leaving the rest to the game)")]
+        public string serverArguments = "";
         [Tooltip("Seconds the server may take to load before it counts as failed")]
         public float readyTimeoutSeconds = 120f;
         [Header("Connection")]

@@ -300,6 +300,7 @@ class Engine(abc.ABC):
     name = "base"
     base: BaseInfo
     template: ChatTemplate
+    specials: tuple[str, ...] = ()  # how the tokenizer spells its special tokens (special_texts), set with the roles
 
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
@@ -314,6 +315,7 @@ class Engine(abc.ABC):
     def _open_roles(self, roles_dir: str | Path, adapters) -> None:
         """Load the roles folder through the backend's ``adapters`` (load(asset) -> handle, free(handle))."""
         self.roles_dir = Path(roles_dir)
+        self.specials = tuple(self.special_texts())  # read from the vocabulary once, before the first line
         self.roleset = RoleSet(roles_dir, self.base, adapters)
         self.load_result = self.roleset.reload()
         self.warmed.set()  # a backend that warms its roles clears it while it does
@@ -346,10 +348,6 @@ class Engine(abc.ABC):
     def special_texts(self) -> tuple[str, ...]:
         """How the tokenizer spells its special tokens, which game text must never contain (clean)."""
         return ()
-
-    @functools.cached_property
-    def specials(self) -> tuple[str, ...]:
-        return tuple(self.special_texts())
 
     def clean(self, text: str) -> str:
         """Game text with every control-token spelling of this engine's tokenizer removed (module ``clean``)."""

@@ -277,19 +277,6 @@ def plot(r: BenchResult, path: str | Path) -> Path:
         ax[1, 0].legend(loc="upper left")
         ax2.legend(loc="lower right")
     ax[1, 0].set_title("concurrency")
-    if r.neighbours.get("runs"):
-        nb = r.neighbours
-        lines.append(f"Beside a game: a 24-token greedy line, hot (prompt held) and cold (prompt read), on a quiet "
-                     f"machine and beside busy neighbours, each keeping all {nb['cores']} cores busy (p50, ms)")
-        for name, run in nb["runs"].items():
-            cells = "  ".join(f"{n} busy: hot {_p(lv['hot_ms'], fmt='{:.0f}')} ({_f(lv['hot_over_quiet'], '{:.2f}x')}), "
-                              f"cold {_p(lv['cold_ms'], fmt='{:.0f}')} ({_f(lv['cold_over_quiet'], '{:.2f}x')})"
-                              for n, lv in run["levels"].items())
-            lines.append(f"  {name}: {cells}")
-            for n, lv in run["levels"].items():
-                for e in lv["errors"][:2]:
-                    lines.append(f"      error ({n} busy): {e}")
-        lines.append("")
     mem = r.memory
     if mem:
         rows = [x for x in mem["rows"] if x["rss_bytes"]]

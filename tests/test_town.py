@@ -137,6 +137,10 @@ def test_a_line_asked_for_during_the_warm_up_is_served_at_once(roles, tmp_path):
         e.close()
 
 
+def kept_p50(tw: dict) -> float:
+    return tw["runs"]["snapshots"]["levels"]["1"]["ttft_ms"]["p50"]
+
+
 def test_the_bench_town_day_with_and_without_kept_states(roles, tmp_path):
     """`bench`'s town section, small: every line served and counted, the warm prefixes serve the first visits, the
     baseline keeps nothing, kept states stay in budget, and the table shows the runs and the town's targets."""
@@ -147,7 +151,10 @@ def test_the_bench_town_day_with_and_without_kept_states(roles, tmp_path):
     blocks, _ = load_role_assets(roles)
     cfg = BenchConfig(quick=True, sizes=dict(town_npcs=4, town_levels=[1, 2], town_stops=3, town_tokens=8, town_walk_s=0.5))
     tw = run_town(cfg, blocks, tmp_path / "town")
-    assert tw["npcs"] == 4 and list(tw["runs"]) == ["snapshots", "baseline", "walks", "pool 8"]
+    assert tw["npcs"] == 4 and list(tw["runs"]) == ["snapshots", "baseline", "walks", "pool 8", "beside a game"]
+    beside = tw["runs"]["beside a game"]  # the day of one player again, beside a neighbour keeping every core busy
+    assert list(beside["levels"]) == ["1"] and beside["neighbours"] == 1
+    assert tw["beside_over_quiet"] == beside["levels"]["1"]["ttft_ms"]["p50"] / kept_p50(tw)
     kept, base = tw["runs"]["snapshots"]["levels"], tw["runs"]["baseline"]["levels"]
     assert list(kept) == list(base) == ["1", "2"] and list(tw["runs"]["pool 8"]["levels"]) == ["8"]
     for one_run in tw["runs"].values():
@@ -174,7 +181,7 @@ def test_the_bench_town_day_with_and_without_kept_states(roles, tmp_path):
     assert "walks, 1 player(s): 3 visits prepared 0.5 s ahead, 0 skipped" in text
     got = {t.key: t for t in targets(r)}
     assert set(got) == {"town_1", "town_first", "town_1_walks", "town_first_walks", "town_8_ttft", "town_8_rate",
-                        "town_8_errors", "town_budget"}
+                        "town_8_errors", "town_budget", "town_beside"}
     assert got["town_budget"].met and got["town_8_errors"].met
     for t in got.values():
         assert f"[{'met' if t.met else 'MISSED'}] {t.target}: {t.shown}" in text

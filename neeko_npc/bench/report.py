@@ -61,6 +61,10 @@ def targets(r: BenchResult) -> list[Target]:
         if fv is not None:
             add("town_first" + suffix, f"town, {how}: an NPC's first line after start-up <= 2x a hot follow-up", fv,
                 fv <= 2, f"{fv:.2f}x")
+    bq = r.town.get("beside_over_quiet")
+    if bq is not None:
+        add("town_beside", "town, 1 player beside a busy neighbour: time to first token within 2x the quiet town's",
+            bq, bq <= 2, f"{bq:.2f}x (p50)")
     p8 = r.town.get("runs", {}).get("pool 8", {}).get("levels", {}).get("8")
     if p8:
         p95, slowest = p8["ttft_ms"].get("p95", float("nan")), p8["stream_tok_s"].get("min", float("nan"))

@@ -315,7 +315,7 @@ def run_town(cfg: BenchConfig, blocks, folder: Path, tick=None) -> dict:
         return engine, time.perf_counter() - t0
 
     return town.town(make, npcs, cfg.size("town_levels"), cfg.size("town_stops"), cfg.size("town_tokens"), progress=tick,
-                     walk_s=cfg.size("town_walk_s"))
+                     walk_s=cfg.size("town_walk_s"), beside=cfg.neighbours)
 
 
 def total_steps(cfg: BenchConfig) -> int:
@@ -325,7 +325,7 @@ def total_steps(cfg: BenchConfig) -> int:
     if not cfg.address:
         n += 6 * s("decode_rounds") + 1
         n += len(s("role_counts")) if cfg.memory else 0
-        n += 3 if cfg.town else 0
+        n += (4 if cfg.neighbours else 3) if cfg.town else 0
         n += s("startup_reps") * (4 if cfg.bundle else 2) if cfg.startup else 0
         n += s("neighbour_reps") * len(s("neighbour_levels")) * 2 if cfg.neighbours else 0
     return n

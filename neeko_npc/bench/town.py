@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .. import defaults
 from ..roles.asset import RoleAsset, write_asset
 from ..roles.prompt import SceneInfo
 from .memory import rss_bytes
@@ -132,9 +133,10 @@ def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str], wal
 
 
 def town(make_engine, npcs: list[str], levels: list[int], stops: int, max_tokens: int, progress=None,
-         walk_s: float = WALK_S) -> dict:
+         walk_s: float = WALK_S, beside: bool = False) -> dict:
     """The day at each level of players, on a fresh engine that keeps states and on one that does not; then 8
-    players on 8 contexts. ``make_engine(pool_size, snapshots)`` starts an engine and waits for its warm-up."""
+    players on 8 contexts; with ``beside``, the day of one player again beside a busy neighbour (neighbours.py),
+    as a game would be. ``make_engine(pool_size, snapshots)`` starts an engine and waits for its warm-up."""
     out = {"npcs": len(npcs), "levels": levels, "stops_per_player": stops, "walk_s": walk_s, "runs": {}}
     for name, pool, snapshots, walk, lv in (("snapshots", 4, True, 0.0, levels), ("baseline", 4, False, 0.0, levels),
                                             ("walks", 4, True, walk_s, levels), ("pool 8", 8, True, 0.0, [8])):
@@ -146,6 +148,22 @@ def town(make_engine, npcs: list[str], levels: list[int], stops: int, max_tokens
                                  "levels": {str(k): run_day(engine, day(npcs, k, stops), max_tokens, seen, walk) for k in lv}}
         finally:
             engine.close()
+        if progress:
+            progress()
+    if beside:
+        from .neighbours import busy_neighbours
+
+        engine, warm_s = make_engine(4, True)
+        try:
+            with busy_neighbours(1, defaults.cores()):
+                lv = run_day(engine, day(npcs, 1, stops), max_tokens, set())
+            out["runs"]["beside a game"] = {"pool": 4, "snapshots": True, "walk_s": 0.0, "warm_up_s": warm_s,
+                                            "warm_up": engine.warm_summary, "neighbours": 1, "levels": {"1": lv}}
+        finally:
+            engine.close()
+        quiet = out["runs"]["snapshots"]["levels"].get("1")
+        if quiet:
+            out["beside_over_quiet"] = ratio(lv["ttft_ms"].get("p50", float("nan")), quiet["ttft_ms"].get("p50", float("nan")))
         if progress:
             progress()
     # the targets' ratios, against the same run's hot follow-ups: with no warning of the visit, and walking up

@@ -6,7 +6,6 @@ were built and run, the memory rows come from daemons that loaded the asked numb
 """
 
 import json
-import subprocess
 import shutil
 from pathlib import Path
 
@@ -113,8 +112,9 @@ def test_bench_quick_measures_every_section(quick_report):
             assert lv["cold_ms"]["p50"] > lv["hot_ms"]["p50"] > 0  # a cold line reads its whole prompt first
         assert run["levels"]["0"]["hot_over_quiet"] == 1.0
     assert "Beside a game:" in text
-    spinners = subprocess.run(["pgrep", "-f", r"range\(2_000_000\)"], capture_output=True, text=True).stdout.split()
-    assert spinners == []  # every busy neighbour is gone
+    from neeko_npc.bench.neighbours import spinner_pids
+
+    assert spinner_pids() == []  # every busy neighbour is gone
     # every step is timed, in the order it ran, and the table says where the time went
     assert list(r["seconds"])[:4] == ["loading the model", "time to first token", "switching NPC", "concurrency"]
     assert "memory: daemon RSS by role count" in r["seconds"] and all(v > 0 for v in r["seconds"].values())

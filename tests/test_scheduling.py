@@ -76,14 +76,9 @@ def test_the_default_threads_leave_half_the_cores_to_the_game(monkeypatch):
 
 
 def test_busy_neighbours_keep_every_core_busy_and_are_gone_afterwards():
-    import subprocess
     import time
 
-    from neeko_npc.bench.neighbours import busy_neighbours
-
-    def spinners():
-        out = subprocess.run(["pgrep", "-f", r"range\(2_000_000\)"], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split()]
+    from neeko_npc.bench.neighbours import busy_neighbours, spinner_pids as spinners
 
     with busy_neighbours(2, 2):
         running = spinners()
@@ -95,6 +90,7 @@ def test_busy_neighbours_keep_every_core_busy_and_are_gone_afterwards():
 
 
 def test_busy_neighbours_leave_with_a_bench_that_is_killed():
+    from neeko_npc.bench.neighbours import spinner_pids
     import os
     import signal
     import subprocess
@@ -106,12 +102,11 @@ def test_busy_neighbours_leave_with_a_bench_that_is_killed():
                              stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout.readline().strip() == "up"
-        found = subprocess.run(["pgrep", "-f", r"range\(2_000_000\)"], capture_output=True, text=True).stdout.split()
-        assert len(found) == 2
+        assert len(spinner_pids()) == 2
         os.kill(owner.pid, signal.SIGKILL)  # no finally, no cleanup: the spinners must notice on their own
         owner.wait()
         deadline = time.monotonic() + 5
-        while subprocess.run(["pgrep", "-f", r"range\(2_000_000\)"], capture_output=True).returncode == 0:
+        while spinner_pids():
             assert time.monotonic() < deadline, "busy neighbours outlived the bench"
             time.sleep(0.05)
     finally:

@@ -34,6 +34,13 @@ while os.getppid() == parent:
 LINE = "What do you know about the old mill?"
 
 
+def spinner_pids() -> list[int]:
+    """The processes of every busy neighbour running on this machine (pgrep on SPIN's own text): none should be
+    left once a section is over, or once the bench that started them is gone."""
+    out = subprocess.run(["pgrep", "-f", r"range\(2_000_000\)"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
 @contextmanager
 def busy_neighbours(count: int, cores: int):
     """``count`` processes, each keeping ``cores`` cores busy, for the length of the block."""

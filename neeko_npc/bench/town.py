@@ -25,6 +25,7 @@ from .. import defaults
 from ..roles.asset import RoleAsset, write_asset
 from ..roles.prompt import SceneInfo
 from .memory import rss_bytes
+from .neighbours import busy_neighbours
 from .speed import run_together
 from .stats import ratio, summary
 from .targets import InProcess, Line
@@ -138,34 +139,26 @@ def town(make_engine, npcs: list[str], levels: list[int], stops: int, max_tokens
     players on 8 contexts; with ``beside``, the day of one player again beside a busy neighbour (neighbours.py),
     as a game would be. ``make_engine(pool_size, snapshots)`` starts an engine and waits for its warm-up."""
     out = {"npcs": len(npcs), "levels": levels, "stops_per_player": stops, "walk_s": walk_s, "runs": {}}
-    for name, pool, snapshots, walk, lv in (("snapshots", 4, True, 0.0, levels), ("baseline", 4, False, 0.0, levels),
-                                            ("walks", 4, True, walk_s, levels), ("pool 8", 8, True, 0.0, [8])):
+    runs = [("snapshots", 4, True, 0.0, levels, 0), ("baseline", 4, False, 0.0, levels, 0),
+            ("walks", 4, True, walk_s, levels, 0), ("pool 8", 8, True, 0.0, [8], 0)]
+    if beside:
+        runs.append(("beside a game", 4, True, 0.0, [1], 1))
+    for name, pool, snapshots, walk, lv, neighbours in runs:
         engine, warm_s = make_engine(pool, snapshots)
         try:
             seen: set[str] = set()
+            with busy_neighbours(neighbours, defaults.cores()):
+                days = {str(k): run_day(engine, day(npcs, k, stops), max_tokens, seen, walk) for k in lv}
             out["runs"][name] = {"pool": pool, "snapshots": snapshots, "walk_s": walk, "warm_up_s": warm_s,
-                                 "warm_up": engine.warm_summary,
-                                 "levels": {str(k): run_day(engine, day(npcs, k, stops), max_tokens, seen, walk) for k in lv}}
+                                 "warm_up": engine.warm_summary, "neighbours": neighbours, "levels": days}
         finally:
             engine.close()
         if progress:
             progress()
     if beside:
-        from .neighbours import busy_neighbours
-
-        engine, warm_s = make_engine(4, True)
-        try:
-            with busy_neighbours(1, defaults.cores()):
-                lv = run_day(engine, day(npcs, 1, stops), max_tokens, set())
-            out["runs"]["beside a game"] = {"pool": 4, "snapshots": True, "walk_s": 0.0, "warm_up_s": warm_s,
-                                            "warm_up": engine.warm_summary, "neighbours": 1, "levels": {"1": lv}}
-        finally:
-            engine.close()
-        quiet = out["runs"]["snapshots"]["levels"].get("1")
+        one, quiet = out["runs"]["beside a game"]["levels"]["1"], out["runs"]["snapshots"]["levels"].get("1")
         if quiet:
-            out["beside_over_quiet"] = ratio(lv["ttft_ms"].get("p50", float("nan")), quiet["ttft_ms"].get("p50", float("nan")))
-        if progress:
-            progress()
+            out["beside_over_quiet"] = ratio(one["ttft_ms"].get("p50", float("nan")), quiet["ttft_ms"].get("p50", float("nan")))
     # the targets' ratios, against the same run's hot follow-ups: with no warning of the visit, and walking up
     for run, suffix in (("snapshots", ""), ("walks", "_walks")):
         one = out["runs"][run]["levels"].get("1")

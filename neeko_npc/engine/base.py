@@ -85,9 +85,8 @@ class Limits:
             bad = "npc_id is required"
         elif len(npc_id) > self.max_id_chars or len(session) > self.max_id_chars:
             bad = f"npc_id and session_id are limited to {self.max_id_chars} characters"
-        elif len(player_line) > self.max_player_line_chars:
-            bad = (f"{line_field} has {len(player_line)} characters; the limit is {self.max_player_line_chars} "
-                   "(--max-player-line-chars)")
+        elif too_long := self.line_too_long(line_field, player_line):
+            bad = too_long
         elif scene.text_size() > self.max_scene_chars:
             bad = f"scene context has {scene.text_size()} characters; the limit is {self.max_scene_chars} (--max-scene-chars)"
         elif opts.max_tokens > self.max_tokens_limit:
@@ -102,12 +101,19 @@ class Limits:
             raise BadRequest(bad)
         return opts
 
+    def line_too_long(self, field: str, line: str) -> str:
+        """What is wrong with a line of player text (a player line, an opening line, a topic, an interjection)
+        over --max-player-line-chars, named by its ``field``; "" when it fits."""
+        if len(line) <= self.max_player_line_chars:
+            return ""
+        return f"{field} has {len(line)} characters; the limit is {self.max_player_line_chars} (--max-player-line-chars)"
+
     def check_interjection(self, line: str, pending: int) -> str:
         """What is wrong with a player line sent into a running Converse when ``pending`` lines already wait for
         the next turn; "" when nothing is."""
-        if len(line) > self.max_player_line_chars:
-            return (f"player_line (an interjection) has {len(line)} characters; the limit is "
-                    f"{self.max_player_line_chars} (--max-player-line-chars)")
+        too_long = self.line_too_long("player_line (an interjection)", line)
+        if too_long:
+            return too_long
         if pending >= self.max_interjections:
             return (f"more than {self.max_interjections} player lines before one turn (--max-interjections); "
                     "send the next after the NPCs have spoken")
@@ -545,8 +551,8 @@ class Engine(abc.ABC):
             bad = f"{turns} turns; at most {lim.max_converse_turns} (--max-converse-turns)"
         elif order not in ORDERS:
             bad = f"order must be one of {', '.join(ORDERS)}"
-        elif len(topic) > lim.max_player_line_chars:
-            bad = f"topic has {len(topic)} characters; the limit is {lim.max_player_line_chars} (--max-player-line-chars)"
+        elif too_long := lim.line_too_long("topic", topic):
+            bad = too_long
         if bad:
             raise BadRequest(bad)
         profiles = {n: self.role(n).asset.profile for n in npcs}  # UnknownRole before anything streams

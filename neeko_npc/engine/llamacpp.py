@@ -102,7 +102,7 @@ def openmp_build() -> bool:
 
 # The token kinds llama.cpp's tokenizer matches as whole tokens when it parses special tokens (llama-vocab.cpp,
 # cache_special_tokens): the values of llama.h's LLAMA_TOKEN_ATTR_CONTROL, _USER_DEFINED and _UNKNOWN.
-L_SPECIAL_ATTRS = 8 | 16 | 1
+SPECIAL_TOKEN_ATTRS = 8 | 16 | 1
 
 
 class LlamaModel:
@@ -143,7 +143,7 @@ class LlamaModel:
     def special_texts(self) -> tuple[str, ...]:
         """How every token that parse_special turns text into is spelled ("<|im_start|>", "<filename>"): control,
         user-defined and unknown tokens, which llama.cpp's tokenizer matches in text before anything else."""
-        L, kinds = self.L, L_SPECIAL_ATTRS
+        L, kinds = self.L, SPECIAL_TOKEN_ATTRS
         out = []
         buf = ctypes.create_string_buffer(256)
         for t in range(self.n_vocab):

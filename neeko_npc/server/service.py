@@ -35,14 +35,18 @@ def malformed_detail(message: str, m: Malformed) -> str:
     return f"the request is not a valid {message} message ({m.error})"
 
 
+def abort_malformed(context, message: str, m: Malformed) -> None:
+    """End the call with INVALID_ARGUMENT for a ``message`` that did not parse, and one log line."""
+    log.warning("refused a request that is not a valid %s message: %s", message, m.error)
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed_detail(message, m))
+
+
 def refuse_malformed(method, message: str):
-    """``method`` for a single-request RPC, answering INVALID_ARGUMENT (one log line) to a request that did not
-    parse."""
+    """``method`` for a single-request RPC, answering a request that did not parse with abort_malformed."""
 
     def run(request, context):
         if isinstance(request, Malformed):
-            log.warning("refused a request that is not a valid %s message: %s", message, request.error)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed_detail(message, request))
+            abort_malformed(context, message, request)
         return method(request, context)
 
     return run
@@ -167,8 +171,7 @@ class DialogueService(pb_grpc.DialogueServicer):
     def _converse(self, engine, request_iterator, context):
         first = self._first_request(request_iterator, context)
         if isinstance(first, Malformed):
-            log.warning("refused a request that is not a valid ConverseRequest message: %s", first.error)
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed_detail("ConverseRequest", first))
+            abort_malformed(context, "ConverseRequest", first)
         if first is None or first.WhichOneof("kind") != "start":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first ConverseRequest must be `start`")
         start = first.start

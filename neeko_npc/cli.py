@@ -304,6 +304,9 @@ def export(role, all_roles, fmt, roles_dir, out, served_model, base_model):
               help="Attribution replies: nucleus cut, with --temperature above 0.")
 @click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 4),
               help="Attribution replies: the own block's gate weight (1 is as served).")
+@click.option("--contrast", default=0.0, show_default=True, type=click.FloatRange(0, 10),
+              help="Attribution replies: decode the blocks' logits pushed away from the base model's by this much "
+                   "(contrastive decoding; 0 is off, two forwards a token).")
 @click.option("--prompts-per-role", type=click.IntRange(1, 1000), default=None,
               help="Attribution: held-out prompts taken from each role (default 6; 2 with --quick).")
 @click.option("--quick", is_flag=True, help="CI-sized: 4 held-out scenes per role, a one-epoch shared LoRA on 6 scenes "
@@ -314,7 +317,7 @@ def export(role, all_roles, fmt, roles_dir, out, served_model, base_model):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_shared, shared_weight, no_attribution,
-             temperature, top_p, strength, prompts_per_role, quick, json_out, plot_out, quiet):
+             temperature, top_p, strength, contrast, prompts_per_role, quick, json_out, plot_out, quiet):
     """Role fidelity, beside baselines trained and scored in the same run.
 
     Prints the role confusion matrix (held-out loss; rows: whose lines, columns:
@@ -335,7 +338,7 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
             raise click.ClickException("--plot needs matplotlib: pip install 'neeko-npc[bench]'") from None
     cfg = replace(EvalConfig.quick() if quick else EvalConfig(), holdout=holdout, max_len=max_len, precision=precision,
                   shared=not no_shared, shared_weight=shared_weight, attribution=not no_attribution,
-                  temperature=temperature, top_p=top_p, strength=strength)
+                  temperature=temperature, top_p=top_p, strength=strength, contrast=contrast)
     if prompts_per_role is not None:
         cfg = replace(cfg, prompts_per_role=prompts_per_role)
     rep = evaluate(resolve_base_model(base_model), roles_dir, src_dir, cfg, progress=not quiet)
@@ -516,13 +519,17 @@ def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_
 @click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
               show_default=True, help="The roles to ship; every file must load on the base model.")
 @base_model_option
+@click.option("--cpu-variants", "variants_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A folder of llama.cpp CPU variants (bash scripts/build_cpu_variants.sh DIR): the server loads the best "
+                   "one for the player's CPU. Default: the one CPU backend installed here (AVX2).")
 @friendly_errors
-def bundle(out, roles_dir, base_model):
+def bundle(out, roles_dir, base_model, variants_dir):
     """Build the server as one folder a game ships: the neeko-npc-server executable (serve's options), its runtime,
     the base model and the roles. Needs PyInstaller (the [bundle] extra); builds for this operating system."""
     from .bundle.build import build_bundle
 
-    click.echo(build_bundle(out, roles_dir, base_model, log=lambda line: click.echo(line, err=True)).summary())
+    click.echo(build_bundle(out, roles_dir, base_model, log=lambda line: click.echo(line, err=True),
+                            variants_dir=variants_dir).summary())
 
 
 def client_options(f):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from neeko_npc.bundle.build import cpu_features, cpu_variants, llama_lib_dir
 from neeko_npc.bundle.server_main import with_bundle_defaults
 from neeko_npc.cli import main
 from neeko_npc.roles import base_model
@@ -35,6 +36,28 @@ def test_a_folder_that_holds_something_else_is_never_replaced(tmp_path):
     res = bundle("--out", out, "--roles", ROLES)
     assert res.exit_code == 1 and "holds no earlier bundle" in res.output
     assert (out / "game.exe").read_text() == "keep me"
+
+
+def test_a_cpu_variants_folder_without_variants_stops_the_build_before_freezing(tmp_path):
+    (tmp_path / "variants").mkdir()
+    (tmp_path / "variants" / "libggml-cpu.so").write_bytes(b"not a variant's name")
+    out = tmp_path / "out"
+    res = bundle("--out", out, "--roles", ROLES, "--cpu-variants", tmp_path / "variants")
+    assert res.exit_code == 1 and "no libggml-cpu-*.so there" in res.output and "build_cpu_variants.sh" in res.output
+    assert not out.exists()
+
+
+def test_a_cpu_variant_loads_by_its_name_alone(tmp_path):
+    """ggml finds a variant by its file name (libggml-cpu-<variant>.so) and asks it whether this CPU can run it. Here
+    the variant is the installed CPU backend, compiled for Haswell's instruction set, under that variant's name, in a
+    folder without the plain libggml-cpu.so: the real variants take half an hour to build
+    (scripts/build_cpu_variants.sh), too long for the suite."""
+    installed = llama_lib_dir() / "libggml-cpu.so"
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy2(installed, lib / "libggml-cpu-haswell.so")
+    assert cpu_variants(lib) == ["haswell"] and cpu_variants(tmp_path) == []
+    assert cpu_features(lib) == cpu_features() and {"AVX2", "FMA", "F16C"} <= set(cpu_features(lib))
 
 
 def shipped_bundle(tmp_path, base):

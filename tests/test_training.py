@@ -225,14 +225,14 @@ def test_the_eval_chooses_each_systems_beat_as_it_would_alone():
     assert len({(e.id, a.id, round(e.probability, 4)) for e, a in together}) > 1  # the systems really differ
 
 
-def test_sampled_attribution_replies_decode_as_the_daemon_samples():
-    """The eval's sampled replies (attribution.py ``_sampled``): at a vanishing temperature, left-padded rows on a
+def test_decoded_attribution_replies_decode_as_the_daemon_samples():
+    """The eval's sampled replies (attribution.py ``_decoded``): at a vanishing temperature, left-padded rows on a
     KV cache give the tokens of a full greedy forward over each row alone; at the daemon's temperature a seed gives
     the same draw every time and another seed another; an own block at strength 0 speaks as the base model."""
     import numpy as np
     import torch
 
-    from neeko_npc.neeko.attribution import _sampled
+    from neeko_npc.neeko.attribution import _decoded
     from neeko_npc.neeko.model import NeekoLoRA
     from neeko_npc.engine.stream import GenOptions
     from tests.tiny import randomize_blocks, tiny_llama
@@ -258,11 +258,54 @@ def test_sampled_attribution_replies_decode_as_the_daemon_samples():
         return seq[len(row):]
 
     cold = GenOptions(temperature=1e-6, top_p=1.0)
-    got = _sampled(neeko, tok, ids, mask, w, 6, cold, [np.random.default_rng(i) for i in range(2)])
+    got = _decoded(neeko, tok, ids, mask, w, 6, cold, [np.random.default_rng(i) for i in range(2)])
     assert got == [greedy_alone(r, 6) for r in rows]
 
     warm = GenOptions(temperature=0.7, top_p=0.95)
-    draw = lambda seed, weights: _sampled(neeko, tok, ids, mask, weights, 8, warm,  # noqa: E731
+    draw = lambda seed, weights: _decoded(neeko, tok, ids, mask, weights, 8, warm,  # noqa: E731
                                           [np.random.default_rng(seed + j) for j in range(2)])
     assert draw(0, w) == draw(0, w) and draw(0, w) != draw(100, w)
     assert draw(3, neeko.weights([{"a": 0.0}] * 2)) == draw(3, None)
+
+
+def test_contrastive_replies_push_away_from_the_base_within_the_blocks_plausible_tokens():
+    """``contrast`` c: each greedy token is the argmax of block + c * (block - base) over the tokens the block gives
+    at least PLAUSIBLE of its top token's probability; the base decodes the same tokens on its own cache."""
+    import numpy as np
+    import torch
+
+    from neeko_npc.neeko.attribution import PLAUSIBLE, _decoded, contrasted
+    from neeko_npc.neeko.model import NeekoLoRA
+    from tests.tiny import randomize_blocks, tiny_llama
+
+    block, base = np.log(np.array([[0.5, 0.3, 0.16, 0.04]])), np.log(np.array([[0.6, 0.1, 0.1, 0.2]]))
+    assert np.array_equal(contrasted(block, base, 0.0)[0, :3], block[0, :3])  # c = 0: the block (where plausible)
+    pushed = contrasted(block, base, 1.0)
+    assert np.argmax(pushed) == 1 and np.isneginf(pushed[0, 3])  # token 3: below 0.1 x 0.5, never picked
+    assert np.argmax(block) == 0 and 0.04 < PLAUSIBLE * 0.5 < 0.16
+
+    neeko = NeekoLoRA(tiny_llama(), r=2, alpha=4.0, targets=("q_proj", "v_proj"))
+    neeko.add_role("a")
+    randomize_blocks(neeko)
+    neeko.model.generation_config.eos_token_id = 95
+    tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 95})()
+    rows = [[5, 9, 17, 3, 44], [7, 8, 60]]
+    ids = torch.tensor([[0] * (5 - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (5 - len(r)) + [1] * len(r) for r in rows])
+
+    def contrasted_alone(row, steps, c):
+        seq = list(row)
+        for _ in range(steps):
+            with torch.no_grad():
+                lb = neeko.forward(neeko.weights(["a"]), input_ids=torch.tensor([seq])).logits[0, -1].numpy()
+                l0 = neeko.forward(None, input_ids=torch.tensor([seq])).logits[0, -1].numpy()
+            nxt = int(np.argmax(contrasted(lb[None], l0[None], c)))
+            if nxt == 95:
+                break
+            seq.append(nxt)
+        return seq[len(row):]
+
+    rngs = [np.random.default_rng(i) for i in range(2)]
+    got = _decoded(neeko, tok, ids, mask, neeko.weights(["a", "a"]), 6, None, rngs, contrast=2.0)
+    assert got == [contrasted_alone(r, 6, 2.0) for r in rows]
+    assert got != _decoded(neeko, tok, ids, mask, neeko.weights(["a", "a"]), 6, None, rngs, contrast=0.0)

@@ -4,9 +4,9 @@ installed.
 
 PyInstaller builds for the system it runs on: a Linux build runs on Linux x86-64, a Windows build must be made
 on Windows, a macOS build on macOS. The llama.cpp inside is whatever llama-cpp-python is installed here.
-scripts/setup.sh builds one CPU backend for AVX2 (``cpu_features`` names its instruction sets). A build that
-carries every CPU variant llama.cpp offers (GGML_CPU_ALL_VARIANTS, the best picked at start) is listed by
-``cpu_variants``; llama-cpp-python 0.3.36's wheel does not carry them yet (docs/shipping.md).
+scripts/setup.sh builds one CPU backend for AVX2 (``cpu_features`` names its instruction sets). ``--cpu-variants``
+adds every CPU variant llama.cpp offers (GGML_CPU_ALL_VARIANTS, built by scripts/build_cpu_variants.sh from the
+installed llama-cpp-python's sources), and ggml picks the best one for the player's CPU at start.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class BundleReport:
 
     def summary(self) -> str:
         mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
-        variants = (f"llama.cpp: {len(self.cpu_variants)} CPU variants ({', '.join(self.cpu_variants)}), the best picked at start"
+        variants = (f"llama.cpp: {len(self.cpu_variants)} CPU variants ({', '.join(self.cpu_variants)}), the best picked at "
+                    f"start (here: the one for {' '.join(self.cpu_features)})"
                     if self.cpu_variants else
                     f"llama.cpp: one CPU backend, for {' '.join(self.cpu_features) or 'an unknown instruction set'}: it runs on "
                     "CPUs that have these")
@@ -80,27 +81,47 @@ def llama_lib_dir() -> Path:
     return Path(llama_cpp.__file__).resolve().parent / "lib"
 
 
+def variant_pattern() -> str:
+    """How ggml names a CPU variant's library (ggml-backend-reg.cpp: ``[lib]ggml-cpu-<variant>.so|dll``)."""
+    return "ggml-cpu-*.dll" if sys.platform == "win32" else "libggml-cpu-*.so"
+
+
 def cpu_variants(lib_dir: Path | None = None) -> list[str]:
-    """The CPU variants of ggml beside llama.cpp (haswell, skylakex, zen4, ...), the best picked at run time; [] where
+    """The CPU variants of ggml in ``lib_dir`` (haswell, skylakex, zen4, ...), the best picked at run time; [] where
     there is one CPU backend (libggml-cpu: one instruction set, fixed when it was compiled)."""
     lib_dir = lib_dir or llama_lib_dir()
-    names = set()
-    for p in lib_dir.iterdir() if lib_dir.is_dir() else ():
-        stem = p.name.split(".")[0]
-        for prefix in ("libggml-cpu-", "ggml-cpu-"):
-            if stem.startswith(prefix):
-                names.add(stem[len(prefix):])
-    return sorted(names)
+    prefix, suffix = variant_pattern().split("*")
+    return sorted(p.name[len(prefix):-len(suffix)] for p in lib_dir.glob(variant_pattern()) if p.is_file())
 
 
-def cpu_features() -> list[str]:
-    """The instruction sets of the CPU backend llama.cpp loads on this machine (its system info, ``X = 1``)."""
-    from ..engine.llamacpp import _lib
+def variant_libraries(src: Path) -> list[Path]:
+    """The CPU variants' libraries in ``src`` (scripts/build_cpu_variants.sh builds them); an error if none."""
+    libs = sorted(p for p in Path(src).glob(variant_pattern()) if p.is_file()) if Path(src).is_dir() else []
+    if not libs:
+        raise InputError(f"--cpu-variants {src}: no {variant_pattern()} there; build them with "
+                         "bash scripts/build_cpu_variants.sh DIR")
+    return libs
 
-    info = _lib().llama_print_system_info().decode(errors="replace")
-    _, _, cpu = info.partition("CPU :")
-    return [name.strip() for name, _, on in (item.partition("=") for item in cpu.split("|"))
-            if on.strip() == "1" and name.strip() not in ("LLAMAFILE", "REPACK", "OPENMP")]
+
+PROBE_CPU = """
+import json, sys
+from pathlib import Path
+from neeko_npc.engine import llamacpp
+llamacpp.load_cpu_backend(Path(sys.argv[1]) if len(sys.argv) > 1 else None)
+print(json.dumps(llamacpp.cpu_features()))
+"""
+
+
+def cpu_features(lib_dir: Path | None = None) -> list[str]:
+    """The instruction sets of the CPU backend llama.cpp loads on this machine from ``lib_dir`` (default: the installed
+    one): where there are several variants, those of the one this CPU gets. Asked in a fresh interpreter, since
+    a process loads its CPU backend once."""
+    proc = subprocess.run([sys.executable, "-c", PROBE_CPU, *([str(lib_dir)] if lib_dir else [])], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise InputError(f"llama.cpp could not load a CPU backend from {lib_dir or llama_lib_dir()}:\n"
+                         f"{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def check_roles(roles_dir: Path, base) -> list[str]:
@@ -184,8 +205,10 @@ def pyinstaller_command(entry: Path, work: Path, exclude: list[str]) -> list[str
     return cmd + [str(entry)]
 
 
-def build_bundle(out: Path, roles_dir: Path, base_model: str | None = None, log: Callable[[str], None] = print) -> BundleReport:
-    """Build the bundle folder ``out``; returns what went in and how large each part is."""
+def build_bundle(out: Path, roles_dir: Path, base_model: str | None = None, log: Callable[[str], None] = print,
+                 variants_dir: Path | None = None) -> BundleReport:
+    """Build the bundle folder ``out``, with the CPU variants in ``variants_dir`` if given; returns what went in and
+    how large each part is."""
     try:
         import PyInstaller  # noqa: F401
     except ImportError:
@@ -195,17 +218,17 @@ def build_bundle(out: Path, roles_dir: Path, base_model: str | None = None, log:
     if ref.kind != "gguf":
         raise InputError(f"{ref.path}: a bundle serves a GGUF base model on llama.cpp; convert the folder to .gguf first")
     roles = check_roles(Path(roles_dir), base_info(ref))
+    variant_libs = variant_libraries(variants_dir) if variants_dir else []
     out = Path(out).resolve()
     prepare_out(out)
     try:
-        return _build_into(out, ref, Path(roles_dir), roles, log, t0)
+        return _build_into(out, ref, Path(roles_dir), roles, log, t0, variant_libs)
     except BaseException:  # a half-built folder would be refused next time (no manifest): nothing is left
         shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _build_into(out: Path, ref, roles_dir: Path, roles: list[str], log, t0: float) -> BundleReport:
-    variants = cpu_variants()
+def _build_into(out: Path, ref, roles_dir: Path, roles: list[str], log, t0: float, variant_libs: list[Path]) -> BundleReport:
     with tempfile.TemporaryDirectory(prefix="neeko-bundle-") as tmp:
         work = Path(tmp)
         entry = work / "neeko_npc_server.py"
@@ -218,6 +241,12 @@ def _build_into(out: Path, ref, roles_dir: Path, roles: list[str], log, t0: floa
         built = work / "dist" / SERVER_NAME
         for item in built.iterdir():
             shutil.move(str(item), out / item.name)
+    lib_dir = out / RUNTIME_DIR / "llama_cpp" / "lib"
+    for lib in variant_libs:  # beside libggml-cpu, which ggml loads only where no variant scores
+        shutil.copy2(lib, lib_dir / lib.name)
+    variants, features = cpu_variants(lib_dir), cpu_features(lib_dir)
+    if variants:
+        log(f"{len(variants)} CPU variants of llama.cpp; on this CPU ggml picks the one for {' '.join(features)}")
     log(f"copying the base model ({ref.path.name}) and {len(roles)} role(s)...")
     (out / MODEL_DIR).mkdir()
     shutil.copy2(ref.path, out / MODEL_DIR / ref.path.name)
@@ -227,7 +256,7 @@ def _build_into(out: Path, ref, roles_dir: Path, roles: list[str], log, t0: floa
     report = BundleReport(out=out, runtime_bytes=folder_bytes(out / executable_name()) + folder_bytes(out / RUNTIME_DIR),
                           model_bytes=folder_bytes(out / MODEL_DIR), roles_bytes=folder_bytes(out / ROLES_DIR),
                           warm_bytes=folder_bytes(out / WARM_DIR), roles=roles, cpu_variants=variants,
-                          cpu_features=cpu_features(),
+                          cpu_features=features,
                           seconds=time.monotonic() - t0)
     manifest = {"version": __version__, "server": executable_name(), "model": f"{MODEL_DIR}/{ref.path.name}",
                 "roles_dir": ROLES_DIR, "role_ids": roles, "platform": report.platform, "cpu_variants": variants,

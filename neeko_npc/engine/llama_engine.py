@@ -41,7 +41,7 @@ from ..roles.asset import BaseInfo, RoleAsset
 from .base import Engine, EngineConfig, UnknownRole, adapter_key
 from ..roles.beats import BeatJob, choose, continuation_logprob
 from ..roles.sampling import sample
-from .llamacpp import LlamaContext, LlamaModel, binding_version, open_gguf_base, openmp_build
+from .llamacpp import LlamaContext, LlamaModel, binding_version, cpu_features, open_gguf_base, openmp_build
 from .snapshots import Snapshot, SnapshotStore, WarmFiles, common_prefix
 from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite
 
@@ -397,6 +397,7 @@ class LlamaEngine(Engine):
         self.base, self.model, self.template = open_gguf_base(
             base_model, "the llama.cpp engine needs a .gguf base model; convert the HF folder with llama.cpp's "
             "convert_hf_to_gguf.py, or serve it with --engine torch")
+        log.info("llama.cpp's CPU backend is built for %s", " ".join(cpu_features()) or "no listed instruction set")
         if openmp_build():
             log.warning("llama.cpp was built with OpenMP: replies decode 3-4x slower once several request threads "
                         "have decoded. Rebuild it with -DGGML_OPENMP=OFF (README, 'llama.cpp on CPUs ...').")

@@ -42,11 +42,12 @@ def _lib():
     return llama_cpp
 
 
-def load_cpu_backend() -> None:
+def load_cpu_backend(folder: Path | None = None) -> None:
     """A portable llama.cpp (GGML_BACKEND_DL, as scripts/setup.sh and every bundle have it) keeps its CPU backend
     (with GGML_CPU_ALL_VARIANTS, one per instruction set: haswell, skylakex, zen4, ...) in libraries beside
     libggml, and ggml loads the best one this CPU runs. ggml looks beside the executable and in the working
-    directory, which are python's and the caller's, so point it at llama-cpp-python's own lib folder.
+    directory, which are python's and the caller's, so point it at llama-cpp-python's own lib folder (or
+    ``folder``: the bundle builder asks which of a bundle's variants this CPU gets).
 
     The call goes through libllama's handle, which resolves to the libggml that libllama itself uses: a wheel
     holds libggml.so and libggml.so.0 as two files, and registering the backend in the other copy (the one
@@ -65,7 +66,7 @@ def load_cpu_backend() -> None:
     count.restype = ctypes.c_size_t
     load.argtypes = [ctypes.c_char_p]
     if count() == 0:
-        folder = Path(llama_cpp.__file__).resolve().parent / "lib"
+        folder = folder or Path(llama_cpp.__file__).resolve().parent / "lib"
         load(os.fsencode(folder))
         if count() == 0:
             raise LlamaError(f"llama.cpp found no CPU backend in {folder} that this CPU can run")
@@ -93,6 +94,15 @@ class LlamaError(NeekoError, RuntimeError):
 def binding_version() -> str:
     """The llama.cpp binding that computed a saved state (KV layouts may change between versions)."""
     return f"llama-cpp-python {_lib().__version__}"
+
+
+def cpu_features() -> list[str]:
+    """The instruction sets the loaded CPU backend was compiled for (llama.cpp's system info, ``X = 1``): where a
+    build carries several CPU variants, those of the one ggml picked for this CPU."""
+    info = _lib().llama_print_system_info().decode(errors="replace")
+    _, _, cpu = info.partition("CPU :")
+    return [name.strip() for name, _, on in (item.partition("=") for item in cpu.split("|"))
+            if on.strip() == "1" and name.strip() not in ("LLAMAFILE", "REPACK", "OPENMP")]
 
 
 def openmp_build() -> bool:

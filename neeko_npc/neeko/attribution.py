@@ -18,6 +18,7 @@ from ..roles.profile import RoleProfile
 from ..roles.prompt import chat_messages
 from ..roles.sampling import sample
 from .embed import embed_texts
+from .data import IGNORE
 from .model import NeekoLoRA
 
 
@@ -49,14 +50,15 @@ def prompt_messages(profile: RoleProfile, p: Prompt) -> list[dict]:
 
 @torch.no_grad()
 def generate_replies(neeko: NeekoLoRA, tok, conversations: list[list[dict]], weights, max_new_tokens: int = 40,
-                     batch_size: int = 32, progress=None, sampling=None, seed: int = 0) -> list[str]:
+                     batch_size: int = 32, progress=None, sampling=None, seed: int = 0, contrast: float = 0.0) -> list[str]:
     """Replies, batched with left padding; ``weights`` is a role id, {role: weight} or None (base), for every
     conversation, or a list of those, one per conversation (rows of a batch may speak as different roles).
 
     Greedy unless ``sampling`` (anything with ``temperature`` and ``top_p``) has a temperature above 0: then each
     token is drawn by the daemon's own sampler (roles/sampling.py), reply ``i`` from a generator seeded ``seed + i``.
-    On CPU a decode step costs about the same for 3 rows as for 32 (it reads every weight once): 36 replies of 16
-    tokens took 20.1 s in batches of 8 and 11.9 s in batches of 32 on a 2-core machine."""
+    ``contrast`` c > 0 decodes each token from ``contrasted`` logits: the blocks' pushed away from the base model's
+    by c, within the blocks' plausible tokens (two forwards a token). On CPU a decode step costs about the same for
+    3 rows as for 32 (it reads every weight once), so rows go in batches of 32."""
     out = []
     pad = tok.pad_token_id
     per_row = weights if isinstance(weights, list) else [weights] * len(conversations)
@@ -68,10 +70,10 @@ def generate_replies(neeko: NeekoLoRA, tok, conversations: list[list[dict]], wei
         mask = torch.tensor([[0] * (n - len(x)) + [1] * len(x) for x in ids])
         rows = per_row[i:i + batch_size]
         w = None if all(r is None for r in rows) else neeko.weights([{} if r is None else r for r in rows])
-        if sampling is not None and sampling.temperature > 0:
+        if (sampling is not None and sampling.temperature > 0) or contrast > 0:
             rngs = [np.random.default_rng(seed + i + j) for j in range(len(chunk))]
             out += [tok.decode(g, skip_special_tokens=True).strip()
-                    for g in _sampled(neeko, tok, input_ids, mask, w, max_new_tokens, sampling, rngs)]
+                    for g in _decoded(neeko, tok, input_ids, mask, w, max_new_tokens, sampling, rngs, contrast)]
         else:
             with neeko.gate(w):
                 gen = neeko.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
@@ -82,20 +84,39 @@ def generate_replies(neeko: NeekoLoRA, tok, conversations: list[list[dict]], wei
     return out
 
 
+PLAUSIBLE = 0.1  # contrast picks only among tokens the blocks give at least this share of their top token's probability
+
+
+def contrasted(block: np.ndarray, base: np.ndarray, c: float, plausible: float = PLAUSIBLE) -> np.ndarray:
+    """Contrastive logits (Li et al. 2023; classifier-free guidance, Sanchez et al. 2023): ``block + c * (block -
+    base)``, kept only where the block's own probability is at least ``plausible`` times its best token's, so the
+    push toward what the block adds never lifts a token the block itself finds implausible. c = 0: the block."""
+    out = block + c * (block - base)
+    keep = block >= block.max(-1, keepdims=True) + np.log(plausible)
+    return np.where(keep, out, -np.inf)
+
+
 @torch.no_grad()
-def _sampled(neeko: NeekoLoRA, tok, input_ids, mask, w, max_new_tokens: int, sampling, rngs) -> list[list[int]]:
-    """Token-by-token decoding on a KV cache, every row's next token from ``sample``; a row ends at an EOS."""
+def _decoded(neeko: NeekoLoRA, tok, input_ids, mask, w, max_new_tokens: int, sampling, rngs,
+             contrast: float = 0.0) -> list[list[int]]:
+    """Token-by-token decoding on a KV cache, every row's next token greedy or drawn by ``sample``; a row ends at an
+    EOS. With ``contrast``, the base model decodes the same tokens on a cache of its own."""
     eos = neeko.model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tok.eos_token_id}
+    greedy = sampling is None or sampling.temperature <= 0
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     # logits_to_keep=1: only the last position's logits are read (the LM head is a fifth of a token's work)
     res = neeko.forward(w, input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    base = (neeko.forward(None, input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                          logits_to_keep=1) if contrast > 0 else None)
     gen, done = [[] for _ in rngs], [False] * len(rngs)
     for _ in range(max_new_tokens):
         logits = res.logits[:, -1].float().numpy()
+        if base is not None:
+            logits = contrasted(logits, base.logits[:, -1].float().numpy(), contrast)
         nxt = []
         for j, rng in enumerate(rngs):
-            t = tok.pad_token_id if done[j] else sample(logits[j], sampling, rng)
+            t = tok.pad_token_id if done[j] else int(np.argmax(logits[j])) if greedy else sample(logits[j], sampling, rng)
             if not done[j] and t in eos:
                 done[j] = True
             elif not done[j]:
@@ -105,9 +126,38 @@ def _sampled(neeko: NeekoLoRA, tok, input_ids, mask, w, max_new_tokens: int, sam
             break
         mask = torch.cat([mask, torch.ones((len(rngs), 1), dtype=mask.dtype)], 1)
         pos = pos[:, -1:] + 1
-        res = neeko.forward(w, input_ids=torch.tensor(nxt)[:, None], attention_mask=mask, position_ids=pos,
-                            past_key_values=res.past_key_values, use_cache=True)
+        step = dict(input_ids=torch.tensor(nxt)[:, None], attention_mask=mask, position_ids=pos, use_cache=True)
+        res = neeko.forward(w, past_key_values=res.past_key_values, **step)
+        if base is not None:
+            base = neeko.forward(None, past_key_values=base.past_key_values, **step)
     return gen
+
+
+@torch.no_grad()
+def reply_nll(neeko: NeekoLoRA, tok, conversations: list[list[dict]], replies: list[str],
+              batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Coherence: how the base model alone (no block) reads each reply after its conversation. Returns the
+    per-reply sums of the reply tokens' negative log-likelihoods and their token counts; a system's perplexity
+    is exp(sum of sums / sum of counts). Rows are right-padded, so every real token keeps its position.
+
+    The judge is the model that in-context prompting decodes greedily, so it favours those replies; the real
+    held-out lines, scored the same way, show how far from the judge's own taste a human line sits."""
+    sums, counts = np.zeros(len(replies)), np.zeros(len(replies))
+    pad = tok.pad_token_id
+    for i in range(0, len(replies), batch_size):
+        prompts = [list(_ids(tok, m)) for m in conversations[i:i + batch_size]]
+        answers = [tok(r, add_special_tokens=False)["input_ids"] for r in replies[i:i + batch_size]]
+        rows = [p + a for p, a in zip(prompts, answers)]
+        n = max(len(r) for r in rows)
+        input_ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows])
+        labels = torch.tensor([[IGNORE] * len(p) + a + [IGNORE] * (n - len(p) - len(a)) for p, a in zip(prompts, answers)])
+        nll = neeko.loss(None, input_ids, mask, labels, reduction="none").double().numpy()
+        at = 0
+        for j, a in enumerate(answers):  # the labelled tokens come row by row
+            sums[i + j], counts[i + j] = nll[at:at + len(a)].sum(), len(a)
+            at += len(a)
+    return sums, counts
 
 
 def _ids(tok, msgs):

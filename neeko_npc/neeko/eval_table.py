@@ -92,6 +92,12 @@ def report_table(rep: EvalReport) -> str:
             for c in a.get("comparisons", []):
                 verdict = "the intervals separate" if c["separated"] else "within noise (the intervals overlap)"
                 out.append(f"  neeko vs {c['b'].replace('_', ' ')}: {c['points']:+.0f} points, {verdict}")
+        if "real_lines" in a:
+            cols = [("real lines", a["real_lines"])] + [(n.replace("_", " "), a["systems"][n]) for n in names]
+            out.append("  coherence: the base model's perplexity of each reply after its prompt (its own greedy replies "
+                       "score lowest), and words a reply")
+            out.append("  " + "; ".join(f"{n} {c['base_perplexity']['value']:.1f} [{c['base_perplexity']['ci'][0]:.1f}-{c['base_perplexity']['ci'][1]:.1f}], "
+                                      f"{c['mean_words']:.1f} words" for n, c in cols))
     if rep.beats:
         out.append("\nBeats: held-out annotated lines, the emotion and action each system picks (scored like the daemon) "
                    "beside the majority class of the role's training lines")

@@ -32,8 +32,8 @@ from .. import defaults
 from ..roles.base_model import BaseModelRef
 from ..roles.folder import load_role_assets
 from .attribution import (CentroidClassifier, accuracy, generate_replies, hits_by_role, prompt_messages, prompts_from,
-                          role_lines)
-from .intervals import LEVEL, bootstrap_accuracy, loss_difference, separated
+                          reply_nll, role_lines)
+from .intervals import LEVEL, bootstrap_accuracy, loss_difference, perplexity, separated
 from .bake import RoleSource
 from .base import resolve_precision
 from .data import encode_lines, encode_scene
@@ -83,6 +83,7 @@ class EvalConfig:
     temperature: float = 0.0  # attribution replies: 0 greedy; above 0, drawn as the daemon draws them (with top_p)
     top_p: float = defaults.TOP_P
     strength: float = 1.0  # the own block's gate weight in attribution replies (1: as served)
+    contrast: float = 0.0  # attribution replies of the blocks: contrastive decoding against the base (0: off)
     seed: int = 0
 
     @classmethod
@@ -257,7 +258,7 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
                                 "max_scenes": cfg.max_scenes, "shared_train_scenes": cfg.shared_train_scenes,
                                 "shared_epochs": cfg.shared_epochs, "prompts_per_role": cfg.prompts_per_role,
                                 "reply_tokens": cfg.reply_tokens, "temperature": cfg.temperature,
-                                "top_p": cfg.top_p, "strength": cfg.strength, "load_problems": [str(e) for e in errors]})
+                                "top_p": cfg.top_p, "strength": cfg.strength, "contrast": cfg.contrast, "load_problems": [str(e) for e in errors]})
 
 
 def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: EvalConfig, progress: bool) -> dict:
@@ -283,14 +284,22 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
         convs = [prompt_messages(sources[rid].profile, p) for rid in rows for p in prompts]
         truth = [rid for rid in rows for _ in prompts]
         replies = generate_replies(neeko, tok, convs, [weights_for(rid) for rid in truth], cfg.reply_tokens,
-                                   progress=bar.update, sampling=cfg, seed=cfg.seed)
+                                   progress=bar.update, sampling=cfg, seed=cfg.seed,
+                                   contrast=cfg.contrast if name == "neeko" else 0.0)
         for rid in rows:
             out["samples"].setdefault(rid, {})[name] = replies[truth.index(rid)] if prompts else ""
         predicted = classifier.classify(replies)
         acc = accuracy(predicted, truth)
         out["systems"][name] = {"per_role": acc, "mean": float(np.mean(list(acc.values()))),
-                                "ci": bootstrap_accuracy(hits_by_role(predicted, truth), seed=cfg.seed)}
+                                "ci": bootstrap_accuracy(hits_by_role(predicted, truth), seed=cfg.seed),
+                                "mean_words": float(np.mean([len(r.split()) for r in replies])) if replies else 0.0,
+                                "base_perplexity": perplexity(*reply_nll(neeko, tok, convs, replies), seed=cfg.seed)}
     bar.close()
+    # the same judge on the real lines that answered these prompts, in their own speaker's voice
+    real_convs = [prompt_messages(sources[p.source_role].profile, p) for p in prompts]
+    real_lines = [p.scene.turns[p.cut].text for p in prompts]
+    out["real_lines"] = {"mean_words": float(np.mean([len(r.split()) for r in real_lines])) if real_lines else 0.0,
+                         "base_perplexity": perplexity(*reply_nll(neeko, tok, real_convs, real_lines), seed=cfg.seed)}
     # differences are called only where the 95% intervals of the means do not overlap
     real = {"mean": float(np.mean(list(out["real_held_out_lines"].values()))), "ci": out["real_held_out_lines_ci"]}
     against = [(b, out["systems"][b]) for b in out["systems"] if b != "neeko"] + [("real_held_out_lines", real)]

@@ -48,3 +48,14 @@ def loss_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.nd
     idx = np.random.default_rng(seed).integers(0, len(sa), size=(n, len(sa)))
     diff = sa[idx].sum(1) / ca[idx].sum(1) - sb[idx].sum(1) / cb[idx].sum(1)
     return _interval(diff, level)
+
+
+def perplexity(sums: np.ndarray, counts: np.ndarray, n: int = REPLICATES, level: float = LEVEL, seed: int = 0) -> dict:
+    """exp(sum of NLL sums / sum of token counts) over a set of replies, with the percentile interval of the
+    replies redrawn with replacement."""
+    sums, counts = np.asarray(sums, dtype=float), np.asarray(counts, dtype=float)
+    if counts.sum() == 0:
+        return {"value": float("nan"), "ci": [float("nan")] * 2}
+    idx = np.random.default_rng(seed).integers(0, len(sums), size=(n, len(sums)))
+    reps = np.exp(sums[idx].sum(1) / np.maximum(counts[idx].sum(1), 1))
+    return {"value": float(np.exp(sums.sum() / counts.sum())), "ci": _interval(reps, level)}

@@ -307,6 +307,8 @@ def export(role, all_roles, fmt, roles_dir, out, served_model, base_model):
 @click.option("--contrast", default=0.0, show_default=True, type=click.FloatRange(0, 10),
               help="Attribution replies: decode the blocks' logits pushed away from the base model's by this much "
                    "(contrastive decoding; 0 is off, two forwards a token).")
+@click.option("--reply-tokens", type=click.IntRange(1, 512), default=None,
+              help="Attribution: the longest reply, in tokens (default 40; 16 with --quick).")
 @click.option("--prompts-per-role", type=click.IntRange(1, 1000), default=None,
               help="Attribution: held-out prompts taken from each role (default 6; 2 with --quick).")
 @click.option("--quick", is_flag=True, help="CI-sized: 4 held-out scenes per role, a one-epoch shared LoRA on 6 scenes "
@@ -317,7 +319,7 @@ def export(role, all_roles, fmt, roles_dir, out, served_model, base_model):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_shared, shared_weight, no_attribution,
-             temperature, top_p, strength, contrast, prompts_per_role, quick, json_out, plot_out, quiet):
+             temperature, top_p, strength, contrast, reply_tokens, prompts_per_role, quick, json_out, plot_out, quiet):
     """Role fidelity, beside baselines trained and scored in the same run.
 
     Prints the role confusion matrix (held-out loss; rows: whose lines, columns:
@@ -341,6 +343,8 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
                   temperature=temperature, top_p=top_p, strength=strength, contrast=contrast)
     if prompts_per_role is not None:
         cfg = replace(cfg, prompts_per_role=prompts_per_role)
+    if reply_tokens is not None:
+        cfg = replace(cfg, reply_tokens=reply_tokens)
     rep = evaluate(resolve_base_model(base_model), roles_dir, src_dir, cfg, progress=not quiet)
     click.echo(report_table(rep))
     if json_out:

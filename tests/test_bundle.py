@@ -223,4 +223,4 @@ def test_the_bench_times_the_bundles_start_beside_serves(bundle):
     assert list(got) == ["bundle, first start", "bundle, next start"]
     for row in got.values():
         assert row["errors"] == [] and 0 < row["ready_s"]["p50"] < 60 and row["stop_s"]["p50"] < 2.0
-        assert row["first_ttft_ms"]["p50"] > 0 and row["first_over_follow"] > 0
+        assert row["first_ttft_ms"]["p50"] > 0 and row["first_over_follow"] > 0 and row["prepared_over_follow"] > 0

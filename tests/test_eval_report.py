@@ -92,3 +92,12 @@ def test_the_table_prints_the_rows_intervals():
     text = report_table(rep)
     assert "smith           bard           [-0.500, +0.100]   in-context [-0.900, -0.700]" in text
     assert "own block lowest beyond noise in 2/3 rows; below in-context beyond noise in 3/3" in text
+
+
+def test_a_reply_that_loops_is_counted_as_repeating():
+    from neeko_npc.neeko.attribution import repeats
+
+    assert repeats("Aye, aye, aye, aye, aye, a")  # what the base model says under a thin profile
+    assert repeats("Why, I am a man of the world, and I am a man of")
+    assert not repeats("What, Hal! what a pox have I to do with my hostess of the tavern?")
+    assert not repeats("Aye aye.") and not repeats("")

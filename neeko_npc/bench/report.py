@@ -83,6 +83,9 @@ def targets(r: BenchResult) -> list[Target]:
         x = st["first_over_follow"]
         add(f"startup_{slug}_first", f"{name}: an NPC's first line after ready <= 2x a hot follow-up (time to first token)",
             x, x <= 2, f"{x:.2f}x")
+        x = st.get("prepared_over_follow", float("nan"))
+        add(f"startup_{slug}_prepared", f"{name}: ... the same for an NPC the game prepared as the player walked up",
+            x, x <= 2, f"{x:.2f}x")
     nb = r.neighbours.get("runs", {})
     if nb:
         name, run = next(iter(nb.items()))  # the default (or given) threads come first
@@ -201,11 +204,13 @@ def table(r: BenchResult) -> str:
     if r.startup:
         lines.append(f"Start-up: a server process started with --port 0, on an empty cache and again on what it left "
                      f"(p50 of {next(iter(r.startup.values()))['ready_s']['n']})")
-        lines.append(f"  {'how':<24}{'ready s':>9}{'first TTFT ms':>15}{'follow-up ms':>14}{'first/follow':>14}{'first line ms':>15}"
-                     f"{'SIGTERM to exit s':>19}")
+        lines.append(f"  {'how':<24}{'ready s':>9}{'first TTFT ms':>15}{'follow-up ms':>14}{'first/follow':>14}"
+                     f"{'prepared ms':>13}{'prepared/follow':>17}{'first line ms':>15}{'SIGTERM to exit s':>19}")
         for name, st in r.startup.items():
             lines.append(f"  {name:<24}{_p(st['ready_s'], fmt='{:.2f}'):>9}{_p(st['first_ttft_ms'], fmt='{:.0f}'):>15}"
                          f"{_p(st['follow_ttft_ms'], fmt='{:.0f}'):>14}{_f(st['first_over_follow'], '{:.2f}x'):>14}"
+                         f"{_p(st.get('prepared_ttft_ms', {}), fmt='{:.0f}'):>13}"
+                         f"{_f(st.get('prepared_over_follow', float('nan')), '{:.2f}x'):>17}"
                          f"{_p(st['first_line_ms'], fmt='{:.0f}'):>15}{_p(st['stop_s'], fmt='{:.2f}'):>19}")
             for e in st["errors"][:2]:
                 lines.append(f"      error: {e}")

@@ -1,5 +1,6 @@
 """Start-up as a game meets it: a server process started with ``--port 0``, the time to its ready line (the
-launch contract, server/launch.py), then an NPC's first line and a hot follow-up in the same session, then
+launch contract, server/launch.py), then an NPC's first line and a hot follow-up in the same session, another
+NPC's first line after a Prepare (as the Unity package's NpcVoice prepares when the player walks up), then
 SIGTERM and the time to exit. Each way of starting (the shipped bundle, ``neeko-npc serve``) runs on an empty
 cache (the first launch on a player's machine) and again on what that left (every later launch), rep after
 rep, interleaved, so machine noise hits them alike."""
@@ -67,6 +68,10 @@ def one_start(cmd: list[str], cache: Path, rep: int, max_tokens: int) -> dict:
             session = f"startup-{uuid.uuid4().hex[:8]}"
             first = target.say(npc, OPENING[rep % len(OPENING)], session, max_tokens)
             follow = target.say(npc, FOLLOW_UP[rep % len(FOLLOW_UP)], session, max_tokens)
+            # another NPC as the game meets it: prepared as the player walks up (NpcVoice), then spoken to
+            other, walk = target.roles[(rep + 1) % ready["roles"]], f"startup-{uuid.uuid4().hex[:8]}"
+            target.prepare(other, walk)
+            prepared = target.say(other, OPENING[(rep + 1) % len(OPENING)], walk, max_tokens)
         finally:
             client.close()
         wait_for_warm_up(log, proc, READY_TIMEOUT_S)  # as a session of play would: the next start finds it all saved
@@ -74,8 +79,8 @@ def one_start(cmd: list[str], cache: Path, rep: int, max_tokens: int) -> dict:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         return {"npc": npc, "ready_s": ready_s, "first_ttft_ms": first.ttft * 1000, "first_line_ms": first.total * 1000,
-                "follow_ttft_ms": follow.ttft * 1000, "stop_s": time.perf_counter() - t1,
-                "error": first.error or follow.error}
+                "follow_ttft_ms": follow.ttft * 1000, "prepared_ttft_ms": prepared.ttft * 1000,
+                "stop_s": time.perf_counter() - t1, "error": first.error or follow.error or prepared.error}
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -109,8 +114,10 @@ def startup(commands: dict[str, list[str]], reps: int, max_tokens: int = 16, pro
     out = {}
     for name, rs in rows.items():
         first, follow = summary([r["first_ttft_ms"] for r in rs]), summary([r["follow_ttft_ms"] for r in rs])
+        prepared = summary([r["prepared_ttft_ms"] for r in rs])
         out[name] = {"ready_s": summary([r["ready_s"] for r in rs]), "first_ttft_ms": first, "follow_ttft_ms": follow,
                      "first_line_ms": summary([r["first_line_ms"] for r in rs]),
                      "first_over_follow": ratio(first["p50"], follow["p50"]),
+                     "prepared_ttft_ms": prepared, "prepared_over_follow": ratio(prepared["p50"], follow["p50"]),
                      "stop_s": summary([r["stop_s"] for r in rs]), "errors": [r["error"] for r in rs if r["error"]]}
     return out

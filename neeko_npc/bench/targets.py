@@ -157,6 +157,16 @@ class Remote:
                                       max_tokens=max_tokens, temperature=0.0):
             yield c.npc_id, c.turn, c.text, c.turn_done or c.done, time.perf_counter() - t0
 
+    def prepare(self, npc: str, session: str = "") -> int:
+        """What the Unity package's NpcVoice does as the player walks up: read the NPC's prompt up to the player's
+        line now. Returns the tokens it read."""
+        from google.protobuf import json_format
+
+        from ..v1 import dialogue_pb2 as pb
+
+        scene = json_format.ParseDict({k: v for k, v in vars(BENCH_SCENE).items() if v}, pb.SceneContext())
+        return self.client.prepare(npc, scene, session=session, timeout=300).read_tokens
+
     def forget_cache(self) -> bool:
         return False  # a daemon's KV cache is not ours to clear
 

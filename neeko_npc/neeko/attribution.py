@@ -160,6 +160,14 @@ def reply_nll(neeko: NeekoLoRA, tok, conversations: list[list[dict]], replies: l
     return sums, counts
 
 
+def repeats(text: str, n: int = 3) -> bool:
+    """Whether a reply says some run of ``n`` words twice ("Aye, aye, aye, aye"): a loop the base model's
+    perplexity rewards, so the eval counts it beside."""
+    words = [w.strip(".,;:!?'\"()").lower() for w in text.split()]
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) < len(grams)
+
+
 def _ids(tok, msgs):
     x = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
     return x["input_ids"] if hasattr(x, "keys") else x

@@ -95,9 +95,9 @@ def report_table(rep: EvalReport) -> str:
         if "real_lines" in a:
             cols = [("real lines", a["real_lines"])] + [(n.replace("_", " "), a["systems"][n]) for n in names]
             out.append("  coherence: the base model's perplexity of each reply after its prompt (its own greedy replies "
-                       "score lowest), and words a reply")
+                       "score lowest), words a reply, and the share of replies that say some 3 words twice")
             out.append("  " + "; ".join(f"{n} {c['base_perplexity']['value']:.1f} [{c['base_perplexity']['ci'][0]:.1f}-{c['base_perplexity']['ci'][1]:.1f}], "
-                                      f"{c['mean_words']:.1f} words" for n, c in cols))
+                                      f"{c['mean_words']:.1f} words, {c.get('repeating', float('nan')):.0%} repeating" for n, c in cols))
     if rep.beats:
         out.append("\nBeats: held-out annotated lines, the emotion and action each system picks (scored like the daemon) "
                    "beside the majority class of the role's training lines")

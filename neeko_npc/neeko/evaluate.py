@@ -32,7 +32,7 @@ from .. import defaults
 from ..roles.base_model import BaseModelRef
 from ..roles.folder import load_role_assets
 from .attribution import (CentroidClassifier, accuracy, generate_replies, hits_by_role, prompt_messages, prompts_from,
-                          reply_nll, role_lines)
+                          repeats, reply_nll, role_lines)
 from .intervals import LEVEL, bootstrap_accuracy, loss_difference, perplexity, separated
 from .bake import RoleSource
 from .base import resolve_precision
@@ -293,12 +293,14 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
         out["systems"][name] = {"per_role": acc, "mean": float(np.mean(list(acc.values()))),
                                 "ci": bootstrap_accuracy(hits_by_role(predicted, truth), seed=cfg.seed),
                                 "mean_words": float(np.mean([len(r.split()) for r in replies])) if replies else 0.0,
+                                "repeating": float(np.mean([repeats(r) for r in replies])) if replies else 0.0,
                                 "base_perplexity": perplexity(*reply_nll(neeko, tok, convs, replies), seed=cfg.seed)}
     bar.close()
     # the same judge on the real lines that answered these prompts, in their own speaker's voice
     real_convs = [prompt_messages(sources[p.source_role].profile, p) for p in prompts]
     real_lines = [p.scene.turns[p.cut].text for p in prompts]
     out["real_lines"] = {"mean_words": float(np.mean([len(r.split()) for r in real_lines])) if real_lines else 0.0,
+                         "repeating": float(np.mean([repeats(r) for r in real_lines])) if real_lines else 0.0,
                          "base_perplexity": perplexity(*reply_nll(neeko, tok, real_convs, real_lines), seed=cfg.seed)}
     # differences are called only where the 95% intervals of the means do not overlap
     real = {"mean": float(np.mean(list(out["real_held_out_lines"].values()))), "ci": out["real_held_out_lines_ci"]}

@@ -4,7 +4,7 @@
 # (libggml-cpu-<variant>.so) into OUT_DIR. `neeko-npc bundle --cpu-variants OUT_DIR` puts them in a bundle, whose
 # server then loads the best one the player's CPU can run (ggml_backend_load_all_from_path scores each).
 #
-#   bash scripts/build_cpu_variants.sh build/cpu-variants        # about 30 min on 2 cores; needs cmake and a C++ compiler
+#   bash scripts/build_cpu_variants.sh build/cpu-variants        # about 50 s a variant on 2 idle cores; needs cmake and a C++ compiler
 #
 # Why not `pip install` with GGML_CPU_ALL_VARIANTS: llama-cpp-python 0.3.36's CMake installs the variant libraries
 # with no RPATH and its wheel check found none of them (docs/shipping.md). Building the targets straight from its

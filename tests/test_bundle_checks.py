@@ -50,7 +50,7 @@ def test_a_cpu_variants_folder_without_variants_stops_the_build_before_freezing(
 def test_a_cpu_variant_loads_by_its_name_alone(tmp_path):
     """ggml finds a variant by its file name (libggml-cpu-<variant>.so) and asks it whether this CPU can run it. Here
     the variant is the installed CPU backend, compiled for Haswell's instruction set, under that variant's name, in a
-    folder without the plain libggml-cpu.so: the real variants take half an hour to build
+    folder without the plain libggml-cpu.so: the 14 real variants take about 12 minutes to build
     (scripts/build_cpu_variants.sh), too long for the suite."""
     installed = llama_lib_dir() / "libggml-cpu.so"
     lib = tmp_path / "lib"

@@ -128,13 +128,16 @@ def test_bench_targets_follow_from_the_figures(quick_report):
     """The JSON's targets agree with its figures, and the table shows each one with its verdict."""
     text, r, _ = quick_report
     got = {t["key"]: t for t in r["targets"]}
-    starts = {f"startup_serve_{when}_start_{what}" for when in ("first", "next") for what in ("ready", "first")}
+    starts = {f"startup_serve_{when}_start_{what}" for when in ("first", "next") for what in ("ready", "first", "prepared")}
     beside = {f"neighbours_1_{kind}" for kind in ("hot", "cold")}  # quick: a quiet machine and one busy neighbour
     assert set(got) == {"decode_one_role", "switch_engine", "switch_adapters", "follow_up", "throughput", "no_errors"} | starts | beside
     lv = next(iter(r["neighbours"]["runs"].values()))["levels"]["1"]
     assert got["neighbours_1_hot"]["value"] == lv["hot_over_quiet"] and got["neighbours_1_hot"]["met"] == (lv["hot_over_quiet"] <= 2)
     ready = r["startup"]["serve, next start"]["ready_s"]["p50"]
     assert got["startup_serve_next_start_ready"]["value"] == ready and got["startup_serve_next_start_ready"]["met"] == (ready <= 2)
+    prepared = r["startup"]["serve, first start"]["prepared_over_follow"]  # another NPC, prepared as the player walked up
+    assert got["startup_serve_first_start_prepared"]["value"] == prepared > 0
+    assert got["startup_serve_first_start_prepared"]["met"] == (prepared <= 2)
     dec = {row["key"]: row for row in r["decode"]}
     share = dec["one_role"]["decode_tok_s"]["p50"] / dec["base"]["decode_tok_s"]["p50"]
     assert got["decode_one_role"]["value"] == pytest.approx(share) and got["decode_one_role"]["met"] == (share >= 0.9)

@@ -2,6 +2,7 @@
 reply_nll), on the real SmolLM2. Batched rows must score exactly as each row alone, and a real sentence must read
 as more likely than the same words shuffled."""
 
+import copy
 import math
 import random
 
@@ -33,10 +34,8 @@ def shuffled(text: str, seed: int = 0) -> str:
 
 @pytest.fixture(scope="module")
 def neeko(gguf_base):
-    from neeko_npc.neeko.base import load_for_training
-
-    model, tok = load_for_training(gguf_base[0], "fp32")  # its own copy: NeekoLoRA wraps the model's layers in place
-    return NeekoLoRA(model), tok
+    _, model, tok, _ = gguf_base
+    return NeekoLoRA(copy.deepcopy(model)), tok  # a copy: NeekoLoRA wraps the model's layers in place
 
 
 def test_batched_rows_score_as_each_row_alone(neeko):

@@ -225,16 +225,11 @@ def test_the_eval_chooses_each_systems_beat_as_it_would_alone():
     assert len({(e.id, a.id, round(e.probability, 4)) for e, a in together}) > 1  # the systems really differ
 
 
-def test_decoded_attribution_replies_decode_as_the_daemon_samples():
-    """The eval's sampled replies (attribution.py ``_decoded``): at a vanishing temperature, left-padded rows on a
-    KV cache give the tokens of a full greedy forward over each row alone; at the daemon's temperature a seed gives
-    the same draw every time and another seed another; an own block at strength 0 speaks as the base model."""
-    import numpy as np
+def two_rows_on_a_tiny_block():
+    """A tiny llama with one random block "a" (EOS 95), and two prompts of 5 and 3 tokens, left-padded."""
     import torch
 
-    from neeko_npc.neeko.attribution import _decoded
     from neeko_npc.neeko.model import NeekoLoRA
-    from neeko_npc.engine.stream import GenOptions
     from tests.tiny import randomize_blocks, tiny_llama
 
     neeko = NeekoLoRA(tiny_llama(), r=2, alpha=4.0, targets=("q_proj", "v_proj"))
@@ -245,6 +240,20 @@ def test_decoded_attribution_replies_decode_as_the_daemon_samples():
     rows = [[5, 9, 17, 3, 44], [7, 8, 60]]
     ids = torch.tensor([[0] * (5 - len(r)) + r for r in rows])
     mask = torch.tensor([[0] * (5 - len(r)) + [1] * len(r) for r in rows])
+    return neeko, tok, rows, ids, mask
+
+
+def test_sampled_attribution_replies_decode_as_the_daemon_samples():
+    """The eval's sampled replies (attribution.py ``_decoded``): at a vanishing temperature, left-padded rows on a
+    KV cache give the tokens of a full greedy forward over each row alone; at the daemon's temperature a seed gives
+    the same draw every time and another seed another; an own block at strength 0 speaks as the base model."""
+    import numpy as np
+    import torch
+
+    from neeko_npc.neeko.attribution import _decoded
+    from neeko_npc.engine.stream import GenOptions
+
+    neeko, tok, rows, ids, mask = two_rows_on_a_tiny_block()
     w = neeko.weights(["a", "a"])
 
     def greedy_alone(row, steps):
@@ -275,8 +284,6 @@ def test_contrastive_replies_push_away_from_the_base_within_the_blocks_plausible
     import torch
 
     from neeko_npc.neeko.attribution import PLAUSIBLE, _decoded, contrasted
-    from neeko_npc.neeko.model import NeekoLoRA
-    from tests.tiny import randomize_blocks, tiny_llama
 
     block, base = np.log(np.array([[0.5, 0.3, 0.16, 0.04]])), np.log(np.array([[0.6, 0.1, 0.1, 0.2]]))
     assert np.array_equal(contrasted(block, base, 0.0)[0, :3], block[0, :3])  # c = 0: the block (where plausible)
@@ -284,14 +291,7 @@ def test_contrastive_replies_push_away_from_the_base_within_the_blocks_plausible
     assert np.argmax(pushed) == 1 and np.isneginf(pushed[0, 3])  # token 3: below 0.1 x 0.5, never picked
     assert np.argmax(block) == 0 and 0.04 < PLAUSIBLE * 0.5 < 0.16
 
-    neeko = NeekoLoRA(tiny_llama(), r=2, alpha=4.0, targets=("q_proj", "v_proj"))
-    neeko.add_role("a")
-    randomize_blocks(neeko)
-    neeko.model.generation_config.eos_token_id = 95
-    tok = type("Tok", (), {"pad_token_id": 0, "eos_token_id": 95})()
-    rows = [[5, 9, 17, 3, 44], [7, 8, 60]]
-    ids = torch.tensor([[0] * (5 - len(r)) + r for r in rows])
-    mask = torch.tensor([[0] * (5 - len(r)) + [1] * len(r) for r in rows])
+    neeko, tok, rows, ids, mask = two_rows_on_a_tiny_block()
 
     def contrasted_alone(row, steps, c):
         seq = list(row)

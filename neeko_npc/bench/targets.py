@@ -104,6 +104,15 @@ class InProcess:
         self.engine.restore_session(session, [(npc, turns)])
 
 
+def bench_scene_message():
+    """BENCH_SCENE as the daemon's SceneContext message."""
+    from google.protobuf import json_format
+
+    from ..v1 import dialogue_pb2 as pb
+
+    return json_format.ParseDict({k: v for k, v in vars(BENCH_SCENE).items() if v}, pb.SceneContext())
+
+
 class Remote:
     """A running daemon, through the Python client."""
 
@@ -124,11 +133,10 @@ class Remote:
     def say(self, npc: str, line: str, session: str = "", max_tokens: int = 32, temperature: float = 0.0,
             seed: int | None = 0, beats: BeatAsk | None = None) -> Line:
         import grpc
-        from google.protobuf import json_format
 
         from ..v1 import dialogue_pb2 as pb
 
-        scene = json_format.ParseDict({k: v for k, v in vars(BENCH_SCENE).items() if v}, pb.SceneContext())
+        scene = bench_scene_message()
         opts = {"max_tokens": max_tokens, "temperature": temperature}
         if seed is not None:
             opts["seed"] = seed
@@ -147,11 +155,7 @@ class Remote:
             return failed_line(npc, t0, f"{type(exc).__name__}: {exc}")
 
     def converse(self, npcs: list[str], turns: int, max_tokens: int = 16):
-        from google.protobuf import json_format
-
-        from ..v1 import dialogue_pb2 as pb
-
-        scene = json_format.ParseDict({k: v for k, v in vars(BENCH_SCENE).items() if v}, pb.SceneContext())
+        scene = bench_scene_message()
         t0 = time.perf_counter()
         for c in self.client.converse(npcs, scene, "the news of the day", turns=turns, timeout=300,
                                       max_tokens=max_tokens, temperature=0.0):
@@ -160,12 +164,7 @@ class Remote:
     def prepare(self, npc: str, session: str = "") -> int:
         """What the Unity package's NpcVoice does as the player walks up: read the NPC's prompt up to the player's
         line now. Returns the tokens it read."""
-        from google.protobuf import json_format
-
-        from ..v1 import dialogue_pb2 as pb
-
-        scene = json_format.ParseDict({k: v for k, v in vars(BENCH_SCENE).items() if v}, pb.SceneContext())
-        return self.client.prepare(npc, scene, session=session, timeout=300).read_tokens
+        return self.client.prepare(npc, bench_scene_message(), session=session, timeout=300).read_tokens
 
     def forget_cache(self) -> bool:
         return False  # a daemon's KV cache is not ours to clear

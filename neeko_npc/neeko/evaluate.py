@@ -261,6 +261,13 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
                                 "top_p": cfg.top_p, "strength": cfg.strength, "contrast": cfg.contrast, "load_problems": [str(e) for e in errors]})
 
 
+def _coherence(neeko, tok, convs: list[list[dict]], replies: list[str], seed: int) -> dict:
+    """Words a reply, the share that loop, and the base model's perplexity of them after their prompts."""
+    return {"mean_words": float(np.mean([len(r.split()) for r in replies])) if replies else 0.0,
+            "repeating": float(np.mean([repeats(r) for r in replies])) if replies else 0.0,
+            "base_perplexity": perplexity(*reply_nll(neeko, tok, convs, replies), seed=seed)}
+
+
 def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: EvalConfig, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
@@ -292,16 +299,12 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
         acc = accuracy(predicted, truth)
         out["systems"][name] = {"per_role": acc, "mean": float(np.mean(list(acc.values()))),
                                 "ci": bootstrap_accuracy(hits_by_role(predicted, truth), seed=cfg.seed),
-                                "mean_words": float(np.mean([len(r.split()) for r in replies])) if replies else 0.0,
-                                "repeating": float(np.mean([repeats(r) for r in replies])) if replies else 0.0,
-                                "base_perplexity": perplexity(*reply_nll(neeko, tok, convs, replies), seed=cfg.seed)}
+                                **_coherence(neeko, tok, convs, replies, cfg.seed)}
     bar.close()
     # the same judge on the real lines that answered these prompts, in their own speaker's voice
     real_convs = [prompt_messages(sources[p.source_role].profile, p) for p in prompts]
     real_lines = [p.scene.turns[p.cut].text for p in prompts]
-    out["real_lines"] = {"mean_words": float(np.mean([len(r.split()) for r in real_lines])) if real_lines else 0.0,
-                         "repeating": float(np.mean([repeats(r) for r in real_lines])) if real_lines else 0.0,
-                         "base_perplexity": perplexity(*reply_nll(neeko, tok, real_convs, real_lines), seed=cfg.seed)}
+    out["real_lines"] = _coherence(neeko, tok, real_convs, real_lines, cfg.seed)
     # differences are called only where the 95% intervals of the means do not overlap
     real = {"mean": float(np.mean(list(out["real_held_out_lines"].values()))), "ci": out["real_held_out_lines_ci"]}
     against = [(b, out["systems"][b]) for b in out["systems"] if b != "neeko"] + [("real_held_out_lines", real)]

@@ -304,9 +304,9 @@ def export(role, all_roles, fmt, roles_dir, out, served_model, base_model):
               help="Attribution replies: nucleus cut, with --temperature above 0.")
 @click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 4),
               help="Attribution replies: the own block's gate weight (1 is as served).")
-@click.option("--contrast", default=0.0, show_default=True, type=click.FloatRange(0, 10),
+@click.option("--contrast", default=D.CONTRAST, show_default=True, type=click.FloatRange(0, D.MAX_CONTRAST),
               help="Attribution replies: decode the blocks' logits pushed away from the base model's by this much "
-                   "(contrastive decoding; 0 is off, two forwards a token).")
+                   "(contrastive decoding as serve --contrast does it; 0 is off, two forwards a token).")
 @click.option("--reply-tokens", type=click.IntRange(1, 512), default=None,
               help="Attribution: the longest reply, in tokens (default 40; 16 with --quick).")
 @click.option("--prompts-per-role", type=click.IntRange(1, 1000), default=None,
@@ -368,6 +368,8 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="PEM CA to verify a TLS daemon.")
 @click.option("--pool-size", default=D.POOL_SIZE, show_default=True, type=click.IntRange(1, 64), help="In process: llama.cpp contexts.")
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="In process: CPU threads, shared by the contexts decoding at once. Default: half the cores, leaving the rest to the game.")
+@click.option("--contrast", type=click.FloatRange(0, D.MAX_CONTRAST, min_open=True), default=None,
+              help=f"The contrasted decode row's contrast. Default: serve's (--contrast {D.CONTRAST:g}), or 1 when that is 0.")
 @click.option("--no-memory", is_flag=True, help="Skip the memory section (it starts one daemon per role count).")
 @click.option("--no-town", is_flag=True, help="Skip the town section (a day of 24 NPCs on 4 contexts, with and without snapshots).")
 @click.option("--no-startup", is_flag=True, help="Skip the start-up section (server processes started cold, to the ready line).")
@@ -379,7 +381,7 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Also draw a PNG (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_memory, no_town, no_startup, no_neighbours, bundle_dir, quick,
+def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, contrast, no_memory, no_town, no_startup, no_neighbours, bundle_dir, quick,
           json_out, plot_out, quiet):
     """Speed and memory: time to first token, decode rate, switching NPC,
     concurrency and resident memory, beside baselines measured in the same run
@@ -396,7 +398,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
         except ImportError:
             raise click.ClickException("--plot needs matplotlib: pip install 'neeko-npc[bench]'") from None
     cfg = BenchConfig(roles_dir=roles_dir, base_model=base_model, address=address, token=token, tls_ca=tls_ca, quick=quick,
-                      pool_size=pool_size, threads=threads, memory=not no_memory, town=not no_town, startup=not no_startup,
+                      pool_size=pool_size, threads=threads, memory=not no_memory, **({"contrast": contrast} if contrast else {}), town=not no_town, startup=not no_startup,
                       neighbours=not no_neighbours,
                       bundle=bundle_dir)
     with tqdm(total=total_steps(cfg), disable=quiet, unit="step", file=sys.stderr) as bar:
@@ -444,6 +446,10 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("--warm-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A read-only folder of roles' ready adapters and prefilled prompt prefixes (a bundle ships its own: "
                    "warm/). What is missing there is made and saved in the cache, so a second start is warm at once.")
+@click.option("--contrast", default=D.CONTRAST, show_default=True, type=click.FloatRange(0, D.MAX_CONTRAST),
+              help="Contrastive decoding for lines that leave it unset: each NPC's own voice pushed this far from the base "
+                   "model's before a token is drawn (0 is off; two decodes a token; not with --engine openai). "
+                   "docs/corpora.md measures what it does to how recognisable an NPC is.")
 @click.option("--history-tokens", default=D.HISTORY_TOKENS, show_default=True, type=click.IntRange(0), help="Memory budget per (session, NPC).")
 @click.option("--max-tokens-limit", default=D.MAX_TOKENS_LIMIT, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
 @click.option("--max-player-line-chars", default=D.MAX_PLAYER_LINE_CHARS, show_default=True, type=click.IntRange(1),
@@ -480,7 +486,7 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, no_
 @click.option("-v", "--verbose", is_flag=True, help="Log every request and reload (INFO), not only warnings.")
 @friendly_errors
 def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_cert, tls_key, pool_size, threads, n_ctx, max_queue, queue_timeout,
-          snapshot_mib, warm_dir, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, max_actions,
+          snapshot_mib, warm_dir, contrast, history_tokens, max_tokens_limit, max_player_line_chars, max_scene_chars, max_profile_chars, max_blend, max_actions,
           max_converse_turns, max_memory_chars, max_interjections, max_converse, watch_interval, engine, upstream, upstream_key, upstream_models, device, max_batch, verbose):
     """Run the dialogue daemon (gRPC) on the base model and every role in --roles.
 
@@ -498,7 +504,7 @@ def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_
                     max_actions=max_actions, max_converse_turns=max_converse_turns, max_interjections=max_interjections)
     config = EngineConfig(pool_size=pool_size, n_ctx=n_ctx, n_threads=threads, max_queue=max_queue, queue_timeout=queue_timeout,
                           history_tokens=history_tokens, max_batch=max_batch, max_memory_chars=max_memory_chars, snapshot_bytes=snapshot_mib * 1024 * 1024,
-                          warm_dirs=(warm_dir,) if warm_dir else (), limits=limits)
+                          warm_dirs=(warm_dir,) if warm_dir else (), contrast=contrast, limits=limits)
     from .server.launch import read_token
 
     server = app.ServerConfig(host=host, port=port, token=read_token(token, token_file), tls_cert=tls_cert, tls_key=tls_key, watch_interval=watch_interval,
@@ -507,8 +513,9 @@ def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_
     if engine == "openai":
         if not upstream:
             raise click.UsageError("--engine openai needs --upstream URL (the OpenAI-compatible server that generates)")
-        from .engine.openai_engine import Upstream, UpstreamConfig
+        from .engine.openai_engine import OpenAIEngine, Upstream, UpstreamConfig
 
+        OpenAIEngine.check_contrast(contrast)
         gateway = UpstreamConfig(upstream, upstream_key, upstream_models)
         Upstream(gateway)  # a malformed URL is an error now, not once the daemon has started
     elif upstream:
@@ -546,6 +553,14 @@ def _rpc_error(exc) -> click.ClickException:
     return click.ClickException(f"{exc.code().name}: {exc.details()}")
 
 
+def line_options(max_tokens: int, temperature: float | None, seed: int | None, contrast: float | None) -> dict:
+    """GenerationOptions fields from say's and converse's flags: what is left out (None, or max_tokens 0) is the
+    daemon's default; --seed 0 is a seed too."""
+    opts = {"max_tokens": max_tokens} if max_tokens else {}
+    given = {"temperature": temperature, "seed": seed, "contrast": contrast}
+    return opts | {k: v for k, v in given.items() if v is not None}
+
+
 @main.command()
 @click.argument("npc_id")
 @click.argument("line", default="")
@@ -554,6 +569,9 @@ def _rpc_error(exc) -> click.ClickException:
 @click.option("--max-tokens", default=0, type=click.IntRange(0), help="0: the daemon's default.")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None, help=f"Sampling temperature; 0 is greedy. Default: the daemon's ({D.TEMPERATURE}).")
 @click.option("--seed", type=click.IntRange(0), default=None, help="Sampling seed, for a repeatable line.")
+@click.option("--contrast", type=click.FloatRange(0, D.MAX_CONTRAST), default=None,
+              help="Contrastive decoding: the NPC's voice pushed this far from the base model's; 0 is off. Default: the "
+                   "daemon's (serve --contrast).")
 @click.option("--blend", default=None, metavar="ROLE=W,...",
               help="A procedural NPC (no role file) speaking with a mix of hosted roles, e.g. innkeeper=0.7,merchant=0.3. "
                    "Needs --profile.")
@@ -571,7 +589,7 @@ def _rpc_error(exc) -> click.ClickException:
               help="An action the scene offers, e.g. --action 'open_shop:show the shop window' --action none; the NPC "
                    "picks exactly one, printed after the line. Repeat for each.")
 @client_options
-def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend, profile_path, sentences, stats, prepare,
+def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, contrast, blend, profile_path, sentences, stats, prepare,
         emotion, emotions, actions, address, tls_ca, token):
     """Stream NPC_ID's reply to LINE from a running daemon."""
     import grpc
@@ -586,11 +604,7 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend,
         beats = beat_request(emotion, emotions, list(actions))
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    opts = {"max_tokens": max_tokens} if max_tokens else {}  # 0: the daemon's default
-    if temperature is not None:
-        opts["temperature"] = temperature
-    if seed is not None:
-        opts["seed"] = seed  # --seed 0 is a seed too
+    opts = line_options(max_tokens, temperature, seed, contrast)
     from .server.sentences import sentences as split_sentences
     from .v1 import dialogue_pb2 as pb
 
@@ -642,8 +656,11 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, blend,
 @click.option("--max-tokens", default=0, type=click.IntRange(0), help="Per turn; 0: the daemon's default.")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None, help=f"Sampling temperature; 0 is greedy. Default: the daemon's ({D.TEMPERATURE}).")
 @click.option("--seed", type=click.IntRange(0), default=None, help="Sampling seed, for a repeatable scene.")
+@click.option("--contrast", type=click.FloatRange(0, D.MAX_CONTRAST), default=None,
+              help="Contrastive decoding for every turn; 0 is off. Default: the daemon's (serve --contrast).")
 @client_options
-def converse(npc_ids, topic, opening_line, turns, order, scene_path, max_tokens, temperature, seed, address, tls_ca, token):
+def converse(npc_ids, topic, opening_line, turns, order, scene_path, max_tokens, temperature, seed, contrast, address, tls_ca,
+             token):
     """Stream a conversation among 2 to 4 hosted NPCs to the terminal, one speaker a line."""
     import grpc
 
@@ -654,11 +671,7 @@ def converse(npc_ids, topic, opening_line, turns, order, scene_path, max_tokens,
         scene = load_scene(scene_path) if scene_path else None
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    opts = {"max_tokens": max_tokens} if max_tokens else {}
-    if temperature is not None:
-        opts["temperature"] = temperature
-    if seed is not None:
-        opts["seed"] = seed
+    opts = line_options(max_tokens, temperature, seed, contrast)
     client = Client(address, token, tls_ca)
     try:
         order_id = pb.TURN_ORDER_NAMED_LAST if order == "named_last" else pb.TURN_ORDER_ROUND_ROBIN

@@ -70,6 +70,8 @@ UPSTREAM_KEY_ENV = "NEEKO_NPC_UPSTREAM_KEY"
 MAX_TOKENS = 96  # a line's length when the request leaves it at 0
 TEMPERATURE = 0.7
 TOP_P = 0.95
+CONTRAST = 0.0  # serve --contrast: an NPC's block pushed away from the base model's logits by this much (0: off)
+MAX_CONTRAST = 4.0  # the largest contrast a request or serve may ask for
 
 # -- request limits ---------------------------------------------------------------------------------------
 MAX_TOKENS_LIMIT = 512  # the largest max_tokens a request may ask for

@@ -4,9 +4,11 @@ OUT/sweep.md and OUT/sweep.json as soon as it is done (a half-finished sweep kee
 
     python3 scripts/voice_sweep.py --roles /tmp/out-qkvo/roles --src corpora/shakespeare --out /tmp/voice-sweep
     python3 scripts/voice_sweep.py ... --only "strength 1.5"
+    python3 scripts/voice_sweep.py --roles assets/roles --src assets/roles/src --prompts-per-role 10 --out /tmp/village \
+        --only plain --only "contrast 1.0"
 
-Every row: `eval --quick --no-shared --prompts-per-role 6` (the same held-out prompts and seeds in every row) plus its
-own flags. Attribution is the share of replies given to their own role by the nearest centroid of real lines;
+Every row: `eval --quick --no-shared --prompts-per-role 6` (or --prompts-per-role N; the same held-out prompts and seeds
+in every row) plus its own flags, which name the contrast, so a row means the same whatever eval's default is. Attribution is the share of replies given to their own role by the nearest centroid of real lines;
 coherence is the base model's perplexity of the replies after their prompts (docs/corpora.md).
 """
 
@@ -19,13 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-COMMON = ["--quick", "--no-shared", "--prompts-per-role", "6", "--quiet"]
+COMMON = ["--quick", "--no-shared", "--quiet"]
 ROWS = {
-    "strength 1.0 (as served)": [],
-    "strength 1.5": ["--strength", "1.5"],
+    "plain": ["--contrast", "0"],
+    "strength 1.5": ["--contrast", "0", "--strength", "1.5"],
     "contrast 1.0": ["--contrast", "1.0"],
-    "strength 2.0": ["--strength", "2.0"],
-    "40 tokens": ["--reply-tokens", "40"],
+    "strength 2.0": ["--contrast", "0", "--strength", "2.0"],
+    "contrast 2.0": ["--contrast", "2.0"],
+    "40 tokens": ["--contrast", "0", "--reply-tokens", "40"],
 }
 
 
@@ -67,6 +70,7 @@ def main() -> None:
     ap.add_argument("--src", required=True)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--only", action="append", help="run only this row (repeatable)")
+    ap.add_argument("--prompts-per-role", type=int, default=6)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     done = json.loads((args.out / "sweep.json").read_text()) if (args.out / "sweep.json").is_file() else []
@@ -74,7 +78,7 @@ def main() -> None:
         if (args.only and name not in args.only) or any(r["row"] == name for r in done):
             continue
         js = args.out / f"{name.replace(' ', '_').replace(',', '').replace('(', '').replace(')', '')}.json"
-        cmd = ["neeko-npc", "eval", "--roles", args.roles, "--src", args.src, *COMMON, *flags, "--json", str(js)]
+        cmd = ["neeko-npc", "eval", "--roles", args.roles, "--src", args.src, *COMMON, "--prompts-per-role", str(args.prompts_per_role), *flags, "--json", str(js)]
         print("$", " ".join(cmd), flush=True)
         t0 = time.monotonic()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)

@@ -74,9 +74,10 @@ def test_bench_quick_measures_every_section(quick_report):
     assert "Converse: from one turn's end" in text
 
     dec = {row["key"]: row for row in r["decode"]}
-    assert list(dec) == ["base", "one_role", "fused", "merged", "dense", "dense_many"]
+    assert list(dec) == ["base", "one_role", "one_role_contrast", "fused", "merged", "dense", "dense_many"]
     assert dec["base"]["name"] == "base model alone" and dec["one_role"]["name"].startswith("neeko: one role")
     assert dec["base"]["blocks"] == 0 and dec["one_role"]["blocks"] == 1 and dec["merged"]["blocks"] == 0
+    assert dec["one_role_contrast"]["name"].startswith("neeko: one role, contrast 1 ") and dec["one_role_contrast"]["blocks"] == 1
     assert dec["fused"]["blocks"] == 3  # young_guard mixes three blocks
     assert dec["dense"]["blocks"] == 5 and dec["dense_many"]["blocks"] == 6  # the 5 trained and a copy of one
     assert all(v["decode_tok_s"]["p50"] > 0 and v["decode_tok_s"]["n"] == SMALLER["decode_rounds"] for v in dec.values())

@@ -225,6 +225,8 @@ def test_unknown_npcs_and_unmixable_requests_are_one_clear_error(client):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "bake-role --fuse" in msg
     code, msg = code_of(lambda: collect(client.say("blacksmith", "hi", beats=pb.BeatRequest(emotion=True))))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "beats" in msg
+    code, msg = code_of(lambda: collect(client.say("blacksmith", "hi", contrast=1.0)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "cannot contrast" in msg
     assert sorted(r.id for r in client.roles().roles) == sorted(p.stem for p in ROLES.glob("*.nrole"))
 
 
@@ -320,3 +322,5 @@ def test_serve_asks_for_an_upstream_only_with_the_gateway():
     assert res.exit_code == 2 and "--upstream is for --engine openai" in res.output
     res = CliRunner().invoke(main, ["serve", "--engine", "openai", "--upstream", "gpu-1:8000"])
     assert res.exit_code == 1 and "must be an http:// or https:// URL" in res.output
+    res = CliRunner().invoke(main, ["serve", "--engine", "openai", "--upstream", "http://127.0.0.1:8000/v1", "--contrast", "1"])
+    assert res.exit_code == 1 and "the openai engine cannot contrast a line with its base model" in res.output

@@ -114,6 +114,26 @@ def test_two_npcs_at_once_equal_their_solo_replies(daemon, client):
     assert a0 < b1 and b0 < a1  # the two streams really overlapped
 
 
+def test_contrast_travels_over_grpc_and_the_cli(daemon, client):
+    """GenerationOptions.contrast reaches the engine: a contrasted greedy line over gRPC and from `neeko-npc say
+    --contrast` equals the engine's own (the daemon's default, 0, leaves lines plain)."""
+    e = daemon.service.engine
+    line = "What do you do all day?"
+
+    def direct(**opts):
+        e.forget_cache()  # every line here is read cold: same cache state, same floats
+        return "".join(c.text for c in e.say("smith", line, None, GenOptions(**GREEDY, **opts)).chunks)
+
+    want = direct(contrast=1.0)
+    assert want != direct()
+    e.forget_cache()
+    assert collect(client.say("smith", line, contrast=1.0, **GREEDY))[0] == want
+    e.forget_cache()
+    res = CliRunner().invoke(main, ["say", "smith", line, "--contrast", "1", "--temperature", "0", "--max-tokens", "24",
+                                    "--address", daemon.address])
+    assert res.exit_code == 0 and res.output.strip() == want.strip(), res.output
+
+
 def test_kv_cache_is_keyed_by_adapters(daemon):
     """Same slot, same prompt, another role: nothing is reused and the reply equals a cold run's."""
     e = daemon.service.engine
@@ -265,6 +285,8 @@ def test_error_codes(client, daemon):
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "tokens but only 1536 fit" in details
     code, _ = code_of(lambda: collect(client.say("", "hi")))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, details = code_of(lambda: collect(client.say("smith", "hi", contrast=4.5)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "contrast must be between 0 and 4" in details
     code, _ = code_of(lambda: client.stub.GetRole(pb.GetRoleRequest(npc_id="nobody")))
     assert code == grpc.StatusCode.NOT_FOUND
     assert client.stub.GetRole(pb.GetRoleRequest(npc_id="bard")).name == "Lila the Bard"

@@ -74,6 +74,34 @@ def test_same_greedy_reply_as_llama_cpp_on_an_unquantized_base(f32_setup, torch_
         llama.close()
 
 
+def test_contrasted_lines_are_the_same_on_llama_cpp_and_torch(f32_setup, torch_engine, solo):
+    """Contrastive decoding (serve --contrast): on the same float weights, llama.cpp (a second context without adapters
+    beside the NPC's, its prefix warmed at start) and torch (a second forward of the batch without the gate) draw the
+    same greedy contrasted line, which is not the plain one; contrast 0 is the plain line. In one torch batch a
+    contrasted row and a plain row each equal their solo lines."""
+    model, roles = f32_setup["llama"]
+    llama = LlamaEngine(roles, model, EngineConfig(pool_size=1, n_threads=2, contrast=1.0))  # lines contrast by default
+    try:
+        assert llama.warmed.wait(120)
+        for npc in ("smith", "bard"):
+            assert llama.store.covers((), llama.profile_prefix(llama.role(npc).asset.profile))  # the base's prefix is kept
+            contrasted, _ = reply(torch_engine, npc, contrast=1.0)
+            assert reply(llama, npc)[0] == contrasted and contrasted.strip(), npc
+            assert contrasted != solo[npc][0]
+            assert reply(llama, npc, contrast=0.0)[0] == solo[npc][0]
+    finally:
+        llama.close()
+    results = {}
+    jobs = {"smith": dict(contrast=1.0), "bard": dict(contrast=0.0)}
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, reply(torch_engine, n, **jobs[n])[0]))
+               for n in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == {"smith": reply(torch_engine, "smith", contrast=1.0)[0], "bard": solo["bard"][0]}
+
+
 def test_batched_rows_equal_their_solo_replies(torch_engine, solo):
     solo = {npc: text for npc, (text, _) in solo.items()}
     assert solo["smith"] != solo["bard"]

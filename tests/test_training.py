@@ -283,7 +283,8 @@ def test_contrastive_replies_push_away_from_the_base_within_the_blocks_plausible
     import numpy as np
     import torch
 
-    from neeko_npc.neeko.attribution import PLAUSIBLE, _decoded, contrasted
+    from neeko_npc.neeko.attribution import _decoded
+    from neeko_npc.roles.sampling import PLAUSIBLE, contrasted
 
     block, base = np.log(np.array([[0.5, 0.3, 0.16, 0.04]])), np.log(np.array([[0.6, 0.1, 0.1, 0.2]]))
     assert np.array_equal(contrasted(block, base, 0.0)[0, :3], block[0, :3])  # c = 0: the block (where plausible)

@@ -41,6 +41,7 @@ class BenchConfig:
     quick: bool = False
     pool_size: int = defaults.POOL_SIZE
     threads: int | None = None
+    contrast: float = defaults.CONTRAST or 1.0  # the contrasted decode row's (1.0 while serving leaves contrast off)
     memory: bool = True
     town: bool = True
     startup: bool = True  # start server processes: `neeko-npc serve`, and the bundle when one is given
@@ -210,6 +211,7 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
         model = engine.model
         prompt = engine.build_prompt(one.profile, "", one.id, speed.OPENING[0], BENCH_SCENE, 64)
         ctx = model.new_context(engine.config.n_ctx, cfg.threads)
+        base_ctx = model.new_context(engine.config.n_ctx, cfg.threads)  # the contrasted row's base model
         handle = {rid: a.handle for rid, a in snap.adapters.items()}
 
         step("baselines: merging models")
@@ -223,7 +225,9 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
         try:
             dense = baselines.dense_weights(blocks, one.id)
             setups = [DecodeSetup("base", "base model alone", ctx, [], []),
-                      DecodeSetup("one_role", f"neeko: one role ({one.id})", ctx, [handle[one.id]], [1.0])]
+                      DecodeSetup("one_role", f"neeko: one role ({one.id})", ctx, [handle[one.id]], [1.0]),
+                      DecodeSetup("one_role_contrast", f"neeko: one role, contrast {cfg.contrast:g} ({one.id})", ctx,
+                                  [handle[one.id]], [1.0], "two contexts, two decodes a token", base_ctx, cfg.contrast)]
             if fused is not None:
                 pairs = sorted(fused.weights.items())
                 setups.append(DecodeSetup("fused", f"neeko: fused role ({fused.id})", ctx, [handle[r] for r, _ in pairs], [w for _, w in pairs]))
@@ -245,6 +249,7 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
             for h in extra:
                 model.free_adapter(h)
             ctx.close()
+            base_ctx.close()
             merged_ctx.close()
             merged_model.close()
         if len(merged) > 1:

@@ -202,6 +202,8 @@ class DecodeSetup:
     adapters: list
     scales: list[float]
     note: str = ""
+    base_ctx: object = None  # contrastive decoding: a second context without adapters, decoding the same tokens
+    contrast: float = 0.0
 
 
 @dataclass
@@ -220,17 +222,34 @@ def _prefill(s: DecodeSetup, prompt: list[int]) -> np.ndarray:
     return s.ctx.decode(prompt)
 
 
+def _contrasted_prefill(s: DecodeSetup, prompt: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The setup's logits after ``prompt`` and, for a contrasted setup, its base context's (read the same way)."""
+    logits = _prefill(s, prompt)
+    if s.base_ctx is None:
+        return logits, None
+    s.base_ctx.set_adapters([], [])
+    s.base_ctx.clear()
+    return logits, s.base_ctx.decode(prompt)
+
+
 def decode_rates(setups: list[DecodeSetup], prompt: list[int], n_tokens: int, rounds: int, progress=None) -> list[DecodeRow]:
-    """Greedy decode tokens/s (and prefill tokens/s) per setup, end-of-turn ignored."""
+    """Greedy decode tokens/s (and prefill tokens/s) per setup, end-of-turn ignored. A contrasted setup (one with a
+    ``base_ctx``) reads and decodes every token on both contexts and draws from ``contrasted`` logits, as a served
+    contrasted line does."""
+    from ..roles.sampling import contrasted
+
     dec = {s.name: [] for s in setups}
     pre = {s.name: [] for s in setups}
     for _ in range(rounds):
         for s in setups:
             t0 = time.perf_counter()
-            logits = _prefill(s, prompt)
+            logits, base = _contrasted_prefill(s, prompt)
             t1 = time.perf_counter()
             for _ in range(n_tokens):
-                logits = s.ctx.decode([int(np.argmax(logits))])
+                tok = int(np.argmax(logits if base is None else contrasted(logits, base, s.contrast)))
+                logits = s.ctx.decode([tok])
+                if base is not None:
+                    base = s.base_ctx.decode([tok])
             t2 = time.perf_counter()
             pre[s.name].append(len(prompt) / (t1 - t0))
             dec[s.name].append(n_tokens / (t2 - t1))

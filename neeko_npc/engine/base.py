@@ -191,6 +191,7 @@ class EngineConfig:
     queue_timeout: float = defaults.QUEUE_TIMEOUT
     history_tokens: int = defaults.HISTORY_TOKENS  # memory budget per (session, NPC)
     max_batch: int = defaults.MAX_BATCH  # torch engine: NPC lines decoded together
+    contrast: float = defaults.CONTRAST  # a line's contrast when its request leaves it unset (GenOptions.contrast)
     snapshot_bytes: int = defaults.SNAPSHOT_MIB * 1024 * 1024  # llama.cpp: kept conversation states; 0 turns them off
     warm_dirs: tuple = ()  # llama.cpp: read-only folders of ready adapters and warm prefixes (a bundle's), beside the cache
     warm_save_dir: Path | None = None  # where new warm prefixes are saved; None: the cache (defaults.warm_dir())
@@ -307,9 +308,11 @@ class Engine(abc.ABC):
     base: BaseInfo
     template: ChatTemplate
     specials: tuple[str, ...] = ()  # how the tokenizer spells its special tokens (special_texts), set with the roles
+    contrasts = False  # the backend can decode a line against its base model's logits (GenOptions.contrast)
 
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
+        self.check_contrast(self.config.contrast)
         self.memory = Memory(max_chars=self.config.max_memory_chars)
         self.roleset: RoleSet | None = None
         self.load_result: ReloadResult | None = None
@@ -431,13 +434,28 @@ class Engine(abc.ABC):
         if self._closing:
             raise PoolBusy("the daemon is shutting down")
         scene = scene or SceneInfo()
-        opts = self.limits.check_say(npc_id, session, player_line, scene, opts or GenOptions())
+        opts = self._contrast(self.limits.check_say(npc_id, session, player_line, scene, opts or GenOptions()))
         if (blend is None) != (profile is None):
             raise InvalidBlend("a procedural NPC needs both a blend and a profile")
         if profile is not None:
             profile = clean_profile(profile, self.specials)
         voice, adapters, scales = self.roleset.acquire(npc_id, blend, profile, self.limits.max_blend)
         return opts, self.clean(player_line), clean_scene(scene, self.specials), voice, adapters, scales
+
+    @classmethod
+    def check_contrast(cls, c: float) -> None:
+        """BadRequest unless this backend can decode lines at contrast ``c`` (a request's, or serve --contrast)."""
+        if not 0 <= c <= defaults.MAX_CONTRAST:
+            raise BadRequest(f"contrast must be between 0 and {defaults.MAX_CONTRAST:g}")
+        if c > 0 and not cls.contrasts:
+            raise BadRequest(f"contrast {c:g}: the {cls.name} engine cannot contrast a line with its base model (it sees "
+                             "no base logits); use contrast 0, or serve with --engine llama.cpp or torch")
+
+    def _contrast(self, opts: GenOptions) -> GenOptions:
+        """``opts`` with its contrast filled in (unset: --contrast), checked by ``check_contrast``."""
+        c = self.config.contrast if opts.contrast is None else opts.contrast
+        self.check_contrast(c)
+        return replace(opts, contrast=c)
 
     def say(self, npc_id: str, player_line: str, scene: SceneInfo | None = None, opts: GenOptions | None = None,
             session: str = "", cancelled: Callable[[], bool] = lambda: False, deadline: float | None = None,
@@ -544,7 +562,8 @@ class Engine(abc.ABC):
         if not 2 <= len(npcs) <= defaults.MAX_CONVERSE_NPCS or len(set(npcs)) != len(npcs):
             raise BadRequest(f"npc_ids: a conversation needs 2 to {defaults.MAX_CONVERSE_NPCS} different NPCs, "
                              f"not {len(npcs)}" + (" (one appears twice)" if len(set(npcs)) != len(npcs) else ""))
-        opts = lim.check_say(npcs[0], "", opening_line, scene, opts or GenOptions(), line_field="opening_line")
+        opts = self._contrast(lim.check_say(npcs[0], "", opening_line, scene, opts or GenOptions(),
+                                            line_field="opening_line"))
         turns = turns or defaults.CONVERSE_TURNS
         bad = None
         if turns > lim.max_converse_turns:

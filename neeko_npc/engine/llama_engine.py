@@ -19,6 +19,11 @@ context goes to another NPC: its state is copied out first, and a later request
 restores the longest matching snapshot into whatever context is free, then reads
 only the rest of its prompt. Each line says how its prompt was served: ``hot``
 (the context already held a prefix), ``snapshot`` (restored) or ``cold``.
+
+A contrasted line (GenOptions.contrast, roles/sampling.py ``contrasted``) also needs the base model's logits
+for the same tokens: its slot gets a second context without adapters at its first such line, which reads the
+same prompt under the empty key (its states are kept and warmed like any other) and decodes each drawn token
+beside the NPC's context.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from ..export.gguf_lora import write_gguf_lora
 from ..roles.asset import BaseInfo, RoleAsset
 from .base import Engine, EngineConfig, UnknownRole, adapter_key
 from ..roles.beats import BeatJob, choose, continuation_logprob
-from ..roles.sampling import sample
+from ..roles.sampling import contrasted, sample
 from .llamacpp import LlamaContext, LlamaModel, binding_version, cpu_features, open_gguf_base, openmp_build
 from .snapshots import Snapshot, SnapshotStore, WarmFiles, common_prefix
 from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite
@@ -101,6 +106,7 @@ class Slot:
     key: tuple = ()
     last_used: float = 0.0
     adapters: tuple = ()  # the adapter handles the context holds now
+    base: "Slot | None" = None  # contrasted lines: a context without adapters, made at the slot's first such line
 
 
 class CoreBudget:
@@ -201,16 +207,14 @@ class ContextPool:
             return best
 
     def keep(self, slot: Slot, key: tuple, prompt: list[int]) -> None:
-        """Before a slot's state is overwritten for (key, prompt), copy out what would be lost (a few ms)."""
-        if self.store is None or not slot.tokens:
-            return
-        keep = common_prefix(slot.tokens, prompt) if slot.key == key else 0
-        if len(slot.tokens) - keep < KEEP_MIN_TOKENS or self.store.covers(slot.key, slot.tokens):
-            return
-        try:
-            self.store.put(Snapshot(slot.key, tuple(slot.tokens), slot.ctx.save_state()))
-        except Exception:  # a state that cannot be copied is simply not kept
-            log.exception("could not keep a context's state")
+        keep_state(self.store, slot, key, prompt)
+
+    def base_of(self, slot: Slot) -> Slot:
+        """``slot``'s context without adapters (the base model), made at its first contrasted line. Only the request
+        holding ``slot`` calls it."""
+        if slot.base is None:
+            slot.base = Slot(slot.index, self.model.new_context(self.n_ctx, self.threads))
+        return slot.base
 
     def _set_adapters(self, slot: Slot, adapters: list, scales: list[float]) -> None:
         """Called under the lock: every change of a context's adapter set is serialised with drop_adapter."""
@@ -236,6 +240,8 @@ class ContextPool:
         with self._cond:
             for s in self._free:
                 s.tokens, s.key = [], ()
+                if s.base is not None:
+                    s.base.tokens = []
             if self.store is not None:
                 self.store.clear()
 
@@ -251,6 +257,21 @@ class ContextPool:
     def close(self) -> None:
         for s in self.slots:
             s.ctx.close()
+            if s.base is not None:
+                s.base.ctx.close()
+
+
+def keep_state(store: SnapshotStore | None, slot: Slot, key: tuple, prompt: list[int]) -> None:
+    """Before a slot's state is overwritten for (key, prompt), copy out what would be lost (a few ms)."""
+    if store is None or not slot.tokens:
+        return
+    keep = common_prefix(slot.tokens, prompt) if slot.key == key else 0
+    if len(slot.tokens) - keep < KEEP_MIN_TOKENS or store.covers(slot.key, slot.tokens):
+        return
+    try:
+        store.put(Snapshot(slot.key, tuple(slot.tokens), slot.ctx.save_state()))
+    except Exception:  # a state that cannot be copied is simply not kept
+        log.exception("could not keep a context's state")
 
 
 # -- one reply ---------------------------------------------------------------------------------
@@ -309,14 +330,19 @@ def decode_slot(slot: Slot, tokens: list[int], cores: CoreBudget | None = None) 
 def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float], key: tuple, prompt: list[int],
              opts: GenOptions, cancelled: Callable[[], bool] = lambda: False,
              cores: CoreBudget | None = None, store: SnapshotStore | None = None,
-             beats: BeatJob | None = None) -> Iterator[Chunk]:
+             beats: BeatJob | None = None, base: Slot | None = None) -> Iterator[Chunk]:
     """Stream one reply. The slot must come from ContextPool.acquire; the caller releases it.
     Each decode runs on its share of ``cores`` (the pool's CoreBudget) when one is given; a snapshot in
     ``store`` that shares more of the prompt than the slot holds is restored first. With ``beats``, a line
-    that ended (not cancelled) gets its emotion and action on the last chunk, scored on this slot."""
+    that ended (not cancelled) gets its emotion and action on the last chunk, scored on this slot. With
+    ``base`` (the slot's context without adapters, ContextPool.base_of), each token is drawn from the NPC's logits
+    contrasted with the base's by ``opts.contrast``, and decoded on both."""
     slot.ctx.set_adapters(adapters, scales)  # normally already set by acquire(); the slot is busy, its adapters pinned
     slot.adapters = tuple(adapters)
     logits, reuse, source = read_prompt(slot, key, prompt, cores, store)
+    if base is not None:
+        keep_state(store, base, (), prompt)
+        base_logits = read_prompt(base, (), prompt, cores, store)[0]
     rng = np.random.default_rng(opts.seed)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     out = TextStream(opts.stop)
@@ -327,7 +353,7 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
         if cancelled():
             finish = "cancelled"
             break
-        tok = sample(logits, opts, rng)
+        tok = sample(logits if base is None else contrasted(logits, base_logits, opts.contrast), opts, rng)
         if model.is_eog(tok):
             finish = "stop"
             break
@@ -343,6 +369,9 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
             break
         logits = decode_slot(slot, [tok], cores)
         slot.tokens.append(tok)
+        if base is not None:
+            base_logits = decode_slot(base, [tok], cores)
+            base.tokens.append(tok)
     out.update(decoded + decoder.decode(b"", final=True))
     emotion = action = None
     if beats is not None and finish != "cancelled" and not cancelled():
@@ -391,6 +420,7 @@ class SlotScorer:
 
 class LlamaEngine(Engine):
     name = "llama.cpp"
+    contrasts = True
 
     def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None):
         super().__init__(config)
@@ -427,7 +457,13 @@ class LlamaEngine(Engine):
     def _stream(self, adapters, scales, key, prompt, opts, stop, deadline, beats=None, npc=""):
         handles = [a.handle for a in adapters]
         slot = self.pool.acquire(key, prompt, self._queue_timeout(deadline), handles, scales)
-        chunks = generate(self.model, slot, handles, scales, key, prompt, opts, stop, self.pool.cores, self.store, beats)
+        try:
+            base = self.pool.base_of(slot) if opts.contrast and handles else None  # no adapters: nothing to contrast
+        except BaseException:
+            self.pool.release(slot)
+            raise
+        chunks = generate(self.model, slot, handles, scales, key, prompt, opts, stop, self.pool.cores, self.store, beats,
+                          base)
         return ReplyStream(chunks, lambda finish, text: self.pool.release(slot))
 
     def _prefill(self, adapters, scales, key, tokens):
@@ -480,10 +516,11 @@ class LlamaEngine(Engine):
         done, tokens, ctx = 0, 0, None
         try:
             while True:
-                for rid in sorted(self.roles().roles):
+                for rid, base in self._warm_prefixes():
                     if self._closing:
                         return
-                    n = self._warm_one(rid, ctx or (ctx := self.model.new_context(self.config.n_ctx, self.pool.threads)))
+                    ctx = ctx or self.model.new_context(self.config.n_ctx, self.pool.threads)
+                    n = self._warm_one(rid, ctx, base)
                     done, tokens = done + (n > 0), tokens + n
                 with self._warm_lock:
                     if not self._warm_again:
@@ -501,10 +538,16 @@ class LlamaEngine(Engine):
                 ctx.close()
             self.warmed.set()
 
+    def _warm_prefixes(self) -> list[tuple[str, bool]]:
+        """(role id, base) for every prefix to warm: each role's under its own voice and, when lines are contrasted
+        by default (--contrast), the same prefix under the base model."""
+        kinds = (False, True) if self.config.contrast > 0 else (False,)
+        return [(rid, base) for rid in sorted(self.roles().roles) for base in kinds]
+
     @contextmanager
-    def _warm_target(self, rid: str):
-        """(adapters, scales, key, prefix tokens) of a role's warm prefix, its adapters pinned meanwhile; None when the
-        role was removed or its prefix is too short to keep."""
+    def _warm_target(self, rid: str, base: bool = False):
+        """(adapters, scales, key, prefix tokens) of a role's warm prefix, its adapters pinned meanwhile (with ``base``:
+        no adapters, the base model's key); None when the role was removed or its prefix is too short to keep."""
         try:
             voice, adapters, scales = self.roleset.acquire(rid)
         except UnknownRole:  # removed meanwhile
@@ -512,7 +555,8 @@ class LlamaEngine(Engine):
             return
         try:
             prefix = self.profile_prefix(voice.profile)
-            yield (adapters, scales, adapter_key(adapters, scales), prefix) if len(prefix) >= KEEP_MIN_TOKENS else None
+            used, at = ([], []) if base else (adapters, scales)
+            yield (used, at, adapter_key(used, at), prefix) if len(prefix) >= KEEP_MIN_TOKENS else None
         finally:
             self.roleset.release(adapters)
 
@@ -521,9 +565,9 @@ class LlamaEngine(Engine):
         checked by restoring it into a context once: a file llama.cpp refuses is skipped, and warmed again."""
         restored, ctx = 0, None
         try:
-            for rid in sorted(self.roles().roles):
+            for rid, base in self._warm_prefixes():
                 try:
-                    with self._warm_target(rid) as target:
+                    with self._warm_target(rid, base) as target:
                         if target is None:
                             continue
                         _, _, key, prefix = target
@@ -540,10 +584,11 @@ class LlamaEngine(Engine):
                 ctx.close()
         return restored
 
-    def _warm_one(self, rid: str, ctx) -> int:
-        """Prefill one role's profile prefix and keep it; returns the tokens prefilled (0: nothing to do)."""
+    def _warm_one(self, rid: str, ctx, base: bool = False) -> int:
+        """Prefill one role's profile prefix (``base``: under the base model) and keep it; returns the tokens
+        prefilled (0: nothing to do)."""
         try:
-            with self._warm_target(rid) as target:
+            with self._warm_target(rid, base) as target:
                 if target is None:
                     return 0
                 adapters, scales, key, prefix = target

@@ -76,6 +76,9 @@ class GenOptions:
     top_p: float = defaults.TOP_P
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # contrastive decoding: the NPC's logits pushed away from the base model's by this much before the draw
+    # (roles/sampling.py ``contrasted``; two decodes a token); None: the server's --contrast, 0: off
+    contrast: float | None = None
 
 
 @dataclass

@@ -4,7 +4,8 @@ For GPUs, and for batching: requests that arrive together are prefilled as one
 left-padded batch and decoded in lockstep, one forward pass per token for all of
 them, each row under its own gate weights (the block LoRA takes weights per
 row). This is static batching: a request that arrives while a batch runs waits
-for the next one. Needs the ``[train]`` extra (torch, transformers).
+for the next one. A batch with a contrasted row (GenOptions.contrast) also runs the base
+model alone over the same tokens, on a cache of its own. Needs the ``[train]`` extra (torch, transformers).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..neeko.model import NeekoLoRA
 from ..roles.asset import RoleAsset
 from ..roles.base_model import base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
-from ..roles.sampling import sample
+from ..roles.sampling import contrasted, sample
 from .base import Engine, EngineConfig
 from .stream import Chunk, GenOptions, InFlight, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, check_finite
 
@@ -132,9 +133,15 @@ class BatchScheduler:
             for k, s in zip(r.blocks, r.scales):
                 w[i, k] = s
         w = w.to(e.device)
-        with e.lock, e.neeko.gate(w):
-            out = e.model(input_ids=ids.to(e.device), attention_mask=mask.to(e.device), position_ids=pos.to(e.device), use_cache=True)
-        past, logits = _cache(out), out.logits[:, -1].float().cpu().numpy()
+        contrast = any(r.opts.contrast and r.blocks for r in reqs)  # the base model's logits too, on its own cache
+
+        def forward(gate, **step):
+            with e.lock, e.neeko.gate(gate):
+                out = e.model(attention_mask=mask.to(e.device), position_ids=pos.to(e.device), use_cache=True, **step)
+            return _cache(out), out.logits[:, -1].float().cpu().numpy()
+
+        past, logits = forward(w, input_ids=ids.to(e.device))
+        base_past, base_logits = forward(None, input_ids=ids.to(e.device)) if contrast else (None, None)
         rows = [dict(gen=[], text=TextStream(r.opts.stop), rng=np.random.default_rng(r.opts.seed), done=False) for r in reqs]
         step = 0
         while True:
@@ -151,7 +158,8 @@ class BatchScheduler:
                     r.out.put(exc)
                     nxt.append(e.pad_id)
                     continue
-                tok = sample(logits[i], r.opts, row["rng"])
+                mine = logits[i] if not (r.opts.contrast and r.blocks) else contrasted(logits[i], base_logits[i], r.opts.contrast)
+                tok = sample(mine, r.opts, row["rng"])
                 if r.closed or r.stop():
                     finish = "cancelled"
                 elif tok in e.eos_ids:
@@ -175,10 +183,10 @@ class BatchScheduler:
             step += 1
             mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], 1)
             pos = pos[:, -1:] + 1
-            with e.lock, e.neeko.gate(w):
-                out = e.model(input_ids=torch.tensor(nxt)[:, None].to(e.device), attention_mask=mask.to(e.device),
-                              position_ids=pos.to(e.device), use_cache=True, **{e.cache_kwarg: past})
-            past, logits = _cache(out), out.logits[:, -1].float().cpu().numpy()
+            step_ids = torch.tensor(nxt)[:, None].to(e.device)
+            past, logits = forward(w, input_ids=step_ids, **{e.cache_kwarg: past})
+            if contrast:
+                base_past, base_logits = forward(None, input_ids=step_ids, **{e.cache_kwarg: base_past})
 
 
 def _cache(out):
@@ -187,6 +195,7 @@ def _cache(out):
 
 class TorchEngine(Engine):
     name = "torch"
+    contrasts = True
 
     def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None,
                  device: str | None = None, precision: str = "fp32"):

@@ -16,7 +16,7 @@ import torch
 from ..roles.dialogue import Scene
 from ..roles.profile import RoleProfile
 from ..roles.prompt import chat_messages
-from ..roles.sampling import sample
+from ..roles.sampling import contrasted, sample
 from .embed import embed_texts
 from .data import IGNORE
 from .model import NeekoLoRA
@@ -82,18 +82,6 @@ def generate_replies(neeko: NeekoLoRA, tok, conversations: list[list[dict]], wei
         if progress:
             progress(len(chunk))
     return out
-
-
-PLAUSIBLE = 0.1  # contrast picks only among tokens the blocks give at least this share of their top token's probability
-
-
-def contrasted(block: np.ndarray, base: np.ndarray, c: float, plausible: float = PLAUSIBLE) -> np.ndarray:
-    """Contrastive logits (Li et al. 2023; classifier-free guidance, Sanchez et al. 2023): ``block + c * (block -
-    base)``, kept only where the block's own probability is at least ``plausible`` times its best token's, so the
-    push toward what the block adds never lifts a token the block itself finds implausible. c = 0: the block."""
-    out = block + c * (block - base)
-    keep = block >= block.max(-1, keepdims=True) + np.log(plausible)
-    return np.where(keep, out, -np.inf)
 
 
 @torch.no_grad()

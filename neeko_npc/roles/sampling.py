@@ -1,4 +1,5 @@
-"""How a line's next token is drawn: the one sampler the daemon serves with and the eval measures with.
+"""How a line's next token is drawn: the one sampler the daemon serves with and the eval measures with, and the
+contrast that pushes an NPC's voice away from the base model's before it draws.
 
 Numpy only (the serving side never imports torch); the engine's stream.py and the eval's attribution both call it.
 """
@@ -33,3 +34,15 @@ def sample(logits: np.ndarray, opts, rng: np.random.Generator) -> int:
     keep = order[: int(np.searchsorted(cum, opts.top_p)) + 1]
     cut = np.cumsum(p[keep])
     return int(keep[min(int(np.searchsorted(cut, rng.random() * cut[-1], side="right")), len(keep) - 1)])
+
+
+PLAUSIBLE = 0.1  # contrast picks only among tokens the blocks give at least this share of their top token's probability
+
+
+def contrasted(block: np.ndarray, base: np.ndarray, c: float, plausible: float = PLAUSIBLE) -> np.ndarray:
+    """Contrastive logits (Li et al. 2023; classifier-free guidance, Sanchez et al. 2023): ``block + c * (block -
+    base)``, kept only where the block's own probability is at least ``plausible`` times its best token's, so the
+    push toward what the block adds never lifts a token the block itself finds implausible. c = 0: the block."""
+    out = block + c * (block - base)
+    keep = block >= block.max(-1, keepdims=True) + np.log(plausible)
+    return np.where(keep, out, -np.inf)

@@ -86,7 +86,8 @@ class DialogueService(pb_grpc.DialogueServicer):
         return GenOptions(max_tokens=o.max_tokens,  # 0: the engine's default
                           temperature=o.temperature if o.HasField("temperature") else defaults.TEMPERATURE,
                           top_p=o.top_p if o.HasField("top_p") else defaults.TOP_P,
-                          seed=o.seed if o.HasField("seed") else None, stop=tuple(o.stop))
+                          seed=o.seed if o.HasField("seed") else None, stop=tuple(o.stop),
+                          contrast=o.contrast if o.HasField("contrast") else None)  # None: the engine's --contrast
 
     @staticmethod
     def _beats(b: pb.BeatRequest) -> BeatAsk | None:

@@ -31,99 +31,100 @@ namespace Neeko.Npc.V1 {
             "D3BsYXllcl9zdGFuZGluZxgHIAEoCRIVCg1yZWNlbnRfZXZlbnRzGAggAygJ",
             "EhkKEW5lYXJieV9jaGFyYWN0ZXJzGAkgAygJEjQKBWZhY3RzGAogAygLMiUu",
             "bmVla29fbnBjLnYxLlNjZW5lQ29udGV4dC5GYWN0c0VudHJ5GiwKCkZhY3Rz",
-            "RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKZAQoRR2Vu",
+            "RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASK9AQoRR2Vu",
             "ZXJhdGlvbk9wdGlvbnMSEgoKbWF4X3Rva2VucxgBIAEoDRIYCgt0ZW1wZXJh",
             "dHVyZRgCIAEoAkgAiAEBEhIKBXRvcF9wGAMgASgCSAGIAQESEQoEc2VlZBgE",
-            "IAEoDUgCiAEBEgwKBHN0b3AYBSADKAlCDgoMX3RlbXBlcmF0dXJlQggKBl90",
-            "b3BfcEIHCgVfc2VlZCJkCgpOcGNQcm9maWxlEgwKBG5hbWUYASABKAkSDwoH",
-            "cGVyc29uYRgCIAEoCRINCgVzdHlsZRgDIAEoCRIRCglrbm93bGVkZ2UYBCAB",
-            "KAkSFQoNZXhhbXBsZV9saW5lcxgFIAMoCSKgAgoKU2F5UmVxdWVzdBIOCgZu",
-            "cGNfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtwbGF5ZXJfbGlu",
-            "ZRgDIAEoCRIpCgVzY2VuZRgEIAEoCzIaLm5lZWtvX25wYy52MS5TY2VuZUNv",
-            "bnRleHQSMAoHb3B0aW9ucxgFIAEoCzIfLm5lZWtvX25wYy52MS5HZW5lcmF0",
-            "aW9uT3B0aW9ucxIpCgdwcm9maWxlGAYgASgLMhgubmVla29fbnBjLnYxLk5w",
-            "Y1Byb2ZpbGUSJwoFYmxlbmQYByADKAsyGC5uZWVrb19ucGMudjEuUm9sZVdl",
-            "aWdodBIoCgViZWF0cxgIIAEoCzIZLm5lZWtvX25wYy52MS5CZWF0UmVxdWVz",
-            "dCIpCgZBY3Rpb24SCgoCaWQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAki",
-            "VwoLQmVhdFJlcXVlc3QSDwoHZW1vdGlvbhgBIAEoCBIQCghlbW90aW9ucxgC",
-            "IAMoCRIlCgdhY3Rpb25zGAMgAygLMhQubmVla29fbnBjLnYxLkFjdGlvbiKb",
-            "AQoEQmVhdBIKCgJpZBgBIAEoCRITCgtwcm9iYWJpbGl0eRgCIAEoAhI8Cg1w",
-            "cm9iYWJpbGl0aWVzGAMgAygLMiUubmVla29fbnBjLnYxLkJlYXQuUHJvYmFi",
-            "aWxpdGllc0VudHJ5GjQKElByb2JhYmlsaXRpZXNFbnRyeRILCgNrZXkYASAB",
-            "KAkSDQoFdmFsdWUYAiABKAI6AjgBIi0KClJvbGVXZWlnaHQSDwoHcm9sZV9p",
-            "ZBgBIAEoCRIOCgZ3ZWlnaHQYAiABKAIi8wIKCFNheUNodW5rEgwKBHRleHQY",
-            "ASABKAkSMQoNZmluaXNoX3JlYXNvbhgCIAEoDjIaLm5lZWtvX25wYy52MS5G",
-            "aW5pc2hSZWFzb24SFQoNcHJvbXB0X3Rva2VucxgDIAEoDRIZChFjb21wbGV0",
-            "aW9uX3Rva2VucxgEIAEoDRIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgFIAEo",
-            "DRIeChZ0aW1lX3RvX2ZpcnN0X3Rva2VuX21zGAYgASgCEi4KDHJvbGVfd2Vp",
-            "Z2h0cxgHIAMoCzIYLm5lZWtvX25wYy52MS5Sb2xlV2VpZ2h0EgwKBGRvbmUY",
-            "CCABKAgSLwoMcHJvbXB0X2NhY2hlGAkgASgOMhkubmVla29fbnBjLnYxLlBy",
-            "b21wdENhY2hlEiMKB2Vtb3Rpb24YCiABKAsyEi5uZWVrb19ucGMudjEuQmVh",
-            "dBIiCgZhY3Rpb24YCyABKAsyEi5uZWVrb19ucGMudjEuQmVhdCKTAQoPUHJl",
-            "cGFyZVJlc3BvbnNlEhUKDXByb21wdF90b2tlbnMYASABKA0SEwoLcmVhZF90",
-            "b2tlbnMYAiABKA0SLwoMcHJvbXB0X2NhY2hlGAMgASgOMhkubmVla29fbnBj",
-            "LnYxLlByb21wdENhY2hlEg8KB3NraXBwZWQYBCABKAkSEgoKZWxhcHNlZF9t",
-            "cxgFIAEoAiKXAQoEUm9sZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwK",
-            "BGtpbmQYAyABKAkSDwoHcGVyc29uYRgEIAEoCRINCgVzdHlsZRgFIAEoCRIp",
-            "Cgd3ZWlnaHRzGAYgAygLMhgubmVla29fbnBjLnYxLlJvbGVXZWlnaHQSDgoG",
-            "c2hhMjU2GAcgASgJEgwKBGZpbGUYCCABKAkiKgoLUm9sZVByb2JsZW0SDAoE",
-            "ZmlsZRgBIAEoCRINCgVlcnJvchgCIAEoCSISChBMaXN0Um9sZXNSZXF1ZXN0",
-            "ImMKEUxpc3RSb2xlc1Jlc3BvbnNlEiEKBXJvbGVzGAEgAygLMhIubmVla29f",
-            "bnBjLnYxLlJvbGUSKwoIcHJvYmxlbXMYAiADKAsyGS5uZWVrb19ucGMudjEu",
-            "Um9sZVByb2JsZW0iIAoOR2V0Um9sZVJlcXVlc3QSDgoGbnBjX2lkGAEgASgJ",
-            "IhQKElJlbG9hZFJvbGVzUmVxdWVzdCJzChNSZWxvYWRSb2xlc1Jlc3BvbnNl",
-            "Eg0KBWFkZGVkGAEgAygJEg8KB2NoYW5nZWQYAiADKAkSDwoHcmVtb3ZlZBgD",
-            "IAMoCRIrCghwcm9ibGVtcxgEIAMoCzIZLm5lZWtvX25wYy52MS5Sb2xlUHJv",
-            "YmxlbSI6ChRGb3JnZXRTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEg",
-            "ASgJEg4KBm5wY19pZBgCIAEoCSIqChVGb3JnZXRTZXNzaW9uUmVzcG9uc2US",
-            "EQoJZm9yZ290dGVuGAEgASgNIjEKCEV4Y2hhbmdlEhMKC3BsYXllcl9saW5l",
-            "GAEgASgJEhAKCG5wY19saW5lGAIgASgJIkYKCU5wY01lbW9yeRIOCgZucGNf",
-            "aWQYASABKAkSKQoJZXhjaGFuZ2VzGAIgAygLMhYubmVla29fbnBjLnYxLkV4",
-            "Y2hhbmdlIkoKDVNlc3Npb25NZW1vcnkSEgoKc2Vzc2lvbl9pZBgBIAEoCRIl",
-            "CgRucGNzGAIgAygLMhcubmVla29fbnBjLnYxLk5wY01lbW9yeSInChFHZXRT",
-            "ZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIjkKFlJlc3RvcmVT",
-            "ZXNzaW9uUmVzcG9uc2USDAoEbnBjcxgBIAEoDRIRCglleGNoYW5nZXMYAiAB",
-            "KA0i2QEKDUNvbnZlcnNlU3RhcnQSDwoHbnBjX2lkcxgBIAMoCRIpCgVzY2Vu",
-            "ZRgCIAEoCzIaLm5lZWtvX25wYy52MS5TY2VuZUNvbnRleHQSDQoFdG9waWMY",
-            "AyABKAkSFAoMb3BlbmluZ19saW5lGAQgASgJEg0KBXR1cm5zGAUgASgNEiYK",
-            "BW9yZGVyGAYgASgOMhcubmVla29fbnBjLnYxLlR1cm5PcmRlchIwCgdvcHRp",
-            "b25zGAcgASgLMh8ubmVla29fbnBjLnYxLkdlbmVyYXRpb25PcHRpb25zIl4K",
-            "D0NvbnZlcnNlUmVxdWVzdBIsCgVzdGFydBgBIAEoCzIbLm5lZWtvX25wYy52",
-            "MS5Db252ZXJzZVN0YXJ0SAASFQoLcGxheWVyX2xpbmUYAiABKAlIAEIGCgRr",
-            "aW5kIoYCCg1Db252ZXJzZUNodW5rEg4KBm5wY19pZBgBIAEoCRIMCgR0dXJu",
-            "GAIgASgNEgwKBHRleHQYAyABKAkSEQoJdHVybl9kb25lGAQgASgIEjEKDWZp",
-            "bmlzaF9yZWFzb24YBSABKA4yGi5uZWVrb19ucGMudjEuRmluaXNoUmVhc29u",
-            "EhUKDXByb21wdF90b2tlbnMYBiABKA0SGQoRY29tcGxldGlvbl90b2tlbnMY",
-            "ByABKA0SLgoMcm9sZV93ZWlnaHRzGAggAygLMhgubmVla29fbnBjLnYxLlJv",
-            "bGVXZWlnaHQSEwoLcGxheWVyX2xpbmUYCSABKAkSDAoEZG9uZRgKIAEoCCp8",
-            "CgxGaW5pc2hSZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAA",
-            "EhYKEkZJTklTSF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVO",
-            "R1RIEAISGwoXRklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQAypzCgtQcm9tcHRD",
-            "YWNoZRIcChhQUk9NUFRfQ0FDSEVfVU5TUEVDSUZJRUQQABIUChBQUk9NUFRf",
-            "Q0FDSEVfSE9UEAESGQoVUFJPTVBUX0NBQ0hFX1NOQVBTSE9UEAISFQoRUFJP",
-            "TVBUX0NBQ0hFX0NPTEQQAypCCglUdXJuT3JkZXISGgoWVFVSTl9PUkRFUl9S",
-            "T1VORF9ST0JJThAAEhkKFVRVUk5fT1JERVJfTkFNRURfTEFTVBABMq8FCghE",
-            "aWFsb2d1ZRI5CgNTYXkSGC5uZWVrb19ucGMudjEuU2F5UmVxdWVzdBoWLm5l",
-            "ZWtvX25wYy52MS5TYXlDaHVuazABEkIKB1ByZXBhcmUSGC5uZWVrb19ucGMu",
-            "djEuU2F5UmVxdWVzdBodLm5lZWtvX25wYy52MS5QcmVwYXJlUmVzcG9uc2US",
-            "SgoIQ29udmVyc2USHS5uZWVrb19ucGMudjEuQ29udmVyc2VSZXF1ZXN0Ghsu",
-            "bmVla29fbnBjLnYxLkNvbnZlcnNlQ2h1bmsoATABEkwKCUxpc3RSb2xlcxIe",
-            "Lm5lZWtvX25wYy52MS5MaXN0Um9sZXNSZXF1ZXN0Gh8ubmVla29fbnBjLnYx",
-            "Lkxpc3RSb2xlc1Jlc3BvbnNlEjsKB0dldFJvbGUSHC5uZWVrb19ucGMudjEu",
-            "R2V0Um9sZVJlcXVlc3QaEi5uZWVrb19ucGMudjEuUm9sZRJSCgtSZWxvYWRS",
-            "b2xlcxIgLm5lZWtvX25wYy52MS5SZWxvYWRSb2xlc1JlcXVlc3QaIS5uZWVr",
-            "b19ucGMudjEuUmVsb2FkUm9sZXNSZXNwb25zZRJYCg1Gb3JnZXRTZXNzaW9u",
-            "EiIubmVla29fbnBjLnYxLkZvcmdldFNlc3Npb25SZXF1ZXN0GiMubmVla29f",
-            "bnBjLnYxLkZvcmdldFNlc3Npb25SZXNwb25zZRJKCgpHZXRTZXNzaW9uEh8u",
-            "bmVla29fbnBjLnYxLkdldFNlc3Npb25SZXF1ZXN0GhsubmVla29fbnBjLnYx",
-            "LlNlc3Npb25NZW1vcnkSUwoOUmVzdG9yZVNlc3Npb24SGy5uZWVrb19ucGMu",
-            "djEuU2Vzc2lvbk1lbW9yeRokLm5lZWtvX25wYy52MS5SZXN0b3JlU2Vzc2lv",
-            "blJlc3BvbnNlQg+qAgxOZWVrby5OcGMuVjFiBnByb3RvMw=="));
+            "IAEoDUgCiAEBEgwKBHN0b3AYBSADKAkSFQoIY29udHJhc3QYBiABKAJIA4gB",
+            "AUIOCgxfdGVtcGVyYXR1cmVCCAoGX3RvcF9wQgcKBV9zZWVkQgsKCV9jb250",
+            "cmFzdCJkCgpOcGNQcm9maWxlEgwKBG5hbWUYASABKAkSDwoHcGVyc29uYRgC",
+            "IAEoCRINCgVzdHlsZRgDIAEoCRIRCglrbm93bGVkZ2UYBCABKAkSFQoNZXhh",
+            "bXBsZV9saW5lcxgFIAMoCSKgAgoKU2F5UmVxdWVzdBIOCgZucGNfaWQYASAB",
+            "KAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRITCgtwbGF5ZXJfbGluZRgDIAEoCRIp",
+            "CgVzY2VuZRgEIAEoCzIaLm5lZWtvX25wYy52MS5TY2VuZUNvbnRleHQSMAoH",
+            "b3B0aW9ucxgFIAEoCzIfLm5lZWtvX25wYy52MS5HZW5lcmF0aW9uT3B0aW9u",
+            "cxIpCgdwcm9maWxlGAYgASgLMhgubmVla29fbnBjLnYxLk5wY1Byb2ZpbGUS",
+            "JwoFYmxlbmQYByADKAsyGC5uZWVrb19ucGMudjEuUm9sZVdlaWdodBIoCgVi",
+            "ZWF0cxgIIAEoCzIZLm5lZWtvX25wYy52MS5CZWF0UmVxdWVzdCIpCgZBY3Rp",
+            "b24SCgoCaWQYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkiVwoLQmVhdFJl",
+            "cXVlc3QSDwoHZW1vdGlvbhgBIAEoCBIQCghlbW90aW9ucxgCIAMoCRIlCgdh",
+            "Y3Rpb25zGAMgAygLMhQubmVla29fbnBjLnYxLkFjdGlvbiKbAQoEQmVhdBIK",
+            "CgJpZBgBIAEoCRITCgtwcm9iYWJpbGl0eRgCIAEoAhI8Cg1wcm9iYWJpbGl0",
+            "aWVzGAMgAygLMiUubmVla29fbnBjLnYxLkJlYXQuUHJvYmFiaWxpdGllc0Vu",
+            "dHJ5GjQKElByb2JhYmlsaXRpZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFs",
+            "dWUYAiABKAI6AjgBIi0KClJvbGVXZWlnaHQSDwoHcm9sZV9pZBgBIAEoCRIO",
+            "CgZ3ZWlnaHQYAiABKAIi8wIKCFNheUNodW5rEgwKBHRleHQYASABKAkSMQoN",
+            "ZmluaXNoX3JlYXNvbhgCIAEoDjIaLm5lZWtvX25wYy52MS5GaW5pc2hSZWFz",
+            "b24SFQoNcHJvbXB0X3Rva2VucxgDIAEoDRIZChFjb21wbGV0aW9uX3Rva2Vu",
+            "cxgEIAEoDRIcChRjYWNoZWRfcHJvbXB0X3Rva2VucxgFIAEoDRIeChZ0aW1l",
+            "X3RvX2ZpcnN0X3Rva2VuX21zGAYgASgCEi4KDHJvbGVfd2VpZ2h0cxgHIAMo",
+            "CzIYLm5lZWtvX25wYy52MS5Sb2xlV2VpZ2h0EgwKBGRvbmUYCCABKAgSLwoM",
+            "cHJvbXB0X2NhY2hlGAkgASgOMhkubmVla29fbnBjLnYxLlByb21wdENhY2hl",
+            "EiMKB2Vtb3Rpb24YCiABKAsyEi5uZWVrb19ucGMudjEuQmVhdBIiCgZhY3Rp",
+            "b24YCyABKAsyEi5uZWVrb19ucGMudjEuQmVhdCKTAQoPUHJlcGFyZVJlc3Bv",
+            "bnNlEhUKDXByb21wdF90b2tlbnMYASABKA0SEwoLcmVhZF90b2tlbnMYAiAB",
+            "KA0SLwoMcHJvbXB0X2NhY2hlGAMgASgOMhkubmVla29fbnBjLnYxLlByb21w",
+            "dENhY2hlEg8KB3NraXBwZWQYBCABKAkSEgoKZWxhcHNlZF9tcxgFIAEoAiKX",
+            "AQoEUm9sZRIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgwKBGtpbmQYAyAB",
+            "KAkSDwoHcGVyc29uYRgEIAEoCRINCgVzdHlsZRgFIAEoCRIpCgd3ZWlnaHRz",
+            "GAYgAygLMhgubmVla29fbnBjLnYxLlJvbGVXZWlnaHQSDgoGc2hhMjU2GAcg",
+            "ASgJEgwKBGZpbGUYCCABKAkiKgoLUm9sZVByb2JsZW0SDAoEZmlsZRgBIAEo",
+            "CRINCgVlcnJvchgCIAEoCSISChBMaXN0Um9sZXNSZXF1ZXN0ImMKEUxpc3RS",
+            "b2xlc1Jlc3BvbnNlEiEKBXJvbGVzGAEgAygLMhIubmVla29fbnBjLnYxLlJv",
+            "bGUSKwoIcHJvYmxlbXMYAiADKAsyGS5uZWVrb19ucGMudjEuUm9sZVByb2Js",
+            "ZW0iIAoOR2V0Um9sZVJlcXVlc3QSDgoGbnBjX2lkGAEgASgJIhQKElJlbG9h",
+            "ZFJvbGVzUmVxdWVzdCJzChNSZWxvYWRSb2xlc1Jlc3BvbnNlEg0KBWFkZGVk",
+            "GAEgAygJEg8KB2NoYW5nZWQYAiADKAkSDwoHcmVtb3ZlZBgDIAMoCRIrCghw",
+            "cm9ibGVtcxgEIAMoCzIZLm5lZWtvX25wYy52MS5Sb2xlUHJvYmxlbSI6ChRG",
+            "b3JnZXRTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJEg4KBm5w",
+            "Y19pZBgCIAEoCSIqChVGb3JnZXRTZXNzaW9uUmVzcG9uc2USEQoJZm9yZ290",
+            "dGVuGAEgASgNIjEKCEV4Y2hhbmdlEhMKC3BsYXllcl9saW5lGAEgASgJEhAK",
+            "CG5wY19saW5lGAIgASgJIkYKCU5wY01lbW9yeRIOCgZucGNfaWQYASABKAkS",
+            "KQoJZXhjaGFuZ2VzGAIgAygLMhYubmVla29fbnBjLnYxLkV4Y2hhbmdlIkoK",
+            "DVNlc3Npb25NZW1vcnkSEgoKc2Vzc2lvbl9pZBgBIAEoCRIlCgRucGNzGAIg",
+            "AygLMhcubmVla29fbnBjLnYxLk5wY01lbW9yeSInChFHZXRTZXNzaW9uUmVx",
+            "dWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIjkKFlJlc3RvcmVTZXNzaW9uUmVz",
+            "cG9uc2USDAoEbnBjcxgBIAEoDRIRCglleGNoYW5nZXMYAiABKA0i2QEKDUNv",
+            "bnZlcnNlU3RhcnQSDwoHbnBjX2lkcxgBIAMoCRIpCgVzY2VuZRgCIAEoCzIa",
+            "Lm5lZWtvX25wYy52MS5TY2VuZUNvbnRleHQSDQoFdG9waWMYAyABKAkSFAoM",
+            "b3BlbmluZ19saW5lGAQgASgJEg0KBXR1cm5zGAUgASgNEiYKBW9yZGVyGAYg",
+            "ASgOMhcubmVla29fbnBjLnYxLlR1cm5PcmRlchIwCgdvcHRpb25zGAcgASgL",
+            "Mh8ubmVla29fbnBjLnYxLkdlbmVyYXRpb25PcHRpb25zIl4KD0NvbnZlcnNl",
+            "UmVxdWVzdBIsCgVzdGFydBgBIAEoCzIbLm5lZWtvX25wYy52MS5Db252ZXJz",
+            "ZVN0YXJ0SAASFQoLcGxheWVyX2xpbmUYAiABKAlIAEIGCgRraW5kIoYCCg1D",
+            "b252ZXJzZUNodW5rEg4KBm5wY19pZBgBIAEoCRIMCgR0dXJuGAIgASgNEgwK",
+            "BHRleHQYAyABKAkSEQoJdHVybl9kb25lGAQgASgIEjEKDWZpbmlzaF9yZWFz",
+            "b24YBSABKA4yGi5uZWVrb19ucGMudjEuRmluaXNoUmVhc29uEhUKDXByb21w",
+            "dF90b2tlbnMYBiABKA0SGQoRY29tcGxldGlvbl90b2tlbnMYByABKA0SLgoM",
+            "cm9sZV93ZWlnaHRzGAggAygLMhgubmVla29fbnBjLnYxLlJvbGVXZWlnaHQS",
+            "EwoLcGxheWVyX2xpbmUYCSABKAkSDAoEZG9uZRgKIAEoCCp8CgxGaW5pc2hS",
+            "ZWFzb24SHQoZRklOSVNIX1JFQVNPTl9VTlNQRUNJRklFRBAAEhYKEkZJTklT",
+            "SF9SRUFTT05fU1RPUBABEhgKFEZJTklTSF9SRUFTT05fTEVOR1RIEAISGwoX",
+            "RklOSVNIX1JFQVNPTl9DQU5DRUxMRUQQAypzCgtQcm9tcHRDYWNoZRIcChhQ",
+            "Uk9NUFRfQ0FDSEVfVU5TUEVDSUZJRUQQABIUChBQUk9NUFRfQ0FDSEVfSE9U",
+            "EAESGQoVUFJPTVBUX0NBQ0hFX1NOQVBTSE9UEAISFQoRUFJPTVBUX0NBQ0hF",
+            "X0NPTEQQAypCCglUdXJuT3JkZXISGgoWVFVSTl9PUkRFUl9ST1VORF9ST0JJ",
+            "ThAAEhkKFVRVUk5fT1JERVJfTkFNRURfTEFTVBABMq8FCghEaWFsb2d1ZRI5",
+            "CgNTYXkSGC5uZWVrb19ucGMudjEuU2F5UmVxdWVzdBoWLm5lZWtvX25wYy52",
+            "MS5TYXlDaHVuazABEkIKB1ByZXBhcmUSGC5uZWVrb19ucGMudjEuU2F5UmVx",
+            "dWVzdBodLm5lZWtvX25wYy52MS5QcmVwYXJlUmVzcG9uc2USSgoIQ29udmVy",
+            "c2USHS5uZWVrb19ucGMudjEuQ29udmVyc2VSZXF1ZXN0GhsubmVla29fbnBj",
+            "LnYxLkNvbnZlcnNlQ2h1bmsoATABEkwKCUxpc3RSb2xlcxIeLm5lZWtvX25w",
+            "Yy52MS5MaXN0Um9sZXNSZXF1ZXN0Gh8ubmVla29fbnBjLnYxLkxpc3RSb2xl",
+            "c1Jlc3BvbnNlEjsKB0dldFJvbGUSHC5uZWVrb19ucGMudjEuR2V0Um9sZVJl",
+            "cXVlc3QaEi5uZWVrb19ucGMudjEuUm9sZRJSCgtSZWxvYWRSb2xlcxIgLm5l",
+            "ZWtvX25wYy52MS5SZWxvYWRSb2xlc1JlcXVlc3QaIS5uZWVrb19ucGMudjEu",
+            "UmVsb2FkUm9sZXNSZXNwb25zZRJYCg1Gb3JnZXRTZXNzaW9uEiIubmVla29f",
+            "bnBjLnYxLkZvcmdldFNlc3Npb25SZXF1ZXN0GiMubmVla29fbnBjLnYxLkZv",
+            "cmdldFNlc3Npb25SZXNwb25zZRJKCgpHZXRTZXNzaW9uEh8ubmVla29fbnBj",
+            "LnYxLkdldFNlc3Npb25SZXF1ZXN0GhsubmVla29fbnBjLnYxLlNlc3Npb25N",
+            "ZW1vcnkSUwoOUmVzdG9yZVNlc3Npb24SGy5uZWVrb19ucGMudjEuU2Vzc2lv",
+            "bk1lbW9yeRokLm5lZWtvX25wYy52MS5SZXN0b3JlU2Vzc2lvblJlc3BvbnNl",
+            "Qg+qAgxOZWVrby5OcGMuVjFiBnByb3RvMw=="));
       descriptor = pbr::FileDescriptor.FromGeneratedCode(descriptorData,
           new pbr::FileDescriptor[] { },
           new pbr::GeneratedClrTypeInfo(new[] {typeof(global::Neeko.Npc.V1.FinishReason), typeof(global::Neeko.Npc.V1.PromptCache), typeof(global::Neeko.Npc.V1.TurnOrder), }, null, new pbr::GeneratedClrTypeInfo[] {
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SceneContext), global::Neeko.Npc.V1.SceneContext.Parser, new[]{ "Location", "TimeOfDay", "Weather", "NpcMood", "NpcActivity", "PlayerName", "PlayerStanding", "RecentEvents", "NearbyCharacters", "Facts" }, null, null, null, new pbr::GeneratedClrTypeInfo[] { null, }),
-            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.GenerationOptions), global::Neeko.Npc.V1.GenerationOptions.Parser, new[]{ "MaxTokens", "Temperature", "TopP", "Seed", "Stop" }, new[]{ "Temperature", "TopP", "Seed" }, null, null, null),
+            new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.GenerationOptions), global::Neeko.Npc.V1.GenerationOptions.Parser, new[]{ "MaxTokens", "Temperature", "TopP", "Seed", "Stop", "Contrast" }, new[]{ "Temperature", "TopP", "Seed", "Contrast" }, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.NpcProfile), global::Neeko.Npc.V1.NpcProfile.Parser, new[]{ "Name", "Persona", "Style", "Knowledge", "ExampleLines" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.SayRequest), global::Neeko.Npc.V1.SayRequest.Parser, new[]{ "NpcId", "SessionId", "PlayerLine", "Scene", "Options", "Profile", "Blend", "Beats" }, null, null, null, null),
             new pbr::GeneratedClrTypeInfo(typeof(global::Neeko.Npc.V1.Action), global::Neeko.Npc.V1.Action.Parser, new[]{ "Id", "Description" }, null, null, null, null),
@@ -731,6 +732,7 @@ namespace Neeko.Npc.V1 {
       topP_ = other.topP_;
       seed_ = other.seed_;
       stop_ = other.stop_.Clone();
+      contrast_ = other.contrast_;
       _unknownFields = pb::UnknownFieldSet.Clone(other._unknownFields);
     }
 
@@ -841,6 +843,35 @@ namespace Neeko.Npc.V1 {
       get { return stop_; }
     }
 
+    /// <summary>Field number for the "contrast" field.</summary>
+    public const int ContrastFieldNumber = 6;
+    private float contrast_;
+    /// <summary>
+    /// Contrastive decoding: how far the NPC's own voice is pushed from the base model's before each token is drawn
+    /// (0 to 4; 0 is off; two decodes a token). Unset: the server's --contrast.
+    /// </summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public float Contrast {
+      get { if ((_hasBits0 & 8) != 0) { return contrast_; } else { return 0F; } }
+      set {
+        _hasBits0 |= 8;
+        contrast_ = value;
+      }
+    }
+    /// <summary>Gets whether the "contrast" field is set</summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public bool HasContrast {
+      get { return (_hasBits0 & 8) != 0; }
+    }
+    /// <summary>Clears the value of the "contrast" field</summary>
+    [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
+    [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
+    public void ClearContrast() {
+      _hasBits0 &= ~8;
+    }
+
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]
     public override bool Equals(object other) {
@@ -861,6 +892,7 @@ namespace Neeko.Npc.V1 {
       if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(TopP, other.TopP)) return false;
       if (Seed != other.Seed) return false;
       if(!stop_.Equals(other.stop_)) return false;
+      if (!pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.Equals(Contrast, other.Contrast)) return false;
       return Equals(_unknownFields, other._unknownFields);
     }
 
@@ -873,6 +905,7 @@ namespace Neeko.Npc.V1 {
       if (HasTopP) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(TopP);
       if (HasSeed) hash ^= Seed.GetHashCode();
       hash ^= stop_.GetHashCode();
+      if (HasContrast) hash ^= pbc::ProtobufEqualityComparers.BitwiseSingleEqualityComparer.GetHashCode(Contrast);
       if (_unknownFields != null) {
         hash ^= _unknownFields.GetHashCode();
       }
@@ -908,6 +941,10 @@ namespace Neeko.Npc.V1 {
         output.WriteUInt32(Seed);
       }
       stop_.WriteTo(output, _repeated_stop_codec);
+      if (HasContrast) {
+        output.WriteRawTag(53);
+        output.WriteFloat(Contrast);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(output);
       }
@@ -935,6 +972,10 @@ namespace Neeko.Npc.V1 {
         output.WriteUInt32(Seed);
       }
       stop_.WriteTo(ref output, _repeated_stop_codec);
+      if (HasContrast) {
+        output.WriteRawTag(53);
+        output.WriteFloat(Contrast);
+      }
       if (_unknownFields != null) {
         _unknownFields.WriteTo(ref output);
       }
@@ -958,6 +999,9 @@ namespace Neeko.Npc.V1 {
         size += 1 + pb::CodedOutputStream.ComputeUInt32Size(Seed);
       }
       size += stop_.CalculateSize(_repeated_stop_codec);
+      if (HasContrast) {
+        size += 1 + 4;
+      }
       if (_unknownFields != null) {
         size += _unknownFields.CalculateSize();
       }
@@ -983,6 +1027,9 @@ namespace Neeko.Npc.V1 {
         Seed = other.Seed;
       }
       stop_.Add(other.stop_);
+      if (other.HasContrast) {
+        Contrast = other.Contrast;
+      }
       _unknownFields = pb::UnknownFieldSet.MergeFrom(_unknownFields, other._unknownFields);
     }
 
@@ -1018,6 +1065,10 @@ namespace Neeko.Npc.V1 {
             stop_.AddEntriesFrom(input, _repeated_stop_codec);
             break;
           }
+          case 53: {
+            Contrast = input.ReadFloat();
+            break;
+          }
         }
       }
     #endif
@@ -1051,6 +1102,10 @@ namespace Neeko.Npc.V1 {
           }
           case 42: {
             stop_.AddEntriesFrom(ref input, _repeated_stop_codec);
+            break;
+          }
+          case 53: {
+            Contrast = input.ReadFloat();
             break;
           }
         }

@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from . import defaults as D
+from .protocol import Order
 
 DEFAULT_ROLES = Path(D.ROLES_DIR)
 
@@ -650,7 +651,7 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, contra
 @click.option("--topic", default="", help="What they talk about.")
 @click.option("--line", "opening_line", default="", help="The player's opening line; without one, the first NPC opens.")
 @click.option("--turns", default=0, type=click.IntRange(0), help=f"Turns to generate; 0: the daemon's default ({D.CONVERSE_TURNS}).")
-@click.option("--order", type=click.Choice(["round_robin", "named_last"]), default="round_robin", show_default=True,
+@click.option("--order", type=click.Choice(list(Order.ALL)), default=Order.ROUND_ROBIN, show_default=True,
               help="named_last: the NPC the last line named speaks next.")
 @click.option("--scene", "scene_path", type=click.Path(exists=True, dir_okay=False), help="SceneContext JSON (see README).")
 @click.option("--max-tokens", default=0, type=click.IntRange(0), help="Per turn; 0: the daemon's default.")
@@ -674,7 +675,7 @@ def converse(npc_ids, topic, opening_line, turns, order, scene_path, max_tokens,
     opts = line_options(max_tokens, temperature, seed, contrast)
     client = Client(address, token, tls_ca)
     try:
-        order_id = pb.TURN_ORDER_NAMED_LAST if order == "named_last" else pb.TURN_ORDER_ROUND_ROBIN
+        order_id = pb.TURN_ORDER_NAMED_LAST if order == Order.NAMED_LAST else pb.TURN_ORDER_ROUND_ROBIN
         turn = None
         for chunk in client.converse(list(npc_ids), scene, topic, opening_line, turns, order_id, **opts):
             if chunk.done:

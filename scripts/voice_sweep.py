@@ -25,6 +25,7 @@ COMMON = ["--quick", "--no-shared", "--quiet"]
 ROWS = {
     "plain": ["--contrast", "0"],
     "strength 1.5": ["--contrast", "0", "--strength", "1.5"],
+    "contrast 0.5": ["--contrast", "0.5"],
     "contrast 1.0": ["--contrast", "1.0"],
     "strength 2.0": ["--contrast", "0", "--strength", "2.0"],
     "contrast 2.0": ["--contrast", "2.0"],

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "neeko_npc"
-# export sits beside neeko: it reads role files, never the torch side. defaults.py and errors.py are standard
-# library only, below every layer.
-SHARED = {"defaults", "errors"}
+# export sits beside neeko: it reads role files, never the torch side. defaults.py, errors.py and protocol.py are
+# standard library only, below every layer.
+SHARED = {"defaults", "errors", "protocol"}
 MAY_IMPORT = {
     "roles": {"roles"},
     "neeko": {"roles", "neeko"},

@@ -54,3 +54,22 @@ def test_greedy_and_seeded_draws():
     opts = GenOptions(temperature=0.9, top_p=0.9)
     a = [sample(logits, opts, np.random.default_rng(3)) for _ in range(5)]
     assert len(set(a)) == 1  # the same seed, the same draw
+
+
+def test_sampled_contrasted_tokens_stay_among_the_blocks_plausible_ones():
+    """The daemon draws a contrasted line's tokens from ``contrasted`` logits at its own temperature and nucleus: a
+    token the block finds implausible (under PLAUSIBLE of its best token's probability) is never drawn however far
+    the base model is from it, and among the plausible ones the draw leans toward what the block adds."""
+    from neeko_npc.roles.sampling import PLAUSIBLE, contrasted
+
+    rng = np.random.default_rng(0)
+    block = rng.normal(size=400)
+    base = block.copy()
+    plausible = block >= block.max() + np.log(PLAUSIBLE)
+    base[~plausible] -= 50.0  # the base model finds the block's implausible tokens far less likely still
+    favoured = np.flatnonzero(plausible)[0]
+    base[favoured] -= 3.0  # the block adds this one most
+    logits = contrasted(block, base, 1.0)
+    draws = [sample(logits, GenOptions(temperature=0.7, top_p=0.95), np.random.default_rng(i)) for i in range(300)]
+    assert all(plausible[t] for t in draws)
+    assert np.bincount(draws, minlength=400).argmax() == favoured

@@ -89,6 +89,9 @@ def test_contrasted_lines_are_the_same_on_llama_cpp_and_torch(f32_setup, torch_e
             assert reply(llama, npc)[0] == contrasted and contrasted.strip(), npc
             assert contrasted != solo[npc][0]
             assert reply(llama, npc, contrast=0.0)[0] == solo[npc][0]
+        prepared = llama.prepare("bard", SceneInfo(location="the market"))  # what a contrasted line will start with
+        slot = llama.pool.slots[0]
+        assert not prepared.skipped and len(slot.tokens) == prepared.prompt_tokens and slot.base.tokens == slot.tokens
     finally:
         llama.close()
     results = {}

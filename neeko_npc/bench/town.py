@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import defaults
+from ..protocol import Cache
 from ..roles.asset import RoleAsset, write_asset
 from ..roles.prompt import SceneInfo
 from .memory import rss_bytes
@@ -121,8 +122,8 @@ def run_day(engine, plan: list[list[Stop]], max_tokens: int, seen: set[str], wal
         "error_messages": sorted({x.error for _, x in lines if x.error})[:5], "wall_s": wall,
         "ttft_ms": summary([x.ttft for x in ok], 1000),
         "ttft_ms_by_kind": {k: v for k, v in by_kind.items() if v["n"]},
-        "ttft_ms_by_cache": {c: summary([x.ttft for x in ok if x.cache == c], 1000) for c in ("hot", "snapshot", "cold")},
-        "served": {c: sum(x.cache == c for x in ok) for c in ("hot", "snapshot", "cold")},
+        "ttft_ms_by_cache": {c: summary([x.ttft for x in ok if x.cache == c], 1000) for c in Cache.ALL},
+        "served": {c: sum(x.cache == c for x in ok) for c in Cache.ALL},
         "stream_tok_s": summary([x.decode_rate for x in ok]),
         "aggregate_tok_s": sum(x.completion_tokens for x in ok) / wall,
         "snapshot_bytes_peak": peak[0], "snapshot_bytes": stats.get("bytes", 0), "snapshot_budget": stats.get("budget", 0),

@@ -37,6 +37,7 @@ from ..roles.beats import BeatJob
 from .memory import Memory
 from .roleset import InvalidBlend, ReloadResult, RoleSet, Roster, ServedRole, UnknownRole, known_roles
 from .snapshots import common_prefix
+from ..protocol import Finish, Order
 from .stream import Chunk, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream
 
 log = logging.getLogger("neeko_npc.engine")
@@ -221,7 +222,6 @@ class SceneChunk:
     done: bool = False  # the conversation's end
 
 
-ORDERS = ("round_robin", "named_last")
 
 
 @dataclass
@@ -231,7 +231,7 @@ class Prepared:
     role_id: str
     prompt_tokens: int  # the prompt's tokens before the player's line
     read_tokens: int  # read now; the others were already held by a context or a kept state
-    cache: str  # how its start was served: "hot", "snapshot" or "cold"; "" when skipped
+    cache: str  # how its start was served (a Cache word); "" when skipped
     skipped: str = ""  # why nothing was read (every context busy, no prompt cache); "" when it was
     ms: float = 0.0
 
@@ -483,7 +483,7 @@ class Engine(abc.ABC):
 
         def done(finish: str, text: str) -> None:
             self.roleset.release(adapters)
-            if finish in ("stop", "length") and session:
+            if finish in Finish.ENDED and session:
                 self.memory.add(session, npc_id, player_line, text.strip())
 
         return Reply(voice.id, dict(voice.weights), ReplyStream(self._guarded(chunks, voice, key), done))
@@ -548,7 +548,7 @@ class Engine(abc.ABC):
     # -- conversations among NPCs ----------------------------------------------------------------
 
     def converse(self, npcs: list[str], scene: SceneInfo | None = None, topic: str = "", opening_line: str = "",
-                 turns: int = 0, order: str = "round_robin", opts: GenOptions | None = None,
+                 turns: int = 0, order: str = Order.ROUND_ROBIN, opts: GenOptions | None = None,
                  cancelled: Callable[[], bool] = lambda: False, deadline: float | None = None,
                  interjections: Callable[[], list[str]] = lambda: []) -> Iterator[SceneChunk]:
         """Two to four hosted NPCs talk, ``turns`` turns (0: the default). Each turn is generated under its
@@ -568,8 +568,8 @@ class Engine(abc.ABC):
         bad = None
         if turns > lim.max_converse_turns:
             bad = f"{turns} turns; at most {lim.max_converse_turns} (--max-converse-turns)"
-        elif order not in ORDERS:
-            bad = f"order must be one of {', '.join(ORDERS)}"
+        elif order not in Order.ALL:
+            bad = f"order must be one of {', '.join(Order.ALL)}"
         elif too_long := lim.line_too_long("topic", topic):
             bad = too_long
         if bad:
@@ -619,7 +619,7 @@ class Engine(abc.ABC):
                     stream.close()
             finally:
                 self.roleset.release(adapters)
-            if finish == "cancelled" or self._closing:
+            if finish == Finish.CANCELLED or self._closing:
                 return
             said = "".join(text).strip()
             lines.append((speaker, said))
@@ -629,7 +629,7 @@ class Engine(abc.ABC):
     @staticmethod
     def _next_speaker(npcs: list[str], names: dict[str, str], speaker: str, said: str, order: str) -> str:
         nxt = npcs[(npcs.index(speaker) + 1) % len(npcs)]
-        if order != "named_last":
+        if order != Order.NAMED_LAST:
             return nxt
         low = said.lower()
         where = {}

@@ -48,6 +48,7 @@ from ..roles.beats import BeatJob, choose, continuation_logprob
 from ..roles.sampling import contrasted, sample
 from .llamacpp import LlamaContext, LlamaModel, binding_version, cpu_features, open_gguf_base, openmp_build
 from .snapshots import Snapshot, SnapshotStore, WarmFiles, common_prefix
+from ..protocol import Cache, Finish
 from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite
 
 log = logging.getLogger("neeko_npc.engine")
@@ -291,19 +292,19 @@ def read_prompt(slot: Slot, key: tuple, prompt: list[int], cores: CoreBudget | N
     """Make ``slot`` hold ``prompt`` under ``key`` (its adapters already set): reuse the prefix it holds, or
     restore a kept state that shares more, then read the rest. Returns the logits after the last token (None
     with ``logits`` False, when everything could be reused), the tokens reused and how: "hot", "snapshot" or
-    "cold". On any failure the context is cleared and holds nothing reusable."""
+    "cold" (Cache). On any failure the context is cleared and holds nothing reusable."""
     ctx = slot.ctx
     reuse = common_prefix(slot.tokens, prompt) if slot.key == key else 0
-    source = "hot" if reuse > 0 else "cold"
+    source = Cache.HOT if reuse > 0 else Cache.COLD
     # restoring costs about what reading 16 tokens does: worth it only for more than that
     snap, shared = store.best(key, prompt, at_least=reuse + KEEP_MIN_TOKENS) if store is not None else (None, 0)
     if snap is not None:
         try:
             ctx.load_state(snap.data)
-            slot.tokens, reuse, source = list(snap.tokens), shared, "snapshot"
+            slot.tokens, reuse, source = list(snap.tokens), shared, Cache.SNAPSHOT
         except Exception:
             log.exception("a kept state could not be restored; reading the prompt cold")
-            slot.tokens, reuse, source = [], 0, "cold"
+            slot.tokens, reuse, source = [], 0, Cache.COLD
     if logits:
         reuse = min(reuse, len(prompt) - 1)  # at least one token must be decoded to get logits
     if reuse > 0:
@@ -348,20 +349,20 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     out = TextStream(opts.stop)
     decoded = ""
     n = 0
-    finish = "length"
+    finish = Finish.LENGTH
     while n < opts.max_tokens:
         if cancelled():
-            finish = "cancelled"
+            finish = Finish.CANCELLED
             break
         tok = sample(logits if base is None else contrasted(logits, base_logits, opts.contrast), opts, rng)
         if model.is_eog(tok):
-            finish = "stop"
+            finish = Finish.STOP
             break
         n += 1
         decoded += decoder.decode(model.piece(tok))
         delta = out.update(decoded)
         if out.stopped:
-            finish = "stop"
+            finish = Finish.STOP
             break
         if delta:
             yield Chunk(delta, completion_tokens=n)
@@ -374,7 +375,7 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
             base.tokens.append(tok)
     out.update(decoded + decoder.decode(b"", final=True))
     emotion = action = None
-    if beats is not None and finish != "cancelled" and not cancelled():
+    if beats is not None and finish in Finish.ENDED and not cancelled():
         beat_prompt = beats.prompt_for(out.text.strip())
         logits, _, _ = read_prompt(slot, key, beat_prompt, cores)  # the line's tokens are mostly held already
         emotion, action = choose(SlotScorer(slot, cores), logits, beats)
@@ -476,6 +477,10 @@ class LlamaEngine(Engine):
             return 0, "", str(exc)
         try:
             _, reuse, source = read_prompt(slot, key, tokens, self.pool.cores, self.store, logits=False)
+            if self.config.contrast > 0 and handles:  # its lines are contrasted: the base model reads the prefix too
+                base = self.pool.base_of(slot)
+                keep_state(self.store, base, (), tokens)
+                read_prompt(base, (), tokens, self.pool.cores, self.store, logits=False)
             return len(tokens) - reuse, source, ""
         finally:
             self.pool.release(slot)

@@ -35,6 +35,7 @@ from .. import defaults
 from ..errors import InputError, NeekoError
 from .base import Engine, EngineConfig, InvalidBlend, UnknownRole
 from .llamacpp import open_gguf_base
+from ..protocol import Finish
 from .stream import Chunk, InFlight, ReplyStream, TextStream, UpstreamBusy, UpstreamFailed, UpstreamUnavailable
 
 log = logging.getLogger("neeko_npc.engine")
@@ -315,7 +316,7 @@ class _UpstreamLine:
 
     def chunks(self) -> Iterator[Chunk]:
         out = TextStream(self.opts.stop)
-        decoded, finish, usage = "", "length", None
+        decoded, finish, usage = "", Finish.LENGTH, None
         for event in self._events():
             if event.get("usage"):
                 usage = event["usage"]
@@ -326,15 +327,15 @@ class _UpstreamLine:
             decoded += choice.get("text") or ""
             delta = out.update(decoded)
             if out.stopped:
-                finish = "stop"
+                finish = Finish.STOP
                 break
             if delta:
                 yield Chunk(delta)
             if choice.get("finish_reason"):
-                finish = "stop" if choice["finish_reason"] == "stop" else "length"
+                finish = Finish.STOP if choice["finish_reason"] == "stop" else Finish.LENGTH  # OpenAI's words
                 break
         if self.cut or self.stop():
-            finish = "cancelled"
+            finish = Finish.CANCELLED
         out.update(decoded)
         n = int(usage["completion_tokens"]) if usage and "completion_tokens" in usage else len(
             self.engine.model.tokenize(decoded))

@@ -85,11 +85,11 @@ class GenOptions:
 class Chunk:
     text: str
     done: bool = False
-    finish: str = ""  # "stop", "length", "cancelled"
+    finish: str = ""  # a Finish word on the last chunk
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
-    cache: str = ""  # how the prompt was served: "hot" (on a context), "snapshot" (restored), "cold"
+    cache: str = ""  # how the prompt was served: a Cache word
     emotion: object = None  # the last chunk, when the request asked: a beats.Beat
     action: object = None
 

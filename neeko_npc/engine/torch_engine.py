@@ -29,6 +29,7 @@ from ..roles.base_model import base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
 from ..roles.sampling import contrasted, sample
 from .base import Engine, EngineConfig
+from ..protocol import Finish
 from .stream import Chunk, GenOptions, InFlight, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, check_finite
 
 
@@ -161,18 +162,18 @@ class BatchScheduler:
                 mine = logits[i] if not (r.opts.contrast and r.blocks) else contrasted(logits[i], base_logits[i], r.opts.contrast)
                 tok = sample(mine, r.opts, row["rng"])
                 if r.closed or r.stop():
-                    finish = "cancelled"
+                    finish = Finish.CANCELLED
                 elif tok in e.eos_ids:
-                    finish = "stop"
+                    finish = Finish.STOP
                 else:
                     row["gen"].append(tok)
                     delta = row["text"].update(e.tok.decode(row["gen"], skip_special_tokens=True))
                     if row["text"].stopped:
-                        finish = "stop"
+                        finish = Finish.STOP
                     elif delta:
                         r.out.put(Chunk(delta, completion_tokens=len(row["gen"])))
                     if not finish and (len(row["gen"]) >= r.opts.max_tokens or L + step + 1 >= e.config.n_ctx):
-                        finish = "length"
+                        finish = Finish.LENGTH
                 if finish:
                     row["done"] = True
                     r.out.put(Chunk(row["text"].rest(), done=True, finish=finish, completion_tokens=len(row["gen"]),

@@ -12,6 +12,7 @@ import grpc
 from .. import defaults
 from ..engine.base import BadRequest, InvalidBlend, NonFiniteLogits, PoolBusy, UnknownRole
 from ..engine.stream import GenOptions, UpstreamFailed, UpstreamUnavailable
+from ..protocol import Cache, Finish, Order
 from ..roles.profile import ProfileError
 from ..roles.prompt import EMOTIONS, Action, BeatAsk, SceneInfo
 from ..v1 import dialogue_pb2 as pb
@@ -19,9 +20,9 @@ from ..v1 import dialogue_pb2_grpc as pb_grpc
 
 log = logging.getLogger("neeko_npc.server")
 
-FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "cancelled": pb.FINISH_REASON_CANCELLED}
-ORDER = {pb.TURN_ORDER_ROUND_ROBIN: "round_robin", pb.TURN_ORDER_NAMED_LAST: "named_last"}
-CACHE = {"hot": pb.PROMPT_CACHE_HOT, "snapshot": pb.PROMPT_CACHE_SNAPSHOT, "cold": pb.PROMPT_CACHE_COLD}
+FINISH = {Finish.STOP: pb.FINISH_REASON_STOP, Finish.LENGTH: pb.FINISH_REASON_LENGTH, Finish.CANCELLED: pb.FINISH_REASON_CANCELLED}
+ORDER = {pb.TURN_ORDER_ROUND_ROBIN: Order.ROUND_ROBIN, pb.TURN_ORDER_NAMED_LAST: Order.NAMED_LAST}
+CACHE = {Cache.HOT: pb.PROMPT_CACHE_HOT, Cache.SNAPSHOT: pb.PROMPT_CACHE_SNAPSHOT, Cache.COLD: pb.PROMPT_CACHE_COLD}
 
 
 class Malformed:

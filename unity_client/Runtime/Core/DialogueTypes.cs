@@ -44,6 +44,9 @@ namespace Neeko.Npc
         public float? TopP;
         public uint? Seed;
         public List<string> Stop = new List<string>();
+        /// <summary>Contrastive decoding, 0 to 4: how far the NPC's own voice is pushed from the base model's
+        /// (0 is off; each token then costs two decodes). Null: the server's <c>--contrast</c>.</summary>
+        public float? Contrast;
     }
 
     /// <summary>

@@ -277,6 +277,7 @@ namespace Neeko.Npc.Grpc
             if (o.Temperature.HasValue) options.Temperature = o.Temperature.Value;
             if (o.TopP.HasValue) options.TopP = o.TopP.Value;
             if (o.Seed.HasValue) options.Seed = o.Seed.Value;
+            if (o.Contrast.HasValue) options.Contrast = o.Contrast.Value;
             options.Stop.AddRange(o.Stop);
             return options;
         }

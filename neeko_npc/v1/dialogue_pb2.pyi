@@ -68,18 +68,20 @@ class SceneContext(_message.Message):
     def __init__(self, location: _Optional[str] = ..., time_of_day: _Optional[str] = ..., weather: _Optional[str] = ..., npc_mood: _Optional[str] = ..., npc_activity: _Optional[str] = ..., player_name: _Optional[str] = ..., player_standing: _Optional[str] = ..., recent_events: _Optional[_Iterable[str]] = ..., nearby_characters: _Optional[_Iterable[str]] = ..., facts: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GenerationOptions(_message.Message):
-    __slots__ = ("max_tokens", "temperature", "top_p", "seed", "stop")
+    __slots__ = ("max_tokens", "temperature", "top_p", "seed", "stop", "contrast")
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    CONTRAST_FIELD_NUMBER: _ClassVar[int]
     max_tokens: int
     temperature: float
     top_p: float
     seed: int
     stop: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+    contrast: float
+    def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., contrast: _Optional[float] = ...) -> None: ...
 
 class NpcProfile(_message.Message):
     __slots__ = ("name", "persona", "style", "knowledge", "example_lines")

@@ -447,10 +447,10 @@ def bench(roles_dir, base_model, address, token, tls_ca, pool_size, threads, con
 @click.option("--warm-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A read-only folder of roles' ready adapters and prefilled prompt prefixes (a bundle ships its own: "
                    "warm/). What is missing there is made and saved in the cache, so a second start is warm at once.")
-@click.option("--contrast", default=D.CONTRAST, show_default=True, type=click.FloatRange(0, D.MAX_CONTRAST),
-              help="Contrastive decoding for lines that leave it unset: each NPC's own voice pushed this far from the base "
-                   "model's before a token is drawn (0 is off; two decodes a token; not with --engine openai). "
-                   "docs/corpora.md measures what it does to how recognisable an NPC is.")
+@click.option("--contrast", default=None, type=click.FloatRange(0, D.MAX_CONTRAST),
+              help=f"Contrastive decoding for lines that leave it unset: each NPC's own voice pushed this far from the base "
+                   f"model's before a token is drawn (0 is off; two decodes a token). Default: {D.CONTRAST:g}, and 0 with "
+                   "--engine openai, which cannot contrast. docs/corpora.md measures what it does to how recognisable an NPC is.")
 @click.option("--history-tokens", default=D.HISTORY_TOKENS, show_default=True, type=click.IntRange(0), help="Memory budget per (session, NPC).")
 @click.option("--max-tokens-limit", default=D.MAX_TOKENS_LIMIT, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
 @click.option("--max-player-line-chars", default=D.MAX_PLAYER_LINE_CHARS, show_default=True, type=click.IntRange(1),
@@ -516,7 +516,7 @@ def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_
             raise click.UsageError("--engine openai needs --upstream URL (the OpenAI-compatible server that generates)")
         from .engine.openai_engine import OpenAIEngine, Upstream, UpstreamConfig
 
-        OpenAIEngine.check_contrast(contrast)
+        OpenAIEngine.check_contrast(contrast or 0.0)
         gateway = UpstreamConfig(upstream, upstream_key, upstream_models)
         Upstream(gateway)  # a malformed URL is an error now, not once the daemon has started
     elif upstream:

@@ -22,7 +22,7 @@ from neeko_npc.v1 import dialogue_pb2 as pb
 SHIPPED = Path(__file__).parent.parent / "assets" / "roles"
 SMITHY = (Action("quote_price", "tell the player what the work costs"), Action("take_item", "take the item to work on"),
           Action("none", "nothing"))
-GREEDY = GenOptions(temperature=0.0, max_tokens=24)
+GREEDY = GenOptions(temperature=0.0, max_tokens=24, contrast=0.0)  # replayed below as plain greedy decoding
 
 
 # -- the choice, on a scorer built here ------------------------------------------------------------

@@ -150,7 +150,8 @@ def test_a_greedy_line_equals_the_in_process_engines(daemon, client, upstream):
     text, chunks = collect(client.say("blacksmith", LINE, **GREEDY))
     last = chunks[-1]
     assert [(w.role_id, w.weight) for w in last.role_weights] == [("blacksmith", 1.0)]
-    local = LlamaEngine(ROLES, config=EngineConfig(pool_size=1, n_threads=1, snapshot_bytes=0))
+    # contrast 0: the gateway cannot contrast (its upstream gives no base logits), so it serves plain lines
+    local = LlamaEngine(ROLES, config=EngineConfig(pool_size=1, n_threads=1, snapshot_bytes=0, contrast=0.0))
     try:
         local.forget_cache()
         reply = local.say("blacksmith", LINE, opts=GenOptions(**GREEDY))

@@ -116,7 +116,7 @@ def test_two_npcs_at_once_equal_their_solo_replies(daemon, client):
 
 def test_contrast_travels_over_grpc_and_the_cli(daemon, client):
     """GenerationOptions.contrast reaches the engine: a contrasted greedy line over gRPC and from `neeko-npc say
-    --contrast` equals the engine's own (the daemon's default, 0, leaves lines plain)."""
+    --contrast` equals the engine's own; a line that leaves it unset gets the default (1), and 0 is a plain line."""
     e = daemon.service.engine
     line = "What do you do all day?"
 
@@ -125,9 +125,11 @@ def test_contrast_travels_over_grpc_and_the_cli(daemon, client):
         return "".join(c.text for c in e.say("smith", line, None, GenOptions(**GREEDY, **opts)).chunks)
 
     want = direct(contrast=1.0)
-    assert want != direct()
+    assert want == direct() and want != direct(contrast=0.0)
     e.forget_cache()
     assert collect(client.say("smith", line, contrast=1.0, **GREEDY))[0] == want
+    e.forget_cache()
+    assert collect(client.say("smith", line, contrast=0.0, **GREEDY))[0] == direct(contrast=0.0)
     e.forget_cache()
     res = CliRunner().invoke(main, ["say", "smith", line, "--contrast", "1", "--temperature", "0", "--max-tokens", "24",
                                     "--address", daemon.address])

@@ -29,7 +29,8 @@ def engine(roles):
     engines = []
 
     def make(folder=roles, **cfg):
-        e = LlamaEngine(folder, config=EngineConfig(pool_size=1, n_threads=2, **cfg))
+        # contrast 0: these tests count kept states and warm files, one a role (contrast keeps the base model's too)
+        e = LlamaEngine(folder, config=EngineConfig(pool_size=1, n_threads=2, **{"contrast": 0.0, **cfg}))
         engines.append(e)
         assert e.warmed.wait(120)
         return e
@@ -126,7 +127,7 @@ def test_a_line_asked_for_during_the_warm_up_is_served_at_once(roles, tmp_path):
 
     blocks, _ = load_role_assets(roles)
     npcs = town_roles(blocks, 24, tmp_path / "town")
-    e = LlamaEngine(tmp_path / "town", config=EngineConfig(pool_size=2, n_threads=2))
+    e = LlamaEngine(tmp_path / "town", config=EngineConfig(pool_size=2, n_threads=2, contrast=0.0))  # as the fixture's
     try:
         assert not e.warmed.is_set()
         text, last = line(e, npcs[-1], "Good morning!")

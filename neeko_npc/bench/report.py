@@ -118,10 +118,10 @@ def table(r: BenchResult) -> str:
     if base:
         b = base.decode_tok_s["p50"]
         lines += [f"Decode: greedy, {r.decode_prompt_tokens}-token prompt; median of rounds, setups interleaved",
-                  f"  {'setup':<38}{'blocks':>7}{'decode tok/s':>14}{'vs base':>9}{'prefill tok/s':>15}"]
+                  f"  {'setup':<42}{'blocks':>7}{'decode tok/s':>14}{'vs base':>9}{'prefill tok/s':>15}"]
         for row in r.decode:
             d = row.decode_tok_s["p50"]
-            lines.append(f"  {row.name:<38}{row.blocks:>7}{d:>14.1f}{d / b:>9.0%}{row.prefill_tok_s['p50']:>15.0f}")
+            lines.append(f"  {row.name:<42}{row.blocks:>7}{d:>14.1f}{d / b:>9.0%}{row.prefill_tok_s['p50']:>15.0f}")
         lines.append("")
     t = r.ttft
     if t:

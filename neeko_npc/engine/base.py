@@ -192,7 +192,8 @@ class EngineConfig:
     queue_timeout: float = defaults.QUEUE_TIMEOUT
     history_tokens: int = defaults.HISTORY_TOKENS  # memory budget per (session, NPC)
     max_batch: int = defaults.MAX_BATCH  # torch engine: NPC lines decoded together
-    contrast: float = defaults.CONTRAST  # a line's contrast when its request leaves it unset (GenOptions.contrast)
+    contrast: float | None = None  # a line's contrast when its request leaves it unset; None: defaults.CONTRAST where
+    # the backend can contrast, else 0
     snapshot_bytes: int = defaults.SNAPSHOT_MIB * 1024 * 1024  # llama.cpp: kept conversation states; 0 turns them off
     warm_dirs: tuple = ()  # llama.cpp: read-only folders of ready adapters and warm prefixes (a bundle's), beside the cache
     warm_save_dir: Path | None = None  # where new warm prefixes are saved; None: the cache (defaults.warm_dir())
@@ -312,6 +313,8 @@ class Engine(abc.ABC):
 
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
+        if self.config.contrast is None:
+            self.config = replace(self.config, contrast=defaults.CONTRAST if self.contrasts else 0.0)
         self.check_contrast(self.config.contrast)
         self.memory = Memory(max_chars=self.config.max_memory_chars)
         self.roleset: RoleSet | None = None

@@ -519,6 +519,7 @@ class LlamaEngine(Engine):
     def _warm_up(self) -> None:
         t0 = time.perf_counter()
         done, tokens, ctx = 0, 0, None
+        base_done = 0  # the base model's prefixes, for contrasted lines (not counted as roles)
         try:
             while True:
                 for rid, base in self._warm_prefixes():
@@ -526,14 +527,15 @@ class LlamaEngine(Engine):
                         return
                     ctx = ctx or self.model.new_context(self.config.n_ctx, self.pool.threads)
                     n = self._warm_one(rid, ctx, base)
-                    done, tokens = done + (n > 0), tokens + n
+                    done, base_done, tokens = done + (n > 0 and not base), base_done + (n > 0 and base), tokens + n
                 with self._warm_lock:
                     if not self._warm_again:
                         break
                     self._warm_again = False
             self.warm_summary = (f"warm: {self.warm_restored + done} role prefix(es), {self.warm_restored} restored from saved "
                                  f"states, {done} prefilled ({tokens} tokens) in {time.perf_counter() - t0:.1f} s; "
-                                 f"{self.store.nbytes / MiB:.1f} MiB kept")
+                                 + (f"{base_done} base-model prefix(es) prefilled for contrasted lines; " if base_done else "")
+                                 + f"{self.store.nbytes / MiB:.1f} MiB kept")
             log.info(self.warm_summary)
         except Exception:  # a failed warm-up costs speed, never the daemon
             log.exception("warming the roles' prompts failed")
@@ -566,8 +568,8 @@ class LlamaEngine(Engine):
             self.roleset.release(adapters)
 
     def _restore_warm(self) -> int:
-        """Restore every role's saved warm prefix (WarmFiles) before the engine is ready; returns how many. Each is
-        checked by restoring it into a context once: a file llama.cpp refuses is skipped, and warmed again."""
+        """Restore every role's saved warm prefix (WarmFiles) before the engine is ready; returns how many roles'
+        (their base-model prefixes for contrasted lines are restored alongside, uncounted). Each is checked by restoring it into a context once: a file llama.cpp refuses is skipped, and warmed again."""
         restored, ctx = 0, None
         try:
             for rid, base in self._warm_prefixes():
@@ -581,7 +583,8 @@ class LlamaEngine(Engine):
                             continue
                         ctx = ctx or self.model.new_context(self.config.n_ctx, self.pool.threads)
                         ctx.load_state(data)
-                        restored += self.store.put(Snapshot(key, tuple(prefix), data, warm=True))
+                        kept = self.store.put(Snapshot(key, tuple(prefix), data, warm=True))
+                        restored += kept and not base  # role prefixes; the base model's are restored alongside
                 except Exception as exc:  # noqa: BLE001 - a bad file costs one warm-up, never the start
                     log.warning("saved warm prefix of %s not restored (%s); warming it again", rid, exc)
         finally:

@@ -142,8 +142,9 @@ def test_the_bundle_speaks_where_nothing_is_installed_as_serve_does(bundle, tmp_
 
 def test_two_bundles_on_one_machine_each_get_a_port_and_sigterm_stops_them(bundle, tmp_path):
     """With their defaults: each loads the adapters and restores the roles' prefixes the bundle ships (its HOME is
-    empty, and stays so), so even the first line after start reads only its scene and line."""
-    assert len(list((bundle / "warm").glob("*.kv"))) == 6 and len(list((bundle / "warm").glob("*.gguf"))) == 5
+    empty, and stays so), so even the first line after start reads only its scene and line. Lines are contrasted by
+    default, so each of the 6 roles ships two prefixes: under its own voice and under the base model."""
+    assert len(list((bundle / "warm").glob("*.kv"))) == 2 * 6 and len(list((bundle / "warm").glob("*.gguf"))) == 5
     servers = []
     try:
         for _ in range(2):  # started one by one inside the try, so a failed second start still stops the first

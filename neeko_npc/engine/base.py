@@ -223,8 +223,6 @@ class SceneChunk:
     done: bool = False  # the conversation's end
 
 
-
-
 @dataclass
 class Prepared:
     """What ``prepare`` did with an NPC's prompt up to the player's line (profile, scene, memory)."""

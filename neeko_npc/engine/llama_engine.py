@@ -203,12 +203,9 @@ class ContextPool:
             best = max(self._free, key=lambda s: (common_prefix(s.tokens, prompt) if s.key == key else -1,
                                                    s.key == key, not s.tokens, -s.last_used))
             self._free.remove(best)
-            self.keep(best, key, prompt)
+            keep_state(self.store, best, key, prompt)
             self._set_adapters(best, list(adapters), list(scales))
             return best
-
-    def keep(self, slot: Slot, key: tuple, prompt: list[int]) -> None:
-        keep_state(self.store, slot, key, prompt)
 
     def base_of(self, slot: Slot) -> Slot:
         """``slot``'s context without adapters (the base model), made at its first contrasted line. Only the request
@@ -569,7 +566,8 @@ class LlamaEngine(Engine):
 
     def _restore_warm(self) -> int:
         """Restore every role's saved warm prefix (WarmFiles) before the engine is ready; returns how many roles'
-        (their base-model prefixes for contrasted lines are restored alongside, uncounted). Each is checked by restoring it into a context once: a file llama.cpp refuses is skipped, and warmed again."""
+        (their base-model prefixes for contrasted lines are restored alongside, uncounted). Each is checked by
+        restoring it into a context once: a file llama.cpp refuses is skipped, and warmed again."""
         restored, ctx = 0, None
         try:
             for rid, base in self._warm_prefixes():

@@ -134,7 +134,8 @@ class BatchScheduler:
             for k, s in zip(r.blocks, r.scales):
                 w[i, k] = s
         w = w.to(e.device)
-        contrast = any(r.opts.contrast and r.blocks for r in reqs)  # the base model's logits too, on its own cache
+        contrasted_rows = [bool(r.opts.contrast and r.blocks) for r in reqs]  # a row with no block has nothing to contrast
+        contrast = any(contrasted_rows)  # then the base model's logits too, on a cache of its own
 
         def forward(gate, **step):
             with e.lock, e.neeko.gate(gate):
@@ -159,7 +160,7 @@ class BatchScheduler:
                     r.out.put(exc)
                     nxt.append(e.pad_id)
                     continue
-                mine = logits[i] if not (r.opts.contrast and r.blocks) else contrasted(logits[i], base_logits[i], r.opts.contrast)
+                mine = contrasted(logits[i], base_logits[i], r.opts.contrast) if contrasted_rows[i] else logits[i]
                 tok = sample(mine, r.opts, row["rng"])
                 if r.closed or r.stop():
                     finish = Finish.CANCELLED

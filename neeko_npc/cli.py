@@ -185,6 +185,32 @@ def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, bas
     click.echo(f"old roles' blocks verified bit-identical; wrote {report.assets[0]} ({report.assets[0].stat().st_size / 1e6:.2f} MB)")
 
 
+@main.command("fit-beats")
+@click.option("--roles", "roles_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=DEFAULT_ROLES,
+              show_default=True, help="The role set whose trained roles get beat heads.")
+@click.option("--src", "src_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of role folders (ID/lines.jsonl) with annotated lines.")
+@click.option("--holdout", default=D.HOLDOUT, show_default=True, type=click.FloatRange(0, 0.9),
+              help="Share of scenes held out (the same split the bake used): only the others are fitted.")
+@base_model_option
+@friendly_errors
+def fit_beats(roles_dir, src_dir, holdout, base_model):
+    """Fit learned beats for roles baked before them, blocks untouched.
+
+    Every trained role in --roles with lines in --src/ID/lines.jsonl gets the
+    beat head a bake now fits (its annotated training lines, under its own
+    block) and is rewritten; a fused role that mixes it is re-pointed.
+    """
+    from .neeko.bake import fit_beats as fit
+    from .roles.asset import read_asset
+    from .roles.base_model import resolve_base_model
+
+    for p in fit(resolve_base_model(base_model), roles_dir, src_dir, holdout=holdout):
+        beats = read_asset(p).training.get("beats")
+        what = ", ".join(f"{k} from {v['lines']} lines" for k, v in beats.items()) if beats else "re-pointed"
+        click.echo(f"wrote {p} ({what})")
+
+
 # -- inspect ---------------------------------------------------------------------------
 
 @main.command()
@@ -212,6 +238,8 @@ def inspect(file, as_json):
         b = info["block"]
         click.echo(f"  block       r={b['r']} alpha={b['alpha']} targets={','.join(b['targets'])} dtype={b['dtype']} "
                    f"({b['tensors']} tensors, {b['params']:,} params)")
+        if a.beats is not None:
+            click.echo("  beats       learned: " + "; ".join(f"{k} {', '.join(v)}" for k, v in info["beats"].items()))
     else:
         click.echo("  fusion      " + ", ".join(f"{f.role} {f.weight:.3f}" for f in a.fusion))
     t = a.training

@@ -3,6 +3,8 @@
 import numpy as np
 
 from neeko_npc.roles.asset import BaseInfo, FusionRef, GateSettings, LoraBlock, RoleAsset
+from neeko_npc.roles.beats import BeatHead, Classifier
+from neeko_npc.roles.prompt import EMOTIONS
 from neeko_npc.roles.profile import RoleProfile
 
 TINY_BASE = BaseInfo(fingerprint="f" * 64, name="tiny", arch="llama", n_layers=2, hidden=32, n_heads=4, n_kv_heads=2,
@@ -20,11 +22,22 @@ def random_block(base=TINY_BASE, r=4, targets=("q_proj", "v_proj"), seed=0, dtyp
     return LoraBlock(r=r, alpha=2.0 * r, targets=tuple(targets), A=A, B=B, dtype=dtype)
 
 
-def block_asset(rid, base=TINY_BASE, seed=0, **kw):
+def random_head(base=TINY_BASE, actions=("quote_price", "none"), seed=0):
+    """A beat head of random weights on ``base``'s hidden size: all seven emotions, and ``actions``."""
+    rng = np.random.default_rng(seed + 200)
+
+    def clf(classes):
+        return Classifier(tuple(classes), rng.standard_normal((len(classes), base.hidden)).astype(np.float32),
+                          rng.standard_normal(len(classes)).astype(np.float32))
+    return BeatHead(base.hidden, clf(EMOTIONS), clf(actions))
+
+
+def block_asset(rid, base=TINY_BASE, seed=0, beats=False, **kw):
     rng = np.random.default_rng(seed + 100)
     emb = rng.standard_normal(16).astype(np.float32)
     return RoleAsset(profile=RoleProfile(id=rid, name=rid.title(), persona=f"{rid} persona"), embedding=emb / np.linalg.norm(emb),
-                     base=base, gate=GateSettings(), block=random_block(base, seed=seed, **kw), training={"mode": "test"})
+                     base=base, gate=GateSettings(), block=random_block(base, seed=seed, **kw), training={"mode": "test"},
+                     beats=random_head(base, seed=seed) if beats else None)
 
 
 def fusion_asset(rid, refs, base=TINY_BASE):

@@ -21,7 +21,8 @@ from neeko_npc.v1 import dialogue_pb2 as pb
 
 SHIPPED = Path(__file__).parent.parent / "assets" / "roles"
 SMITHY = (Action("quote_price", "tell the player what the work costs"), Action("take_item", "take the item to work on"),
-          Action("none", "nothing"))
+          Action("none", "nothing"))  # all three among the blacksmith's learned actions: its head answers
+UNLEARNED = SMITHY + (Action("sharpen", "sharpen the blade"),)  # one action its head never saw: the question answers
 GREEDY = GenOptions(temperature=0.0, max_tokens=24, contrast=0.0)  # replayed below as plain greedy decoding
 
 
@@ -178,13 +179,14 @@ def test_the_beat_is_scored_under_the_npcs_own_block(engine):
     the NPC's own adapter, and other ones under another NPC's. Same decodes, same kernels: exact on any CPU."""
     from neeko_npc.engine.llamacpp import LlamaContext
 
-    ask = BeatAsk(EMOTIONS, SMITHY)
+    ask = BeatAsk(EMOTIONS, UNLEARNED)
     said, scene = "Can you mend my sword?", SceneInfo(location="the village square")
     engine.forget_cache()
     text, last = line(engine, "blacksmith", said, ask)
     profile = engine.role("blacksmith").asset.profile
     prompt, msgs = engine.prompt(profile, "", "blacksmith", said, scene, GREEDY.max_tokens)
-    job = engine.beat_job(msgs, ask)
+    job = engine.beat_job(msgs, ask, engine.role("blacksmith").asset.beats)
+    assert not job.learned  # the head does not know "sharpen"
 
     def replay(rid):
         ctx = LlamaContext(engine.model, engine.config.n_ctx, 2)
@@ -217,6 +219,42 @@ def test_the_beat_is_scored_under_the_npcs_own_block(engine):
     assert replay("blacksmith") == pytest.approx(last.emotion.probabilities, rel=1e-6, abs=1e-9)
     other = replay("hedge_witch")
     assert max(abs(other[e] - last.emotion.probabilities[e]) for e in EMOTIONS) > 1e-3
+
+
+@pytest.mark.slow
+def test_a_learned_beat_is_read_from_the_lines_last_hidden_state(engine):
+    """The shipped roles carry learned beats. A replay of the engine's decodes on a fresh context (the prompt read
+    cold in one batch, the greedy line token by token, with hidden states on) gives, from the role's head on the
+    hidden state of the line's last token, the engine's probabilities exactly: no beat question was read. Another
+    role's head on the same state gives other ones."""
+    from neeko_npc.engine.llamacpp import LlamaContext
+
+    ask = BeatAsk(EMOTIONS, SMITHY)
+    head = engine.role("blacksmith").asset.beats
+    assert head is not None and head.covers(ask)
+    said, scene = "Can you mend my sword?", SceneInfo(location="the village square")
+    engine.forget_cache()
+    text, last = line(engine, "blacksmith", said, ask)
+    prompt, _ = engine.prompt(engine.role("blacksmith").asset.profile, "", "blacksmith", said, scene, GREEDY.max_tokens)
+    ctx = LlamaContext(engine.model, engine.config.n_ctx, 2)
+    try:
+        ctx.set_adapters([engine.roles().adapters["blacksmith"].handle], [1.0])
+        ctx.set_embeddings(True)
+        logits = ctx.decode(prompt)
+        for _ in range(GREEDY.max_tokens):
+            tok = int(np.argmax(logits))
+            if engine.model.is_eog(tok):
+                break
+            logits = ctx.decode([tok])
+        h = ctx.hidden()
+    finally:
+        ctx.close()
+    emotion, action = head.choose(h, ask)
+    assert text.strip() and (emotion.id, action.id) == (last.emotion.id, last.action.id)
+    assert emotion.probabilities == pytest.approx(last.emotion.probabilities, rel=1e-5, abs=1e-7)
+    assert action.probabilities == pytest.approx(last.action.probabilities, rel=1e-5, abs=1e-7)
+    other = engine.role("merchant").asset.beats.emotion.pick(h, list(EMOTIONS))
+    assert max(abs(other.probabilities[e] - last.emotion.probabilities[e]) for e in EMOTIONS) > 1e-3
 
 
 @pytest.mark.slow

@@ -134,6 +134,27 @@ def block_cases(good: bytes) -> dict[str, bytes]:
     cases["embedding_model_60k"] = edit(good, lambda p: p["embedding"].__setitem__("model", "m" * 60_000))
     cases["character_card_profile"] = edit(good, lambda p: p.__setitem__(
         "profile", {"spec": "chara_card_v2", "data": {"name": "Evil", "description": "x"}}))
+    # a learned beat head that lies about itself
+    def head(fn):
+        return edit(good, lambda p: fn(p["beats"]))
+
+    def values(kind, name, fill):
+        def mutate(b):
+            arr = np.frombuffer(b[kind][name], np.float32).copy()
+            arr[0] = fill
+            b[kind][name] = arr.tobytes()
+        return mutate
+    cases["beats_not_a_map"] = edit(good, lambda p: p.__setitem__("beats", [1, 2]))
+    cases["beats_dim_other_model"] = head(lambda b: b.__setitem__("dim", 64))
+    cases["beats_weights_short"] = head(lambda b: b["emotion"].__setitem__("W", b["emotion"]["W"][:-4]))
+    cases["beats_bias_missing"] = head(lambda b: b["action"].pop("b"))
+    cases["beats_weight_nan"] = head(values("emotion", "W", np.nan))
+    cases["beats_bias_huge"] = head(values("action", "b", 3e38))
+    cases["beats_emotion_unknown"] = head(lambda b: b["emotion"]["classes"].__setitem__(0, "smug"))
+    cases["beats_class_twice"] = head(lambda b: b["action"]["classes"].__setitem__(1, b["action"]["classes"][0]))
+    cases["beats_class_path"] = head(lambda b: b["action"]["classes"].__setitem__(0, "../x"))
+    cases["beats_class_not_a_string"] = head(lambda b: b["action"]["classes"].__setitem__(0, 7))
+    cases["beats_classes_too_many"] = head(lambda b: b["action"].__setitem__("classes", [f"a{i}" for i in range(65)]))
     return cases
 
 
@@ -161,7 +182,7 @@ def fusion_cases(good_fusion: bytes) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def good_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("good")
-    smith, bard = block_asset("smith"), block_asset("bard", seed=1)
+    smith, bard = block_asset("smith", beats=True), block_asset("bard", seed=1)
     write_asset(smith, d / "smith.nrole")
     write_asset(bard, d / "bard.nrole")
     write_asset(fusion_asset("knight", [(smith, 0.75), (bard, 0.25)]), d / "knight.nrole")

@@ -138,30 +138,33 @@ def concurrency(target, roles: list[str], levels: list[int], per_stream: int, ma
 
 
 def beat_cost(target, roles: list[str], reps: int, max_tokens: int = 24, progress=None) -> dict:
-    """What a beat adds to a line: the same greedy line with and without beats (7 emotions, 3 actions), in turns,
-    each from the same cached state (the NPC's prompt already held). Time to the last chunk, which carries the beat."""
+    """What a beat adds to a line: the same greedy line without a beat, with a learned one (the NPC's own head:
+    every beat it learned) and with the question (7 emotions, 3 actions no role learned), in turns, each from the
+    same cached state (the NPC's prompt already held). Time to the last chunk, which carries the beat."""
     from .targets import BENCH_BEATS
 
-    plain, beats, errors, same = [], [], [], True
+    plain, asked, learned, errors, same = [], [], [], [], True
     for i in range(reps):
         npc = roles[i % len(roles)]
         line = OPENING[i % len(OPENING)]
-        target.say(npc, line, "", max_tokens)  # the NPC's prompt is then held, for both lines alike; not timed
-        a = target.say(npc, line, "", max_tokens)
-        b = target.say(npc, line, "", max_tokens, beats=BENCH_BEATS)
-        errors += [x.error for x in (a, b) if x.error]
-        if a.error or b.error:
+        target.say(npc, line, "", max_tokens)  # the NPC's prompt is then held, for every line alike; not timed
+        own = target.learned_ask(npc)
+        runs = [(None, plain), (BENCH_BEATS, asked)] + ([(own, learned)] if own else [])
+        got = [(target.say(npc, line, "", max_tokens, beats=ask), ask, into) for ask, into in runs]
+        errors += [x.error for x, _, _ in got if x.error]
+        if any(x.error for x, _, _ in got):
             continue
-        if not (b.beat[0] in BENCH_BEATS.emotions and b.beat[1] in [x.id for x in BENCH_BEATS.actions]):
-            errors.append(f"{npc}: beat {b.beat} is not among the candidates asked")
-        same = same and a.text == b.text
-        plain.append(a.total)
-        beats.append(b.total)
+        for x, ask, into in got:
+            if ask and not (x.beat[0] in ask.emotions and x.beat[1] in [a.id for a in ask.actions]):
+                errors.append(f"{npc}: beat {x.beat} is not among the candidates asked")
+            same = same and x.text == got[0][0].text
+            into.append(x.total)
         if progress:
             progress()
-    p, q = summary(plain, 1000), summary(beats, 1000)
+    p, q, r = summary(plain, 1000), summary(asked, 1000), summary(learned, 1000)
     return {"emotions": len(BENCH_BEATS.emotions), "actions": len(BENCH_BEATS.actions), "max_tokens": max_tokens,
             "line_ms": p, "with_beats_ms": q, "extra_ms": q.get("p50", 0) - p.get("p50", 0) if plain else None,
+            "with_learned_ms": r, "learned_extra_ms": r.get("p50", 0) - p.get("p50", 0) if learned else None,
             "same_lines": same, "errors": errors}
 
 

@@ -18,7 +18,7 @@ BENCH_SCENE = SceneInfo(location="the market square", time_of_day="late afternoo
                         npc_mood="busy", player_name="Ash", player_standing="a stranger",
                         recent_events=["a cart lost a wheel by the well"])
 BENCH_BEATS = BeatAsk(EMOTIONS, (Action("trade", "offer something for sale"), Action("point_the_way", "point where to go"),
-                                 Action("none", "nothing")))  # the beats section: every emotion and three actions
+                                 Action("none", "nothing")))  # the beats section's question: actions no role learned
 
 
 @dataclass
@@ -85,6 +85,13 @@ class InProcess:
         except Exception as exc:  # measured, not raised: the concurrency section counts errors
             return failed_line(npc, t0, f"{type(exc).__name__}: {exc}")
 
+    def learned_ask(self, npc: str) -> BeatAsk | None:
+        """Every beat the NPC's learned head knows (its seven emotions and its actions), or None without one."""
+        head = self.engine.roles().roles[npc].asset.beats
+        if head is None or head.emotion is None:
+            return None
+        return BeatAsk(head.emotion.classes, tuple(Action(a) for a in head.action.classes) if head.action else ())
+
     def converse(self, npcs: list[str], turns: int, max_tokens: int = 16):
         """A conversation's chunks as (npc, turn, text, turn_done, seconds since the request)."""
         t0 = time.perf_counter()
@@ -120,6 +127,10 @@ class Remote:
 
     def __init__(self, client):
         self.client = client
+
+    def learned_ask(self, npc: str) -> BeatAsk | None:
+        """None: the daemon does not say which beats a role learned."""
+        return None
 
     @property
     def roles(self) -> list[str]:

@@ -33,7 +33,7 @@ from ..roles.asset import BaseInfo
 from ..roles.profile import ROLE_ID_RE, RoleProfile
 from ..roles.prompt import (BEAT_ID_RE, EMOTIONS, Action, BeatAsk, ChatTemplate, SceneInfo, beat_messages, build_messages,
                            chat_messages, render_scene)
-from ..roles.beats import BeatJob
+from ..roles.beats import BeatHead, BeatJob
 from .memory import Memory
 from .roleset import InvalidBlend, ReloadResult, RoleSet, Roster, ServedRole, UnknownRole, known_roles
 from .snapshots import common_prefix
@@ -419,10 +419,11 @@ class Engine(abc.ABC):
         return fewest_dropped(len(history), build,
                               lambda got: len(got[0]) <= room and len(got[0]) - len(base) <= self.config.history_tokens)
 
-    def beat_job(self, messages: list[dict], ask: BeatAsk) -> BeatJob:
-        """How to ask this line's beat (roles/beats.py): the question after the line, in the line's messages."""
+    def beat_job(self, messages: list[dict], ask: BeatAsk, head: BeatHead | None = None) -> BeatJob:
+        """How to ask this line's beat (roles/beats.py): the speaking role's learned head where it covers the ask,
+        else the question after the line, in the line's messages."""
         return BeatJob(ask, lambda line: self.tokens(self.template.render(beat_messages(messages, line, ask))),
-                       self.piece_tokens, self.piece_tokens(self.template.eos))
+                       self.piece_tokens, self.piece_tokens(self.template.eos), head)
 
     def piece_tokens(self, text: str) -> list[int]:
         """A text piece's token ids on its own (no BOS); special tokens are parsed (the end of turn is one)."""
@@ -473,7 +474,7 @@ class Engine(abc.ABC):
                                                                           blend, profile)
         try:
             prompt, messages = self.prompt(voice.profile, session, npc_id, player_line, scene, opts.max_tokens)
-            job = self.beat_job(messages, ask) if ask else None
+            job = self.beat_job(messages, ask, voice.beats) if ask else None
             key = adapter_key(adapters, scales)
             stop = lambda: self._closing or cancelled()  # noqa: E731
             chunks = self._stream(adapters, scales, key, prompt, opts, stop, deadline, job,

@@ -332,11 +332,14 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     """Stream one reply. The slot must come from ContextPool.acquire; the caller releases it.
     Each decode runs on its share of ``cores`` (the pool's CoreBudget) when one is given; a snapshot in
     ``store`` that shares more of the prompt than the slot holds is restored first. With ``beats``, a line
-    that ended (not cancelled) gets its emotion and action on the last chunk, scored on this slot. With
+    that ended (not cancelled) gets its emotion and action on the last chunk: from the role's learned head on the
+    hidden state of the line's last decoded token where it covers the ask, else scored on this slot. With
     ``base`` (the slot's context without adapters, ContextPool.base_of), each token is drawn from the NPC's logits
     contrasted with the base's by ``opts.contrast``, and decoded on both."""
     slot.ctx.set_adapters(adapters, scales)  # normally already set by acquire(); the slot is busy, its adapters pinned
     slot.adapters = tuple(adapters)
+    learned = beats is not None and beats.learned
+    slot.ctx.set_embeddings(learned)  # the learned beat reads the hidden state the line's last decode computes
     logits, reuse, source = read_prompt(slot, key, prompt, cores, store)
     if base is not None:
         keep_state(store, base, (), prompt)
@@ -346,6 +349,7 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     out = TextStream(opts.stop)
     decoded = ""
     n = 0
+    spoke = False  # a token of the line was decoded: the context's hidden state is the line's
     finish = Finish.LENGTH
     while n < opts.max_tokens:
         if cancelled():
@@ -367,12 +371,15 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
             break
         logits = decode_slot(slot, [tok], cores)
         slot.tokens.append(tok)
+        spoke = True
         if base is not None:
             base_logits = decode_slot(base, [tok], cores)
             base.tokens.append(tok)
     out.update(decoded + decoder.decode(b"", final=True))
     emotion = action = None
-    if beats is not None and finish in Finish.ENDED and not cancelled():
+    if beats is not None and finish in Finish.ENDED and not cancelled() and learned and spoke:
+        emotion, action = beats.head.choose(slot.ctx.hidden(), beats.ask)
+    elif beats is not None and finish in Finish.ENDED and not cancelled():
         beat_prompt = beats.prompt_for(out.text.strip())
         logits, _, _ = read_prompt(slot, key, beat_prompt, cores)  # the line's tokens are mostly held already
         emotion, action = choose(SlotScorer(slot, cores), logits, beats)

@@ -131,6 +131,7 @@ class LlamaModel:
             raise LlamaError(f"{self.path}: llama.cpp could not load this model")
         self.vocab = L.llama_model_get_vocab(self.ptr)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.n_embd = L.llama_model_n_embd(self.ptr)
         self._adapters: list = []
 
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
@@ -258,6 +259,7 @@ class LlamaContext:
             raise LlamaError("llama.cpp could not create a context (out of memory?)")
         self.n_ctx = n_ctx
         self.n_threads = threads
+        self.embeddings = False
 
     def set_threads(self, n: int) -> None:
         """Threads for the next decodes (the pool shares the cores among the contexts decoding at once)."""
@@ -272,6 +274,19 @@ class LlamaContext:
         sc = (ctypes.c_float * max(n, 1))(*scales)
         if self.L.llama_set_adapters_lora(self.ptr, arr, n, sc) != 0:
             raise LlamaError("llama.cpp could not set the LoRA adapters")
+
+    def set_embeddings(self, on: bool) -> None:
+        """Whether decodes also output the final norm's hidden state (``hidden``) beside the logits."""
+        if on != self.embeddings:
+            self.L.llama_set_embeddings(self.ptr, on)
+            self.embeddings = on
+
+    def hidden(self) -> np.ndarray:
+        """The final norm's output at the last decoded token (set_embeddings(True) before that decode)."""
+        ptr = self.L.llama_get_embeddings_ith(self.ptr, -1)
+        if not ptr:
+            raise LlamaError("llama.cpp kept no hidden state for the last token")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,)).copy()
 
     def clear(self) -> None:
         self.L.llama_memory_clear(self.L.llama_get_memory(self.ptr), True)

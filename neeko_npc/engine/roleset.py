@@ -27,6 +27,7 @@ from .. import defaults
 from ..errors import InputError, NeekoError
 from ..neeko.gate import BlendError, normalise_blend
 from ..roles.asset import AssetError, BaseInfo, RoleAsset
+from ..roles.beats import BeatHead
 from ..roles.profile import RoleProfile
 from ..roles.folder import file_stamps, load_role_assets, resolve_fusion
 
@@ -66,6 +67,7 @@ class Voice:
     id: str
     profile: RoleProfile
     weights: dict[str, float]  # block role id -> scale
+    beats: BeatHead | None = None  # a trained role speaking with its own block: its learned beats, if baked
 
 
 @dataclass
@@ -182,7 +184,7 @@ class RoleSet:
                 role = snap.roles.get(npc_id)
                 if role is None:
                     raise UnknownRole(f"no NPC {npc_id!r}; known: {known_roles(snap)}")
-                voice = Voice(role.id, role.asset.profile, role.weights)
+                voice = Voice(role.id, role.asset.profile, role.weights, role.asset.beats)
             else:
                 voice = Voice(npc_id, profile, self._blend(snap, npc_id, blend, max_blend))
             pairs = sorted(voice.weights.items())

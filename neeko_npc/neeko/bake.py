@@ -3,6 +3,9 @@
 * pre-finetune  (``neeko-npc bake``): M roles trained together, one block each;
 * expansion     (``neeko-npc bake-role``): one block appended and trained, all others frozen;
 * fusion        (``neeko-npc bake-role --fuse``): no training, weights over existing blocks.
+
+A trained role whose lines carry beats also gets its learned beat head (neeko/beat_head.py), fitted on its
+training lines under its finished block; ``fit_beats`` fits heads for roles already baked, blocks untouched.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..roles.dialogue import Scene, data_hash, load_scenes, split_holdout
 from ..roles.folder import load_role_assets
 from ..roles.profile import RoleProfile, load_profile
 from .base import resolve_precision
+from .beat_head import bake_head
 from .data import Example, encode_lines, encode_scene
 from .embed import MODEL_NAME, embed_texts
 from .gate import fusion_weights
@@ -115,6 +119,45 @@ def _evaluate(neeko, tok, src: RoleSource, cfg: TrainConfig) -> HeldOut:
     return HeldOut(heldout_loss(neeko, ex, None, tok.pad_token_id), heldout_loss(neeko, ex, src.profile.id, tok.pad_token_id))
 
 
+def _add_head(asset: RoleAsset, neeko: NeekoLoRA, tok, src: RoleSource) -> None:
+    """The role's learned beats, from its annotated training lines under its own block (none: no head)."""
+    asset.beats, record = bake_head(neeko, tok, src.profile, src.train)
+    if record:
+        asset.training["beats"] = record
+
+
+def fit_beats(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, precision: str | None = None, holdout: float = defaults.HOLDOUT) -> list[Path]:
+    """Fit the beat head of every trained role in ``roles_dir`` that has lines in ``src_dir/<id>/lines.jsonl``
+    and rewrite its file; blocks, profiles and training records stay as they are. A fused role that mixes a
+    rewritten role is re-pointed at its new content hash (the blocks it mixes are bit-identical)."""
+    info = base_info(base_ref)
+    assets, errors = load_role_assets(roles_dir, info)
+    blocks = [a for a in assets if a.block is not None]
+    todo = [a for a in blocks if (src_dir / a.id / "lines.jsonl").is_file()]
+    if not todo:
+        raise InputError(f"no trained role in {roles_dir} has lines in {src_dir}/<id>/lines.jsonl"
+                         + (f" ({len(errors)} file(s) could not be read: {errors[0]})" if errors else ""))
+    first = blocks[0].block
+    lora = LoraConfig(r=first.r, alpha=first.alpha, targets=tuple(first.targets),
+                      precision=precision or blocks[0].training.get("precision", defaults.PRECISION))
+    model, tok = _load(base_ref, lora)
+    neeko = NeekoLoRA(model, lora.r, lora.alpha, lora.targets)
+    for a in blocks:
+        neeko.load_block(a.id, a.block)
+    old_sha, paths = {}, []
+    for a in todo:
+        old_sha[a.id] = a.sha256
+        _add_head(a, neeko, tok, RoleSource.from_dir(src_dir / a.id, holdout))
+        paths.append(write_asset(a, Path(a.path)))
+    for a in assets:
+        if a.fusion and any(f.role in old_sha and f.sha256 == old_sha[f.role] for f in a.fusion):
+            new = {b.id: b.sha256 for b in todo}
+            a.fusion = [FusionRef(f.role, new[f.role], f.weight) if f.role in new and f.sha256 == old_sha[f.role] else f
+                        for f in a.fusion]
+            paths.append(write_asset(a, Path(a.path)))
+    return paths
+
+
 def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Path, cfg: TrainConfig,
                  lora: LoraConfig = LoraConfig(), gate: GateSettings = GateSettings(), resume: bool = False,
                  progress: bool = True) -> BakeReport:
@@ -140,6 +183,7 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
             block=neeko.export_block(src.profile.id, lora.dtype), embedding_model=MODEL_NAME,
             training=_training_record("pre-finetune", src, result.records[src.profile.id], cfg, lora, held[src.profile.id]),
         )
+        _add_head(asset, neeko, tok, src)
         paths.append(write_asset(asset, out_dir / f"{src.profile.id}{SUFFIX}"))
     (out_dir / ".bake-checkpoint.pt").unlink(missing_ok=True)
     return BakeReport(ids, paths, held, result)
@@ -180,6 +224,7 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
     asset = RoleAsset(profile=src.profile, embedding=emb, base=info, gate=old[0].gate,
                       block=neeko.export_block(src.profile.id, lora.dtype), embedding_model=MODEL_NAME,
                       training=_training_record("expansion", src, result.records[src.profile.id], cfg, lora, held[src.profile.id]))
+    _add_head(asset, neeko, tok, src)
     write_asset(asset, out_path)
     out_path.with_name(f".{src.profile.id}.bake-checkpoint.pt").unlink(missing_ok=True)
     return BakeReport([src.profile.id], [out_path], held, result)

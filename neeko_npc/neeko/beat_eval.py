@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from ..roles.beats import BeatJob, choose, continuation_logprob
+from .beat_head import line_states
 from .data import BeatItem, beat_items, beat_prompt_ids, piece_ids
+from .intervals import paired_accuracy
 from .model import NeekoLoRA
 
 
@@ -183,11 +185,31 @@ def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], systems: list) -> list
     return out
 
 
+def learned(neeko: NeekoLoRA, tok, src, scenes, head, fallback: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What the role's learned head picks for its annotated lines in ``scenes`` (beat_items' order), from each
+    line's last hidden state under its own block, as the daemon reads it; a line whose ask the head does not
+    cover gets ``fallback``'s pick (the question's, as served)."""
+    states = line_states(neeko, tok, src.profile, scenes, src.profile.id)
+    items = [it for s in scenes for it in beat_items(src.profile, s)]
+    if len(states) != len(items):
+        raise ValueError(f"{src.profile.id}: a scene is too long to read every line's state")
+    out = []
+    for (h, _, _), it, other in zip(states, items, fallback):
+        if head.covers(it.ask):
+            emotion, action = head.choose(h, it.ask)
+            out.append(((emotion.id if emotion else ""), (action.id if action else "")))
+        else:
+            out.append(tuple(other))
+    return out
+
+
 def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems: dict, progress=None,
-                  max_scenes: int | None = None) -> dict:
+                  max_scenes: int | None = None, heads: dict | None = None) -> dict:
     """Per role with annotated held-out lines: emotion and action accuracy of each system ({name: role id ->
-    weights}) and of the majority class of the role's annotated training lines. Empty when nothing is annotated.
-    ``max_scenes``: the first held-out scenes of each role only, as the confusion matrix scores them."""
+    weights}, asked the beat question), of the role's learned head (``heads``: role id -> BeatHead; system
+    "learned", falling back to the first system's question where the head does not cover the ask) and of the
+    majority class of the role's annotated training lines. Empty when nothing is annotated. ``max_scenes``: the
+    first held-out scenes of each role only, as the confusion matrix scores them."""
     out = {}
     for rid in rows:
         src = sources[rid]
@@ -207,6 +229,9 @@ def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems
                 got_by[name] += got
         if progress:
             progress(len(held) * len(names))
+        if heads and heads.get(rid) is not None:
+            got_by["learned"] = learned(neeko, tok, src, scenes, heads[rid], got_by[names[0]])
+            names.append("learned")
         for name in names:
             got = got_by[name]
             row["predicted"][name] = [list(g) for g in got]
@@ -215,6 +240,7 @@ def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems
         for kind in ("emotion", "action"):  # the most common beat of the role's annotated training lines, every time
             common = Counter(getattr(it, kind) for it in train if getattr(it, kind)).most_common(1)
             row[kind]["majority"] = _share([common[0][0]] * len(held), truth[kind]) if common else None
+            row.setdefault("majority", []).append(common[0][0] if common else "")
         out[rid] = row
     return out
 
@@ -223,3 +249,30 @@ def _share(predicted: list[str], truth: list[str]) -> float | None:
     """Share of the annotated items (truth not empty) predicted right; None when none is annotated."""
     pairs = [(p, t) for p, t in zip(predicted, truth) if t]
     return sum(p == t for p, t in pairs) / len(pairs) if pairs else None
+
+
+def pooled(beats: dict, seed: int = 0) -> dict:
+    """Every annotated held-out line of every role in one pool, per kind: each system's accuracy and its
+    difference from the majority class (each line scored against its own role's majority; a role with no annotated
+    training line of the kind is left out), with paired bootstrap intervals (intervals.py). ``lines_for_10_points``: about how many lines would narrow the best system's
+    difference interval to 10 points either side (the half-width shrinks as one over the square root of lines)."""
+    out = {}
+    for k, kind in enumerate(("emotion", "action")):
+        hits: dict[str, list[bool]] = {}
+        for row in beats.values():
+            if not row["majority"][k]:  # no annotated training line of this kind: nothing to compare with
+                continue
+            for i, t in enumerate(row["truth"]):
+                if not t[k]:
+                    continue
+                for name, got in row["predicted"].items():
+                    hits.setdefault(name, []).append(got[i][k] == t[k])
+                hits.setdefault("majority", []).append(row["majority"][k] == t[k])
+        if not hits.get("majority"):
+            continue
+        res = paired_accuracy(hits, "majority", seed=seed)
+        best = max((v for n, v in res["systems"].items() if n != "majority"), key=lambda v: v["accuracy"], default=None)
+        if best is not None and best["half_width"] > 0:
+            res["lines_for_10_points"] = int(np.ceil(res["items"] * (best["half_width"] / 0.10) ** 2))
+        out[kind] = res
+    return out

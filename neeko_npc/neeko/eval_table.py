@@ -107,6 +107,14 @@ def report_table(rep: EvalReport) -> str:
             for rid, row in rep.beats.items():
                 if row["n"][kind]:
                     out.append(f"  {rid:<16}{row['n'][kind]:>7}" + "".join(f"{_accuracy(row[kind].get(n)):>13}" for n in names))
+            pool = rep.intervals.get("beats", {}).get(kind)
+            if pool:
+                out.append(f"  {'pooled':<16}{pool['items']:>7}" + "".join(f"{_accuracy(pool['systems'][n]['accuracy']):>13}" for n in names))
+                out.append("    against the majority class: " + "; ".join(
+                    f"{n.replace('_', ' ')} {v['difference']:+.0%} [{v['difference_ci'][0]:+.0%}, {v['difference_ci'][1]:+.0%}]"
+                    for n, v in pool["systems"].items() if n != "majority")
+                    + (f"; a 10-point difference needs about {pool['lines_for_10_points']} lines"
+                       if "lines_for_10_points" in pool else ""))
     if rep.seconds:
         out.append("\n" + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in rep.seconds.items()))
     return "\n".join(out)

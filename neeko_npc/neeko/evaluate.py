@@ -242,14 +242,16 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
         seconds["attribution"] = time.perf_counter() - t0
     beats = {}
     if cfg.beats:
-        from .beat_eval import beat_accuracy
+        from .beat_eval import beat_accuracy, pooled
 
         t0 = time.perf_counter()
         systems = {"neeko": lambda rid: rid, "in_context": lambda rid: None}
         if shared_w is not None:
             systems["shared_lora"] = lambda rid: shared_w
-        beats = beat_accuracy(neeko, tok, sources, rows, systems, max_scenes=cfg.max_scenes)
+        beats = beat_accuracy(neeko, tok, sources, rows, systems, max_scenes=cfg.max_scenes,
+                              heads={a.id: a.beats for a in blocks})
         if beats:
+            intervals["beats"] = pooled(beats, seed=cfg.seed)
             seconds["beats"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
     return EvalReport(rows, cols, matrix, in_context, wins / len(rows) if rows else math.nan, shared, forgetting, fusion,

@@ -59,3 +59,23 @@ def perplexity(sums: np.ndarray, counts: np.ndarray, n: int = REPLICATES, level:
     idx = np.random.default_rng(seed).integers(0, len(sums), size=(n, len(sums)))
     reps = np.exp(sums[idx].sum(1) / np.maximum(counts[idx].sum(1), 1))
     return {"value": float(np.exp(sums.sum() / counts.sum())), "ci": _interval(reps, level)}
+
+
+def paired_accuracy(hits: dict[str, list[bool]], against: str, n: int = REPLICATES, level: float = LEVEL,
+                    seed: int = 0) -> dict:
+    """Each system's accuracy over the same items, its interval, and the interval of its difference from system
+    ``against``: every replicate redraws the items once, for all systems together (paired). A difference whose
+    interval excludes 0 is called; ``half_width`` says how far the difference's interval reaches either side."""
+    h = {k: np.asarray(v, dtype=float) for k, v in hits.items()}
+    m = len(h[against])
+    if m == 0:
+        return {}
+    idx = np.random.default_rng(seed).integers(0, m, size=(n, m))
+    out = {}
+    for name, x in h.items():
+        row = {"accuracy": float(x.mean()), "ci": _interval(x[idx].mean(1), level)}
+        if name != against:
+            d = _interval((x - h[against])[idx].mean(1), level)
+            row.update(difference=float(x.mean() - h[against].mean()), difference_ci=d, half_width=(d[1] - d[0]) / 2)
+        out[name] = row
+    return {"level": level, "items": m, "systems": out}

@@ -20,6 +20,8 @@ The payload map::
                          "tensors": [[layer, target, "A"|"B", [rows, cols], bytes], ...]}
     fusion      (fusion) {"weights": [{"role", "sha256", "weight"}, ...]}
     training    {"mode", "seed", "steps", "final_loss", "data_sha256", "lines", "tokens", ...}
+    beats       (optional, a block) {"dim", "emotion"?, "action"?}, each {"classes": [id, ...],
+                "W": float32 bytes (classes x dim), "b": float32 bytes (classes)}: roles/beats.py BeatHead
     created, tool
 
 Reading validates everything before a tensor is allocated: size and header
@@ -46,7 +48,9 @@ import numpy as np
 from ..errors import InputError
 from .. import defaults
 from . import llama
+from .beats import BeatHead, Classifier
 from .llama import TARGETS
+from .prompt import BEAT_ID_RE, EMOTIONS
 from .profile import ROLE_ID_RE, ProfileError, RoleProfile
 
 MAGIC = b"NEEKOROL"
@@ -75,6 +79,8 @@ MAX_RECORD_STR = 4096
 # block's effect on a finite activation stays finite in float32, so a file that passes cannot overflow a
 # decode on its own (3e38, which passes a finiteness check, turned every line into NaN).
 MAX_ABS_VALUE = 64.0
+MAX_HEAD_ABS = 1e4  # a beat head's weight or bias: a fitted head on standardised features stays far below
+MAX_HEAD_CLASSES = 64
 MAX_LORA_SCALE = 64.0
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -160,6 +166,7 @@ class RoleAsset:
     block: LoraBlock | None = None
     fusion: list[FusionRef] | None = None
     training: dict = field(default_factory=dict)
+    beats: BeatHead | None = None
     embedding_model: str = "all-MiniLM-L6-v2"
     created: str = ""
     tool: str = ""
@@ -186,6 +193,8 @@ class RoleAsset:
             b = self.block
             info["block"] = {"r": b.r, "alpha": b.alpha, "targets": list(b.targets), "dtype": b.dtype,
                              "tensors": 2 * len(b.A), "params": b.n_params()}
+            if self.beats is not None:
+                info["beats"] = {k: list(c.classes) for k in ("emotion", "action") if (c := getattr(self.beats, k))}
         else:
             info["fusion"] = [{"role": f.role, "weight": f.weight, "sha256": f.sha256} for f in self.fusion]
         return info
@@ -223,6 +232,8 @@ def encode(asset: RoleAsset) -> bytes:
                 arr = np.ascontiguousarray(arr, dtype=np_dtype)
                 tensors.append([int(layer), target, which, [int(arr.shape[0]), int(arr.shape[1])], arr.tobytes()])
         payload["lora"] = {"r": b.r, "alpha": float(b.alpha), "dtype": b.dtype, "targets": list(b.targets), "tensors": tensors}
+        if asset.beats is not None:
+            payload["beats"] = _encode_beats(asset.beats)
     else:
         payload["fusion"] = {"weights": [{"role": f.role, "sha256": f.sha256, "weight": float(f.weight)} for f in asset.fusion]}
     body = msgpack.packb(payload, use_bin_type=True)
@@ -415,6 +426,8 @@ def _parse_payload(path: Path, p: Any) -> RoleAsset:
     )
     if kind == "block":
         asset.block = _parse_block(path, _req(path, p, "lora", dict, ""), base)
+        if "beats" in p:
+            asset.beats = _parse_beats(path, _req(path, p, "beats", dict, ""), base)
     else:
         asset.fusion = _parse_fusion(path, _req(path, p, "fusion", dict, ""), profile.id)
     return asset
@@ -495,3 +508,44 @@ def _parse_block(path: Path, lora: dict, base: BaseInfo) -> LoraBlock:
     if len(A) != base.n_layers * len(targets) or len(B) != len(A):
         raise AssetError(path, "block has duplicate or missing tensors", "the file is damaged; re-bake the role")
     return LoraBlock(r=r, alpha=alpha, targets=tuple(targets), A=A, B=B, dtype=dtype)
+
+
+def _encode_beats(head: BeatHead) -> dict:
+    out: dict[str, Any] = {"dim": int(head.dim)}
+    for kind in ("emotion", "action"):
+        c = getattr(head, kind)
+        if c is not None:
+            out[kind] = {"classes": list(c.classes), "W": np.ascontiguousarray(c.W, dtype=np.float32).tobytes(),
+                         "b": np.ascontiguousarray(c.b, dtype=np.float32).tobytes()}
+    return out
+
+
+def _parse_beats(path: Path, d: dict, base: BaseInfo) -> BeatHead:
+    """A block's beat head: a classifier per kind on the base model's hidden state (its width is base.hidden)."""
+    dim = _req(path, d, "dim", int, "beats")
+    if dim != base.hidden:
+        raise AssetError(path, f"beats.dim = {dim} but the base model's hidden size is {base.hidden}", "re-bake the role")
+    parts = {}
+    for kind in ("emotion", "action"):
+        if kind not in d:
+            continue
+        c = _req(path, d, kind, dict, "beats")
+        classes = _req(path, c, "classes", list, f"beats.{kind}")
+        if not (1 <= len(classes) <= MAX_HEAD_CLASSES and len(set(map(str, classes))) == len(classes)
+                and all(isinstance(x, str) and BEAT_ID_RE.match(x) for x in classes)):
+            raise AssetError(path, f"beats.{kind}.classes must be 1 to {MAX_HEAD_CLASSES} distinct ids like "
+                             "'open_shop'", "re-bake the role")
+        if kind == "emotion" and not set(classes) <= set(EMOTIONS):
+            raise AssetError(path, f"beats.emotion.classes holds ids outside {', '.join(EMOTIONS)}", "re-bake the role")
+        arrays = []
+        for name, n in (("W", len(classes) * dim), ("b", len(classes))):
+            data = _req(path, c, name, bytes, f"beats.{kind}")
+            if len(data) != 4 * n:
+                raise AssetError(path, f"beats.{kind}.{name} holds {len(data)} bytes, expected {4 * n}", "re-bake the role")
+            arr = np.frombuffer(data, dtype=np.float32).copy()
+            if not (np.all(np.isfinite(arr)) and float(np.abs(arr).max(initial=0.0)) <= MAX_HEAD_ABS):
+                raise AssetError(path, f"beats.{kind}.{name} holds values that are not finite or over {MAX_HEAD_ABS:g}",
+                                 "the file is damaged or forged; re-bake the role")
+            arrays.append(arr)
+        parts[kind] = Classifier(tuple(classes), arrays[0].reshape(len(classes), dim), arrays[1])
+    return BeatHead(dim, **parts)

@@ -7,6 +7,11 @@ a prefix of ``open_shop``; the rest of what follows adds nothing to tell the can
 log-probabilities. The emotion is chosen first, and the action is scored after it.
 
 Backend-neutral: a backend gives a :class:`Scorer` over the state that holds the beat prompt.
+
+A role baked with annotated lines also carries a :class:`BeatHead`: a linear softmax per kind on the hidden
+state the line ends on (the final norm's output at its last token, which the decode that read that token computed
+anyway), so its beat costs two small matrix products instead of a second prompt. The head answers only asks it
+covers (every asked id among the classes it was trained on); any other ask goes to the question above.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ class BeatJob:
     prompt_for: Callable[[str], list[int]]
     piece: Callable[[str], list[int]]
     end: list[int]
+    head: BeatHead | None = None  # the speaking role's own, where it covers the ask
+
+    @property
+    def learned(self) -> bool:
+        return self.head is not None and self.head.covers(self.ask)
 
 
 class Scorer(Protocol):
@@ -44,6 +54,39 @@ class Scorer(Protocol):
     def continuations(self, logits: np.ndarray, conts: list[list[int]]) -> list[float]:
         """Each continuation's log-probability after the state (whose next-token logits are ``logits``); the
         state is left as it was."""
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """p(c | h) = softmax_c(W h + b) over the asked candidates c among ``classes``; W is (classes, dim)."""
+
+    classes: tuple[str, ...]
+    W: np.ndarray
+    b: np.ndarray
+
+    def pick(self, h: np.ndarray, asked: list[str]) -> "Beat":
+        z = self.W.astype(np.float64) @ np.asarray(h, dtype=np.float64) + self.b
+        return _pick(asked, [float(z[self.classes.index(c)]) for c in asked])
+
+
+@dataclass(frozen=True)
+class BeatHead:
+    """A role's learned beats (neeko/beat_head.py fits them at bake time): a Classifier per kind, or None where
+    the role's training lines never carried that kind."""
+
+    dim: int
+    emotion: Classifier | None = None
+    action: Classifier | None = None
+
+    def covers(self, ask: BeatAsk) -> bool:
+        """Whether every asked id is one this head was trained to tell apart."""
+        return ((not ask.emotions or (self.emotion is not None and set(ask.emotions) <= set(self.emotion.classes)))
+                and (not ask.actions or (self.action is not None and {a.id for a in ask.actions} <= set(self.action.classes))))
+
+    def choose(self, h: np.ndarray, ask: BeatAsk) -> tuple["Beat | None", "Beat | None"]:
+        """(emotion, action) for the line whose last hidden state is ``h``; the ask must be covered."""
+        return (self.emotion.pick(h, list(ask.emotions)) if ask.emotions else None,
+                self.action.pick(h, [a.id for a in ask.actions]) if ask.actions else None)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,120 @@
+"""Learned beats: a role's head (roles/beats.py BeatHead), how a bake fits it (neeko/beat_head.py), how it is
+stored, and how the eval pools every role's held-out lines (neeko/beat_eval.py ``pooled``). Synthetic features
+here; the real model's hidden states are checked in test_beats.py."""
+
+import math
+
+import numpy as np
+import pytest
+
+from neeko_npc.neeko.beat_eval import pooled
+from neeko_npc.neeko.beat_head import MIN_LINES, fit_classifier, fit_head
+from neeko_npc.roles.asset import read_asset, write_asset
+from neeko_npc.roles.beats import BeatHead, Classifier
+from neeko_npc.roles.prompt import EMOTIONS, Action, BeatAsk
+from tests.helpers import block_asset, random_head
+
+ACTIONS = ("quote_price", "take_item", "none")
+
+
+def test_the_head_is_a_softmax_over_the_asked_candidates():
+    head = random_head(actions=ACTIONS)
+    h = np.random.default_rng(1).standard_normal(head.dim).astype(np.float32)
+    emotion, action = head.choose(h, BeatAsk(("sad", "happy"), (Action("none"), Action("quote_price"))))
+    z = {c: float(head.emotion.W[i] @ h + head.emotion.b[i]) for i, c in enumerate(EMOTIONS)}
+    p = np.exp([z["sad"], z["happy"]] - np.max([z["sad"], z["happy"]]))
+    assert list(emotion.probabilities) == ["sad", "happy"]  # the request's order
+    assert emotion.probabilities["sad"] == pytest.approx(p[0] / p.sum(), rel=1e-6)
+    assert emotion.id == max(emotion.probabilities, key=emotion.probabilities.get)
+    assert list(action.probabilities) == ["none", "quote_price"]
+    assert math.isclose(sum(action.probabilities.values()), 1.0, rel_tol=1e-9)
+    assert head.choose(h, BeatAsk((), (Action("none"),)))[0] is None
+
+
+def test_the_head_answers_only_what_it_was_trained_on():
+    head = random_head(actions=ACTIONS)
+    assert head.covers(BeatAsk(EMOTIONS, tuple(Action(a) for a in ACTIONS)))
+    assert head.covers(BeatAsk(("angry",)))
+    assert not head.covers(BeatAsk((), (Action("none"), Action("sing"))))  # an action it never saw: the question
+    assert not BeatHead(head.dim, emotion=head.emotion).covers(BeatAsk((), (Action("none"),)))
+
+
+def separable(n, seed, classes=("happy", "sad", "neutral"), dim=24):
+    """Features where each class has a centre of its own, with noise; the last class is the common one."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(classes), dim)) * 3 + 50  # far from zero, as hidden states are
+    y = rng.choice(len(classes), size=n, p=[0.2, 0.2, 0.6][: len(classes)])
+    return centres[y] + rng.standard_normal((n, dim)), [classes[i] for i in y]
+
+
+def test_a_fitted_head_learns_what_the_majority_class_cannot():
+    X_all, y_all = separable(320, seed=0)  # one draw: the same centres for training and test lines
+    X, labels, Xh, truth = X_all[:120], y_all[:120], X_all[120:], y_all[120:]
+    clf, lam = fit_classifier(X, labels, EMOTIONS)
+    assert clf.classes == EMOTIONS and clf.W.shape == (7, 24) and clf.W.dtype == np.float32
+    picks = [clf.pick(x, list(EMOTIONS)).id for x in Xh]
+    hits = np.mean([p == t for p, t in zip(picks, truth)])
+    majority = np.mean([t == "neutral" for t in truth])
+    assert hits > majority + 0.25, (hits, majority)
+    # a class no line carried is never picked, though it may be asked
+    assert not {"angry", "afraid", "surprised", "disgusted"} & set(picks)
+
+
+def test_the_standardisation_is_folded_into_the_weights():
+    """W h + b on raw features equals the fit on standardised ones: refitting on shifted and scaled features
+    picks the same classes (standardisation makes the fit blind to both)."""
+    X, labels = separable(100, seed=3)
+    a, _ = fit_classifier(X, labels, EMOTIONS)
+    b, _ = fit_classifier(X * 4.0 - 7.0, labels, EMOTIONS)
+    for x in X[:30]:
+        pa, pb = a.pick(x, list(EMOTIONS)), b.pick(x * 4.0 - 7.0, list(EMOTIONS))
+        assert pa.id == pb.id and pa.probability == pytest.approx(pb.probability, abs=1e-3)
+
+
+def test_fit_head_needs_enough_annotated_lines_of_a_kind():
+    X, labels = separable(MIN_LINES + 4, seed=5, classes=("happy", "sad", "neutral"))
+    states = [(x, e, "none" if i % 2 else "take_item") for i, (x, e) in enumerate(zip(X, labels))]
+    head, record = fit_head(states, ACTIONS)
+    assert head.emotion is not None and head.action.classes == ACTIONS and head.dim == 24
+    assert record["emotion"]["lines"] == MIN_LINES + 4 and record["action"]["lambda"] > 0
+    few = [(x, e, "") for x, e, _ in states[: MIN_LINES - 1]]  # too few emotions, and no action at all
+    assert fit_head(few, ACTIONS) == (None, {})
+
+
+def test_a_head_is_stored_exactly_and_shows_in_the_summary(tmp_path):
+    a = block_asset("smith", beats=True)
+    b = read_asset(write_asset(a, tmp_path / "smith.nrole"))
+    for kind in ("emotion", "action"):
+        x, y = getattr(a.beats, kind), getattr(b.beats, kind)
+        assert x.classes == y.classes and np.array_equal(x.W, y.W) and np.array_equal(x.b, y.b)
+    assert b.summary()["beats"] == {"emotion": list(EMOTIONS), "action": ["quote_price", "none"]}
+    assert read_asset(write_asset(block_asset("bard"), tmp_path / "bard.nrole")).beats is None
+
+
+def test_pooled_beats_compare_every_line_with_its_roles_majority():
+    """Two roles, ten lines: each system's pooled accuracy is its share of right picks, its difference from the
+    majority class is paired line by line, and the interval holds the difference."""
+    beats = {
+        "a": {"truth": [["happy", "none"]] * 4 + [["sad", "give"]] * 2, "majority": ["happy", "none"],
+              "predicted": {"learned": [["happy", "none"]] * 4 + [["sad", "give"]] * 2,
+                            "neeko": [["happy", "none"]] * 6}},
+        "b": {"truth": [["neutral", ""]] * 3 + [["angry", ""]], "majority": ["neutral", ""],
+              "predicted": {"learned": [["neutral", ""]] * 3 + [["neutral", ""]], "neeko": [["angry", ""]] * 4}},
+    }
+    out = pooled(beats)
+    e = out["emotion"]["systems"]
+    assert out["emotion"]["items"] == 10
+    assert e["majority"]["accuracy"] == pytest.approx(7 / 10)
+    assert e["learned"]["accuracy"] == pytest.approx(9 / 10) and e["learned"]["difference"] == pytest.approx(0.2)
+    assert e["neeko"]["accuracy"] == pytest.approx(5 / 10)
+    lo, hi = e["learned"]["difference_ci"]
+    assert lo <= 0.2 <= hi and e["learned"]["half_width"] == pytest.approx((hi - lo) / 2)
+    # role b has no annotated action: the action pool holds role a's six lines only
+    assert out["action"]["items"] == 6 and out["action"]["systems"]["learned"]["accuracy"] == 1.0
+    assert out["emotion"]["lines_for_10_points"] == math.ceil(10 * (e["learned"]["half_width"] / 0.1) ** 2)
+
+
+def test_with_no_signal_the_bias_decides():
+    clf = Classifier(("none", "wave"), np.zeros((2, 3), np.float32), np.array([0.0, 1.0], np.float32))
+    beat = clf.pick(np.zeros(3), ["none", "wave"])
+    assert beat.id == "wave" and beat.probability == pytest.approx(math.e / (1 + math.e))

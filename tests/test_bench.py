@@ -62,9 +62,11 @@ def test_bench_quick_measures_every_section(quick_report):
     for k, v in c.items():
         assert v["errors"] == 0 and v["lines"] == int(k) and v["completion_tokens"] > 0 and v["aggregate_tok_s"] > 0
 
-    b = r["beats"]  # the same greedy line without and with its beat, each beat one of the candidates
+    b = r["beats"]  # the same greedy line without a beat, with the question and with the NPC's learned beat
     assert b["errors"] == [] and b["same_lines"] and b["line_ms"]["n"] == b["with_beats_ms"]["n"] == QUICK["beat_reps"]
-    assert b["extra_ms"] == b["with_beats_ms"]["p50"] - b["line_ms"]["p50"] and "beats add" in text
+    assert b["extra_ms"] == b["with_beats_ms"]["p50"] - b["line_ms"]["p50"]
+    assert b["with_learned_ms"]["n"] == QUICK["beat_reps"]  # the first roles (blacksmith, guard captain) learned theirs
+    assert b["learned_extra_ms"] == b["with_learned_ms"]["p50"] - b["line_ms"]["p50"] and "with its learned beat" in text
 
     cv = r["converse"]  # changing speaker between the turns of a Converse, every turn a new speaker
     assert cv["errors"] == [] and sorted(k for k in cv if k != "errors") == ["2", "3"]
@@ -131,7 +133,8 @@ def test_bench_targets_follow_from_the_figures(quick_report):
     got = {t["key"]: t for t in r["targets"]}
     starts = {f"startup_serve_{when}_start_{what}" for when in ("first", "next") for what in ("ready", "first", "prepared")}
     beside = {f"neighbours_1_{kind}" for kind in ("hot", "cold")}  # quick: a quiet machine and one busy neighbour
-    assert set(got) == {"decode_one_role", "switch_engine", "switch_adapters", "follow_up", "throughput", "no_errors"} | starts | beside
+    assert set(got) == ({"decode_one_role", "switch_engine", "switch_adapters", "follow_up", "throughput", "no_errors",
+                         "beat_learned"} | starts | beside)
     lv = next(iter(r["neighbours"]["runs"].values()))["levels"]["1"]
     assert got["neighbours_1_hot"]["value"] == lv["hot_over_quiet"] and got["neighbours_1_hot"]["met"] == (lv["hot_over_quiet"] <= 2)
     ready = r["startup"]["serve, next start"]["ready_s"]["p50"]
@@ -145,6 +148,8 @@ def test_bench_targets_follow_from_the_figures(quick_report):
     assert got["follow_up"]["value"] == r["ttft"]["follow_over_cold"]
     assert got["switch_adapters"]["value"] == r["adapter_switch"]["extra_ms"]
     assert got["no_errors"]["value"] == 0 and got["no_errors"]["met"] is True
+    lb = r["beats"]["learned_extra_ms"]
+    assert got["beat_learned"]["value"] == lb and got["beat_learned"]["met"] == (lb <= 50)
     for t in got.values():
         assert f"[{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['shown']}" in text
 

@@ -414,3 +414,50 @@ def test_eval_scores_beats_on_the_held_out_annotated_lines(quick_eval):
                 assert row[kind][name] == right / len(row["truth"])
         assert row["emotion"]["majority"] is None and row["action"]["majority"] is None
     assert "Beats: held-out annotated lines" in text and rep["seconds"]["beats"] > 0
+
+
+def test_fit_beats_gives_a_trained_role_its_head_and_leaves_its_block(baked, base, tmp_path):
+    """Annotate the smith's lines, and `fit-beats` gives its file a head (all seven emotions, the actions its
+    scenes declare) fitted on the training lines; its block, and every other role, stay as they were. The state
+    each line is read at is its last token, the one before the end of turn."""
+    import shutil
+
+    from neeko_npc.neeko.beat_head import last_token
+    from neeko_npc.neeko.data import _ids, scene_messages
+    from neeko_npc.roles.dialogue import load_scenes
+    from neeko_npc.roles.profile import load_profile
+    from neeko_npc.roles.prompt import EMOTIONS
+
+    roles, src = tmp_path / "roles", tmp_path / "src" / "smith"
+    shutil.copytree(baked["before"], roles)
+    src.mkdir(parents=True)
+    shutil.copy(DATA / "smith" / "profile.json", src)
+    scenes = [json.loads(x) for x in (DATA / "smith" / "lines.jsonl").read_text().splitlines()]
+    scenes += [{"turns": [{"speaker": "player", "text": f"Any news, smith? ({i})"}, {"speaker": "smith", "text": t}]}
+               for i, t in enumerate(["Ha! A fine day for it.", "Bad news. The mine flooded.", "Show you? Aye, look here.",
+                                      "Nothing. Go away.", "Ha! Business is good.", "Grim times. Grim."])]
+    for k, s in enumerate(scenes):
+        s["actions"] = ["show_wares", "none"]
+        for t in s["turns"]:
+            if t["speaker"] == "smith":
+                t["emotion"], t["action"] = ("happy", "show_wares") if k % 2 else ("neutral", "none")
+    (src / "lines.jsonl").write_text("\n".join(json.dumps(s) for s in scenes) + "\n")
+
+    out = run("fit-beats", "--roles", roles, "--src", tmp_path / "src")
+    assert f"wrote {roles / 'smith.nrole'} (emotion from" in out and "bard" not in out
+    a, before = read_asset(roles / "smith.nrole"), read_asset(baked["before"] / "smith.nrole")
+    assert a.beats.emotion.classes == EMOTIONS and a.beats.action.classes == ("show_wares", "none")
+    assert a.beats.dim == a.base.hidden and a.training["beats"]["emotion"]["lines"] >= 8
+    assert all(np.array_equal(a.block.A[k], before.block.A[k]) and np.array_equal(a.block.B[k], before.block.B[k])
+               for k in before.block.A)
+    assert read_asset(roles / "bard.nrole").sha256 == read_asset(baked["before"] / "bard.nrole").sha256
+    assert "beats       learned: emotion neutral, happy" in run("inspect", roles / "smith.nrole")
+
+    _, _, tok = base
+    profile = load_profile(src / "profile.json")
+    scene = load_scenes(src / "lines.jsonl", role_id="smith")[0]
+    msgs = scene_messages(profile, scene)
+    full = _ids(tok, msgs)
+    for i in (i for i, m in enumerate(msgs) if m["role"] == "assistant"):
+        pos = last_token(tok, msgs, i)
+        assert tok.decode(full[:pos + 1]).endswith(msgs[i]["content"]) and full[pos + 1] == tok.eos_token_id

@@ -224,7 +224,7 @@ def test_the_beat_is_scored_under_the_npcs_own_block(engine):
 @pytest.mark.slow
 def test_a_learned_beat_is_read_from_the_lines_last_hidden_state(engine):
     """The shipped roles carry learned beats. A replay of the engine's decodes on a fresh context (the prompt read
-    cold in one batch, the greedy line token by token, with hidden states on) gives, from the role's head on the
+    cold in one batch, then the greedy line token by token with hidden states on) gives, from the role's head on the
     hidden state of the line's last token, the engine's probabilities exactly: no beat question was read. Another
     role's head on the same state gives other ones."""
     from neeko_npc.engine.llamacpp import LlamaContext
@@ -239,8 +239,8 @@ def test_a_learned_beat_is_read_from_the_lines_last_hidden_state(engine):
     ctx = LlamaContext(engine.model, engine.config.n_ctx, 2)
     try:
         ctx.set_adapters([engine.roles().adapters["blacksmith"].handle], [1.0])
-        ctx.set_embeddings(True)
         logits = ctx.decode(prompt)
+        ctx.set_embeddings(True)  # as the engine: the prompt read without them, the line's tokens with them
         for _ in range(GREEDY.max_tokens):
             tok = int(np.argmax(logits))
             if engine.model.is_eog(tok):

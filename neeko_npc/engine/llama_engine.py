@@ -338,9 +338,10 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     contrasted with the base's by ``opts.contrast``, and decoded on both."""
     slot.ctx.set_adapters(adapters, scales)  # normally already set by acquire(); the slot is busy, its adapters pinned
     slot.adapters = tuple(adapters)
+    slot.ctx.set_embeddings(False)  # a prompt read with hidden states on would output every token's logits
+    logits, reuse, source = read_prompt(slot, key, prompt, cores, store)
     learned = beats is not None and beats.learned
     slot.ctx.set_embeddings(learned)  # the learned beat reads the hidden state the line's last decode computes
-    logits, reuse, source = read_prompt(slot, key, prompt, cores, store)
     if base is not None:
         keep_state(store, base, (), prompt)
         base_logits = read_prompt(base, (), prompt, cores, store)[0]
@@ -377,9 +378,11 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
             base.tokens.append(tok)
     out.update(decoded + decoder.decode(b"", final=True))
     emotion = action = None
-    if beats is not None and finish in Finish.ENDED and not cancelled() and learned and spoke:
+    ended = beats is not None and finish in Finish.ENDED and not cancelled()
+    if ended and learned and spoke:
         emotion, action = beats.head.choose(slot.ctx.hidden(), beats.ask)
-    elif beats is not None and finish in Finish.ENDED and not cancelled():
+    elif ended:
+        slot.ctx.set_embeddings(False)
         beat_prompt = beats.prompt_for(out.text.strip())
         logits, _, _ = read_prompt(slot, key, beat_prompt, cores)  # the line's tokens are mostly held already
         emotion, action = choose(SlotScorer(slot, cores), logits, beats)

@@ -276,7 +276,8 @@ class LlamaContext:
             raise LlamaError("llama.cpp could not set the LoRA adapters")
 
     def set_embeddings(self, on: bool) -> None:
-        """Whether decodes also output the final norm's hidden state (``hidden``) beside the logits."""
+        """Whether decodes also output the final norm's hidden state (``hidden``) beside the logits. While on,
+        llama.cpp outputs every token of a batch (logits too), so a prompt is read with them off."""
         if on != self.embeddings:
             self.L.llama_set_embeddings(self.ptr, on)
             self.embeddings = on

@@ -289,8 +289,10 @@ def read_prompt(slot: Slot, key: tuple, prompt: list[int], cores: CoreBudget | N
     """Make ``slot`` hold ``prompt`` under ``key`` (its adapters already set): reuse the prefix it holds, or
     restore a kept state that shares more, then read the rest. Returns the logits after the last token (None
     with ``logits`` False, when everything could be reused), the tokens reused and how: "hot", "snapshot" or
-    "cold" (Cache). On any failure the context is cleared and holds nothing reusable."""
+    "cold" (Cache). On any failure the context is cleared and holds nothing reusable. Hidden states are turned
+    off first (with them on, llama.cpp outputs every token of a batch); a learned beat turns them on after."""
     ctx = slot.ctx
+    ctx.set_embeddings(False)
     reuse = common_prefix(slot.tokens, prompt) if slot.key == key else 0
     source = Cache.HOT if reuse > 0 else Cache.COLD
     # restoring costs about what reading 16 tokens does: worth it only for more than that
@@ -338,7 +340,6 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     contrasted with the base's by ``opts.contrast``, and decoded on both."""
     slot.ctx.set_adapters(adapters, scales)  # normally already set by acquire(); the slot is busy, its adapters pinned
     slot.adapters = tuple(adapters)
-    slot.ctx.set_embeddings(False)  # a prompt read with hidden states on would output every token's logits
     logits, reuse, source = read_prompt(slot, key, prompt, cores, store)
     learned = beats is not None and beats.learned
     slot.ctx.set_embeddings(learned)  # the learned beat reads the hidden state the line's last decode computes
@@ -382,7 +383,6 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     if ended and learned and spoke:
         emotion, action = beats.head.choose(slot.ctx.hidden(), beats.ask)
     elif ended:
-        slot.ctx.set_embeddings(False)
         beat_prompt = beats.prompt_for(out.text.strip())
         logits, _, _ = read_prompt(slot, key, beat_prompt, cores)  # the line's tokens are mostly held already
         emotion, action = choose(SlotScorer(slot, cores), logits, beats)

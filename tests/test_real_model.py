@@ -428,8 +428,16 @@ def test_fit_beats_gives_a_trained_role_its_head_and_leaves_its_block(baked, bas
     from neeko_npc.roles.profile import load_profile
     from neeko_npc.roles.prompt import EMOTIONS
 
+    from neeko_npc.roles.asset import FusionRef, RoleAsset, write_asset
+    from neeko_npc.roles.folder import load_role_assets, resolve_fusion
+    from neeko_npc.roles.profile import RoleProfile
+
     roles, src = tmp_path / "roles", tmp_path / "src" / "smith"
     shutil.copytree(baked["before"], roles)
+    smith0, bard0 = read_asset(roles / "smith.nrole"), read_asset(roles / "bard.nrole")
+    write_asset(RoleAsset(RoleProfile("squire", "Squire", "a squire"), smith0.embedding, smith0.base,
+                          fusion=[FusionRef("smith", smith0.sha256, 0.6), FusionRef("bard", bard0.sha256, 0.4)]),
+                roles / "squire.nrole")  # a fused role mixing the smith: re-pointed at its new file
     src.mkdir(parents=True)
     shutil.copy(DATA / "smith" / "profile.json", src)
     scenes = [json.loads(x) for x in (DATA / "smith" / "lines.jsonl").read_text().splitlines()]
@@ -451,6 +459,10 @@ def test_fit_beats_gives_a_trained_role_its_head_and_leaves_its_block(baked, bas
     assert all(np.array_equal(a.block.A[k], before.block.A[k]) and np.array_equal(a.block.B[k], before.block.B[k])
                for k in before.block.A)
     assert read_asset(roles / "bard.nrole").sha256 == read_asset(baked["before"] / "bard.nrole").sha256
+    assert f"wrote {roles / 'squire.nrole'} (re-pointed)" in out
+    known = {x.id: x for x in load_role_assets(roles)[0]}
+    assert [(x.id, w) for x, w in resolve_fusion(known["squire"], known)] == [("smith", 0.6), ("bard", 0.4)]
+    assert known["squire"].fusion[0].sha256 == a.sha256 != before.sha256
     assert "beats       learned: emotion neutral, happy" in run("inspect", roles / "smith.nrole")
 
     _, _, tok = base

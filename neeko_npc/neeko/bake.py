@@ -126,7 +126,8 @@ def _add_head(asset: RoleAsset, neeko: NeekoLoRA, tok, src: RoleSource) -> None:
         asset.training["beats"] = record
 
 
-def fit_beats(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, precision: str | None = None, holdout: float = defaults.HOLDOUT) -> list[Path]:
+def fit_beats(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, precision: str | None = None,
+              holdout: float = defaults.HOLDOUT) -> list[Path]:
     """Fit the beat head of every trained role in ``roles_dir`` that has lines in ``src_dir/<id>/lines.jsonl``
     and rewrite its file; blocks, profiles and training records stay as they are. A fused role that mixes a
     rewritten role is re-pointed at its new content hash (the blocks it mixes are bit-identical)."""
@@ -149,11 +150,11 @@ def fit_beats(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, precision:
         old_sha[a.id] = a.sha256
         _add_head(a, neeko, tok, RoleSource.from_dir(src_dir / a.id, holdout))
         paths.append(write_asset(a, Path(a.path)))
+    new_sha = {a.id: a.sha256 for a in todo}
     for a in assets:
-        if a.fusion and any(f.role in old_sha and f.sha256 == old_sha[f.role] for f in a.fusion):
-            new = {b.id: b.sha256 for b in todo}
-            a.fusion = [FusionRef(f.role, new[f.role], f.weight) if f.role in new and f.sha256 == old_sha[f.role] else f
-                        for f in a.fusion]
+        moved = [f.role in old_sha and f.sha256 == old_sha[f.role] for f in a.fusion or []]
+        if any(moved):
+            a.fusion = [FusionRef(f.role, new_sha[f.role], f.weight) if m else f for f, m in zip(a.fusion, moved)]
             paths.append(write_asset(a, Path(a.path)))
     return paths
 

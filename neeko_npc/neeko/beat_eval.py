@@ -185,12 +185,12 @@ def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], systems: list) -> list
     return out
 
 
-def learned(neeko: NeekoLoRA, tok, src, scenes, head, fallback: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """What the role's learned head picks for its annotated lines in ``scenes`` (beat_items' order), from each
-    line's last hidden state under its own block, as the daemon reads it; a line whose ask the head does not
+def learned(neeko: NeekoLoRA, tok, src, scenes, items: list[BeatItem], head,
+            fallback: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What the role's learned head picks for its annotated lines ``items`` in ``scenes`` (beat_items' order), from
+    each line's last hidden state under its own block, as the daemon reads it; a line whose ask the head does not
     cover gets ``fallback``'s pick (the question's, as served)."""
     states = line_states(neeko, tok, src.profile, scenes, src.profile.id)
-    items = [it for s in scenes for it in beat_items(src.profile, s)]
     if len(states) != len(items):
         raise ValueError(f"{src.profile.id}: a scene is too long to read every line's state")
     out = []
@@ -230,7 +230,7 @@ def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems
         if progress:
             progress(len(held) * len(names))
         if heads and heads.get(rid) is not None:
-            got_by["learned"] = learned(neeko, tok, src, scenes, heads[rid], got_by[names[0]])
+            got_by["learned"] = learned(neeko, tok, src, scenes, held, heads[rid], got_by[names[0]])
             names.append("learned")
         for name in names:
             got = got_by[name]
@@ -254,8 +254,9 @@ def _share(predicted: list[str], truth: list[str]) -> float | None:
 def pooled(beats: dict, seed: int = 0) -> dict:
     """Every annotated held-out line of every role in one pool, per kind: each system's accuracy and its
     difference from the majority class (each line scored against its own role's majority; a role with no annotated
-    training line of the kind is left out), with paired bootstrap intervals (intervals.py). ``lines_for_10_points``: about how many lines would narrow the best system's
-    difference interval to 10 points either side (the half-width shrinks as one over the square root of lines)."""
+    training line of the kind is left out), with paired bootstrap intervals (intervals.py). ``lines_for_10_points``:
+    about how many lines would narrow the best system's difference interval to 10 points either side (the
+    half-width shrinks as one over the square root of lines)."""
     out = {}
     for k, kind in enumerate(("emotion", "action")):
         hits: dict[str, list[bool]] = {}

@@ -116,7 +116,8 @@ def fit_head(states: list[tuple[np.ndarray, str, str]], actions: tuple[str, ...]
         rows = [s for s in states if s[at]]
         if len(rows) < MIN_LINES or not classes:
             continue
-        clf, lam = fit_classifier(np.stack([s[0] for s in rows]).astype(np.float64), [s[at] for s in rows], tuple(classes))
+        X = np.stack([s[0] for s in rows]).astype(np.float64)
+        clf, lam = fit_classifier(X, [s[at] for s in rows], tuple(classes))
         parts[kind] = clf
         record[kind] = {"lines": len(rows), "lambda": lam}
     if not parts:

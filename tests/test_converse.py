@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from neeko_npc.cli import main
-from neeko_npc.engine.base import BadRequest, Engine, EngineConfig
+from neeko_npc.engine.base import Engine, EngineConfig
+from neeko_npc.errors import BadRequest
 from neeko_npc.v1 import dialogue_pb2 as pb
 
 SHIPPED = Path(__file__).parent.parent / "assets" / "roles"

@@ -17,8 +17,8 @@ import pytest
 from neeko_npc.engine.base import EngineConfig
 from neeko_npc.engine.llama_engine import LlamaEngine
 from neeko_npc.engine.openai_engine import OpenAIEngine, UpstreamConfig, upstream_error
-from neeko_npc.engine.roleset import UnknownRole
-from neeko_npc.engine.stream import GenOptions, UpstreamBusy, UpstreamFailed
+from neeko_npc.errors import UnknownRole, UpstreamBusy, UpstreamFailed
+from neeko_npc.engine.stream import GenOptions
 from neeko_npc.roles.base_model import resolve_base_model
 from neeko_npc.server.app import Daemon, ServerConfig
 from neeko_npc.server.client import Client
@@ -125,7 +125,7 @@ def test_an_upstream_that_takes_the_request_and_is_slow_to_answer_is_busy_not_de
     import socket
 
     from neeko_npc.engine.openai_engine import Upstream, UpstreamConfig
-    from neeko_npc.engine.stream import UpstreamUnavailable
+    from neeko_npc.errors import UpstreamUnavailable
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -7,7 +7,8 @@ from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from gguf.quants import quantize
 
 from neeko_npc.export.merge import rewrite_gguf
-from neeko_npc.roles.gguf_file import GGUFFile, GGUFFormatError
+from neeko_npc.roles.gguf_file import GGUFFile
+from neeko_npc.errors import GGUFFormatError
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from neeko_npc.roles.dialogue import DialogueError, Scene, Turn, load_scenes, split_holdout
-from neeko_npc.roles.profile import ProfileError, RoleProfile, load_profile
+from neeko_npc.roles.dialogue import Scene, Turn, load_scenes, split_holdout
+from neeko_npc.errors import DialogueError, ProfileError
+from neeko_npc.roles.profile import RoleProfile, load_profile
 
 
 def test_profile_roundtrip_and_system_text(tmp_path):

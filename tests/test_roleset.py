@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from neeko_npc.engine.roleset import InvalidBlend, RoleSet
+from neeko_npc.engine.roleset import RoleSet
+from neeko_npc.errors import InvalidBlend
 from neeko_npc.roles.asset import write_asset
 from neeko_npc.roles.profile import RoleProfile
 from tests.helpers import TINY_BASE, block_asset, fusion_asset

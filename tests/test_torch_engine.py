@@ -137,7 +137,7 @@ def test_prepare_on_the_torch_engine_says_why_it_reads_nothing(torch_engine):
 
 
 def test_beats_on_the_torch_engine_are_one_clear_error(torch_engine):
-    from neeko_npc.engine.base import BadRequest
+    from neeko_npc.errors import BadRequest
     from neeko_npc.roles.prompt import BeatAsk
 
     with pytest.raises(BadRequest, match="does not score beats yet; serve with --engine llama.cpp"):
@@ -148,7 +148,7 @@ def test_beats_on_the_torch_engine_are_one_clear_error(torch_engine):
 def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine, solo):
     """A block that escaped the file checks (set here in memory: 1e30 everywhere) ends its own row with
     NonFiniteLogits naming the NPC; the NPC batched beside it gets its solo reply."""
-    from neeko_npc.engine.stream import NonFiniteLogits
+    from neeko_npc.errors import NonFiniteLogits
 
     smith = solo["smith"][0]
     k = torch_engine.roles().adapters["bard"].handle

@@ -216,7 +216,7 @@ def test_a_prepared_line_reads_only_itself(engine):
 
 
 def test_prepare_is_a_hint_that_never_waits_and_checks_like_say(engine):
-    from neeko_npc.engine.base import BadRequest, UnknownRole
+    from neeko_npc.errors import BadRequest, UnknownRole
 
     e = engine()
     reply = e.say("smith", "Tell me about your forge.", SCENE, GenOptions(temperature=0.0, max_tokens=16))

@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
-from ..errors import InputError
-from ..roles.asset import AssetError
+from ..errors import AssetError, InputError
 from ..roles.base_model import base_info, resolve_base_model
 from ..roles.folder import load_role_assets, resolve_fusion
 from . import LEFT_OUT, MANIFEST, MODEL_DIR, ROLES_DIR, RUNTIME_DIR, SERVER_NAME, SERVING_MODULES, TRAINING, WARM_DIR

@@ -28,30 +28,22 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import defaults
-from ..errors import InputError
+from ..errors import BadRequest, ContextTooLarge, InvalidBlend, NonFiniteLogits, PoolBusy, UnknownRole
 from ..roles.asset import BaseInfo
 from ..roles.profile import ROLE_ID_RE, RoleProfile
 from ..roles.prompt import (BEAT_ID_RE, EMOTIONS, Action, BeatAsk, ChatTemplate, SceneInfo, beat_messages, build_messages,
                            chat_messages, render_scene)
 from ..roles.beats import BeatHead, BeatJob
 from .memory import Memory
-from .roleset import InvalidBlend, ReloadResult, RoleSet, Roster, ServedRole, UnknownRole, known_roles
+from .roleset import ReloadResult, RoleSet, Roster, ServedRole, known_roles
 from .snapshots import common_prefix
 from ..protocol import Finish, Order
-from .stream import Chunk, GenOptions, NonFiniteLogits, PoolBusy, ReplyStream
+from .stream import Chunk, GenOptions, ReplyStream
 
 log = logging.getLogger("neeko_npc.engine")
 
 __all__ = ["BadRequest", "ContextTooLarge", "Engine", "EngineConfig", "InvalidBlend", "Limits", "NonFiniteLogits",
            "PoolBusy", "Reply", "UnknownRole"]
-
-
-class BadRequest(InputError):
-    """A request outside the daemon's limits or malformed; the message names the limit and its `serve` flag."""
-
-
-class ContextTooLarge(BadRequest):
-    pass
 
 
 @dataclass

@@ -43,13 +43,14 @@ from .. import defaults
 from ..export.fold import fold
 from ..export.gguf_lora import write_gguf_lora
 from ..roles.asset import BaseInfo, RoleAsset
-from .base import Engine, EngineConfig, UnknownRole, adapter_key
+from .base import Engine, EngineConfig, adapter_key
+from ..errors import PoolBusy, UnknownRole
 from ..roles.beats import BeatJob, choose, continuation_logprob
 from ..roles.sampling import contrasted, sample
 from .llamacpp import LlamaContext, LlamaModel, binding_version, cpu_features, open_gguf_base, openmp_build
 from .snapshots import Snapshot, SnapshotStore, WarmFiles, common_prefix
 from ..protocol import Cache, Finish
-from .stream import Chunk, GenOptions, PoolBusy, ReplyStream, TextStream, check_finite
+from .stream import Chunk, GenOptions, ReplyStream, TextStream, check_finite
 
 log = logging.getLogger("neeko_npc.engine")
 MiB = 1024 * 1024

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import defaults
-from ..errors import NeekoError
-from ..roles.base_model import BaseModelError, base_info, resolve_base_model
+from ..errors import BaseModelError, LlamaError
+from ..roles.base_model import base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
 
 _init_lock = threading.Lock()
@@ -85,10 +85,6 @@ except Exception:  # llama-cpp-python missing: errors surface when a model is lo
 
 
 BRANCHES = 16  # sequences decode_branches decodes in one batch beside the conversation's
-
-
-class LlamaError(NeekoError, RuntimeError):
-    """llama.cpp refused something: a model it cannot load, a decode that failed."""
 
 
 def binding_version() -> str:

@@ -32,11 +32,11 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from .. import defaults
-from ..errors import InputError, NeekoError
-from .base import Engine, EngineConfig, InvalidBlend, UnknownRole
+from ..errors import InputError, InvalidBlend, NeekoError, UnknownRole, UpstreamBusy, UpstreamFailed, UpstreamUnavailable
+from .base import Engine, EngineConfig
 from .llamacpp import open_gguf_base
 from ..protocol import Finish
-from .stream import Chunk, InFlight, ReplyStream, TextStream, UpstreamBusy, UpstreamFailed, UpstreamUnavailable
+from .stream import Chunk, InFlight, ReplyStream, TextStream
 
 log = logging.getLogger("neeko_npc.engine")
 

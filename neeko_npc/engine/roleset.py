@@ -24,22 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import defaults
-from ..errors import InputError, NeekoError
-from ..neeko.gate import BlendError, normalise_blend
-from ..roles.asset import AssetError, BaseInfo, RoleAsset
+from ..errors import AssetError, BlendError, InvalidBlend, UnknownRole
+from ..neeko.gate import normalise_blend
+from ..roles.asset import BaseInfo, RoleAsset
 from ..roles.beats import BeatHead
 from ..roles.profile import RoleProfile
 from ..roles.folder import file_stamps, load_role_assets, resolve_fusion
 
 log = logging.getLogger("neeko_npc.roles")
-
-
-class UnknownRole(NeekoError, KeyError):
-    """No hosted NPC has this id; the message lists the known ones."""
-
-
-class InvalidBlend(InputError):
-    """A procedural NPC's blend or profile that cannot be served; the message says why."""
 
 
 @dataclass

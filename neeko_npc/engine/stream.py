@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .. import defaults
-from ..errors import NeekoError
+from ..errors import NonFiniteLogits
 
 
 class InFlight:
@@ -41,26 +41,6 @@ class InFlight:
     def wait_idle(self, timeout: float) -> bool:
         with self.cond:
             return self.cond.wait_for(lambda: self._n == 0, timeout)
-
-
-class PoolBusy(NeekoError, RuntimeError):
-    """No context (or batch place) came free in time, or the daemon is shutting down; retry shortly."""
-
-
-class NonFiniteLogits(NeekoError, RuntimeError):
-    """The model's output for a reply held NaN or infinity (a broken adapter): the reply cannot go on."""
-
-
-class UpstreamUnavailable(NeekoError, RuntimeError):
-    """The gateway's upstream server cannot be reached, or dropped a line midway; retry, or check --upstream."""
-
-
-class UpstreamFailed(NeekoError, RuntimeError):
-    """The gateway's upstream answered with an error that is not the request's fault (a refused key, a crash)."""
-
-
-class UpstreamBusy(PoolBusy):
-    """The gateway's upstream is overloaded (HTTP 429 or 503); retry shortly."""
 
 
 def check_finite(logits: np.ndarray) -> np.ndarray:

@@ -30,7 +30,8 @@ from ..roles.prompt import ChatTemplate
 from ..roles.sampling import contrasted, sample
 from .base import Engine, EngineConfig
 from ..protocol import Finish
-from .stream import Chunk, GenOptions, InFlight, NonFiniteLogits, PoolBusy, ReplyStream, TextStream, check_finite
+from .stream import Chunk, GenOptions, InFlight, ReplyStream, TextStream, check_finite
+from ..errors import NonFiniteLogits, PoolBusy
 
 
 class TorchBlocks:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..roles.asset import AssetError, LoraBlock, RoleAsset
+from ..roles.asset import LoraBlock, RoleAsset
+from ..errors import AssetError
 from ..roles.folder import resolve_fusion
 
 

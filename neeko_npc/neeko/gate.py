@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import BlendError
 from .. import defaults
 from ..roles.asset import GateSettings
 
@@ -56,10 +56,6 @@ def fusion_weights(E: np.ndarray, role_ids: list[str], e_new: np.ndarray, top_k:
     """A new role with little data: mix the existing blocks its profile is closest to."""
     w = gate_weights(E, e_new, GateSettings(tau=tau, top_k=top_k, min_weight=min_weight))
     return {role_ids[i]: float(w[i]) for i in np.flatnonzero(w)}
-
-
-class BlendError(InputError):
-    """A request-time blend that cannot be used; the message says what is wrong."""
 
 
 def normalise_blend(pairs: list[tuple[str, float]], limit: int) -> dict[str, float]:

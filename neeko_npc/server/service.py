@@ -10,10 +10,9 @@ import time
 import grpc
 
 from .. import defaults
-from ..engine.base import BadRequest, InvalidBlend, NonFiniteLogits, PoolBusy, UnknownRole
-from ..engine.stream import GenOptions, UpstreamFailed, UpstreamUnavailable
+from ..errors import BadRequest, Kind, NeekoError
+from ..engine.stream import GenOptions
 from ..protocol import Cache, Finish, Order
-from ..roles.profile import ProfileError
 from ..roles.prompt import EMOTIONS, Action, BeatAsk, SceneInfo
 from ..v1 import dialogue_pb2 as pb
 from ..v1 import dialogue_pb2_grpc as pb_grpc
@@ -22,6 +21,10 @@ log = logging.getLogger("neeko_npc.server")
 
 FINISH = {Finish.STOP: pb.FINISH_REASON_STOP, Finish.LENGTH: pb.FINISH_REASON_LENGTH, Finish.CANCELLED: pb.FINISH_REASON_CANCELLED}
 ORDER = {pb.TURN_ORDER_ROUND_ROBIN: Order.ROUND_ROBIN, pb.TURN_ORDER_NAMED_LAST: Order.NAMED_LAST}
+# The one mapping of expected failures to status codes: an error's kind (errors.py) picks its code.
+STATUS = {Kind.INVALID: grpc.StatusCode.INVALID_ARGUMENT, Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+          Kind.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED, Kind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+          Kind.BROKEN: grpc.StatusCode.INTERNAL}
 CACHE = {Cache.HOT: pb.PROMPT_CACHE_HOT, Cache.SNAPSHOT: pb.PROMPT_CACHE_SNAPSHOT, Cache.COLD: pb.PROMPT_CACHE_COLD}
 
 
@@ -114,17 +117,9 @@ class DialogueService(pb_grpc.DialogueServicer):
 
     # -- rpcs --------------------------------------------------------------------------------------
 
-    # The one mapping of the engine's expected failures to status codes.
-    STATUS = {UnknownRole: grpc.StatusCode.NOT_FOUND, BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
-              InvalidBlend: grpc.StatusCode.INVALID_ARGUMENT, ProfileError: grpc.StatusCode.INVALID_ARGUMENT,
-              PoolBusy: grpc.StatusCode.RESOURCE_EXHAUSTED, NonFiniteLogits: grpc.StatusCode.INTERNAL,
-              UpstreamUnavailable: grpc.StatusCode.UNAVAILABLE, UpstreamFailed: grpc.StatusCode.INTERNAL}
-    _EXPECTED = tuple(STATUS)
-
-    @classmethod
-    def _abort(cls, context, exc: Exception):
-        code = next(c for kind, c in cls.STATUS.items() if isinstance(exc, kind))
-        context.abort(code, str(exc))
+    @staticmethod
+    def _abort(context, exc: NeekoError):
+        context.abort(STATUS[exc.kind], str(exc))
 
     def Say(self, request, context):
         engine = self._engine(context)
@@ -138,7 +133,7 @@ class DialogueService(pb_grpc.DialogueServicer):
                                blend=blend, profile=profile, beats=self._beats(request.beats))
             weights = [pb.RoleWeight(role_id=r, weight=w) for r, w in sorted(reply.weights.items())]
             yield from self._chunks(reply, weights, t0)
-        except self._EXPECTED as exc:
+        except NeekoError as exc:
             self._abort(context, exc)
 
     def Converse(self, request_iterator, context):
@@ -220,7 +215,7 @@ class DialogueService(pb_grpc.DialogueServicer):
                                        finish_reason=FINISH.get(c.finish, 0), prompt_tokens=c.prompt_tokens,
                                        completion_tokens=c.completion_tokens, player_line=c.player_line, done=c.done,
                                        role_weights=[pb.RoleWeight(role_id=r, weight=w) for r, w in sorted(c.weights.items())])
-        except self._EXPECTED as exc:
+        except NeekoError as exc:
             self._abort(context, exc)
         if problem:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem[0])
@@ -231,7 +226,7 @@ class DialogueService(pb_grpc.DialogueServicer):
             blend, profile = self._procedural(engine, request)
             p = engine.prepare(request.npc_id, self._scene(request.scene), session=request.session_id, blend=blend,
                                profile=profile)
-        except self._EXPECTED as exc:
+        except NeekoError as exc:
             self._abort(context, exc)
         return pb.PrepareResponse(prompt_tokens=p.prompt_tokens, read_tokens=p.read_tokens,
                                   prompt_cache=CACHE.get(p.cache, 0), skipped=p.skipped, elapsed_ms=p.ms)
@@ -273,7 +268,7 @@ class DialogueService(pb_grpc.DialogueServicer):
         engine = self._engine(context)
         try:
             return self._role(engine.role(request.npc_id))
-        except UnknownRole as exc:
+        except NeekoError as exc:
             self._abort(context, exc)
 
     def ReloadRoles(self, request, context):
@@ -285,7 +280,7 @@ class DialogueService(pb_grpc.DialogueServicer):
         engine = self._engine(context)
         try:
             npcs = engine.session(request.session_id)
-        except BadRequest as exc:
+        except NeekoError as exc:
             self._abort(context, exc)
         return pb.SessionMemory(session_id=request.session_id, npcs=[
             pb.NpcMemory(npc_id=npc, exchanges=[pb.Exchange(player_line=a, npc_line=b) for a, b in turns])
@@ -296,7 +291,7 @@ class DialogueService(pb_grpc.DialogueServicer):
         npcs = [(m.npc_id, [(x.player_line, x.npc_line) for x in m.exchanges]) for m in request.npcs]
         try:
             n = engine.restore_session(request.session_id, npcs)
-        except BadRequest as exc:
+        except NeekoError as exc:
             self._abort(context, exc)
         return pb.RestoreSessionResponse(npcs=len(npcs), exchanges=n)
 
@@ -304,5 +299,5 @@ class DialogueService(pb_grpc.DialogueServicer):
         engine = self._engine(context)
         try:
             return pb.ForgetSessionResponse(forgotten=engine.forget(request.session_id, request.npc_id))
-        except BadRequest as exc:
+        except NeekoError as exc:
             self._abort(context, exc)

@@ -525,7 +525,7 @@ def serve(roles_dir, base_model, host, port, token, token_file, parent_pid, tls_
     from functools import partial
 
     from .engine import open_engine
-    from .engine.base import EngineConfig, Limits
+    from .engine.facade import EngineConfig, Limits
     from .server import app
 
     limits = Limits(max_tokens_limit=max_tokens_limit, max_player_line_chars=max_player_line_chars,

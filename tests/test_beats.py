@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from neeko_npc.cli import main
-from neeko_npc.engine.base import EngineConfig, Limits
+from neeko_npc.engine.facade import EngineConfig, Limits
 from neeko_npc.errors import BadRequest
 from neeko_npc.roles.beats import BeatJob, choose, continuation_logprob, log_softmax
 from neeko_npc.engine.stream import GenOptions

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from neeko_npc.bench.run import QUICK, BenchConfig, run_bench
-from neeko_npc.engine.base import EngineConfig
+from neeko_npc.engine.facade import EngineConfig
 from neeko_npc.engine.llama_engine import LlamaEngine
 from neeko_npc.server.app import Daemon, ServerConfig
 from tests.conftest import run

@@ -55,7 +55,7 @@ def test_every_option_says_what_it_does_and_defaults_come_from_one_place():
     import click
 
     from neeko_npc import defaults
-    from neeko_npc.engine.base import EngineConfig, Limits
+    from neeko_npc.engine.facade import EngineConfig, Limits
 
     bare = [(name, p.opts[0]) for name, cmd in main.commands.items() for p in cmd.params
             if isinstance(p, click.Option) and not p.help]

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from neeko_npc.cli import main
-from neeko_npc.engine.base import Engine, EngineConfig
+from neeko_npc.engine.facade import Engine, EngineConfig
 from neeko_npc.errors import BadRequest
 from neeko_npc.v1 import dialogue_pb2 as pb
 

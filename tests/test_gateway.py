@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from neeko_npc.engine.base import EngineConfig
+from neeko_npc.engine.facade import EngineConfig
 from neeko_npc.engine.llama_engine import LlamaEngine
 from neeko_npc.engine.openai_engine import OpenAIEngine, UpstreamConfig, upstream_error
 from neeko_npc.errors import UnknownRole, UpstreamBusy, UpstreamFailed

@@ -16,7 +16,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from neeko_npc.engine.base import EngineConfig, clean
+from neeko_npc.engine.facade import EngineConfig
+from neeko_npc.engine.limits import clean
 from neeko_npc.engine.llama_engine import LlamaEngine
 from neeko_npc.server.app import Daemon, ServerConfig
 from neeko_npc.server.client import Client

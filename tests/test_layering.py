@@ -26,7 +26,7 @@ TORCH_FREE = ["neeko_npc.defaults", "neeko_npc.errors", "neeko_npc.engine", "nee
               "neeko_npc.export.fold", "neeko_npc.export.gguf_lora", "neeko_npc.export.peft", "neeko_npc.export.merge",
               "neeko_npc.engine.llamacpp", "neeko_npc.bench.run", "neeko_npc.bench.speed", "neeko_npc.bench.baselines",
               "neeko_npc.bench.memory", "neeko_npc.bench.report", "neeko_npc.bench.targets",
-              "neeko_npc.engine.base", "neeko_npc.engine.stream", "neeko_npc.engine.llama_engine", "neeko_npc.engine.openai_engine", "neeko_npc.engine.roleset", "neeko_npc.server.app", "neeko_npc.server.client",
+              "neeko_npc.engine.facade", "neeko_npc.engine.stream", "neeko_npc.engine.llama_engine", "neeko_npc.engine.openai_engine", "neeko_npc.engine.roleset", "neeko_npc.server.app", "neeko_npc.server.client",
               "neeko_npc.cli", "neeko_npc.server.launch", "neeko_npc.bundle.server_main", "neeko_npc.bundle.build",
               "neeko_npc.bench.startup"]
 
@@ -63,7 +63,7 @@ def test_serving_side_never_imports_torch():
     assert out.stdout.strip() == "False", out.stderr
 
 
-# What only an engine's backend may touch; everyone above the engine goes through the facade (engine/base.py).
+# What only an engine's backend may touch; everyone above the engine goes through the facade (engine/facade.py).
 ENGINE_INSIDES = {"pool", "roleset", "memory", "_stream", "model", "adapters"}
 FACADE_USERS = [PKG / "cli.py", *(PKG / "server").glob("*.py"), PKG / "bench" / "targets.py"]
 

@@ -1,6 +1,6 @@
 """Prompt assembly without a model: scene rendering, injection cleaning, memory, the chat template."""
 
-from neeko_npc.engine.base import clean, clean_scene
+from neeko_npc.engine.limits import clean, clean_scene
 from neeko_npc.engine.memory import Memory
 from neeko_npc.roles.prompt import ChatTemplate, SceneInfo, build_messages, render_scene
 from neeko_npc.roles.profile import RoleProfile

@@ -89,7 +89,7 @@ def test_the_daemon_serves_the_tokens_the_trainer_trains_on(base, tmp_path):
     """For the same profile, scene, history and line, the prompt llama.cpp is fed (ChatTemplate + llama.cpp's
     tokenizer) is token for token the trainer's context (the HF tokenizer's template), and the trainer's labels
     start exactly where the daemon starts generating."""
-    from neeko_npc.engine.base import EngineConfig
+    from neeko_npc.engine.facade import EngineConfig
     from neeko_npc.engine.llama_engine import LlamaEngine
     from neeko_npc.neeko.data import IGNORE, encode_scene
     from neeko_npc.roles.dialogue import Scene, Turn
@@ -120,7 +120,7 @@ def test_the_daemon_serves_the_tokens_the_trainer_trains_on(base, tmp_path):
 def test_the_daemon_scores_beats_on_the_tokens_the_trainer_trains_on(base, tmp_path):
     """A line annotated with a beat: the trainer's beat example is token for token the daemon's beat prompt for
     that line followed by the answer's pieces as the daemon scores them, and only the answer is labelled."""
-    from neeko_npc.engine.base import EngineConfig
+    from neeko_npc.engine.facade import EngineConfig
     from neeko_npc.engine.llama_engine import LlamaEngine
     from neeko_npc.neeko.data import IGNORE, encode_beats, encode_scene
     from neeko_npc.roles.dialogue import parse_scene

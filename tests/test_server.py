@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from neeko_npc.cli import main
 from neeko_npc.engine.llama_engine import generate
 from neeko_npc.engine.stream import GenOptions
-from neeko_npc.engine.base import EngineConfig
+from neeko_npc.engine.facade import EngineConfig
 from neeko_npc.engine.llama_engine import LlamaEngine
 from neeko_npc.roles.prompt import SceneInfo, build_messages
 from neeko_npc.server.app import Daemon, ServerConfig

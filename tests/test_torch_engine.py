@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from neeko_npc.engine.stream import GenOptions
-from neeko_npc.engine.base import EngineConfig
+from neeko_npc.engine.facade import EngineConfig
 from neeko_npc.engine.llama_engine import LlamaEngine
 from neeko_npc.roles.prompt import SceneInfo
 from neeko_npc.engine.torch_engine import TorchEngine

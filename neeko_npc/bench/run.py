@@ -187,7 +187,7 @@ def _run_remote(cfg: BenchConfig, out: BenchResult, step, tick) -> BenchResult:
 
 
 def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> BenchResult:
-    from ..engine.base import EngineConfig
+    from ..engine.facade import EngineConfig
     from ..engine.llama_engine import LlamaEngine
     from ..roles.base_model import resolve_base_model
     from . import baselines, memory, speed
@@ -283,7 +283,7 @@ def _run_local(cfg: BenchConfig, out: BenchResult, work: Path, step, tick) -> Be
 
 def run_neighbours(cfg: BenchConfig, tick=None) -> dict:
     """The beside-a-game section: the default threads (or --threads) against every core."""
-    from ..engine.base import EngineConfig
+    from ..engine.facade import EngineConfig
     from ..engine.llama_engine import LlamaEngine
     from . import neighbours
 
@@ -304,7 +304,7 @@ def run_town(cfg: BenchConfig, blocks, folder: Path, tick=None) -> dict:
     """The town section on ``blocks`` (role assets with a block), its roles written to ``folder``."""
     import time
 
-    from ..engine.base import EngineConfig
+    from ..engine.facade import EngineConfig
     from ..engine.llama_engine import LlamaEngine
     from . import town
 

@@ -143,7 +143,7 @@ def check_roles(roles_dir: Path, base) -> list[str]:
 def warm_up(roles_dir: Path, model: Path, warm_dir: Path) -> None:
     """Prepare in ``warm_dir`` what a server would otherwise make at its first start: each block role as a llama.cpp
     adapter (GGUF LoRA), and each role's prefilled prompt prefix (engine/snapshots.py, WarmFiles)."""
-    from ..engine.base import EngineConfig
+    from ..engine.facade import EngineConfig
     from ..engine.llama_engine import LlamaEngine
 
     engine = LlamaEngine(roles_dir, str(model), EngineConfig(pool_size=1, warm_save_dir=warm_dir))

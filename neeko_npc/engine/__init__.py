@@ -1,7 +1,9 @@
 """Inference backends behind one facade (base.Engine). Nothing here imports torch unless the torch engine is asked for.
 
+    facade.py        the facade (Engine): what callers may use, prompt assembly, abilities a backend declares
+    limits.py        what a request may hold, and how its text is cleaned
+    converse.py      NPC-to-NPC conversations;  memory.py  remembered exchanges
     stream.py        what replies are made of, shared by every backend
-    base.py          the facade, request limits, prompt assembly, memory of conversations
     roleset.py       the roles a daemon serves, hot-reloaded, resolved to adapters and scales
     llamacpp.py      the llama.cpp binding;  llama_engine.py  the llama.cpp backend
     torch_engine.py  the torch backend (GPU, batched decoding; needs the [train] extra)
@@ -13,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..defaults import ENGINES
-from .base import Engine, EngineConfig
+from .facade import Engine, EngineConfig
 
 
 def open_engine(kind: str, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None,

@@ -43,7 +43,8 @@ from .. import defaults
 from ..export.fold import fold
 from ..export.gguf_lora import write_gguf_lora
 from ..roles.asset import BaseInfo, RoleAsset
-from .base import Engine, EngineConfig, adapter_key
+from .facade import Abilities, Engine, EngineConfig, contrasted_line
+from .roleset import adapter_key
 from ..errors import PoolBusy, UnknownRole
 from ..roles.beats import BeatJob, choose, continuation_logprob
 from ..roles.sampling import contrasted, sample
@@ -429,7 +430,7 @@ class SlotScorer:
 
 class LlamaEngine(Engine):
     name = "llama.cpp"
-    contrasts = True
+    abilities = Abilities(contrast=True, beats=True, prompt_cache=True)
 
     def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None):
         super().__init__(config)
@@ -467,7 +468,7 @@ class LlamaEngine(Engine):
         handles = [a.handle for a in adapters]
         slot = self.pool.acquire(key, prompt, self._queue_timeout(deadline), handles, scales)
         try:
-            base = self.pool.base_of(slot) if opts.contrast and handles else None  # no adapters: nothing to contrast
+            base = self.pool.base_of(slot) if contrasted_line(opts.contrast, handles) else None
         except BaseException:
             self.pool.release(slot)
             raise
@@ -485,7 +486,7 @@ class LlamaEngine(Engine):
             return 0, "", str(exc)
         try:
             _, reuse, source = read_prompt(slot, key, tokens, self.pool.cores, self.store, logits=False)
-            if self.config.contrast > 0 and handles:  # its lines are contrasted: the base model reads the prefix too
+            if contrasted_line(self.config.contrast, handles):  # its lines are contrasted: the base model reads the prefix too
                 base = self.pool.base_of(slot)
                 keep_state(self.store, base, (), tokens)
                 read_prompt(base, (), tokens, self.pool.cores, self.store, logits=False)

@@ -105,3 +105,39 @@ class Memory:
         while self._data and (len(self._data) > self.max_conversations or self.chars > self.max_chars):
             freed += self._drop(next(iter(self._data)))
         return freed
+
+
+class Sessions:
+    """The facade's sessions (a game's save file): read, restore and forget what its NPCs remember. Uses the
+    facade's limits, memory, tokens and cleaning."""
+
+    def session(self, session: str) -> dict[str, list[tuple[str, str]]]:
+        """Every NPC's remembered exchanges in one session, oldest first (for a game's save file)."""
+        self.limits.check_session_id(session)
+        return self.memory.export(session)
+
+    def usable_history(self, turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The newest exchanges whose text alone fits the history budget (--history-tokens): older ones can never
+        reach a prompt, so a restored session keeps no more than that (one token of slack per exchange for a BOS
+        the tokenizer may add)."""
+        kept, used = [], 0
+        for said, replied in reversed(turns):
+            used += len(self.tokens(said + "\n" + replied)) - 1
+            if used > self.config.history_tokens:
+                break
+            kept.append((said, replied))
+        return kept[::-1]
+
+    def restore_session(self, session: str, npcs: list[tuple[str, list[tuple[str, str]]]]) -> int:
+        """Put a saved session's memory back (checked against the limits, its text cleaned like any request's).
+        Returns the exchanges restored."""
+        self.limits.check_session(session, npcs, self.memory.max_turns)
+        cleaned = {npc: self.usable_history([(self.clean(said), self.clean(replied)) for said, replied in turns])
+                   for npc, turns in npcs}
+        self.memory.restore(session, cleaned)
+        return sum(len(t) for t in self.memory.export(session).values())
+
+    def forget(self, session: str, npc_id: str = "") -> int:
+        """Forget a session (or one NPC in it); returns the conversations dropped."""
+        self.limits.check_session_id(session, npc_id)
+        return self.memory.forget(session, npc_id)

@@ -32,8 +32,8 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from .. import defaults
-from ..errors import InputError, InvalidBlend, NeekoError, UnknownRole, UpstreamBusy, UpstreamFailed, UpstreamUnavailable
-from .base import Engine, EngineConfig
+from ..errors import InputError, NeekoError, UnknownRole, UpstreamBusy, UpstreamFailed, UpstreamUnavailable
+from .facade import Abilities, Engine, EngineConfig
 from .llamacpp import open_gguf_base
 from ..protocol import Finish
 from .stream import Chunk, InFlight, ReplyStream, TextStream
@@ -172,6 +172,7 @@ class OpenAIEngine(Engine):
     """The daemon as a gateway: roles, prompts, memory and limits here; generation upstream (module docstring)."""
 
     name = "openai"
+    abilities = Abilities(blends=False)
 
     def __init__(self, roles_dir: str | Path, upstream: UpstreamConfig, base_model: str | None = None,
                  config: EngineConfig | None = None):
@@ -215,13 +216,6 @@ class OpenAIEngine(Engine):
 
     def _free(self) -> None:
         self.model.close()
-
-    def _request(self, npc_id, player_line, scene, opts, session, blend, profile):
-        if blend is not None:
-            raise InvalidBlend("the gateway cannot mix blocks at request time: the upstream serves one adapter per NPC. "
-                               "Bake the mix as a fused role (`neeko-npc bake-role --fuse`) and export it with "
-                               "`neeko-npc export --all`")
-        return super()._request(npc_id, player_line, scene, opts, session, blend, profile)
 
     def _stream(self, adapters, scales, key, prompt, opts, stop, deadline, beats=None, npc=""):
         if self.upstream.config.models == "listed":

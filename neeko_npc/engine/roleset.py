@@ -215,3 +215,9 @@ class RoleSet:
 
 def known_roles(snap: Roster) -> str:
     return ", ".join(sorted(snap.roles)) or "none"
+
+
+def adapter_key(adapters, scales) -> tuple:
+    """What a KV cache is valid under: the adapters (by content hash) and their scales, in order."""
+    return tuple((a.sha256, float(s)) for a, s in zip(adapters, scales))
+

@@ -152,3 +152,22 @@ class TextStream:
         """Everything not yet sent, once the reply has ended."""
         delta, self.sent = self.text[self.sent:], len(self.text)
         return delta
+
+
+class NamedFailures:
+    """A backend's chunks, with NonFiniteLogits replaced by ``name(exc)``; closing closes the backend's stream."""
+
+    def __init__(self, chunks: ReplyStream, name: Callable[[NonFiniteLogits], NonFiniteLogits]):
+        self._chunks, self._name = chunks, name
+
+    def __iter__(self) -> "NamedFailures":
+        return self
+
+    def __next__(self) -> Chunk:
+        try:
+            return next(self._chunks)
+        except NonFiniteLogits as exc:
+            raise self._name(exc) from None
+
+    def close(self) -> None:
+        self._chunks.close()

@@ -28,7 +28,7 @@ from ..roles.asset import RoleAsset
 from ..roles.base_model import base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
 from ..roles.sampling import contrasted, sample
-from .base import Engine, EngineConfig
+from .facade import Abilities, Engine, EngineConfig, contrasted_line
 from ..protocol import Finish
 from .stream import Chunk, GenOptions, InFlight, ReplyStream, TextStream, check_finite
 from ..errors import NonFiniteLogits, PoolBusy
@@ -135,7 +135,7 @@ class BatchScheduler:
             for k, s in zip(r.blocks, r.scales):
                 w[i, k] = s
         w = w.to(e.device)
-        contrasted_rows = [bool(r.opts.contrast and r.blocks) for r in reqs]  # a row with no block has nothing to contrast
+        contrasted_rows = [contrasted_line(r.opts.contrast, r.blocks) for r in reqs]
         contrast = any(contrasted_rows)  # then the base model's logits too, on a cache of its own
 
         def forward(gate, **step):
@@ -198,7 +198,7 @@ def _cache(out):
 
 class TorchEngine(Engine):
     name = "torch"
-    contrasts = True
+    abilities = Abilities(contrast=True)
 
     def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None,
                  device: str | None = None, precision: str = "fp32"):

@@ -1,5 +1,5 @@
 """The Dialogue gRPC service: it only translates. Protobuf in, engine facade call, protobuf or status code out;
-every check and every decision is the engine's (engine/base.py)."""
+every check and every decision is the engine's (engine/facade.py)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from neeko_npc.engine.llama_engine import default_cache_dir
+from neeko_npc.engine.llama_pool import default_cache_dir
 from neeko_npc.export.fold import fold
 from neeko_npc.export.gguf_lora import write_gguf_lora
 from neeko_npc.roles.asset import read_asset, write_asset

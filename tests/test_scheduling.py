@@ -3,7 +3,7 @@
 import threading
 import time
 
-from neeko_npc.engine.llama_engine import CoreBudget
+from neeko_npc.engine.llama_pool import CoreBudget
 
 
 def test_core_budget_never_hands_out_more_threads_than_there_are():

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from neeko_npc.cli import main
-from neeko_npc.engine.llama_engine import generate
+from neeko_npc.engine.llama_generate import generate
 from neeko_npc.engine.stream import GenOptions
 from neeko_npc.engine.facade import EngineConfig
 from neeko_npc.engine.llama_engine import LlamaEngine

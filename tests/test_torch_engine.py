@@ -109,7 +109,7 @@ def test_contrasted_lines_are_the_same_on_llama_cpp_and_torch(f32_setup, torch_e
 def test_batched_rows_equal_their_solo_replies(torch_engine, solo):
     solo = {npc: text for npc, (text, _) in solo.items()}
     assert solo["smith"] != solo["bard"]
-    before = len(torch_engine.pool.batch_sizes)
+    before = len(torch_engine.batcher.batch_sizes)
     results = {}
     threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, reply(torch_engine, n)[0])) for n in ("smith", "bard")]
     for t in threads:
@@ -117,7 +117,7 @@ def test_batched_rows_equal_their_solo_replies(torch_engine, solo):
     for t in threads:
         t.join(120)
     assert results == solo
-    assert 2 in torch_engine.pool.batch_sizes[before:]  # both NPCs decoded in the same forward passes
+    assert 2 in torch_engine.batcher.batch_sizes[before:]  # both NPCs decoded in the same forward passes
 
 
 def test_stop_strings_and_dropped_streams(torch_engine, solo):
@@ -128,7 +128,7 @@ def test_stop_strings_and_dropped_streams(torch_engine, solo):
     r = torch_engine.say("smith", "Talk for a long time.", SceneInfo(), GenOptions(temperature=0.9, max_tokens=300, seed=1))
     next(r.chunks)
     r.chunks.close()
-    assert torch_engine.pool.inflight.wait_idle(30)  # the dropped row stopped long before 300 tokens
+    assert torch_engine.batcher.inflight.wait_idle(30)  # the dropped row stopped long before 300 tokens
 
 
 def test_prepare_on_the_torch_engine_says_why_it_reads_nothing(torch_engine):
@@ -165,19 +165,19 @@ def test_a_row_whose_output_goes_non_finite_fails_alone(torch_engine, solo):
             except NonFiniteLogits as exc:
                 errors[npc] = str(exc)
 
-        before = len(torch_engine.pool.batch_sizes)
+        before = len(torch_engine.batcher.batch_sizes)
         threads = [threading.Thread(target=talk, args=(n,)) for n in ("smith", "bard")]
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
-        assert 2 in torch_engine.pool.batch_sizes[before:]
+        assert 2 in torch_engine.batcher.batch_sizes[before:]
         assert results == {"smith": smith}
         assert list(errors) == ["bard"] and "NPC 'bard' produced non-finite logits" in errors["bard"]
     finally:
         for name, mod in torch_engine.neeko.modules.items():
             mod.set_block(k, *saved[name])
-    assert torch_engine.pool.inflight.wait_idle(10)
+    assert torch_engine.batcher.inflight.wait_idle(10)
 
 
 def test_grpc_service_on_the_torch_engine(torch_engine, solo):

@@ -1,11 +1,12 @@
-"""Inference backends behind one facade (base.Engine). Nothing here imports torch unless the torch engine is asked for.
+"""Inference backends behind one facade (facade.Engine). Nothing here imports torch unless the torch engine is asked for.
 
     facade.py        the facade (Engine): what callers may use, prompt assembly, abilities a backend declares
     limits.py        what a request may hold, and how its text is cleaned
     converse.py      NPC-to-NPC conversations;  memory.py  remembered exchanges
     stream.py        what replies are made of, shared by every backend
     roleset.py       the roles a daemon serves, hot-reloaded, resolved to adapters and scales
-    llamacpp.py      the llama.cpp binding;  llama_engine.py  the llama.cpp backend
+    llama_engine.py  the llama.cpp backend: llama_pool.py (adapters, contexts), llama_generate.py (a line's
+                     decoding), llamacpp.py (the binding)
     torch_engine.py  the torch backend (GPU, batched decoding; needs the [train] extra)
     openai_engine.py the gateway: generation by an OpenAI-compatible server (vLLM, llama-cpp-python's server)
 """

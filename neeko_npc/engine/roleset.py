@@ -3,7 +3,7 @@
 Every trained block becomes an adapter of the serving backend, through the backend's
 ``load(asset) -> handle``, ``free(handle)`` and optionally ``retire(sha256)`` (told as
 soon as a reload retires an adapter): for llama.cpp a GGUF LoRA exported once
-and cached under the asset's content hash (llama_engine.LlamaAdapters), for torch a
+and cached under the asset's content hash (llama_pool.LlamaAdapters), for torch a
 block of the block LoRA (torch_engine.TorchBlocks). A request for an NPC
 resolves to (adapters, scales), and which other roles are loaded never enters it:
 

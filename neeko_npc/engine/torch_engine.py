@@ -218,7 +218,7 @@ class TorchEngine(Engine):
         self.cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.lock = threading.RLock()
         self.neeko: NeekoLoRA | None = None
-        self.pool = BatchScheduler(self, max_batch=self.config.max_batch, max_queue=self.config.max_queue)
+        self.batcher = BatchScheduler(self, max_batch=self.config.max_batch, max_queue=self.config.max_queue)
         self._open_roles(roles_dir, TorchBlocks(self))
 
     def special_texts(self) -> tuple[str, ...]:
@@ -233,7 +233,7 @@ class TorchEngine(Engine):
 
     def _stream(self, adapters, scales, key, prompt, opts, stop, deadline, beats=None, npc=""):
         req = _Request(prompt, [a.handle for a in adapters], list(scales), opts, stop)
-        self.pool.submit(req)
+        self.batcher.submit(req)
 
         def chunks():
             while True:
@@ -250,13 +250,13 @@ class TorchEngine(Engine):
         return ReplyStream(chunks(), close)
 
     def describe(self) -> str:
-        return f"{self.name} on {self.device}, batches of up to {self.pool.max_batch}"
+        return f"{self.name} on {self.device}, batches of up to {self.batcher.max_batch}"
 
     def busy(self) -> int:
-        return self.pool.inflight.count()
+        return self.batcher.inflight.count()
 
     def _wait_idle(self, timeout: float) -> bool:
-        return self.pool.inflight.wait_idle(timeout)
+        return self.batcher.inflight.wait_idle(timeout)
 
     def _free(self) -> None:
-        self.pool.close()
+        self.batcher.close()

@@ -111,4 +111,5 @@ BATCH_SIZE = 4
 MAX_LEN = 320  # tokens per training example
 SEED = 0
 PRECISION = "auto"  # base weights while training (bf16 where the hardware has it, else fp32); blocks are float32
+PRECISIONS = ("auto", "fp32", "bf16")  # --precision of bake, bake-role and eval
 HOLDOUT = 0.2  # share of scenes held out to measure a block

@@ -65,3 +65,31 @@ def test_every_option_says_what_it_does_and_defaults_come_from_one_place():
     assert serve["max_blend"] == Limits().max_blend and serve["max_scene_chars"] == Limits().max_scene_chars
     fuse = {p.name: p.default for p in main.commands["bake-role"].params}
     assert fuse["tau"] == defaults.FUSE_TAU != defaults.GATE_TAU
+
+
+def test_the_cli_reference_in_docs_is_what_the_commands_print():
+    from pathlib import Path
+
+    from neeko_npc.cli.reference import reference
+
+    page = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    made = reference()
+    assert page.read_text() == made, "docs/cli.md is stale: python -m neeko_npc.cli.reference > docs/cli.md"
+    assert all(f"\n## {name}\n" in made for name in main.commands)  # every command has its section
+
+
+def test_serve_flags_named_as_config_fields_reach_the_daemons_configs():
+    from dataclasses import fields
+
+    from neeko_npc.cli.serving import serve_configs
+    from neeko_npc.engine.limits import Limits
+
+    flags = ["--max-scene-chars", "123", "--max-converse-turns", "7", "--pool-size", "3", "--threads", "2",
+             "--snapshot-mib", "1", "--port", "0", "--max-converse", "2", "--contrast", "0.5"]
+    server, config = serve_configs(main.commands["serve"].make_context("serve", flags).params)
+    assert (config.limits.max_scene_chars, config.limits.max_converse_turns) == (123, 7)
+    assert (config.pool_size, config.n_threads, config.snapshot_bytes, config.contrast) == (3, 2, 1024 * 1024, 0.5)
+    assert (server.port, server.max_converse) == (0, 2)
+    # every serve flag named like a limit is one: none is read and dropped
+    limit_flags = {p.name for p in main.commands["serve"].params} & {f.name for f in fields(Limits)}
+    assert {"max_scene_chars", "max_blend", "max_actions", "max_interjections"} <= limit_flags

@@ -319,3 +319,13 @@ def test_the_cli_says_lists_and_converses_through_the_daemon(daemon):
     assert res.exit_code == 1 and "NOT_FOUND: no NPC 'ghost'" in res.output
     res = cli.invoke(main, ["roles", "--address", daemon.address], env={defaults.TOKEN_ENV: "wrong"})
     assert res.exit_code == 1 and "UNAUTHENTICATED" in res.output
+
+
+def test_every_protocol_word_has_one_proto_value_both_ways():
+    from neeko_npc.protocol import Cache, Finish, Order
+    from neeko_npc.server.words import CACHE, CACHE_WORD, FINISH, ORDER, ORDER_WORD
+
+    assert set(FINISH) == {Finish.STOP, Finish.LENGTH, Finish.CANCELLED} and 0 not in FINISH.values()
+    assert set(ORDER) == set(Order.ALL) and set(CACHE) == set(Cache.ALL)
+    assert all(ORDER_WORD[ORDER[w]] == w for w in Order.ALL) and all(CACHE_WORD[CACHE[w]] == w for w in Cache.ALL)
+    assert len(set(FINISH.values())) == len(FINISH)

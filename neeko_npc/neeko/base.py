@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..roles.base_model import BaseModelRef, base_info
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PRECISIONS = ("auto", *DTYPES)
+PRECISIONS = defaults.PRECISIONS
 
 
 def resolve_precision(precision: str) -> str:

@@ -12,20 +12,17 @@ import grpc
 from .. import defaults
 from ..errors import BadRequest, Kind, NeekoError
 from ..engine.stream import GenOptions
-from ..protocol import Cache, Finish, Order
 from ..roles.prompt import EMOTIONS, Action, BeatAsk, SceneInfo
 from ..v1 import dialogue_pb2 as pb
 from ..v1 import dialogue_pb2_grpc as pb_grpc
+from .words import CACHE, FINISH, ORDER_WORD
 
 log = logging.getLogger("neeko_npc.server")
 
-FINISH = {Finish.STOP: pb.FINISH_REASON_STOP, Finish.LENGTH: pb.FINISH_REASON_LENGTH, Finish.CANCELLED: pb.FINISH_REASON_CANCELLED}
-ORDER = {pb.TURN_ORDER_ROUND_ROBIN: Order.ROUND_ROBIN, pb.TURN_ORDER_NAMED_LAST: Order.NAMED_LAST}
 # The one mapping of expected failures to status codes: an error's kind (errors.py) picks its code.
 STATUS = {Kind.INVALID: grpc.StatusCode.INVALID_ARGUMENT, Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
           Kind.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED, Kind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
           Kind.BROKEN: grpc.StatusCode.INTERNAL}
-CACHE = {Cache.HOT: pb.PROMPT_CACHE_HOT, Cache.SNAPSHOT: pb.PROMPT_CACHE_SNAPSHOT, Cache.COLD: pb.PROMPT_CACHE_COLD}
 
 
 class Malformed:
@@ -203,7 +200,7 @@ class DialogueService(pb_grpc.DialogueServicer):
         deadline = time.monotonic() + remaining if remaining is not None else None
         try:
             scene = engine.converse(list(start.npc_ids), self._scene(start.scene), start.topic, start.opening_line,
-                                    start.turns, ORDER.get(start.order, ""), self._options(start.options),
+                                    start.turns, ORDER_WORD.get(start.order, ""), self._options(start.options),
                                     cancelled=lambda: bool(problem) or not context.is_active(), deadline=deadline,
                                     interjections=interjections)
             threading.Thread(target=listen, name="converse-listen", daemon=True).start()

@@ -67,7 +67,7 @@ class InvalidBlend(InputError):
 
 
 class BlendError(InputError):
-    """A request-time blend that cannot be used (neeko/gate.py's checks); the message says what is wrong."""
+    """A request-time blend that cannot be used (roles/gate.py's checks); the message says what is wrong."""
 
 
 class AssetError(InputError):

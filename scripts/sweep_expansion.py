@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from neeko_npc.roles.asset import read_asset  # noqa: E402
+from neeko_npc.roles.asset_read import read_asset  # noqa: E402
 
 # (name, bake-role flags). Every row spells its epochs, so it means the same whichever epochs are the default (4 when
 # this sweep was first run, 2 now); lr 2e-3 and batch 4, the defaults, unless a row says otherwise. Rank and

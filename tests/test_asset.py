@@ -9,7 +9,8 @@ import pytest
 
 from neeko_npc.export.fold import fold
 from neeko_npc.roles.folder import load_role_assets
-from neeko_npc.roles.asset import HEADER, MAGIC, check_base, read_asset, write_asset
+from neeko_npc.roles.asset import HEADER, MAGIC, write_asset
+from neeko_npc.roles.asset_read import check_base, read_asset
 from neeko_npc.errors import AssetError
 from tests.helpers import TINY_BASE, block_asset, fusion_asset
 

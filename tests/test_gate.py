@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from neeko_npc.neeko.gate import fusion_weights, gate_weights, normalise_blend
+from neeko_npc.roles.gate import fusion_weights, gate_weights, normalise_blend
 from neeko_npc.errors import BlendError
 from neeko_npc.roles.asset import GateSettings
 

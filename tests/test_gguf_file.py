@@ -97,7 +97,7 @@ def test_the_default_base_fingerprints_as_every_shipped_role_records(tmp_path, m
     """Read fresh (no cached fingerprint), the installed SmolLM2 GGUF is the base every shipped role names."""
     from pathlib import Path
 
-    from neeko_npc.roles.asset import read_asset
+    from neeko_npc.roles.asset_read import read_asset
     from neeko_npc.roles.base_model import base_info, resolve_base_model
 
     monkeypatch.setenv("NEEKO_NPC_CACHE", str(tmp_path))

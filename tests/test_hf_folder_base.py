@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from neeko_npc.cli import main
-from neeko_npc.roles.asset import read_asset
+from neeko_npc.roles.asset_read import read_asset
 from neeko_npc.roles.base_model import base_info, resolve_base_model
 from neeko_npc.errors import BaseModelError
 from tests.conftest import DATA

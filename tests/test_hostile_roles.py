@@ -11,7 +11,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from neeko_npc.roles.asset import HEADER, MAGIC, MAX_ABS_VALUE, read_asset, write_asset
+from neeko_npc.roles.asset import HEADER, MAGIC, MAX_ABS_VALUE, write_asset
+from neeko_npc.roles.asset_read import read_asset
 from neeko_npc.errors import AssetError
 from neeko_npc.roles.folder import load_role_assets
 from tests.helpers import block_asset, fusion_asset

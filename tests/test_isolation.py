@@ -12,7 +12,8 @@ import pytest
 from neeko_npc.engine.llama_pool import default_cache_dir
 from neeko_npc.export.fold import fold
 from neeko_npc.export.gguf_lora import write_gguf_lora
-from neeko_npc.roles.asset import read_asset, write_asset
+from neeko_npc.roles.asset import write_asset
+from neeko_npc.roles.asset_read import read_asset
 from neeko_npc.server.client import Client
 from neeko_npc.v1 import dialogue_pb2 as pb
 from tests.conftest import DATA, FAST, run

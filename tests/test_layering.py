@@ -13,16 +13,16 @@ MAY_IMPORT = {
     "roles": {"roles"},
     "neeko": {"roles", "neeko"},
     "export": {"roles", "export"},
-    "engine": {"roles", "export", "engine", "neeko.gate"},
+    "engine": {"roles", "export", "engine"},
     "server": {"roles", "engine", "server", "v1"},
-    # the benchmark drives the engine in-process or a daemon over gRPC; baselines.py uses the gate's maths
-    "bench": {"roles", "export", "engine", "server", "v1", "neeko.gate", "bench", "bundle"},
+    # the benchmark drives the engine in-process or a daemon over gRPC
+    "bench": {"roles", "export", "engine", "server", "v1", "bench", "bundle"},
     # the shipped server: the CLI's serve command, frozen; its builder reads role files and the base model
     "bundle": {"roles", "engine", "bundle", "cli"},
 }
 # The one engine module allowed on the torch side; the daemon imports it only for --engine torch.
 EXCEPTIONS = {"engine/torch_engine.py": {"neeko"}}
-TORCH_FREE = ["neeko_npc.defaults", "neeko_npc.errors", "neeko_npc.engine", "neeko_npc.export", "neeko_npc.roles.prompt", "neeko_npc.roles.llama", "neeko_npc.roles.asset", "neeko_npc.roles.base_model", "neeko_npc.roles.folder", "neeko_npc.roles.dialogue", "neeko_npc.neeko.gate",
+TORCH_FREE = ["neeko_npc.defaults", "neeko_npc.errors", "neeko_npc.engine", "neeko_npc.export", "neeko_npc.roles.prompt", "neeko_npc.roles.llama", "neeko_npc.roles.asset", "neeko_npc.roles.base_model", "neeko_npc.roles.folder", "neeko_npc.roles.dialogue", "neeko_npc.roles.gate", "neeko_npc.roles.sampling", "neeko_npc.roles.beats",
               "neeko_npc.export.fold", "neeko_npc.export.gguf_lora", "neeko_npc.export.peft", "neeko_npc.export.merge",
               "neeko_npc.engine.llamacpp", "neeko_npc.bench.run", "neeko_npc.bench.speed", "neeko_npc.bench.baselines",
               "neeko_npc.bench.memory", "neeko_npc.bench.report", "neeko_npc.bench.targets",

@@ -9,7 +9,8 @@ import pytest
 
 from neeko_npc.neeko.beat_eval import pooled
 from neeko_npc.neeko.beat_head import MIN_LINES, fit_classifier, fit_head
-from neeko_npc.roles.asset import read_asset, write_asset
+from neeko_npc.roles.asset import write_asset
+from neeko_npc.roles.asset_read import read_asset
 from neeko_npc.roles.beats import BeatHead, Classifier
 from neeko_npc.roles.prompt import EMOTIONS, Action, BeatAsk
 from tests.helpers import block_asset, random_head

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from neeko_npc.cli import main
-from neeko_npc.roles.asset import read_asset
+from neeko_npc.roles.asset_read import read_asset
 from neeko_npc.roles.base_model import base_info, resolve_base_model
 
 from tests.conftest import DATA, run

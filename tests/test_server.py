@@ -228,7 +228,8 @@ def test_reload_rpc_reports_added_changed_removed(baked, tmp_path):
         c = Client(d.address)
         (roles / "smith.nrole").unlink()
         shutil.copy(baked["dir"] / "fisher.nrole", roles / "fisher.nrole")
-        from neeko_npc.roles.asset import read_asset, write_asset
+        from neeko_npc.roles.asset import write_asset
+        from neeko_npc.roles.asset_read import read_asset
 
         bard = read_asset(roles / "bard.nrole")
         bard.training["note"] = "re-baked"

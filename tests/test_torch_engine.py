@@ -10,7 +10,8 @@ from neeko_npc.engine.llama_engine import LlamaEngine
 from neeko_npc.roles.prompt import SceneInfo
 from neeko_npc.engine.torch_engine import TorchEngine
 from neeko_npc.v1 import dialogue_pb2 as pb
-from neeko_npc.roles.asset import read_asset, write_asset
+from neeko_npc.roles.asset import write_asset
+from neeko_npc.roles.asset_read import read_asset
 from neeko_npc.roles.base_model import base_info, default_model_path, resolve_base_model
 from tests.gguf_f32 import write_f32_copy
 

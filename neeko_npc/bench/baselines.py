@@ -17,7 +17,7 @@ import numpy as np
 from ..engine.llamacpp import LlamaModel
 from ..export.fold import fold
 from ..export.merge import merge_into_gguf
-from ..neeko.gate import gate_weights
+from ..roles.gate import gate_weights
 from ..roles.asset import RoleAsset
 from .stats import summary
 

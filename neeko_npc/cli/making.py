@@ -32,7 +32,7 @@ def train_options(f):
 
 
 def _train_config(epochs, lr, batch_size, max_len, seed):
-    from .neeko.train import TrainConfig
+    from ..neeko.train import TrainConfig
 
     return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_len=max_len, seed=seed)
 
@@ -155,7 +155,7 @@ def fit_beats(roles_dir, src_dir, holdout, base_model):
     block) and is rewritten; a fused role that mixes it is re-pointed.
     """
     from ..neeko.bake import fit_beats as fit
-    from ..roles.asset import read_asset
+    from ..roles.asset_read import read_asset
     from ..roles.base_model import resolve_base_model
 
     for p in fit(resolve_base_model(base_model), roles_dir, src_dir, holdout=holdout):
@@ -172,7 +172,7 @@ def fit_beats(roles_dir, src_dir, holdout, base_model):
 @friendly_errors
 def inspect(file, as_json):
     """Validate a .nrole file and print what it holds."""
-    from ..roles.asset import read_asset
+    from ..roles.asset_read import read_asset
 
     a = read_asset(file)
     info = a.summary()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import defaults
 from ..errors import AssetError, BlendError, InvalidBlend, UnknownRole
-from ..neeko.gate import normalise_blend
+from ..roles.gate import normalise_blend
 from ..roles.asset import BaseInfo, RoleAsset
 from ..roles.beats import BeatHead
 from ..roles.profile import RoleProfile

@@ -36,7 +36,7 @@ def export_role(asset: RoleAsset, known: dict[str, RoleAsset], fmt: str, out: Pa
 
         return lora, write_gguf_lora(lora, asset.base, out or Path(f"{asset.id}.lora.gguf"), name=asset.id)
     if fmt == "merged-gguf":
-        from ..roles.asset import check_base
+        from ..roles.asset_read import check_base
         from ..roles.base_model import base_info, resolve_base_model
         from .merge import merge_into_gguf
 

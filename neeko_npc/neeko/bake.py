@@ -27,7 +27,7 @@ from .base import resolve_precision
 from .beat_head import bake_head
 from .data import Example, encode_lines, encode_scene
 from .embed import MODEL_NAME, embed_texts
-from .gate import fusion_weights
+from ..roles.gate import fusion_weights
 from .model import NeekoLoRA
 from .train import TrainConfig, TrainResult, heldout_loss, train_blocks
 

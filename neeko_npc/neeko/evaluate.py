@@ -37,7 +37,7 @@ from .intervals import LEVEL, bootstrap_accuracy, loss_difference, perplexity, s
 from .bake import RoleSource
 from .base import resolve_precision
 from .data import encode_lines, encode_scene
-from .gate import fusion_weights
+from ..roles.gate import fusion_weights
 from .model import NeekoLoRA
 from .train import TrainConfig, heldout_loss, heldout_sums, mean_loss, train_blocks
 

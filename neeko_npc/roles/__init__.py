@@ -1,4 +1,6 @@
-"""Roles: profiles, dialogue data, the .nrole asset file and the base-model fingerprint.
+"""Roles: profiles, dialogue data, the .nrole asset file and the base-model fingerprint, and the torch-free maths
+that serving applies to them: the gate and blends (gate.py), sampling and contrast (sampling.py), beats (beats.py).
 
-The bottom layer: no torch, no inference. Everything above depends on it.
+The bottom layer: numpy only, never torch. Everything above depends on it; the daemon imports nothing else of
+the method.
 """

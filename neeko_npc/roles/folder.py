@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .asset import SUFFIX, BaseInfo, RoleAsset, check_base, read_asset
+from .asset import SUFFIX, BaseInfo, RoleAsset
+from .asset_read import check_base, read_asset
 from ..errors import AssetError
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import BlendError
 from .. import defaults
-from ..roles.asset import GateSettings
+from .asset import GateSettings
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

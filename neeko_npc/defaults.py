@@ -39,6 +39,7 @@ HOST = "127.0.0.1"  # loopback only unless told otherwise
 PORT = 50051
 ADDRESS = f"{HOST}:{PORT}"  # where the client commands look for a daemon
 WORKERS = 16  # gRPC worker threads
+LLAMA_LOG_ENV = "NEEKO_NPC_LLAMA_LOG"  # 1: let llama.cpp print its own log (silenced otherwise)
 TOKEN_ENV = "NEEKO_NPC_TOKEN"  # the bearer token, for serve and the client commands (never on a command line)
 WATCH_INTERVAL = 1.0  # seconds between scans of the roles folder; 0 turns watching off
 ROLES_DIR = "assets/roles"
@@ -60,7 +61,9 @@ SNAPSHOT_MIB = 512  # host memory for kept conversation states (KV snapshots); 2
 ENGINES = ("llama.cpp", "torch", "openai")  # serve --engine; the first is the default
 
 # -- the gateway (serve --engine openai) -----------------------------------------------------------------
-UPSTREAM_MODELS = ("any", "listed")  # --upstream-models: send every hosted NPC, or only those /v1/models lists
+UPSTREAM_ANY = "any"  # --upstream-models any: send every hosted NPC; the upstream answers 404 for one it lacks (vLLM)
+UPSTREAM_LISTED = "listed"  # --upstream-models listed: only NPCs the upstream's /v1/models lists
+UPSTREAM_MODELS = (UPSTREAM_ANY, UPSTREAM_LISTED)  # the first is the default
 UPSTREAM_CONNECT_TIMEOUT = 5.0  # seconds to reach the upstream and get its answer's headers
 UPSTREAM_READ_TIMEOUT = 60.0  # seconds the upstream may go quiet in the middle of a line
 UPSTREAM_LIST_TTL = 10.0  # seconds the upstream's model list is trusted (--upstream-models listed)

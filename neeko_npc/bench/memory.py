@@ -19,6 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from .. import defaults
 from ..roles.asset import RoleAsset, write_asset
 from ..roles.base_model import info_cache_file
 
@@ -65,7 +66,7 @@ def daemon_rss(roles_dir: Path, base_model: str | None, cache_dir: Path, timeout
            "--watch-interval", "0"]
     if base_model:
         cmd += ["--base-model", str(base_model)]
-    env = dict(os.environ, NEEKO_NPC_CACHE=str(cache_dir))
+    env = dict(os.environ, **{defaults.CACHE_ENV: str(cache_dir)})
     t0 = time.perf_counter()
     log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(cmd, stderr=log, stdout=subprocess.DEVNULL, text=True, env=env)

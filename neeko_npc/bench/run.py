@@ -135,8 +135,8 @@ def off_main_thread(fn, *args):
     """Run ``fn`` in a worker thread, as the daemon runs every request (on gRPC's workers).
 
     llama.cpp built with OpenMP keeps a team of threads for each thread that decodes; once the main
-    thread has decoded, decodes from other threads ran 3 to 4 times slower on this 2-core machine
-    (7 ms a token became 25 ms), and the concurrency section would measure that instead of the daemon."""
+    thread has decoded, decodes from other threads run several times slower, and the concurrency section would
+    measure that instead of the daemon."""
     box = {}
 
     def target():

@@ -105,8 +105,8 @@ class CoreBudget:
     A decode takes its fair share (all the threads when its context is the only busy one, else
     threads // busy, at least one) and waits until that many are free, so the decodes in flight never
     ask for more threads than there are; decodes get their threads in the order they asked for them. ggml's
-    threads spin at barriers: on this 2-core machine, two
-    2-thread decodes at once ran at 19 tokens/s together where one alone ran at 118, and four at 3."""
+    threads spin at barriers, so decodes that together ask for more threads than there are cores run far slower
+    than one alone (tests/test_scheduling.py; the bench's concurrency section)."""
 
     def __init__(self, threads: int, busy: Callable[[], int]):
         self.threads = threads

@@ -35,7 +35,7 @@ def _lib():
 
     with _init_lock:
         if not _initialised:
-            llama_cpp.llama_log_set(_SILENT, ctypes.c_void_p(0)) if os.environ.get("NEEKO_NPC_LLAMA_LOG") != "1" else None
+            llama_cpp.llama_log_set(_SILENT, ctypes.c_void_p(0)) if os.environ.get(defaults.LLAMA_LOG_ENV) != "1" else None
             load_cpu_backend()
             llama_cpp.llama_backend_init()
             _initialised = True

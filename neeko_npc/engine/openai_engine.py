@@ -47,7 +47,7 @@ POLL = 0.02  # seconds between checks of a stream's cancel flag, while the upstr
 class UpstreamConfig:
     url: str  # http(s)://host:port, with or without /v1
     key: str = ""  # sent as 'authorization: Bearer KEY'
-    models: str = defaults.UPSTREAM_MODELS[0]  # "any", or "listed": only NPCs the upstream's /v1/models lists
+    models: str = defaults.UPSTREAM_MODELS[0]  # UPSTREAM_ANY, or UPSTREAM_LISTED: only NPCs /v1/models lists
     connect_timeout: float = defaults.UPSTREAM_CONNECT_TIMEOUT
     read_timeout: float = defaults.UPSTREAM_READ_TIMEOUT
     list_ttl: float = defaults.UPSTREAM_LIST_TTL
@@ -205,7 +205,7 @@ class OpenAIEngine(Engine):
         return self.model.special_texts()  # the upstream serves the same base model, so the same vocabulary
 
     def describe(self) -> str:
-        listed = ", only adapters it lists" if self.upstream.config.models == "listed" else ""
+        listed = ", only adapters it lists" if self.upstream.config.models == defaults.UPSTREAM_LISTED else ""
         return f"gateway to {self.upstream.url}{listed}"
 
     def busy(self) -> int:
@@ -218,7 +218,7 @@ class OpenAIEngine(Engine):
         self.model.close()
 
     def _stream(self, adapters, scales, key, prompt, opts, stop, deadline, beats=None, npc=""):
-        if self.upstream.config.models == "listed":
+        if self.upstream.config.models == defaults.UPSTREAM_LISTED:
             self.upstream.check_listed(npc)
         body = {"model": npc, "prompt": self.model.detokenize(prompt), "max_tokens": opts.max_tokens,
                 "temperature": opts.temperature, "top_p": opts.top_p, "stream": True,

@@ -1,7 +1,7 @@
-"""What every backend's reply stream is made of: options, chunks, sampling, stop strings, errors.
+"""What every backend's reply stream is made of: options, chunks, stop strings, the count of replies in flight.
 
-Backend-neutral: the llama.cpp engine (llama_engine.py) and the torch engine (torch_engine.py) both
-build their replies from these."""
+Backend-neutral: the llama.cpp engine (llama_generate.py), the torch engine (torch_engine.py) and the gateway
+(openai_engine.py) build their replies from these. Drawing a token is roles/sampling.py's; errors are errors.py's."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Loading the base model for training: a llama-family GGUF or a Hugging Face folder, offline.
 
-transformers turns a GGUF into float weights and a fast tokenizer, which took 20 to 30 s for SmolLM2-135M on a
-Zen 3, half of it parsing the file three times (once now: ``_gguf_parsed_once``). The first load keeps the result
+transformers turns a GGUF into float weights and a fast tokenizer, slowly: it parses the file three times (once
+now: ``_gguf_parsed_once``). The first load keeps the result
 as a Hugging Face folder in the cache (``defaults.cache_root()/hf/<fingerprint>``: float32 safetensors, 540 MB for
 SmolLM2-135M), written once and atomically; every later bake, bake-role and eval loads that in under a second.
 The weights and the tokenizer are the very same: a test compares them with the conversion. bf16 is a cast of the
@@ -29,8 +29,7 @@ PRECISIONS = defaults.PRECISIONS
 
 def resolve_precision(precision: str) -> str:
     """"auto" is bf16 where the hardware computes in it (a CUDA GPU, or a CPU with AVX512-BF16 or AMX), else fp32.
-    Without those instructions torch emulates bf16: on a 2-core AMD EPYC (Zen 3) a training step on 4 x 200
-    tokens took 19-21 s in bf16 against 1.6-2.0 s in fp32."""
+    Without those instructions torch emulates bf16, about ten times slower than fp32 (docs/making-roles.md)."""
     if precision != "auto":
         if precision not in DTYPES:
             raise InputError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
@@ -108,12 +107,11 @@ def _load_gguf(ref: BaseModelRef, dtype, cache: bool):
 
 @contextlib.contextmanager
 def _gguf_parsed_once():
-    """transformers parses the GGUF three times (tokenizer, config, weights: 3.3 s each for SmolLM2, mostly its
-    49k vocabulary strings) and rebuilds gguf-py's tensor-name map once per module (397 times, 4.8 s). Within one
-    conversion both are pure functions of their arguments, so each is computed once: 7.5 s against 14.1 s on a
-    2-core Zen 5, every tensor torch.equal to transformers' own three-parse conversion and the same vocabulary,
-    chat template and token ids (measured when this was written; the tests check the result against llama.cpp:
-    the trainer's tokens against the daemon's, the torch engine's greedy reply against llama.cpp's). gguf-py's
+    """transformers parses the GGUF three times (tokenizer, config, weights; mostly its vocabulary strings) and
+    rebuilds gguf-py's tensor-name map once per module. Within one conversion both are pure functions of their
+    arguments, so each is computed once, with every tensor equal to transformers' own three-parse conversion and
+    the same vocabulary, chat template and token ids (the tests check the result against llama.cpp: the
+    trainer's tokens against the daemon's, the torch engine's greedy reply against llama.cpp's). gguf-py's
     functions are looked up at call time by transformers, so wrapping the module attributes is enough; the
     originals are put back."""
     import functools

@@ -31,7 +31,7 @@ from .. import defaults
 from .prompt import BEAT_ID_RE, EMOTIONS, Action
 
 MAX_TURN_CHARS = 2000
-MAX_TURNS = defaults.MAX_SCENE_TURNS  # turns one training scene may hold (not the memory's MAX_TURNS)
+MAX_SCENE_TURNS = defaults.MAX_SCENE_TURNS  # turns one training scene may hold
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ def parse_scene(obj: object, where: str) -> Scene:
     turns = obj.get("turns")
     if not isinstance(turns, list) or not turns:
         raise DialogueError(f"{where}: 'turns' must be a non-empty list of {{speaker, text}}")
-    if len(turns) > MAX_TURNS:
-        raise DialogueError(f"{where}: {len(turns)} turns; the limit is {MAX_TURNS} per scene (split the scene)")
+    if len(turns) > MAX_SCENE_TURNS:
+        raise DialogueError(f"{where}: {len(turns)} turns; the limit is {MAX_SCENE_TURNS} per scene (split the scene)")
     out = []
     for i, t in enumerate(turns):
         if not isinstance(t, dict) or not isinstance(t.get("speaker"), str) or not isinstance(t.get("text"), str):

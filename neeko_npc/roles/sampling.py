@@ -1,7 +1,8 @@
 """How a line's next token is drawn: the one sampler the daemon serves with and the eval measures with, and the
 contrast that pushes an NPC's voice away from the base model's before it draws.
 
-Numpy only (the serving side never imports torch); the engine's stream.py and the eval's attribution both call it.
+Numpy only (the serving side never imports torch); the llama.cpp generation loop (engine/llama_generate.py), the torch
+engine's batch and the eval's attribution all call it.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def cores() -> int:
 def default_threads() -> int:
     """--threads when none is given: half the cores, at least one, leaving the rest to the game beside it. ggml's
     threads spin while they wait for each other, so a server that asks for every core collapses when the game
-    holds one: `neeko-npc bench` (its section "Beside a game") measured it, README "Beside a game"."""
+    holds one: `neeko-npc bench` (its section "Beside a game") measured it, docs/results.md "Beside a game"."""
     return max(1, cores() // 2)
 
 

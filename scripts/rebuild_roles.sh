@@ -11,7 +11,7 @@ shift || true
 SRC=assets/roles/src
 mkdir -p "$OUT"
 rm -f "$OUT"/*.nrole
-# fp32, as the shipped files were baked: the same weights on every CPU, and no emulated bf16 (see the README)
+# fp32, as the shipped files were baked: the same weights on every CPU, and no emulated bf16 (docs/making-roles.md)
 neeko-npc bake "$SRC/blacksmith" "$SRC/innkeeper" "$SRC/guard_captain" "$SRC/hedge_witch" --out "$OUT" --seed 0 --precision fp32 \
   ${SET_FLAGS:-} "$@"
 neeko-npc bake-role --profile "$SRC/merchant/profile.json" --data "$SRC/merchant/lines.jsonl" --roles "$OUT" --seed 0 --precision fp32 "$@"

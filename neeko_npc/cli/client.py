@@ -39,7 +39,7 @@ def line_options(max_tokens: int, temperature: float | None, seed: int | None, c
 @main.command()
 @click.argument("npc_id")
 @click.argument("line", default="")
-@click.option("--scene", "scene_path", type=click.Path(exists=True, dir_okay=False), help="SceneContext JSON (see README).")
+@click.option("--scene", "scene_path", type=click.Path(exists=True, dir_okay=False), help="SceneContext JSON (docs/daemon.md).")
 @click.option("--session", default="", help="Conversation id: the daemon remembers earlier lines of this session.")
 @click.option("--max-tokens", default=0, type=click.IntRange(0), help="0: the daemon's default.")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None, help=f"Sampling temperature; 0 is greedy. Default: the daemon's ({D.TEMPERATURE}).")
@@ -120,7 +120,7 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, contra
 @click.option("--turns", default=0, type=click.IntRange(0), help=f"Turns to generate; 0: the daemon's default ({D.CONVERSE_TURNS}).")
 @click.option("--order", type=click.Choice(list(Order.ALL)), default=Order.ROUND_ROBIN, show_default=True,
               help="named_last: the NPC the last line named speaks next.")
-@click.option("--scene", "scene_path", type=click.Path(exists=True, dir_okay=False), help="SceneContext JSON (see README).")
+@click.option("--scene", "scene_path", type=click.Path(exists=True, dir_okay=False), help="SceneContext JSON (docs/daemon.md).")
 @click.option("--max-tokens", default=0, type=click.IntRange(0), help="Per turn; 0: the daemon's default.")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None, help=f"Sampling temperature; 0 is greedy. Default: the daemon's ({D.TEMPERATURE}).")
 @click.option("--seed", type=click.IntRange(0), default=None, help="Sampling seed, for a repeatable scene.")

@@ -67,7 +67,7 @@ def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, 
          precision, holdout, resume, quiet):
     """Pre-finetune: train several roles together, one LoRA block each.
 
-    Each ROLE_DIR holds profile.json and lines.jsonl (see README). Writes one
+    Each ROLE_DIR holds profile.json and lines.jsonl (docs/making-roles.md). Writes one
     ROLE_ID.nrole per role into --out and prints each role's held-out loss with
     and without its block.
     """

@@ -37,7 +37,7 @@ class LlamaEngine(Engine):
         log.info("llama.cpp's CPU backend is built for %s", " ".join(cpu_features()) or "no listed instruction set")
         if openmp_build():
             log.warning("llama.cpp was built with OpenMP: replies decode 3-4x slower once several request threads "
-                        "have decoded. Rebuild it with -DGGML_OPENMP=OFF (README, 'llama.cpp on CPUs ...').")
+                        "have decoded. Rebuild it with -DGGML_OPENMP=OFF (docs/troubleshooting.md).")
         self.store = SnapshotStore(self.config.snapshot_bytes) if self.config.snapshot_bytes > 0 else None
         self.pool = ContextPool(self.model, self.config.pool_size, self.config.n_ctx, self.config.n_threads,
                                 self.config.max_queue, self.store)

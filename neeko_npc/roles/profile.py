@@ -100,7 +100,7 @@ class RoleProfile:
         if missing:
             raise ProfileError(
                 f"{source}: missing field(s) {', '.join(missing)}; a profile needs id, name and persona "
-                "(see README: 'Role profile format')"
+                "(docs/making-roles.md: 'Role profile format')"
             )
         known = {"id", "name", "persona", "style", "knowledge", "example_lines"}
         extra = sorted(set(data) - known)

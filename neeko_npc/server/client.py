@@ -120,7 +120,7 @@ def describe_beats(chunk: pb.SayChunk) -> str:
 
 
 def load_npc_profile(path: str | Path, npc_id: str) -> pb.NpcProfile:
-    """A procedural NPC's profile from a role profile JSON or a Character Card V2 (README, 'Role profile
+    """A procedural NPC's profile from a role profile JSON or a Character Card V2 (docs/making-roles.md, 'Role profile
     format'). The id may be left out; if given, it must be ``npc_id``."""
     from ..roles.profile import RoleProfile
 

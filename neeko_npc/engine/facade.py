@@ -35,7 +35,7 @@ from ..roles.beats import BeatHead, BeatJob
 from ..roles.profile import RoleProfile
 from ..roles.prompt import BeatAsk, ChatTemplate, SceneInfo, beat_messages, build_messages
 from .converse import Conversations
-from .limits import Limits, clean, clean_profile, clean_scene, fewest_dropped
+from .limits import Limits, check_procedural, clean, clean_profile, clean_scene, fewest_dropped
 from .memory import Memory, Sessions
 from .roleset import ReloadResult, RoleSet, Roster, ServedRole, adapter_key, known_roles
 from .snapshots import common_prefix
@@ -256,8 +256,7 @@ class Engine(Conversations, Sessions, abc.ABC):
             raise PoolBusy("the daemon is shutting down")
         scene = scene or SceneInfo()
         opts = self._contrast(self.limits.check_say(npc_id, session, player_line, scene, opts or GenOptions()))
-        if (blend is None) != (profile is None):
-            raise InvalidBlend("a procedural NPC needs both a blend and a profile")
+        check_procedural(blend, profile)
         if blend is not None and not self.abilities.blends:
             raise InvalidBlend(self.lacking("blends"))
         if profile is not None:

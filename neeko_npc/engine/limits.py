@@ -15,10 +15,16 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from .. import defaults
-from ..errors import BadRequest
+from ..errors import BadRequest, InvalidBlend
 from ..roles.profile import ROLE_ID_RE, RoleProfile
 from ..roles.prompt import BEAT_ID_RE, EMOTIONS, Action, BeatAsk, SceneInfo
 from .stream import GenOptions
+
+
+def check_procedural(blend, profile) -> None:
+    """The one rule for a procedural NPC: it names both a blend and a profile, a hosted role neither."""
+    if (blend is None) != (profile is None):
+        raise InvalidBlend("a procedural NPC needs both `profile` and `blend`; for a hosted role, leave both empty")
 
 
 @dataclass

@@ -10,7 +10,8 @@ import time
 import grpc
 
 from .. import defaults
-from ..errors import BadRequest, Kind, NeekoError
+from ..errors import Kind, NeekoError
+from ..engine.limits import check_procedural
 from ..engine.stream import GenOptions
 from ..roles.prompt import EMOTIONS, Action, BeatAsk, SceneInfo
 from ..v1 import dialogue_pb2 as pb
@@ -103,14 +104,14 @@ class DialogueService(pb_grpc.DialogueServicer):
 
     @staticmethod
     def _procedural(engine, req: pb.SayRequest):
-        """The blend and profile of a procedural NPC, or (None, None) for a hosted role."""
-        if not req.blend and not req.HasField("profile"):
+        """The blend and profile of a procedural NPC, or (None, None) for a hosted role (the rule is the engine's,
+        checked before the profile is read)."""
+        blend = [(w.role_id, w.weight) for w in req.blend] or None
+        p = req.profile if req.HasField("profile") else None
+        check_procedural(blend, p)
+        if p is None:
             return None, None
-        if not req.blend or not req.HasField("profile"):
-            raise BadRequest("a procedural NPC needs both `profile` and `blend`; for a hosted role, leave both empty")
-        p = req.profile
-        profile = engine.limits.profile(req.npc_id, p.name, p.persona, p.style, p.knowledge, list(p.example_lines))
-        return [(w.role_id, w.weight) for w in req.blend], profile
+        return blend, engine.limits.profile(req.npc_id, p.name, p.persona, p.style, p.knowledge, list(p.example_lines))
 
     # -- rpcs --------------------------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
-"""Small builders shared by tests: synthetic role assets for a given base shape."""
+"""Small builders shared by tests: synthetic role assets for a given base shape, and gRPC call helpers."""
 
+import grpc
 import numpy as np
+import pytest
 
 from neeko_npc.roles.asset import BaseInfo, FusionRef, GateSettings, LoraBlock, RoleAsset
 from neeko_npc.roles.beats import BeatHead, Classifier
@@ -43,3 +45,16 @@ def block_asset(rid, base=TINY_BASE, seed=0, beats=False, **kw):
 def fusion_asset(rid, refs, base=TINY_BASE):
     return RoleAsset(profile=RoleProfile(id=rid, name=rid.title(), persona="fused"), embedding=np.ones(16, np.float32) / 4,
                      base=base, fusion=[FusionRef(a.id, a.sha256, w) for a, w in refs])
+
+
+def code_of(fn):
+    """The status code and details of the gRPC error ``fn()`` raises (it must raise one)."""
+    with pytest.raises(grpc.RpcError) as e:
+        fn()
+    return e.value.code(), e.value.details()
+
+
+def collect(call):
+    """A streamed reply's whole text and its chunks."""
+    chunks = list(call)
+    return "".join(c.text for c in chunks), chunks

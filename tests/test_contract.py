@@ -21,6 +21,7 @@ from neeko_npc.server.app import Daemon, ServerConfig
 from neeko_npc.server.client import Client
 from neeko_npc.v1 import dialogue_pb2 as pb
 
+from .helpers import code_of, collect
 from .scripted import ScriptedEngine, write_roles
 
 TOKEN = "s3cret"
@@ -35,15 +36,6 @@ def start(roles_dir, make=None, token=TOKEN, **config) -> Daemon:
     return d
 
 
-def code_of(fn):
-    with pytest.raises(grpc.RpcError) as e:
-        fn()
-    return e.value.code(), e.value.details()
-
-
-def collect(call):
-    chunks = list(call)
-    return "".join(c.text for c in chunks), chunks
 
 
 @pytest.fixture(scope="module")

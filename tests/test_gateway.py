@@ -25,6 +25,7 @@ from neeko_npc.server.client import Client
 from neeko_npc.v1 import dialogue_pb2 as pb
 
 from .conftest import run
+from .helpers import code_of, collect
 
 ROLES = Path(__file__).resolve().parent.parent / "assets" / "roles"
 UPSTREAM_NPCS = ("blacksmith", "young_guard")  # the upstream's aliases; merchant is hosted here but not there
@@ -38,15 +39,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def code_of(fn):
-    with pytest.raises(grpc.RpcError) as e:
-        fn()
-    return e.value.code(), e.value.details()
-
-
-def collect(call):
-    chunks = list(call)
-    return "".join(c.text for c in chunks), chunks
 
 
 @pytest.fixture(scope="module")

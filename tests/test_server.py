@@ -19,6 +19,8 @@ from neeko_npc.server.app import Daemon, ServerConfig
 from neeko_npc.server.client import Client
 from neeko_npc.v1 import dialogue_pb2 as pb
 
+from .helpers import code_of, collect
+
 pytestmark = pytest.mark.slow  # the real model
 
 GREEDY = dict(temperature=0.0, max_tokens=24)
@@ -53,15 +55,6 @@ def client(daemon):
     c.close()
 
 
-def collect(call):
-    chunks = list(call)
-    return "".join(c.text for c in chunks), chunks
-
-
-def code_of(fn):
-    with pytest.raises(grpc.RpcError) as e:
-        fn()
-    return e.value.code(), e.value.details()
 
 
 def test_stubs_are_fresh():

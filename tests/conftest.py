@@ -36,7 +36,7 @@ def gguf_base(private_cache):
     (test_real_model compares the two)."""
     import logging
 
-    from neeko_npc.neeko.base import COMPLETE, float_cache_dir, load_for_training
+    from neeko_npc.neeko.load_base import COMPLETE, float_cache_dir, load_for_training
     from neeko_npc.roles.base_model import resolve_base_model
 
     ref = resolve_base_model(None)

@@ -303,7 +303,7 @@ def test_fusions_that_reference_each_other_or_missing_roles_are_skipped(good_fil
 
     rs = RoleSet(tmp_path, TINY_BASE, Handles())
     res = rs.reload()
-    assert sorted(rs.snapshot.roles) == ["bard", "knight", "smith"]
+    assert sorted(rs.roster.roles) == ["bard", "knight", "smith"]
     problems = {p.rsplit("/", 1)[-1]: e for p, e in res.problems.items()}
     assert set(problems) == {"squire.nrole", "ping.nrole", "pong.nrole", "haunted.nrole"}
     assert "fused role 'knight'; a fusion mixes trained blocks only" in problems["squire.nrole"]

@@ -39,7 +39,7 @@ def neeko_from(model, assets):
 def test_the_float_copy_of_a_gguf_base_is_the_gguf_exactly(gguf_base):
     """The session's first load found a damaged float copy, warned and converted the GGUF again; the copy it kept
     holds the very weights and tokenizer the GGUF converts to, and bf16 is the same cast either way."""
-    from neeko_npc.neeko.base import load_for_training
+    from neeko_npc.neeko.load_base import load_for_training
 
     from neeko_npc.roles.gguf_file import GGUFFile
 

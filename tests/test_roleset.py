@@ -36,14 +36,14 @@ def roles(tmp_path):
 
 
 def served(rs):
-    return {rid: r.weights for rid, r in rs.snapshot.roles.items()}
+    return {rid: r.weights for rid, r in rs.roster.roles.items()}
 
 
 def test_a_trained_npc_speaks_with_its_own_block_whatever_else_is_loaded(roles, tmp_path):
     before = served(roles)
     assert before == {"smith": {"smith": 1.0}, "bard": {"bard": 1.0}, "knight": {"smith": 0.75, "bard": 0.25}}
     twin = block_asset("smith_twin", seed=2)
-    twin.embedding = roles.snapshot.roles["smith"].asset.embedding.copy()  # the very same profile embedding
+    twin.embedding = roles.roster.roles["smith"].asset.embedding.copy()  # the very same profile embedding
     write_asset(twin, tmp_path / "smith_twin.nrole")
     roles.reload()
     assert served(roles) == {**before, "smith_twin": {"smith_twin": 1.0}}
@@ -74,4 +74,4 @@ def test_a_bad_blend_pins_nothing(roles):
             roles.acquire("villager_1", blend, ada, limit)
     with pytest.raises(InvalidBlend, match="'smith' is a hosted role"):
         roles.acquire("smith", [("bard", 1.0)], ada)
-    assert all(a.users == 0 for a in roles.snapshot.adapters.values())
+    assert all(a.users == 0 for a in roles.roster.adapters.values())

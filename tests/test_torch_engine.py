@@ -24,7 +24,7 @@ LINE = "What do you do all day?"
 def f32_setup(baked, gguf_base, tmp_path_factory):
     """The same float weights twice: the float copy of SmolLM2 the trainer keeps (a Hugging Face folder, for torch)
     and an f32 GGUF of the same dequantized tensors (for llama.cpp), with the baked roles re-stamped for each."""
-    from neeko_npc.neeko.base import float_cache_dir
+    from neeko_npc.neeko.load_base import float_cache_dir
 
     root = tmp_path_factory.mktemp("f32")
     gguf = write_f32_copy(default_model_path(), root / "smollm2-f32.gguf")

@@ -132,7 +132,7 @@ def test_the_loss_on_labelled_tokens_only_is_the_models_own_loss():
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, tmp_path):
     from neeko_npc.errors import InputError
-    from neeko_npc.neeko import base
+    from neeko_npc.neeko import load_base as base
 
     assert base.resolve_precision("fp32") == "fp32" and base.resolve_precision("bf16") == "bf16"
     with pytest.raises(InputError, match="choose from auto, fp32, bf16"):

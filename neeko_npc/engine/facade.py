@@ -189,10 +189,10 @@ class Engine(Conversations, Sessions, abc.ABC):
         return self.config.limits
 
     def roles(self) -> Roster:
-        return self.roleset.snapshot
+        return self.roleset.roster
 
     def role(self, npc_id: str) -> ServedRole:
-        snap = self.roleset.snapshot
+        snap = self.roleset.roster
         served = snap.roles.get(npc_id)
         if served is None:
             raise UnknownRole(f"no NPC {npc_id!r}; known: {known_roles(snap)}")

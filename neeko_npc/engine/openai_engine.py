@@ -193,7 +193,7 @@ class OpenAIEngine(Engine):
         except NeekoError as exc:  # any expected failure, an overloaded upstream (UpstreamBusy) included
             log.warning("%s", exc)
             return f"upstream: not answering yet ({exc})"
-        hosted = sorted(self.roleset.snapshot.roles)
+        hosted = sorted(self.roleset.roster.roles)
         missing = [r for r in hosted if r not in listed]
         return (f"upstream: lists {len(listed)} model(s); {len(hosted) - len(missing)} of {len(hosted)} hosted NPC(s) "
                 "among them" + (f" (not yet: {', '.join(missing[:8])})" if missing else ""))

@@ -12,7 +12,7 @@ resolves to (adapters, scales), and which other roles are loaded never enters it
   changed is reported as a problem and not served);
 * a procedural NPC (no file): the blend its request names, over hosted roles.
 
-``reload`` swaps in a new snapshot atomically; a stream in flight keeps the
+``reload`` swaps in a new roster atomically; a stream in flight keeps the
 adapters it started with, and an adapter is freed only once no request uses it.
 """
 
@@ -82,9 +82,9 @@ class RoleSet:
         self.roles_dir = Path(roles_dir)
         self.base = base
         self.backend = backend
-        self._lock = threading.Lock()  # guards snapshot swaps and adapter refcounts
+        self._lock = threading.Lock()  # guards roster swaps and adapter refcounts
         self._reload_lock = threading.Lock()  # one reload at a time
-        self._snap = Roster()
+        self._roster = Roster()
         self._by_sha: dict[str, Adapter] = {}
         self._seen: dict[str, tuple[int, int]] = {}  # file -> (mtime_ns, size) at the last scan
 
@@ -107,7 +107,7 @@ class RoleSet:
             return self._reload()
 
     def _reload(self) -> ReloadResult:
-        old = self._snap
+        old = self._roster
         seen = file_stamps(self.roles_dir)  # stamped before reading: a later change triggers another reload
         loaded, errors = load_role_assets(self.roles_dir, self.base)
         problems = {e.path: str(e) for e in errors}
@@ -135,7 +135,7 @@ class RoleSet:
         for path, err in problems.items():
             log.warning("skipped role file: %s", err)
         with self._lock:
-            self._snap = new
+            self._roster = new
             self._seen = seen
             live = {a.sha256 for a in new.adapters.values()}
             for sha, ad in list(self._by_sha.items()):
@@ -146,7 +146,7 @@ class RoleSet:
                     if retire is not None:
                         retire(sha)  # e.g. drop the KV snapshots computed under it
                     self._maybe_free(ad)
-        # The retired adapters of the old snapshot are freed when their last user releases them.
+        # The retired adapters of the old roster are freed when their last user releases them.
         added = sorted(set(new.roles) - set(old.roles))
         removed = sorted(set(old.roles) - set(new.roles))
         changed = sorted(r for r in set(new.roles) & set(old.roles) if new.roles[r].asset.sha256 != old.roles[r].asset.sha256)
@@ -160,8 +160,8 @@ class RoleSet:
     # -- serving -----------------------------------------------------------------
 
     @property
-    def snapshot(self) -> Roster:
-        return self._snap
+    def roster(self) -> Roster:
+        return self._roster
 
     def acquire(self, npc_id: str, blend: list[tuple[str, float]] | None = None, profile: RoleProfile | None = None,
                 max_blend: int = defaults.TOP_K) -> tuple[Voice, list[Adapter], list[float]]:
@@ -171,7 +171,7 @@ class RoleSet:
         ``profile`` with a mix of hosted roles (a fused role counts as the blocks it mixes); at most
         ``max_blend`` roles may be named and at most ``max_blend`` blocks may result."""
         with self._lock:
-            snap = self._snap
+            snap = self._roster
             if blend is None:
                 role = snap.roles.get(npc_id)
                 if role is None:

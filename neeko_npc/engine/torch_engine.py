@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..neeko.base import load_for_training
+from ..neeko.load_base import load_for_training
 from ..neeko.model import NeekoLoRA
 from ..roles.asset import RoleAsset
 from ..roles.base_model import base_info, resolve_base_model

@@ -23,7 +23,7 @@ from ..roles.base_model import BaseModelRef, base_info
 from ..roles.dialogue import Scene, data_hash, load_scenes, split_holdout
 from ..roles.folder import load_role_assets
 from ..roles.profile import RoleProfile, load_profile
-from .base import resolve_precision
+from .load_base import resolve_precision
 from .beat_head import bake_head
 from .data import Example, encode_lines, encode_scene
 from .embed import MODEL_NAME, embed_texts
@@ -97,7 +97,7 @@ def _encode(tok, src: RoleSource, scenes: list[Scene], max_len: int) -> list[Exa
 
 
 def _load(base_ref: BaseModelRef, lora: LoraConfig):
-    from .base import load_for_training
+    from .load_base import load_for_training
 
     model, tok = load_for_training(base_ref, lora.precision)
     return model, tok

@@ -35,7 +35,7 @@ from .attribution import (CentroidClassifier, accuracy, generate_replies, hits_b
                           repeats, reply_nll, role_lines)
 from .intervals import LEVEL, bootstrap_accuracy, loss_difference, perplexity, separated
 from .bake import RoleSource
-from .base import resolve_precision
+from .load_base import resolve_precision
 from .data import encode_lines, encode_scene
 from ..roles.gate import fusion_weights
 from .model import NeekoLoRA
@@ -95,7 +95,7 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
              progress: bool = True) -> EvalReport:
     from tqdm.auto import tqdm
 
-    from .base import load_for_training
+    from .load_base import load_for_training
 
     if not progress:
         from transformers.utils import logging as hf_logging

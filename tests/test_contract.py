@@ -36,8 +36,6 @@ def start(roles_dir, make=None, token=TOKEN, **config) -> Daemon:
     return d
 
 
-
-
 @pytest.fixture(scope="module")
 def roles_dir(tmp_path_factory):
     return write_roles(tmp_path_factory.mktemp("roles"))

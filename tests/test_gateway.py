@@ -39,8 +39,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-
-
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "gguf"

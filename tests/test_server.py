@@ -55,8 +55,6 @@ def client(daemon):
     c.close()
 
 
-
-
 def test_stubs_are_fresh():
     from neeko_npc.protogen import stale
 

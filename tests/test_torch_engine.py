@@ -198,4 +198,3 @@ def test_grpc_service_on_the_torch_engine(torch_engine, solo):
     finally:
         d.stop(0)
     assert torch_engine.busy() == 0 and torch_engine._closing  # the daemon drained and closed it
-

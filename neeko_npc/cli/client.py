@@ -104,8 +104,9 @@ def say(npc_id, line, scene_path, session, max_tokens, temperature, seed, contra
                 click.echo(text, nl=False)
                 sys.stdout.flush()
             click.echo("")
-        if last is not None and describe_beats(last):
-            click.echo(describe_beats(last))
+        beat = describe_beats(last) if last is not None else ""
+        if beat:
+            click.echo(beat)
         if stats and last is not None:
             w = ", ".join(f"{x.role_id} {x.weight:.2f}" for x in last.role_weights)
             click.echo(f"[{last.completion_tokens} tokens, prompt {last.prompt_tokens} ({last.cached_prompt_tokens} cached, "

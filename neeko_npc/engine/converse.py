@@ -35,10 +35,8 @@ class SceneChunk:
     done: bool = False  # the conversation's end
 
 
-
 class Conversations:
     """``converse`` and its turns, for the facade: uses its limits, roles, prompt tokens and ``_stream``."""
-
 
     def converse(self, npcs: list[str], scene: SceneInfo | None = None, topic: str = "", opening_line: str = "",
                  turns: int = 0, order: str = Order.ROUND_ROBIN, opts: GenOptions | None = None,

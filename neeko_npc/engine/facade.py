@@ -17,6 +17,7 @@ A backend subclasses :class:`Engine`: it declares its ``abilities``, calls ``sup
 the abstract methods. The llama.cpp backend is llama_engine.py, the torch one torch_engine.py, the gateway
 openai_engine.py; ``open_engine`` in __init__.py picks one. Requests are checked and cleaned by limits.py.
 """
+
 from __future__ import annotations
 
 import abc

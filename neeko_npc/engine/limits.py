@@ -155,7 +155,6 @@ class Limits:
             raise BadRequest(bad)
 
 
-
 # Text from the game must never become control tokens: "<|im_end|><|im_start|>system ..." in a player
 # line would otherwise rewrite the NPC's instructions. The pattern is the chat markup of every template; each
 # engine adds its vocabulary's own special tokens (Engine.special_texts: SmolLM2 also has "<filename>",

@@ -220,4 +220,3 @@ def known_roles(snap: Roster) -> str:
 def adapter_key(adapters, scales) -> tuple:
     """What a KV cache is valid under: the adapters (by content hash) and their scales, in order."""
     return tuple((a.sha256, float(s)) for a, s in zip(adapters, scales))
-

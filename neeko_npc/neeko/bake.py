@@ -254,4 +254,3 @@ def fuse(base_ref: BaseModelRef, roles_dir: Path, profile: RoleProfile, out_path
     out_path = out_path or roles_dir / f"{profile.id}{SUFFIX}"
     write_asset(asset, out_path)
     return asset, out_path
-

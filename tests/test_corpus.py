@@ -1,8 +1,8 @@
-"""The outside corpus's converter (roles/play.py): a play's script in, role sources the bake reads out."""
+"""The outside corpus's converter (scripts/outside_corpus.py): a play's script in, role sources the bake reads out."""
 
 from neeko_npc.roles.dialogue import load_scenes
-from neeko_npc.roles.play import parse_play, role_sources, write_role_sources
 from neeko_npc.roles.profile import load_profile
+from scripts.outside_corpus import parse_play, role_sources, write_role_sources
 
 PLAY = """# The Test
 

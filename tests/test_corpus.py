@@ -2,7 +2,8 @@
 
 from neeko_npc.roles.dialogue import load_scenes
 from neeko_npc.roles.profile import load_profile
-from scripts.outside_corpus import parse_play, role_sources, write_role_sources
+from scripts.outside_corpus import (OFFICE_WORK, office_cast, office_speeches, parse_play, role_sources,
+                                    write_role_sources)
 
 PLAY = """# The Test
 
@@ -69,3 +70,28 @@ def test_role_sources_keep_only_the_plays_own_words_and_read_back(tmp_path):
     assert load_profile(tmp_path / "witch" / "profile.json") == profile
     scenes = load_scenes(tmp_path / "witch" / "lines.jsonl", "witch")
     assert [sc.npc_lines("witch") for sc in scenes] == [1, 1, 1]
+
+
+def _row(episode, character, text, season="01", name="Pilot"):
+    return {"season": season, "episode": episode, "episode_name": name, "character": character, "text": text}
+
+
+def test_a_transcript_table_becomes_speeches_whose_context_never_crosses_an_episode():
+    rows = [_row("01", "Michael", "Any messages?"), _row("01", "Pam", "Uh, yeah.  Just a fax."),
+            _row("01", "Jim", "   "),  # an empty line is no speech
+            _row("02", "Pam", "Dunder Mifflin, this is Pam.", name="Diversity Day"),
+            _row("02", "Michael", "Pam, get in here, there is a fax for you.", name="Diversity Day"),
+            _row("02", "Pam", "I will be right there, Michael.", name="Diversity Day")]
+    speeches = office_speeches(rows)
+    assert [(s.speaker, s.text) for s in speeches][:2] == [("Michael", "Any messages?"), ("Pam", "Uh, yeah. Just a fax.")]
+    assert len(speeches) == 5 and speeches[2].scene == "Diversity Day (season 1, episode 2)"
+    assert office_cast(speeches, 1) == ["Pam"]  # three lines against two: the cast is counted, not chosen
+
+    profile, records = role_sources("The Office", speeches, "Pam", "pam", max_lines=2, min_words=2,
+                                    example_lines=1, work=OFFICE_WORK)
+    assert records[0]["turns"][0] == {"speaker": "Michael", "text": "Any messages?"}
+    # the episode's first line has no context: the line before it belongs to another episode
+    assert records[1] == {"scene": "The Office, Diversity Day (season 1, episode 2)",
+                          "turns": [{"speaker": "pam", "text": "Dunder Mifflin, this is Pam."}]}
+    assert profile.persona == "Pam, a character in the American TV series The Office."
+    assert profile.example_lines == ["I will be right there, Michael."]

@@ -105,7 +105,7 @@ class Prepared:
 LACKING = {
     "contrast": "the {name} engine cannot contrast a line with its base model (it sees no base logits); use contrast 0, "
                 "or serve with --engine llama.cpp or torch",
-    "beats": "the {name} engine does not score beats yet; serve with --engine llama.cpp",
+    "beats": "the {name} engine does not score beats; serve with --engine llama.cpp or torch",
     "prompt_cache": "the {name} engine keeps no prompt cache",
     "blends": "the {name} engine cannot mix blocks at request time (it serves one adapter per NPC): bake the mix as a "
               "fused role (`neeko-npc bake-role --fuse`), export it with `neeko-npc export --all` for the upstream, "

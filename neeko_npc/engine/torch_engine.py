@@ -6,6 +6,11 @@ them, each row under its own gate weights (the block LoRA takes weights per
 row). This is static batching: a request that arrives while a batch runs waits
 for the next one. A batch with a contrasted row (GenOptions.contrast) also runs the base
 model alone over the same tokens, on a cache of its own. Needs the ``[train]`` extra (torch, transformers).
+
+Beats (roles/beats.py) as the llama.cpp engine gives them: each forward keeps every row's final-norm state at its
+last token, so a role's learned head reads the state of the line's last token for free. An ask the head does not
+cover takes the beat question, scored by :class:`TorchScorer` under the row's gate weights while the rest of the
+batch waits.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ..neeko.model import NeekoLoRA
 from ..roles.asset import RoleAsset
 from ..roles.base_model import base_info, resolve_base_model
 from ..roles.prompt import ChatTemplate
+from ..roles.beats import BeatJob, choose, continuation_logprob
 from ..roles.sampling import contrasted, sample
 from .facade import Abilities, Engine, EngineConfig, contrasted_line
 from ..protocol import Finish
@@ -68,8 +74,13 @@ class _Request:
     scales: list[float]
     opts: GenOptions
     stop: Callable[[], bool]
+    beats: BeatJob | None = None
     out: "queue.Queue[Chunk | BaseException]" = field(default_factory=queue.Queue)
     closed: bool = False  # the consumer dropped the stream: stop its row at the next token
+
+    @property
+    def learned(self) -> bool:
+        return self.beats is not None and self.beats.learned
 
 
 class BatchScheduler:
@@ -139,18 +150,27 @@ class BatchScheduler:
         contrast = any(contrasted_rows)  # then the base model's logits too, on a cache of its own
 
         def forward(gate, **step):
+            """(cache, logits, final-norm states) at each row's last token."""
             with e.lock, e.neeko.gate(gate):
-                out = e.model(attention_mask=mask.to(e.device), position_ids=pos.to(e.device), use_cache=True, **step)
-            return _cache(out), out.logits[:, -1].float().cpu().numpy()
+                out = e.model.base_model(attention_mask=mask.to(e.device), position_ids=pos.to(e.device),
+                                         use_cache=True, **step)
+                h = out.last_hidden_state[:, -1]
+                logits = e.model.lm_head(h)
+            return _cache(out), logits.float().cpu().numpy(), h.float().cpu().numpy()
 
-        past, logits = forward(w, input_ids=ids.to(e.device))
-        base_past, base_logits = forward(None, input_ids=ids.to(e.device)) if contrast else (None, None)
-        rows = [dict(gen=[], text=TextStream(r.opts.stop), rng=np.random.default_rng(r.opts.seed), done=False) for r in reqs]
+        past, logits, hidden = forward(w, input_ids=ids.to(e.device))
+        base_past, base_logits, _ = forward(None, input_ids=ids.to(e.device)) if contrast else (None, None, None)
+        rows = [dict(gen=[], text=TextStream(r.opts.stop), rng=np.random.default_rng(r.opts.seed), done=False,
+                     decoded=0, pending="") for r in reqs]
         step = 0
         while True:
             nxt = []
             for i, (r, row) in enumerate(zip(reqs, rows)):
                 if row["done"]:
+                    nxt.append(e.pad_id)
+                    continue
+                if row["pending"]:  # the line's last token is now decoded: its state is the line's
+                    self._end(r, row, row["pending"], hidden[i], w[i])
                     nxt.append(e.pad_id)
                     continue
                 finish = ""
@@ -176,10 +196,10 @@ class BatchScheduler:
                         r.out.put(Chunk(delta, completion_tokens=len(row["gen"])))
                     if not finish and (len(row["gen"]) >= r.opts.max_tokens or L + step + 1 >= e.config.n_ctx):
                         finish = Finish.LENGTH
-                if finish:
-                    row["done"] = True
-                    r.out.put(Chunk(row["text"].rest(), done=True, finish=finish, completion_tokens=len(row["gen"]),
-                                    prompt_tokens=len(r.prompt)))
+                if finish == Finish.LENGTH and r.learned and L + step + 1 < e.config.n_ctx:
+                    row["pending"] = finish  # decode the line's last token first, as llama.cpp does
+                elif finish:
+                    self._end(r, row, finish, hidden[i], w[i])
                 nxt.append(tok)
             if all(row["done"] for row in rows):
                 return
@@ -187,9 +207,57 @@ class BatchScheduler:
             mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], 1)
             pos = pos[:, -1:] + 1
             step_ids = torch.tensor(nxt)[:, None].to(e.device)
-            past, logits = forward(w, input_ids=step_ids, **{e.cache_kwarg: past})
+            past, logits, hidden = forward(w, input_ids=step_ids, **{e.cache_kwarg: past})
+            for row in rows:
+                if not row["done"]:
+                    row["decoded"] = len(row["gen"])
             if contrast:
-                base_past, base_logits = forward(None, input_ids=step_ids, **{e.cache_kwarg: base_past})
+                base_past, base_logits, _ = forward(None, input_ids=step_ids, **{e.cache_kwarg: base_past})
+
+    def _end(self, r: _Request, row: dict, finish: str, h: np.ndarray, weights: torch.Tensor) -> None:
+        """The row's last chunk, with its beat when one was asked and the line ended: from the role's head on the
+        state of the line's last decoded token where it covers the ask, else the beat question (TorchScorer)."""
+        row["done"] = True
+        emotion = action = None
+        if r.beats is not None and finish in Finish.ENDED:
+            if r.learned and row["decoded"]:
+                emotion, action = r.beats.head.choose(h, r.beats.ask)
+            else:
+                scorer = TorchScorer(self.engine, weights)
+                logits = scorer.extend(r.beats.prompt_for(row["text"].text.strip()))
+                emotion, action = choose(scorer, logits, r.beats)
+        r.out.put(Chunk(row["text"].rest(), done=True, finish=finish, completion_tokens=len(row["gen"]),
+                        prompt_tokens=len(r.prompt), emotion=emotion, action=action))
+
+
+class TorchScorer:
+    """beats.Scorer on the torch model under one row's gate weights. It keeps no cache: each call reads its
+    tokens from the start (the continuations in one right-padded batch; a causal model never looks at the padding
+    after a row), so a beat question costs a few forwards over the beat prompt."""
+
+    def __init__(self, engine: "TorchEngine", weights: torch.Tensor):
+        self.engine, self.weights, self.tokens = engine, weights, []
+
+    @torch.no_grad()
+    def _logits(self, seqs: list[list[int]], start: int) -> np.ndarray:
+        """Logits after each position from ``start`` on, (rows, positions, vocab)."""
+        e = self.engine
+        n = max(len(s) for s in seqs)
+        ids = torch.tensor([s + [e.pad_id] * (n - len(s)) for s in seqs], device=e.device)
+        with e.lock, e.neeko.gate(self.weights[None].expand(len(seqs), -1)):
+            h = e.model.base_model(input_ids=ids).last_hidden_state[:, start:]
+            return e.model.lm_head(h).float().cpu().numpy()
+
+    def extend(self, tokens: list[int]) -> np.ndarray:
+        self.tokens = self.tokens + list(tokens)
+        return check_finite(self._logits([self.tokens], len(self.tokens) - 1)[0, 0])
+
+    def continuations(self, logits: np.ndarray, conts: list[list[int]]) -> list[float]:
+        held = len(self.tokens)
+        branches = [c for c in conts if len(c) > 1]
+        rows = iter(self._logits([self.tokens + c[:-1] for c in branches], held) if branches else [])
+        return [continuation_logprob(logits, check_finite(next(rows)[:len(c) - 1]) if len(c) > 1 else None, c)
+                for c in conts]
 
 
 def _cache(out):
@@ -198,7 +266,7 @@ def _cache(out):
 
 class TorchEngine(Engine):
     name = "torch"
-    abilities = Abilities(contrast=True)
+    abilities = Abilities(contrast=True, beats=True)
 
     def __init__(self, roles_dir: str | Path, base_model: str | None = None, config: EngineConfig | None = None,
                  device: str | None = None, precision: str = "fp32"):
@@ -231,8 +299,11 @@ class TorchEngine(Engine):
             ids = [self.tok.bos_token_id] + ids
         return ids
 
+    def piece_tokens(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
     def _stream(self, adapters, scales, key, prompt, opts, stop, deadline, beats=None, npc=""):
-        req = _Request(prompt, [a.handle for a in adapters], list(scales), opts, stop)
+        req = _Request(prompt, [a.handle for a in adapters], list(scales), opts, stop, beats)
         self.batcher.submit(req)
 
         def chunks():

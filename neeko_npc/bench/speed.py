@@ -140,10 +140,13 @@ def concurrency(target, roles: list[str], levels: list[int], per_stream: int, ma
 def beat_cost(target, roles: list[str], reps: int, max_tokens: int = 24, progress=None) -> dict:
     """What a beat adds to a line: the same greedy line without a beat, with a learned one (the NPC's own head:
     every beat it learned) and with the question (7 emotions, 3 actions no role learned), in turns, each from the
-    same cached state (the NPC's prompt already held). Time to the last chunk, which carries the beat."""
+    same cached state (the NPC's prompt already held). Time to the last chunk, which carries the beat. What a
+    beat adds is the median over rounds of each round's difference from its own line without one (the rounds'
+    NPCs and lines differ, and a fused NPC has no learned beat, so unpaired medians would compare other lines)."""
     from .targets import BENCH_BEATS
 
     plain, asked, learned, errors, same = [], [], [], [], True
+    asked_extra, learned_extra = [], []  # each round's beat time minus its own line's
     for i in range(reps):
         npc = roles[i % len(roles)]
         line = OPENING[i % len(OPENING)]
@@ -159,12 +162,16 @@ def beat_cost(target, roles: list[str], reps: int, max_tokens: int = 24, progres
                 errors.append(f"{npc}: beat {x.beat} is not among the candidates asked")
             same = same and x.text == got[0][0].text
             into.append(x.total)
+        asked_extra.append(got[1][0].total - got[0][0].total)
+        if own:
+            learned_extra.append(got[2][0].total - got[0][0].total)
         if progress:
             progress()
     p, q, r = summary(plain, 1000), summary(asked, 1000), summary(learned, 1000)
+    qx, rx = summary(asked_extra, 1000), summary(learned_extra, 1000)
     return {"emotions": len(BENCH_BEATS.emotions), "actions": len(BENCH_BEATS.actions), "max_tokens": max_tokens,
-            "line_ms": p, "with_beats_ms": q, "extra_ms": q.get("p50", 0) - p.get("p50", 0) if plain else None,
-            "with_learned_ms": r, "learned_extra_ms": r.get("p50", 0) - p.get("p50", 0) if learned else None,
+            "line_ms": p, "with_beats_ms": q, "extra": qx, "extra_ms": qx.get("p50") if plain else None,
+            "with_learned_ms": r, "learned_extra": rx, "learned_extra_ms": rx.get("p50") if learned else None,
             "same_lines": same, "errors": errors}
 
 

@@ -31,8 +31,8 @@ from ..neeko.load_base import load_for_training
 from ..neeko.model import NeekoLoRA
 from ..roles.asset import RoleAsset
 from ..roles.base_model import base_info, resolve_base_model
-from ..roles.prompt import ChatTemplate
 from ..roles.beats import BeatJob, choose, continuation_logprob
+from ..roles.prompt import ChatTemplate
 from ..roles.sampling import contrasted, sample
 from .facade import Abilities, Engine, EngineConfig, contrasted_line
 from ..protocol import Finish
@@ -224,8 +224,12 @@ class BatchScheduler:
                 emotion, action = r.beats.head.choose(h, r.beats.ask)
             else:
                 scorer = TorchScorer(self.engine, weights)
-                logits = scorer.extend(r.beats.prompt_for(row["text"].text.strip()))
-                emotion, action = choose(scorer, logits, r.beats)
+                try:
+                    logits = scorer.extend(r.beats.prompt_for(row["text"].text.strip()))
+                    emotion, action = choose(scorer, logits, r.beats)
+                except NonFiniteLogits as exc:  # this row's question failed; the batch goes on
+                    r.out.put(exc)
+                    return
         r.out.put(Chunk(row["text"].rest(), done=True, finish=finish, completion_tokens=len(row["gen"]),
                         prompt_tokens=len(r.prompt), emotion=emotion, action=action))
 

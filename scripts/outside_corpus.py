@@ -32,12 +32,14 @@ import argparse
 import csv
 import hashlib
 import importlib.util
+import io
 import json
 import re
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,9 +164,7 @@ def office_speeches(rows) -> list[Speech]:
 
 def office_cast(speeches: list[Speech], n: int = OFFICE_ROLES) -> list[str]:
     """The n speakers with the most lines, most first."""
-    counts: dict[str, int] = {}
-    for s in speeches:
-        counts[s.speaker] = counts.get(s.speaker, 0) + 1
+    counts = Counter(s.speaker for s in speeches)
     return sorted(counts, key=lambda k: (-counts[k], k))[:n]
 
 
@@ -181,7 +181,7 @@ def schrute_rows(sdist: Path | None) -> list[dict]:
         with tarfile.open(sdist) as tar:
             member = next(m for m in tar.getmembers() if m.name.endswith("/data/schrute.csv"))
             text = tar.extractfile(member).read().decode("utf-8", errors="replace")
-    return list(csv.DictReader(text.splitlines()))
+    return list(csv.DictReader(io.StringIO(text, newline="")))  # a quoted field may hold a line break
 
 
 def write_shakespeare(out: Path, max_lines: int) -> int:

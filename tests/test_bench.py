@@ -66,7 +66,7 @@ def test_bench_quick_measures_every_section(quick_report):
     assert b["errors"] == [] and b["same_lines"] and b["line_ms"]["n"] == b["with_beats_ms"]["n"] == QUICK["beat_reps"]
     # what a beat adds is paired: each round's beat time minus its own line's (rounds differ in NPC and line)
     assert b["extra_ms"] == b["extra"]["p50"] and b["extra"]["n"] == QUICK["beat_reps"]
-    assert b["extra"]["min"] <= b["with_beats_ms"]["max"] - b["line_ms"]["min"]
+    assert b["extra"]["min"] > 0  # the question is read after its own line, so in every round it adds time
     assert b["with_learned_ms"]["n"] == QUICK["beat_reps"]  # the first roles (blacksmith, guard captain) learned theirs
     assert b["learned_extra_ms"] == b["learned_extra"]["p50"] and "with its learned beat" in text
 

@@ -151,12 +151,9 @@ class BatchScheduler:
 
         def forward(gate, **step):
             """(cache, logits, final-norm states) at each row's last token."""
-            with e.lock, e.neeko.gate(gate):
-                out = e.model.base_model(attention_mask=mask.to(e.device), position_ids=pos.to(e.device),
-                                         use_cache=True, **step)
-                h = out.last_hidden_state[:, -1]
-                logits = e.model.lm_head(h)
-            return _cache(out), logits.float().cpu().numpy(), h.float().cpu().numpy()
+            out, h, logits = e.forward(gate, slice(-1, None), attention_mask=mask.to(e.device),
+                                       position_ids=pos.to(e.device), use_cache=True, **step)
+            return _cache(out), logits[:, 0], h[:, 0].float().cpu().numpy()
 
         past, logits, hidden = forward(w, input_ids=ids.to(e.device))
         base_past, base_logits, _ = forward(None, input_ids=ids.to(e.device)) if contrast else (None, None, None)
@@ -242,15 +239,12 @@ class TorchScorer:
     def __init__(self, engine: "TorchEngine", weights: torch.Tensor):
         self.engine, self.weights, self.tokens = engine, weights, []
 
-    @torch.no_grad()
     def _logits(self, seqs: list[list[int]], start: int) -> np.ndarray:
         """Logits after each position from ``start`` on, (rows, positions, vocab)."""
         e = self.engine
         n = max(len(s) for s in seqs)
         ids = torch.tensor([s + [e.pad_id] * (n - len(s)) for s in seqs], device=e.device)
-        with e.lock, e.neeko.gate(self.weights[None].expand(len(seqs), -1)):
-            h = e.model.base_model(input_ids=ids).last_hidden_state[:, start:]
-            return e.model.lm_head(h).float().cpu().numpy()
+        return e.forward(self.weights[None].expand(len(seqs), -1), slice(start, None), input_ids=ids)[2]
 
     def extend(self, tokens: list[int]) -> np.ndarray:
         self.tokens = self.tokens + list(tokens)
@@ -302,6 +296,16 @@ class TorchEngine(Engine):
         if getattr(self.tok, "add_bos_token", False) and self.tok.bos_token_id is not None and not text.startswith(self.template.bos):
             ids = [self.tok.bos_token_id] + ids
         return ids
+
+    @torch.no_grad()
+    def forward(self, gate, keep: slice, **inputs):
+        """The model under gate weights ``gate`` (None: the base model alone): (its output, the final-norm states
+        at the ``keep`` positions, their logits as float32 numpy). The one place that reads logits off the states,
+        so a beat's state and its line's logits are the same forward's."""
+        with self.lock, self.neeko.gate(gate):
+            out = self.model.base_model(**inputs)
+            h = out.last_hidden_state[:, keep]
+            return out, h, self.model.lm_head(h).float().cpu().numpy()
 
     def piece_tokens(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]

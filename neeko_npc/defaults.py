@@ -116,3 +116,5 @@ SEED = 0
 PRECISION = "auto"  # base weights while training (bf16 where the hardware has it, else fp32); blocks are float32
 PRECISIONS = ("auto", "fp32", "bf16")  # --precision of bake, bake-role and eval
 HOLDOUT = 0.2  # share of scenes held out to measure a block
+BEAT_QUESTION = False  # True: also train each annotated line's beat question where the role's head answers its
+#                        beats: three times the training of a village role (docs/making-roles.md)

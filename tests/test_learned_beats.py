@@ -119,3 +119,40 @@ def test_with_no_signal_the_bias_decides():
     clf = Classifier(("none", "wave"), np.zeros((2, 3), np.float32), np.array([0.0, 1.0], np.float32))
     beat = clf.pick(np.zeros(3), ["none", "wave"])
     assert beat.id == "wave" and beat.probability == pytest.approx(math.e / (1 + math.e))
+
+
+def test_the_bake_trains_the_beat_question_only_where_no_head_will_answer():
+    """A bake trains a role's lines alone when fit_head will give it a head for every kind its lines annotate;
+    a kind with too few lines for a head brings the question's training examples back, as --beat-question does."""
+    from neeko_npc.neeko.bake import question_trained
+    from neeko_npc.neeko.beat_head import declared_actions
+    from neeko_npc.roles.dialogue import parse_scene
+    from neeko_npc.roles.profile import RoleProfile
+
+    smith = RoleProfile("smith", "Bram", "A gruff smith.")
+    rng = np.random.default_rng(0)
+
+    def scenes(emotions: int, actions: int):
+        out = []
+        for i in range(max(emotions, actions, 1)):
+            line = {"speaker": "smith", "text": f"Aye, {i}."}
+            if i < emotions:
+                line["emotion"] = ("happy", "angry")[i % 2]
+            if i < actions:
+                line["action"] = ACTIONS[i % 2]
+            out.append(parse_scene({"actions": list(ACTIONS) if actions else [],
+                                    "turns": [{"speaker": "player", "text": "Well?"}, line]}, f"scene {i}"))
+        return out
+
+    seen = set()
+    for emotions, actions in ((MIN_LINES, MIN_LINES), (MIN_LINES, 0), (0, MIN_LINES), (0, 0),
+                              (MIN_LINES, MIN_LINES - 1), (MIN_LINES - 1, 0), (MIN_LINES - 1, MIN_LINES)):
+        sc = scenes(emotions, actions)
+        states = [(rng.normal(size=8), t.emotion, t.action) for s in sc for t in s.turns if t.speaker == "smith"]
+        head, _ = fit_head(states, declared_actions(sc))
+        fitted = {k for k in ("emotion", "action") if head is not None and getattr(head, k) is not None}
+        annotated = {k for k, n in (("emotion", emotions), ("action", actions)) if n}
+        assert question_trained(smith, sc, beat_question=False) == (fitted != annotated), (emotions, actions)
+        assert question_trained(smith, sc, beat_question=True)
+        seen.add(fitted != annotated)
+    assert seen == {True, False}

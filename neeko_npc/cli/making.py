@@ -23,6 +23,10 @@ def train_options(f):
                           "AVX512-BF16 or AMX, else fp32 (emulated bf16 trains about 10x slower)."),
         click.option("--holdout", default=D.HOLDOUT, show_default=True, type=click.FloatRange(0, 0.9),
                      help="Share of scenes held out to measure the block."),
+        click.option("--beat-question/--no-beat-question", default=D.BEAT_QUESTION, show_default=True,
+                     help="Also train each annotated line's beat question (the fallback for beats no learned head "
+                          "covers). Off, it is trained only for a role with too few annotated lines for a head; "
+                          "on, training takes about three times as long."),
         click.option("--resume", is_flag=True, help="Continue from the checkpoint of an interrupted bake."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
@@ -64,7 +68,7 @@ def _print_heldout(report) -> None:
 @train_options
 @friendly_errors
 def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, epochs, lr, batch_size, max_len, seed,
-         precision, holdout, resume, quiet):
+         precision, holdout, beat_question, resume, quiet):
     """Pre-finetune: train several roles together, one LoRA block each.
 
     Each ROLE_DIR holds profile.json and lines.jsonl (docs/making-roles.md). Writes one
@@ -81,7 +85,8 @@ def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, 
         click.echo(f"  {s.profile.id:<20} {s.n_lines:>4} lines, {len(s.train)} train / {len(s.held)} held-out scenes")
     lora = LoraConfig(r=r, alpha=alpha, targets=tuple(t.strip() for t in targets.split(",") if t.strip()), precision=precision)
     report = pre_finetune(ref, sources, out, _train_config(epochs, lr, batch_size, max_len, seed), lora,
-                          GateSettings(tau=tau, top_k=top_k, min_weight=min_weight), resume=resume, progress=not quiet)
+                          GateSettings(tau=tau, top_k=top_k, min_weight=min_weight), resume=resume, progress=not quiet,
+                          beat_question=beat_question)
     _print_heldout(report)
     for p in report.assets:
         click.echo(f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
@@ -104,7 +109,7 @@ def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, 
 @train_options
 @friendly_errors
 def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, base_model, epochs, lr, batch_size, max_len,
-              seed, precision, holdout, resume, quiet):
+              seed, precision, holdout, beat_question, resume, quiet):
     """Add one role to an existing set, without touching the others.
 
     With --data: expansion. A new block is appended and trained; every old
@@ -134,7 +139,7 @@ def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, bas
     src = RoleSource.from_files(profile_path, data, holdout)
     click.echo(f"  {src.profile.id:<20} {src.n_lines:>4} lines, {len(src.train)} train / {len(src.held)} held-out scenes")
     report = expand(ref, roles_dir, src, _train_config(epochs, lr, batch_size, max_len, seed), out, lora_precision=precision,
-                    replace=replace, resume=resume, progress=not quiet)
+                    replace=replace, resume=resume, progress=not quiet, beat_question=beat_question)
     _print_heldout(report)
     click.echo(f"old roles' blocks verified bit-identical; wrote {report.assets[0]} ({report.assets[0].stat().st_size / 1e6:.2f} MB)")
 

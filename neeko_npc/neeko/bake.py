@@ -6,6 +6,8 @@
 
 A trained role whose lines carry beats also gets its learned beat head (neeko/beat_head.py), fitted on its
 training lines under its finished block; ``fit_beats`` fits heads for roles already baked, blocks untouched.
+A bake trains each block on its role's lines; it trains the beat question's answers too only for a role whose
+head will not answer its beats, or when asked (``beat_question``; ``question_trained`` decides).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from ..roles.dialogue import Scene, data_hash, load_scenes, split_holdout
 from ..roles.folder import load_role_assets
 from ..roles.profile import RoleProfile, load_profile
 from .load_base import resolve_precision
-from .beat_head import bake_head
+from .beat_head import bake_head, head_covers
 from .data import Example, encode_lines, encode_scene
 from .embed import MODEL_NAME, embed_texts
 from ..roles.gate import fusion_weights
@@ -92,8 +94,15 @@ class BakeReport:
     train: TrainResult
 
 
-def _encode(tok, src: RoleSource, scenes: list[Scene], max_len: int) -> list[Example]:
-    return [ex for s in scenes for ex in encode_scene(tok, src.profile, s, max_len)]
+def question_trained(profile: RoleProfile, scenes: list[Scene], beat_question: bool = defaults.BEAT_QUESTION) -> bool:
+    """Whether a bake trains the role's block on its annotated lines' beat question as well as on its lines."""
+    return beat_question or not head_covers(profile, scenes)
+
+
+def training_examples(tok, profile: RoleProfile, scenes: list[Scene], max_len: int, question: bool) -> list[Example]:
+    """A role's training examples: its lines, and with ``question`` each annotated line's beat question."""
+    encode = encode_scene if question else encode_lines
+    return [ex for s in scenes for ex in encode(tok, profile, s, max_len)]
 
 
 def _load(base_ref: BaseModelRef, lora: LoraConfig):
@@ -103,13 +112,14 @@ def _load(base_ref: BaseModelRef, lora: LoraConfig):
     return model, tok
 
 
-def _training_record(mode: str, src: RoleSource, rec, cfg: TrainConfig, lora: LoraConfig, held: HeldOut) -> dict:
+def _training_record(mode: str, src: RoleSource, rec, cfg: TrainConfig, lora: LoraConfig, held: HeldOut,
+                     question: bool) -> dict:
     return {
         "mode": mode, "seed": cfg.seed, "steps": rec.steps, "final_loss": rec.final_loss, "tokens": rec.tokens,
         "data_sha256": data_hash(src.scenes), "lines": src.n_lines, "scenes": len(src.scenes),
         "heldout_scenes": len(src.held), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
         "max_len": cfg.max_len, "precision": resolve_precision(lora.precision),
-        "heldout_loss_base": held.base, "heldout_loss_block": held.block,
+        "heldout_loss_base": held.base, "heldout_loss_block": held.block, "beat_question": question,
     }
 
 
@@ -161,7 +171,7 @@ def fit_beats(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, precision:
 
 def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Path, cfg: TrainConfig,
                  lora: LoraConfig = LoraConfig(), gate: GateSettings = GateSettings(), resume: bool = False,
-                 progress: bool = True) -> BakeReport:
+                 progress: bool = True, beat_question: bool = defaults.BEAT_QUESTION) -> BakeReport:
     ids = [s.profile.id for s in sources]
     if len(set(ids)) != len(ids):
         raise InputError(f"duplicate role ids: {ids}")
@@ -172,7 +182,9 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
     gen = torch.Generator().manual_seed(cfg.seed)
     for rid in ids:
         neeko.add_role(rid, generator=gen)
-    examples = {s.profile.id: _encode(tok, s, s.train, cfg.max_len) for s in sources}
+    question = {s.profile.id: question_trained(s.profile, s.train, beat_question) for s in sources}
+    examples = {s.profile.id: training_examples(tok, s.profile, s.train, cfg.max_len, question[s.profile.id])
+                for s in sources}
     result = train_blocks(neeko, examples, ids, cfg, tok.pad_token_id, checkpoint=out_dir / ".bake-checkpoint.pt",
                           resume=resume, run_tag=info.fingerprint, progress=progress)
     embeddings = embed_texts([s.profile.embedding_text() for s in sources])
@@ -182,7 +194,8 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
         asset = RoleAsset(
             profile=src.profile, embedding=embeddings[i], base=info, gate=gate,
             block=neeko.export_block(src.profile.id, lora.dtype), embedding_model=MODEL_NAME,
-            training=_training_record("pre-finetune", src, result.records[src.profile.id], cfg, lora, held[src.profile.id]),
+            training=_training_record("pre-finetune", src, result.records[src.profile.id], cfg, lora, held[src.profile.id],
+                                      question[src.profile.id]),
         )
         _add_head(asset, neeko, tok, src)
         paths.append(write_asset(asset, out_dir / f"{src.profile.id}{SUFFIX}"))
@@ -191,7 +204,8 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
 
 
 def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainConfig, out_path: Path | None = None,
-           lora_precision: str = defaults.PRECISION, replace: bool = False, resume: bool = False, progress: bool = True) -> BakeReport:
+           lora_precision: str = defaults.PRECISION, replace: bool = False, resume: bool = False, progress: bool = True,
+           beat_question: bool = defaults.BEAT_QUESTION) -> BakeReport:
     info = base_info(base_ref)
     assets, errors = load_role_assets(roles_dir, info)
     old = [a for a in assets if a.block is not None and a.id != src.profile.id]
@@ -208,7 +222,8 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
         neeko.load_block(a.id, a.block)
     gen = torch.Generator().manual_seed(cfg.seed)
     neeko.add_role(src.profile.id, generator=gen)
-    examples = {src.profile.id: _encode(tok, src, src.train, cfg.max_len)}
+    question = question_trained(src.profile, src.train, beat_question)
+    examples = {src.profile.id: training_examples(tok, src.profile, src.train, cfg.max_len, question)}
     out_path = out_path or roles_dir / f"{src.profile.id}{SUFFIX}"
     result = train_blocks(neeko, examples, [src.profile.id], cfg, tok.pad_token_id,
                           checkpoint=out_path.with_name(f".{src.profile.id}.bake-checkpoint.pt"), resume=resume,
@@ -224,7 +239,8 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
     held = {src.profile.id: _evaluate(neeko, tok, src, cfg)}
     asset = RoleAsset(profile=src.profile, embedding=emb, base=info, gate=old[0].gate,
                       block=neeko.export_block(src.profile.id, lora.dtype), embedding_model=MODEL_NAME,
-                      training=_training_record("expansion", src, result.records[src.profile.id], cfg, lora, held[src.profile.id]))
+                      training=_training_record("expansion", src, result.records[src.profile.id], cfg, lora, held[src.profile.id],
+                                                question))
     _add_head(asset, neeko, tok, src)
     write_asset(asset, out_path)
     out_path.with_name(f".{src.profile.id}.bake-checkpoint.pt").unlink(missing_ok=True)

@@ -134,6 +134,17 @@ def declared_actions(scenes: list[Scene]) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def head_covers(profile: RoleProfile, scenes: list[Scene]) -> bool:
+    """Whether bake_head will give the role a head for every kind its lines in ``scenes`` annotate: each kind is
+    annotated on no line or on at least MIN_LINES, and a role with annotated actions declares some. The bake
+    then trains no beat question (neeko/bake.py): the head answers those asks, so the question's training
+    examples, two in three of a village role's, would only slow the bake."""
+    lines = [t for s in scenes for t in s.turns if t.speaker == profile.id]
+    emotions, actions = sum(bool(t.emotion) for t in lines), sum(bool(t.action) for t in lines)
+    return (emotions == 0 or emotions >= MIN_LINES) and (actions == 0 or (actions >= MIN_LINES
+                                                                          and bool(declared_actions(scenes))))
+
+
 def bake_head(neeko: NeekoLoRA, tok, profile: RoleProfile, scenes: list[Scene]) -> tuple[BeatHead | None, dict]:
     """The role's head from its training scenes, under its own block (already trained in ``neeko``)."""
     return fit_head(line_states(neeko, tok, profile, scenes, profile.id), declared_actions(scenes))

@@ -34,9 +34,9 @@ from ..roles.folder import load_role_assets
 from .attribution import (CentroidClassifier, accuracy, generate_replies, hits_by_role, prompt_messages, prompts_from,
                           repeats, reply_nll, role_lines)
 from .intervals import LEVEL, bootstrap_accuracy, loss_difference, perplexity, separated
-from .bake import RoleSource
+from .bake import RoleSource, training_examples
 from .load_base import resolve_precision
-from .data import encode_lines, encode_scene
+from .data import encode_lines
 from ..roles.gate import fusion_weights
 from .model import NeekoLoRA
 from .train import TrainConfig, heldout_loss, heldout_sums, mean_loss, train_blocks
@@ -211,7 +211,8 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
                 if src is None:
                     continue
                 scenes = src.train[: cfg.shared_train_scenes] if cfg.shared_train_scenes else src.train
-                exs += [ex for s in scenes for ex in encode_scene(tok, src.profile, s, tcfg.max_len)]
+                # the examples the role's own block was baked on (files from before the choice trained the question)
+                exs += training_examples(tok, src.profile, scenes, tcfg.max_len, bool(a.training.get("beat_question", True)))
             if not exs:
                 return {}
             res = train_blocks(neeko, {"shared": exs}, ["shared"], tcfg, pad, progress=progress,

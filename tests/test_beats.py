@@ -259,6 +259,44 @@ def test_a_learned_beat_is_read_from_the_lines_last_hidden_state(engine):
 
 
 @pytest.mark.slow
+def test_a_fused_npcs_learned_beat_mixes_its_blocks_heads(engine):
+    """The fused young guard has no head of its own: its beat is its blocks' heads, mixed by its fusion weights,
+    on the hidden state of its line's last token under those same weights (a replay of the engine's decodes
+    gives the engine's probabilities); an action none of its blocks learned goes to the question."""
+    from neeko_npc.engine.llamacpp import LlamaContext
+    from neeko_npc.roles.beats import MixedHead
+
+    guard = engine.role("young_guard")
+    assert guard.asset.beats is None and len(guard.weights) > 1
+    mixed = MixedHead.of([(engine.role(b).asset.beats, w) for b, w in guard.weights.items()])
+    ask = BeatAsk(EMOTIONS, (Action("none"),))
+    said, scene = "Halt! Who goes there?", SceneInfo(location="the village square")
+    engine.forget_cache()
+    text, last = line(engine, "young_guard", said, ask)
+    prompt, msgs = engine.prompt(guard.asset.profile, "", "young_guard", said, scene, GREEDY.max_tokens)
+    assert engine.beat_job(msgs, ask, mixed).learned and not engine.beat_job(msgs, BeatAsk((), UNLEARNED), mixed).learned
+    pairs = sorted(guard.weights.items())  # as the engine sets them
+    ctx = LlamaContext(engine.model, engine.config.n_ctx, 2)
+    try:
+        ctx.set_adapters([engine.roles().adapters[b].handle for b, _ in pairs], [w for _, w in pairs])
+        logits = ctx.decode(prompt)
+        ctx.set_embeddings(True)
+        for _ in range(GREEDY.max_tokens):
+            tok = int(np.argmax(logits))
+            if engine.model.is_eog(tok):
+                break
+            logits = ctx.decode([tok])
+        h = ctx.hidden()
+    finally:
+        ctx.close()
+    emotion, action = mixed.choose(h, ask)
+    assert text.strip() and (emotion.id, action.id) == (last.emotion.id, last.action.id) == (emotion.id, "none")
+    assert emotion.probabilities == pytest.approx(last.emotion.probabilities, rel=1e-5, abs=1e-7)
+    top = engine.role(pairs[0][0]).asset.beats.emotion.pick(h, list(EMOTIONS))  # one block's head alone differs
+    assert max(abs(top.probabilities[e] - last.emotion.probabilities[e]) for e in EMOTIONS) > 1e-4
+
+
+@pytest.mark.slow
 def test_beats_over_grpc_and_the_cli(engine):
     from neeko_npc.server.app import Daemon, ServerConfig
     from neeko_npc.server.client import Client

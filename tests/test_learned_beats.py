@@ -11,7 +11,7 @@ from neeko_npc.neeko.beat_eval import pooled
 from neeko_npc.neeko.beat_head import MIN_LINES, fit_classifier, fit_head
 from neeko_npc.roles.asset import write_asset
 from neeko_npc.roles.asset_read import read_asset
-from neeko_npc.roles.beats import BeatHead, Classifier
+from neeko_npc.roles.beats import BeatHead, Classifier, MixedHead
 from neeko_npc.roles.prompt import EMOTIONS, Action, BeatAsk
 from tests.helpers import block_asset, random_head
 
@@ -30,6 +30,27 @@ def test_the_head_is_a_softmax_over_the_asked_candidates():
     assert list(action.probabilities) == ["none", "quote_price"]
     assert math.isclose(sum(action.probabilities.values()), 1.0, rel_tol=1e-9)
     assert head.choose(h, BeatAsk((), (Action("none"),)))[0] is None
+
+
+def test_a_fused_npcs_beats_are_its_blocks_heads_mixed_by_its_weights():
+    """A fused role or a blend reads the one hidden state with each mixed role's head: each candidate's probability
+    is the weighted mean of theirs, over the heads that know every asked id of its kind."""
+    smith, witch = random_head(actions=ACTIONS, seed=1), random_head(actions=("brew", "none"), seed=2)
+    h = np.random.default_rng(3).standard_normal(smith.dim).astype(np.float32)
+    ask = BeatAsk(("happy", "sad", "afraid"), (Action("none"), Action("quote_price")))
+    alone = MixedHead.of([(smith, 2.5)])
+    for got, want in zip(alone.choose(h, ask), smith.choose(h, ask)):  # one head, any weight: that head
+        assert got.id == want.id and got.probabilities == pytest.approx(want.probabilities, rel=1e-9)
+    mix = MixedHead.of([(smith, 0.75), (witch, 0.25), (None, 0.5)])
+    assert len(mix.parts) == 2 and mix.dim == smith.dim
+    emotion, action = mix.choose(h, ask)
+    s, w = smith.emotion.pick(h, list(ask.emotions)), witch.emotion.pick(h, list(ask.emotions))
+    for e in ask.emotions:
+        assert emotion.probabilities[e] == pytest.approx(0.75 * s.probabilities[e] + 0.25 * w.probabilities[e], rel=1e-9)
+    assert action.probabilities == pytest.approx(smith.action.pick(h, ["none", "quote_price"]).probabilities, rel=1e-9)
+    assert mix.covers(BeatAsk((), (Action("brew"), Action("none"))))  # the witch alone knows "brew"
+    assert not mix.covers(BeatAsk((), (Action("brew"), Action("quote_price"))))  # no head knows both
+    assert MixedHead.of([(None, 1.0), (smith, 0.0)]) is None
 
 
 def test_the_head_answers_only_what_it_was_trained_on():

@@ -414,6 +414,12 @@ def test_eval_scores_beats_on_the_held_out_annotated_lines(quick_eval):
                 assert row[kind][name] == right / len(row["truth"])
         assert row["emotion"]["majority"] is None and row["action"]["majority"] is None
     assert "Beats: held-out annotated lines" in text and rep["seconds"]["beats"] > 0
+    fused = rep["fusion"]["beats"]  # each role rebuilt from the others, asked the question under its weights
+    assert {rid: row["n"] for rid, row in fused.items()} == {rid: row["n"] for rid, row in b.items()}
+    for rid, row in fused.items():
+        assert set(row["predicted"]) == {"fused"}  # no role here has a head to mix
+        assert all(e in EMOTIONS and a in offered[rid] for e, a in row["predicted"]["fused"])
+    assert "Beats of the leave-one-out fusions" in text
 
 
 def test_fit_beats_gives_a_trained_role_its_head_and_leaves_its_block(baked, base, tmp_path):

@@ -32,7 +32,7 @@ from .. import defaults
 from ..errors import BadRequest, ContextTooLarge, InvalidBlend, NonFiniteLogits, PoolBusy, UnknownRole
 from ..protocol import Finish
 from ..roles.asset import BaseInfo
-from ..roles.beats import BeatHead, BeatJob
+from ..roles.beats import BeatHead, BeatJob, MixedHead
 from ..roles.profile import RoleProfile
 from ..roles.prompt import BeatAsk, ChatTemplate, SceneInfo, beat_messages, build_messages
 from .converse import Conversations
@@ -233,8 +233,8 @@ class Engine(Conversations, Sessions, abc.ABC):
         return fewest_dropped(len(history), build,
                               lambda got: len(got[0]) <= room and len(got[0]) - len(base) <= self.config.history_tokens)
 
-    def beat_job(self, messages: list[dict], ask: BeatAsk, head: BeatHead | None = None) -> BeatJob:
-        """How to ask this line's beat (roles/beats.py): the speaking role's learned head where it covers the ask,
+    def beat_job(self, messages: list[dict], ask: BeatAsk, head: BeatHead | MixedHead | None = None) -> BeatJob:
+        """How to ask this line's beat (roles/beats.py): the speaking NPC's learned beats where they cover the ask,
         else the question after the line, in the line's messages."""
         return BeatJob(ask, lambda line: self.tokens(self.template.render(beat_messages(messages, line, ask))),
                        self.piece_tokens, self.piece_tokens(self.template.eos), head)

@@ -12,6 +12,9 @@ resolves to (adapters, scales), and which other roles are loaded never enters it
   changed is reported as a problem and not served);
 * a procedural NPC (no file): the blend its request names, over hosted roles.
 
+Its learned beats follow the same weights: a trained NPC's own head; a fused or procedural NPC's mix of its
+blocks' heads (roles/beats.py MixedHead).
+
 ``reload`` swaps in a new roster atomically; a stream in flight keeps the
 adapters it started with, and an adapter is freed only once no request uses it.
 """
@@ -27,7 +30,7 @@ from .. import defaults
 from ..errors import AssetError, BlendError, InvalidBlend, UnknownRole
 from ..roles.gate import normalise_blend
 from ..roles.asset import BaseInfo, RoleAsset
-from ..roles.beats import BeatHead
+from ..roles.beats import BeatHead, MixedHead
 from ..roles.profile import RoleProfile
 from ..roles.folder import file_stamps, load_role_assets, resolve_fusion
 
@@ -59,7 +62,12 @@ class Voice:
     id: str
     profile: RoleProfile
     weights: dict[str, float]  # block role id -> scale
-    beats: BeatHead | None = None  # a trained role speaking with its own block: its learned beats, if baked
+    beats: BeatHead | MixedHead | None = None  # its learned beats: its own head, or its blocks' heads mixed
+
+
+def mixed_heads(snap: "Roster", weights: dict[str, float]) -> MixedHead | None:
+    """The learned beats of an NPC speaking with these blocks: their roles' heads, mixed by the same weights."""
+    return MixedHead.of([(snap.roles[b].asset.beats, w) for b, w in weights.items() if b in snap.roles])
 
 
 @dataclass
@@ -176,9 +184,11 @@ class RoleSet:
                 role = snap.roles.get(npc_id)
                 if role is None:
                     raise UnknownRole(f"no NPC {npc_id!r}; known: {known_roles(snap)}")
-                voice = Voice(role.id, role.asset.profile, role.weights, role.asset.beats)
+                beats = role.asset.beats if role.asset.block is not None else mixed_heads(snap, role.weights)
+                voice = Voice(role.id, role.asset.profile, role.weights, beats)
             else:
-                voice = Voice(npc_id, profile, self._blend(snap, npc_id, blend, max_blend))
+                weights = self._blend(snap, npc_id, blend, max_blend)
+                voice = Voice(npc_id, profile, weights, mixed_heads(snap, weights))
             pairs = sorted(voice.weights.items())
             adapters = [snap.adapters[rid] for rid, _ in pairs]
             for a in adapters:

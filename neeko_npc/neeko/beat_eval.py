@@ -186,11 +186,12 @@ def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], systems: list) -> list
 
 
 def learned(neeko: NeekoLoRA, tok, src, scenes, items: list[BeatItem], head,
-            fallback: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """What the role's learned head picks for its annotated lines ``items`` in ``scenes`` (beat_items' order), from
-    each line's last hidden state under its own block, as the daemon reads it; a line whose ask the head does not
-    cover gets ``fallback``'s pick (the question's, as served)."""
-    states = line_states(neeko, tok, src.profile, scenes, src.profile.id)
+            fallback: list[tuple[str, str]], weights=None) -> list[tuple[str, str]]:
+    """What a learned head (a BeatHead, or a MixedHead) picks for the role's annotated lines ``items`` in ``scenes``
+    (beat_items' order), from each line's last hidden state under ``weights`` (default: the role's own block), as
+    the daemon reads it; a line whose ask the head does not cover gets ``fallback``'s pick (the question's, as
+    served)."""
+    states = line_states(neeko, tok, src.profile, scenes, src.profile.id if weights is None else weights)
     if len(states) != len(items):
         raise ValueError(f"{src.profile.id}: a scene is too long to read every line's state")
     out = []
@@ -203,17 +204,28 @@ def learned(neeko: NeekoLoRA, tok, src, scenes, items: list[BeatItem], head,
     return out
 
 
+def held_scenes(src, max_scenes: int | None = None) -> list:
+    """The held-out scenes beat_accuracy scores: all of them, or the first ``max_scenes``."""
+    return src.held[:max_scenes] if max_scenes else src.held
+
+
+def held_lines(sources: dict, rows: list[str], max_scenes: int | None = None) -> int:
+    """How many annotated held-out lines beat_accuracy scores for each system (a progress bar's total)."""
+    return sum(len(beat_items(sources[r].profile, s)) for r in rows for s in held_scenes(sources[r], max_scenes))
+
+
 def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems: dict, progress=None,
                   max_scenes: int | None = None, heads: dict | None = None) -> dict:
     """Per role with annotated held-out lines: emotion and action accuracy of each system ({name: role id ->
-    weights}, asked the beat question), of the role's learned head (``heads``: role id -> BeatHead; system
-    "learned", falling back to the first system's question where the head does not cover the ask) and of the
+    weights}, asked the beat question), of a learned head (``heads``: role id -> BeatHead or MixedHead; system
+    "learned", read under the first system's weights and falling back to its question where the head does not
+    cover the ask) and of the
     majority class of the role's annotated training lines. Empty when nothing is annotated. ``max_scenes``: the
     first held-out scenes of each role only, as the confusion matrix scores them."""
     out = {}
     for rid in rows:
         src = sources[rid]
-        scenes = src.held[:max_scenes] if max_scenes else src.held
+        scenes = held_scenes(src, max_scenes)
         by_scene = [items for s in scenes if (items := beat_items(src.profile, s))]
         held = [it for items in by_scene for it in items]
         if not held:
@@ -227,10 +239,10 @@ def beat_accuracy(neeko: NeekoLoRA, tok, sources: dict, rows: list[str], systems
         for items in by_scene:  # every system a row of the same batch
             for name, got in zip(names, predict(neeko, tok, items, [systems[n](rid) for n in names])):
                 got_by[name] += got
-        if progress:
-            progress(len(held) * len(names))
+            if progress:
+                progress(len(items) * len(names))
         if heads and heads.get(rid) is not None:
-            got_by["learned"] = learned(neeko, tok, src, scenes, held, heads[rid], got_by[names[0]])
+            got_by["learned"] = learned(neeko, tok, src, scenes, held, heads[rid], got_by[names[0]], systems[names[0]](rid))
             names.append("learned")
         for name in names:
             got = got_by[name]

@@ -101,23 +101,33 @@ def report_table(rep: EvalReport) -> str:
     if rep.beats:
         out.append("\nBeats: held-out annotated lines, the emotion and action each system picks (scored like the daemon) "
                    "beside the majority class of the role's training lines")
-        for kind in ("emotion", "action"):
-            names = [n for n in next(iter(rep.beats.values()))[kind] if n != "majority"] + ["majority"]
-            out.append(f"  {kind:<16}{'lines':>7}" + "".join(f"{n.replace('_', ' '):>13}" for n in names))
-            for rid, row in rep.beats.items():
-                if row["n"][kind]:
-                    out.append(f"  {rid:<16}{row['n'][kind]:>7}" + "".join(f"{_accuracy(row[kind].get(n)):>13}" for n in names))
-            pool = rep.intervals.get("beats", {}).get(kind)
-            if pool:
-                out.append(f"  {'pooled':<16}{pool['items']:>7}" + "".join(f"{_accuracy(pool['systems'][n]['accuracy']):>13}" for n in names))
-                out.append("    against the majority class: " + "; ".join(
-                    f"{n.replace('_', ' ')} {v['difference']:+.0%} [{v['difference_ci'][0]:+.0%}, {v['difference_ci'][1]:+.0%}]"
-                    for n, v in pool["systems"].items() if n != "majority")
-                    + (f"; a 10-point difference needs about {pool['lines_for_10_points']} lines"
-                       if "lines_for_10_points" in pool else ""))
+        out += _beat_table(rep.beats, rep.intervals.get("beats", {}))
+    if rep.fusion.get("beats"):
+        out.append("Beats of the leave-one-out fusions: each role rebuilt from the other blocks, as a fused role is "
+                   "served (fused: the question under its weights; learned: the other roles' heads, mixed by them)")
+        out += _beat_table(rep.fusion["beats"], rep.intervals.get("fused_beats", {}))
     if rep.seconds:
         out.append("\n" + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in rep.seconds.items()))
     return "\n".join(out)
+
+
+def _beat_table(beats: dict, pooled: dict) -> list[str]:
+    out = []
+    for kind in ("emotion", "action"):
+        names = [n for n in next(iter(beats.values()))[kind] if n != "majority"] + ["majority"]
+        out.append(f"  {kind:<16}{'lines':>7}" + "".join(f"{n.replace('_', ' '):>13}" for n in names))
+        for rid, row in beats.items():
+            if row["n"][kind]:
+                out.append(f"  {rid:<16}{row['n'][kind]:>7}" + "".join(f"{_accuracy(row[kind].get(n)):>13}" for n in names))
+        pool = pooled.get(kind)
+        if pool:
+            out.append(f"  {'pooled':<16}{pool['items']:>7}" + "".join(f"{_accuracy(pool['systems'][n]['accuracy']):>13}" for n in names))
+            out.append("    against the majority class: " + "; ".join(
+                f"{n.replace('_', ' ')} {v['difference']:+.0%} [{v['difference_ci'][0]:+.0%}, {v['difference_ci'][1]:+.0%}]"
+                for n, v in pool["systems"].items() if n != "majority")
+                + (f"; a 10-point difference needs about {pool['lines_for_10_points']} lines"
+                   if "lines_for_10_points" in pool else ""))
+    return out
 
 
 def _accuracy(x) -> str:

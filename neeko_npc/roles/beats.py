@@ -10,8 +10,10 @@ Backend-neutral: a backend gives a :class:`Scorer` over the state that holds the
 
 A role baked with annotated lines also carries a :class:`BeatHead`: a linear softmax per kind on the hidden
 state the line ends on (the final norm's output at its last token, which the decode that read that token computed
-anyway), so its beat costs two small matrix products instead of a second prompt. The head answers only asks it
-covers (every asked id among the classes it was trained on); any other ask goes to the question above.
+anyway), so its beat costs two small matrix products instead of a second prompt. An NPC speaking with several
+roles' blocks (a fused role, a blend) reads the same state with their heads, mixed by its weights
+(:class:`MixedHead`). A head answers only asks it covers (every asked id among the classes it was trained on);
+any other ask goes to the question above.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class BeatJob:
     prompt_for: Callable[[str], list[int]]
     piece: Callable[[str], list[int]]
     end: list[int]
-    head: BeatHead | None = None  # the speaking role's own, where it covers the ask
+    head: "BeatHead | MixedHead | None" = None  # the speaking NPC's learned beats, where they cover the ask
 
     @property
     def learned(self) -> bool:
@@ -87,6 +89,46 @@ class BeatHead:
         """(emotion, action) for the line whose last hidden state is ``h``; the ask must be covered."""
         return (self.emotion.pick(h, list(ask.emotions)) if ask.emotions else None,
                 self.action.pick(h, [a.id for a in ask.actions]) if ask.actions else None)
+
+
+@dataclass(frozen=True)
+class MixedHead:
+    """The learned beats of an NPC that speaks with several roles' blocks (a fused role, a blend): each mixed
+    role's head reads the same hidden state h, and a candidate's probability is the weighted mean of theirs over
+    the heads that know every asked id of its kind,
+
+        p(c | h) = sum_r w_r p_r(c | h) / sum_r w_r,    p_r(c | h) = softmax over the asked ids of W_r h + b_r
+
+    A kind that no mixed head knows is not covered, and the ask goes to the beat question."""
+
+    parts: tuple[tuple[BeatHead, float], ...]
+
+    @classmethod
+    def of(cls, heads: list[tuple["BeatHead | None", float]]) -> "MixedHead | None":
+        """The mix of the heads given with their weights (roles without a head, or weighted 0, left out)."""
+        parts = tuple((h, float(w)) for h, w in heads if h is not None and w > 0)
+        return cls(parts) if parts else None
+
+    @property
+    def dim(self) -> int:
+        return self.parts[0][0].dim
+
+    def _knowing(self, kind: str, asked: list[str]) -> list[tuple[Classifier, float]]:
+        return [(c, w) for h, w in self.parts if (c := getattr(h, kind)) is not None and set(asked) <= set(c.classes)]
+
+    def covers(self, ask: BeatAsk) -> bool:
+        return ((not ask.emotions or bool(self._knowing("emotion", list(ask.emotions))))
+                and (not ask.actions or bool(self._knowing("action", [a.id for a in ask.actions]))))
+
+    def choose(self, h: np.ndarray, ask: BeatAsk) -> tuple["Beat | None", "Beat | None"]:
+        """(emotion, action) for the line whose last hidden state is ``h``; the ask must be covered."""
+        return (self._mix("emotion", list(ask.emotions), h) if ask.emotions else None,
+                self._mix("action", [a.id for a in ask.actions], h) if ask.actions else None)
+
+    def _mix(self, kind: str, asked: list[str], h: np.ndarray) -> "Beat":
+        parts = self._knowing(kind, asked)
+        p = sum(w * np.array([c.pick(h, asked).probabilities[i] for i in asked]) for c, w in parts)
+        return _pick(asked, list(np.log(np.maximum(p / sum(w for _, w in parts), 1e-300))))
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

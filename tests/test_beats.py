@@ -222,14 +222,33 @@ def test_the_beat_is_scored_under_the_npcs_own_block(engine):
     assert max(abs(other[e] - last.emotion.probabilities[e]) for e in EMOTIONS) > 1e-3
 
 
+def line_end_state(engine, prompt, adapters):
+    """A replay of the engine's decodes on a fresh context under ``adapters`` ((role id, scale) pairs): the prompt
+    read cold in one batch without hidden states, the greedy line token by token with them, as the engine does;
+    the hidden state of the line's last token."""
+    from neeko_npc.engine.llamacpp import LlamaContext
+
+    ctx = LlamaContext(engine.model, engine.config.n_ctx, 2)
+    try:
+        ctx.set_adapters([engine.roles().adapters[rid].handle for rid, _ in adapters], [w for _, w in adapters])
+        logits = ctx.decode(prompt)
+        ctx.set_embeddings(True)
+        for _ in range(GREEDY.max_tokens):
+            tok = int(np.argmax(logits))
+            if engine.model.is_eog(tok):
+                break
+            logits = ctx.decode([tok])
+        return ctx.hidden()
+    finally:
+        ctx.close()
+
+
 @pytest.mark.slow
 def test_a_learned_beat_is_read_from_the_lines_last_hidden_state(engine):
     """The shipped roles carry learned beats. A replay of the engine's decodes on a fresh context (the prompt read
     cold in one batch, then the greedy line token by token with hidden states on) gives, from the role's head on the
     hidden state of the line's last token, the engine's probabilities exactly: no beat question was read. Another
     role's head on the same state gives other ones."""
-    from neeko_npc.engine.llamacpp import LlamaContext
-
     ask = BeatAsk(EMOTIONS, SMITHY)
     head = engine.role("blacksmith").asset.beats
     assert head is not None and head.covers(ask)
@@ -237,19 +256,7 @@ def test_a_learned_beat_is_read_from_the_lines_last_hidden_state(engine):
     engine.forget_cache()
     text, last = line(engine, "blacksmith", said, ask)
     prompt, _ = engine.prompt(engine.role("blacksmith").asset.profile, "", "blacksmith", said, scene, GREEDY.max_tokens)
-    ctx = LlamaContext(engine.model, engine.config.n_ctx, 2)
-    try:
-        ctx.set_adapters([engine.roles().adapters["blacksmith"].handle], [1.0])
-        logits = ctx.decode(prompt)
-        ctx.set_embeddings(True)  # as the engine: the prompt read without them, the line's tokens with them
-        for _ in range(GREEDY.max_tokens):
-            tok = int(np.argmax(logits))
-            if engine.model.is_eog(tok):
-                break
-            logits = ctx.decode([tok])
-        h = ctx.hidden()
-    finally:
-        ctx.close()
+    h = line_end_state(engine, prompt, [("blacksmith", 1.0)])
     emotion, action = head.choose(h, ask)
     assert text.strip() and (emotion.id, action.id) == (last.emotion.id, last.action.id)
     assert emotion.probabilities == pytest.approx(last.emotion.probabilities, rel=1e-5, abs=1e-7)
@@ -263,7 +270,6 @@ def test_a_fused_npcs_learned_beat_mixes_its_blocks_heads(engine):
     """The fused young guard has no head of its own: its beat is its blocks' heads, mixed by its fusion weights,
     on the hidden state of its line's last token under those same weights (a replay of the engine's decodes
     gives the engine's probabilities); an action none of its blocks learned goes to the question."""
-    from neeko_npc.engine.llamacpp import LlamaContext
     from neeko_npc.roles.beats import MixedHead
 
     guard = engine.role("young_guard")
@@ -276,19 +282,7 @@ def test_a_fused_npcs_learned_beat_mixes_its_blocks_heads(engine):
     prompt, msgs = engine.prompt(guard.asset.profile, "", "young_guard", said, scene, GREEDY.max_tokens)
     assert engine.beat_job(msgs, ask, mixed).learned and not engine.beat_job(msgs, BeatAsk((), UNLEARNED), mixed).learned
     pairs = sorted(guard.weights.items())  # as the engine sets them
-    ctx = LlamaContext(engine.model, engine.config.n_ctx, 2)
-    try:
-        ctx.set_adapters([engine.roles().adapters[b].handle for b, _ in pairs], [w for _, w in pairs])
-        logits = ctx.decode(prompt)
-        ctx.set_embeddings(True)
-        for _ in range(GREEDY.max_tokens):
-            tok = int(np.argmax(logits))
-            if engine.model.is_eog(tok):
-                break
-            logits = ctx.decode([tok])
-        h = ctx.hidden()
-    finally:
-        ctx.close()
+    h = line_end_state(engine, prompt, pairs)
     emotion, action = mixed.choose(h, ask)
     assert text.strip() and (emotion.id, action.id) == (last.emotion.id, last.action.id) == (emotion.id, "none")
     assert emotion.probabilities == pytest.approx(last.emotion.probabilities, rel=1e-5, abs=1e-7)

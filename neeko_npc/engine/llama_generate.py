@@ -104,8 +104,9 @@ def generate(model: LlamaModel, slot: Slot, adapters: list, scales: list[float],
     """Stream one reply. The slot must come from ContextPool.acquire; the caller releases it.
     Each decode runs on its share of ``cores`` (the pool's CoreBudget) when one is given; a snapshot in
     ``store`` that shares more of the prompt than the slot holds is restored first. With ``beats``, a line
-    that ended (not cancelled) gets its emotion and action on the last chunk: from the role's learned head on the
-    hidden state of the line's last decoded token where it covers the ask, else scored on this slot. With
+    that ended (not cancelled) gets its emotion and action on the last chunk: from the NPC's learned beats (its own
+    head, or its blocks' heads mixed) on the hidden state of the line's last decoded token where they cover the ask,
+    else scored on this slot. With
     ``base`` (the slot's context without adapters, ContextPool.base_of), each token is drawn from the NPC's logits
     contrasted with the base's by ``opts.contrast``, and decoded on both."""
     slot.ctx.set_adapters(adapters, scales)  # normally already set by acquire(); the slot is busy, its adapters pinned

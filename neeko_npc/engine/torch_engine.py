@@ -212,8 +212,8 @@ class BatchScheduler:
                 base_past, base_logits, _ = forward(None, input_ids=step_ids, **{e.cache_kwarg: base_past})
 
     def _end(self, r: _Request, row: dict, finish: str, h: np.ndarray, weights: torch.Tensor) -> None:
-        """The row's last chunk, with its beat when one was asked and the line ended: from the role's head on the
-        state of the line's last decoded token where it covers the ask, else the beat question (TorchScorer)."""
+        """The row's last chunk, with its beat when one was asked and the line ended: from the NPC's learned beats
+        on the state of the line's last decoded token where they cover the ask, else the beat question (TorchScorer)."""
         row["done"] = True
         emotion = action = None
         if r.beats is not None and finish in Finish.ENDED:

@@ -254,14 +254,15 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
         if shared_w is not None:
             systems["shared_lora"] = lambda rid: shared_w
         loo = fusion["leave_one_out"]
+        fused_rows = [r for r in rows if r in loo]
         heads = {a.id: a.beats for a in blocks}
-        with tqdm(total=held_lines(sources, rows, cfg.max_scenes) * (len(systems) + bool(loo)),
-                  desc="beats (the question)", unit="answer", disable=not progress) as bar:
+        answers = held_lines(sources, rows, cfg.max_scenes) * len(systems) + held_lines(sources, fused_rows, cfg.max_scenes)
+        with tqdm(total=answers, desc="beats (the question)", unit="answer", disable=not progress) as bar:
             beats = beat_accuracy(neeko, tok, sources, rows, systems, progress=bar.update, max_scenes=cfg.max_scenes,
                                   heads=heads)
-            if beats and loo:  # each role rebuilt from the other blocks: their heads mixed, and the question
+            if beats and fused_rows:  # each role rebuilt from the other blocks: their heads mixed, and the question
                 fusion["beats"] = beat_accuracy(
-                    neeko, tok, sources, [r for r in rows if r in loo], {"fused": lambda rid: loo[rid]["weights"]},
+                    neeko, tok, sources, fused_rows, {"fused": lambda rid: loo[rid]["weights"]},
                     progress=bar.update, max_scenes=cfg.max_scenes,
                     heads={rid: MixedHead.of([(heads[b], w) for b, w in loo[rid]["weights"].items()]) for rid in loo})
         if beats:

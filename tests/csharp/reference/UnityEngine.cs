@@ -1,5 +1,5 @@
 // Reference declarations, for tests/test_unity_compile.py only (never shipped, never run): the part of Unity's
-// engine API (2021.3 and later) that the package's Runtime/Unity assembly and its samples call, with Unity's
+// engine API (2021.3 and later) that the package's Runtime/Unity assembly, its samples and its guide's code call, with Unity's
 // namespaces, names and signatures. Bodies throw. Compiling against this proves the package's calls name real
 // members with the right types; it is not Unity, and what only a Unity editor shows (serialization, the
 // Inspector, Play Mode, an IL2CPP build) is not checked by it.
@@ -70,6 +70,17 @@ namespace UnityEngine
     public class TextAsset : Object
     {
         public string text { get { throw null; } }
+    }
+
+    public class Animator : Behaviour
+    {
+        public void SetTrigger(string name) { throw null; }
+    }
+
+    public static class JsonUtility
+    {
+        public static string ToJson(object obj) { throw null; }
+        public static T FromJson<T>(string json) { throw null; }
     }
 
     public class Collider : Component { }

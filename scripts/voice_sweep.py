@@ -9,7 +9,8 @@ OUT/sweep.md and OUT/sweep.json as soon as it is done (a half-finished sweep kee
 
 Every row: `eval --quick --no-shared --prompts-per-role 6` (or --prompts-per-role N; the same held-out prompts and seeds
 in every row) plus its own flags, which name the contrast, so a row means the same whatever eval's default is. Attribution is the share of replies given to their own role by the nearest centroid of real lines;
-coherence is the base model's perplexity of the replies after their prompts (docs/corpora.md).
+coherence is the base model's perplexity of the replies after their prompts and the share of replies that loop, the
+latter against in-context's with a paired interval (docs/corpora.md).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from neeko_npc.neeko.eval_table import loop_verdict  # noqa: E402
 
 COMMON = ["--quick", "--no-shared", "--quiet"]
 ROWS = {
@@ -46,14 +51,24 @@ def row_of(name: str, flags: list[str], rep: dict, seconds: float) -> dict:
             "ppl_real": a["real_lines"]["base_perplexity"], "words_blocks": blocks["mean_words"],
             "words_in_context": inctx["mean_words"], "words_real": a["real_lines"]["mean_words"],
             "repeating": [x.get("repeating", float("nan")) for x in (blocks, inctx, a["real_lines"])],
+            "loops_vs_in_context": a.get("loops_vs_in_context", {}).get("systems", {}).get("neeko"),
             "sample": {rid: s.get("neeko", "") for rid, s in list(a["samples"].items())[:2]}}
+
+
+def loops(d: dict | None) -> str:
+    """The paired difference in the share of replies that loop, and whether it is worse beyond noise."""
+    if not d:
+        return "n/a"
+    lo, hi = d["difference_ci"]
+    return f"{d['difference']:+.0%} [{lo:+.0%}, {hi:+.0%}], " + loop_verdict(d["difference_ci"])
 
 
 def markdown(rows: list[dict]) -> str:
     pct = lambda x, ci: f"{x:.0%} [{ci[0]:.0%}-{ci[1]:.0%}]"  # noqa: E731
     ppl = lambda p: f"{p['value']:.1f} [{p['ci'][0]:.1f}-{p['ci'][1]:.1f}]"  # noqa: E731
     out = ["| row | blocks | in-context | real lines | blocks vs in-context | base perplexity: blocks / in-context / real "
-           "| words: blocks / in-context / real | repeating: blocks / in-context / real | time |", "|" + "---|" * 9]
+           "| words: blocks / in-context / real | repeating: blocks / in-context / real | repeating, blocks against "
+           "in-context (paired) | time |", "|" + "---|" * 10]
     for r in rows:
         vs = r["vs_in_context"]
         out.append(f"| {r['row']} | {pct(r['blocks'], r['blocks_ci'])} | {pct(r['in_context'], r['in_context_ci'])} | "
@@ -61,7 +76,7 @@ def markdown(rows: list[dict]) -> str:
                    f"{ppl(r['ppl_blocks'])} / {ppl(r['ppl_in_context'])} / {ppl(r['ppl_real'])} | "
                    f"{r['words_blocks']:.1f} / {r['words_in_context']:.1f} / {r['words_real']:.1f} | "
                    + " / ".join("n/a" if x != x else f"{x:.0%}" for x in r.get("repeating", [float("nan")] * 3))
-                   + f" | {r['seconds']} s |")
+                   + f" | {loops(r.get('loops_vs_in_context'))} | {r['seconds']} s |")
     return "\n".join(out) + "\n"
 
 

@@ -1,11 +1,13 @@
 """The eval's statistics and pictures, on a tiny hand-made report (no model): bootstrap intervals for attribution,
 differences called only where the intervals separate, and the heat-map PNG."""
 
+import re
+
 import numpy as np
 
 from neeko_npc.neeko.attribution import hits_by_role
 from neeko_npc.neeko.intervals import bootstrap_accuracy, loss_difference, separated
-from neeko_npc.neeko.eval_table import report_table
+from neeko_npc.neeko.eval_table import loop_verdict, report_table
 from neeko_npc.neeko.evaluate import EvalReport
 
 
@@ -101,3 +103,24 @@ def test_a_reply_that_loops_is_counted_as_repeating():
     assert repeats("Why, I am a man of the world, and I am a man of")
     assert not repeats("What, Hal! what a pox have I to do with my hostess of the tavern?")
     assert not repeats("Aye aye.") and not repeats("")
+
+
+def test_coherence_beside_prompting_is_called_worse_only_beyond_noise():
+    from neeko_npc.neeko.intervals import paired_accuracy
+
+    rng = np.random.default_rng(0)
+    in_context = list(rng.random(60) < 0.3)
+    louder = [x or r < 0.5 for x, r in zip(in_context, rng.random(60))]  # loops wherever prompting does, and more
+    level = [x if r < 0.85 else not x for x, r in zip(in_context, rng.random(60))]  # a few replies differ either way
+    rep = report()
+    rep.attribution["loops_vs_in_context"] = paired_accuracy(
+        {"neeko": louder, "in_context": in_context, "shared_lora": level}, "in_context")
+    text = report_table(rep)
+    worse = rep.attribution["loops_vs_in_context"]["systems"]["neeko"]
+    assert worse["difference"] > 0.2 and worse["difference_ci"][0] > 0
+    assert f"replies that loop, neeko against in-context (paired): {100 * worse['difference']:+.0f} points" in text
+    assert f"{100 * worse['difference_ci'][1]:+.0f}], more, beyond noise" in text
+    same = rep.attribution["loops_vs_in_context"]["systems"]["shared_lora"]
+    assert same["difference_ci"][0] < 0 < same["difference_ci"][1]
+    assert re.search(r"shared lora against in-context \(paired\): [+-]\d+ points \[-\d+, \+\d+\], within noise", text)
+    assert loop_verdict([-0.3, -0.1]) == "fewer, beyond noise" and loop_verdict([-0.1, 0.05]) == "within noise"

@@ -13,6 +13,11 @@ def _interval(ci: list[float]) -> str:
     return f"{ci[0] * 100:.0f}-{ci[1] * 100:.0f}%"
 
 
+def loop_verdict(ci: list[float]) -> str:
+    """A paired difference in the share of replies that loop, against in-context's, called only beyond noise."""
+    return "more, beyond noise" if ci[0] > 0 else "fewer, beyond noise" if ci[1] < 0 else "within noise"
+
+
 def report_table(rep: EvalReport) -> str:
     w = max(12, *(len(c) for c in rep.blocks))
     out = ["held-out loss of ROW's lines with COLUMN's block (* = lowest in the row)"]
@@ -98,6 +103,11 @@ def report_table(rep: EvalReport) -> str:
                        "score lowest), words a reply, and the share of replies that say some 3 words twice")
             out.append("  " + "; ".join(f"{n} {c['base_perplexity']['value']:.1f} [{c['base_perplexity']['ci'][0]:.1f}-{c['base_perplexity']['ci'][1]:.1f}], "
                                       f"{c['mean_words']:.1f} words, {c.get('repeating', float('nan')):.0%} repeating" for n, c in cols))
+        for n, c in a.get("loops_vs_in_context", {}).get("systems", {}).items():
+            if "difference" in c:
+                out.append(f"  replies that loop, {n.replace('_', ' ')} against in-context (paired): {100 * c['difference']:+.0f} "
+                           f"points [{100 * c['difference_ci'][0]:+.0f}, {100 * c['difference_ci'][1]:+.0f}], "
+                           + loop_verdict(c["difference_ci"]))
     if rep.beats:
         out.append("\nBeats: held-out annotated lines, the emotion and action each system picks (scored like the daemon) "
                    "beside the majority class of the role's training lines")

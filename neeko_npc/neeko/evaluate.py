@@ -36,7 +36,7 @@ from ..roles.base_model import BaseModelRef
 from ..roles.folder import load_role_assets
 from .attribution import (CentroidClassifier, accuracy, generate_replies, hits_by_role, prompt_messages, prompts_from,
                           repeats, reply_nll, role_lines)
-from .intervals import LEVEL, bootstrap_accuracy, loss_difference, perplexity, separated
+from .intervals import LEVEL, bootstrap_accuracy, loss_difference, paired_accuracy, perplexity, separated
 from .bake import RoleSource, training_examples
 from .load_base import resolve_precision
 from .data import encode_lines
@@ -305,6 +305,7 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
     if shared_w is not None:
         systems["shared_lora"] = lambda rid: shared_w
     bar = tqdm(total=len(systems) * len(rows) * len(prompts), desc="attribution replies", unit="reply", disable=not progress)
+    loops = {}
     for name, weights_for in systems.items():
         # every role answers every prompt; all of a system's replies in as few batches as they fit
         convs = [prompt_messages(sources[rid].profile, p) for rid in rows for p in prompts]
@@ -314,6 +315,7 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
                                    contrast=cfg.contrast if name == "neeko" else 0.0)
         for rid in rows:
             out["samples"].setdefault(rid, {})[name] = replies[truth.index(rid)] if prompts else ""
+        loops[name] = [repeats(r) for r in replies]
         predicted = classifier.classify(replies)
         acc = accuracy(predicted, truth)
         out["systems"][name] = {"per_role": acc, "mean": float(np.mean(list(acc.values()))),
@@ -330,6 +332,10 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
     out["comparisons"] = [{"a": "neeko", "b": b, "points": 100 * (out["systems"]["neeko"]["mean"] - v["mean"]),
                            "separated": separated(out["systems"]["neeko"]["ci"]["mean"], v["ci"]["mean"])}
                           for b, v in against]
+    # coherence beside prompting, paired (every system answers the same prompts in the same order): the share of
+    # replies that loop, against in-context's; worse only where the difference's interval lies above 0
+    if prompts:
+        out["loops_vs_in_context"] = paired_accuracy(loops, "in_context", seed=cfg.seed)
     out["prompts"] = len(prompts)
     out["sample_prompt"] = prompts[0].scene.turns[prompts[0].cut - 1].text if prompts and prompts[0].cut else ""
     return out

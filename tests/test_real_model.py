@@ -384,6 +384,14 @@ def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(quick_
             assert 0.0 <= lo <= res["per_role"][rid] <= hi <= 1.0
         assert res["ci"]["mean"][0] <= res["mean"] <= res["ci"]["mean"][1]
     assert [c["b"] for c in att["comparisons"]] == ["in_context", "shared_lora", "real_held_out_lines"]
+    loops = att["loops_vs_in_context"]  # coherence beside prompting, paired on the same prompts
+    assert loops["items"] == 3 * att["prompts"] and set(loops["systems"]) == set(att["systems"])
+    for sysname, res in loops["systems"].items():
+        assert res["accuracy"] == pytest.approx(att["systems"][sysname]["repeating"])
+        if sysname != "in_context":
+            assert res["difference"] == pytest.approx(res["accuracy"] - att["systems"]["in_context"]["repeating"])
+            assert res["difference_ci"][0] <= res["difference"] <= res["difference_ci"][1]
+    assert "replies that loop, neeko against in-context (paired)" in text
     assert all(isinstance(c["separated"], bool) for c in att["comparisons"]) and "95% interval" in text
     assert "Forgetting" in text and "Fusion, leave-one-out" in text and "Attribution" in text
     assert rep["settings"]["max_scenes"] == 4 and rep["seconds"]["total"] > 0

@@ -1,0 +1,163 @@
+"""What in a line tells its beat? The learned head's ceiling on the shipped roles' annotated lines (docs/beats.md).
+
+    python3 scripts/beat_features.py --out /tmp/beat-features        # writes features.json; about 10 min on 2 cores
+
+Every row fits each role's head exactly as the bake does (neeko/beat_head.py ``fit_classifier``: a multinomial
+logistic regression, its L2 weight chosen by cross-validation on the role's training lines) on one kind of
+feature of the role's annotated training lines, and scores the role's held-out annotated lines, pooled over the
+roles, beside the majority class of each role's training lines (paired bootstrap intervals, neeko/intervals.py):
+
+- ``own block, last token``: what is served, the final norm's output at the line's last token under the role's
+  block;
+- ``own block, mean``: the same, averaged over the line's tokens;
+- ``base model, last token`` and ``base model, mean``: the same without any block;
+- ``MiniLM, line``: the profile encoder's embedding of the line's text alone, a feature nobody serves: a check
+  from outside the model of how much the text says.
+
+Then a learning curve: the served feature and MiniLM's, each head fitted on a random share of the role's training
+lines (10 draws a share), to say whether more annotated lines of the same kind would lift the head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from neeko_npc.neeko.bake import RoleSource  # noqa: E402
+from neeko_npc.neeko.beat_head import declared_actions, fit_classifier, last_token  # noqa: E402
+from neeko_npc.neeko.data import _ids, scene_messages  # noqa: E402
+from neeko_npc.neeko.embed import embed_texts  # noqa: E402
+from neeko_npc.neeko.intervals import paired_accuracy  # noqa: E402
+from neeko_npc.neeko.load_base import load_for_training  # noqa: E402
+from neeko_npc.neeko.model import NeekoLoRA  # noqa: E402
+from neeko_npc.roles.base_model import resolve_base_model  # noqa: E402
+from neeko_npc.roles.folder import load_role_assets  # noqa: E402
+from neeko_npc.roles.prompt import EMOTIONS  # noqa: E402
+
+KINDS = ("emotion", "action")
+SHARES = (0.25, 0.5, 0.75, 1.0)
+
+
+@torch.no_grad()
+def model_features(neeko: NeekoLoRA, tok, src: RoleSource, scenes, weights) -> list[dict]:
+    """Per annotated line of the role: the hidden state at its last token and its mean over the line's tokens."""
+    w = None if weights is None else neeko.weights([weights])
+    out = []
+    for scene in scenes:
+        msgs = scene_messages(src.profile, scene)
+        npc = [t for t in scene.turns if t.speaker == src.profile.id]
+        at = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        lines = [(i, t) for i, t in zip(at, npc) if t.emotion or t.action]
+        if not lines:
+            continue
+        ids = _ids(tok, msgs)
+        with neeko.gate(w):
+            h = neeko.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0].double().numpy()
+        for i, t in lines:
+            end, start = last_token(tok, msgs, i), len(_ids(tok, msgs[:i], gen=True))
+            out.append({"last": h[end], "mean": h[start:end + 1].mean(0), "text": t.text,
+                        "emotion": t.emotion, "action": t.action})
+    return out
+
+
+def score(roles: dict, feature: str, kind: str, share: float = 1.0, rng=None) -> tuple[list[bool], list[bool]]:
+    """Hits of the per-role heads on every held-out annotated line of the kind, and the majority's hits."""
+    hits, majority = [], []
+    for r in roles.values():
+        rows = [d for d in r["train"] if d[kind]]
+        if share < 1.0:
+            rows = [rows[i] for i in sorted(rng.choice(len(rows), size=max(8, round(share * len(rows))), replace=False))]
+        classes = tuple(EMOTIONS) if kind == "emotion" else r["actions"]
+        clf, _ = fit_classifier(np.stack([d[feature] for d in rows]), [d[kind] for d in rows], classes)
+        common = Counter(d[kind] for d in r["train"] if d[kind]).most_common(1)[0][0]
+        for d in r["held"]:
+            if d[kind]:
+                z = clf.W.astype(np.float64) @ d[feature] + clf.b
+                hits.append(clf.classes[int(np.argmax(z))] == d[kind])
+                majority.append(common == d[kind])
+    return hits, majority
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--roles", default="assets/roles")
+    ap.add_argument("--src", default="assets/roles/src")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--draws", type=int, default=10)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    assets, _ = load_role_assets(Path(args.roles))
+    blocks = [a for a in assets if a.block is not None and (Path(args.src) / a.id / "lines.jsonl").is_file()]
+    model, tok = load_for_training(resolve_base_model(None), "fp32")
+    neeko = NeekoLoRA(model, blocks[0].block.r, blocks[0].block.alpha, tuple(blocks[0].block.targets))
+    for a in blocks:
+        neeko.load_block(a.id, a.block)
+    roles = {}
+    for a in blocks:
+        src = RoleSource.from_dir(Path(args.src) / a.id)
+        r = {"actions": declared_actions(src.train)}
+        for part, scenes in (("train", src.train), ("held", src.held)):
+            own, base = model_features(neeko, tok, src, scenes, a.id), model_features(neeko, tok, src, scenes, None)
+            mini = embed_texts([d["text"] for d in own]).astype(np.float64)
+            r[part] = [{"own_last": o["last"], "own_mean": o["mean"], "base_last": b["last"], "base_mean": b["mean"],
+                        "minilm": m, "emotion": o["emotion"], "action": o["action"]} for o, b, m in zip(own, base, mini)]
+        roles[a.id] = r
+        print(f"{a.id}: {len(r['train'])} training lines, {len(r['held'])} held out ({time.monotonic() - t0:.0f} s)",
+              flush=True)
+    features = {"own_last": "own block, last token (served)", "own_mean": "own block, mean over the line",
+                "base_last": "base model, last token", "base_mean": "base model, mean over the line",
+                "minilm": "MiniLM, the line's text"}
+    report = {"roles": sorted(roles), "features": {}, "learning_curve": {}}
+    for kind in KINDS:
+        hits = {}
+        for f in features:
+            hits[f], majority = score(roles, f, kind)
+        hits["majority"] = majority
+        report["features"][kind] = paired_accuracy(hits, "majority")
+        rng = np.random.default_rng(0)
+        curve = {}
+        for f in ("own_last", "minilm"):
+            curve[f] = {}
+            for share in SHARES:
+                draws = 1 if share == 1.0 else args.draws
+                accs = [float(np.mean(score(roles, f, kind, share, rng)[0])) for _ in range(draws)]
+                curve[f][str(share)] = {"mean": float(np.mean(accs)), "min": min(accs), "max": max(accs)}
+        report["learning_curve"][kind] = curve
+        print(json.dumps({kind: {"features": report["features"][kind], "curve": curve}}, indent=1), flush=True)
+    report["seconds"] = round(time.monotonic() - t0)
+    (args.out / "features.json").write_text(json.dumps(report, indent=2))
+    print(markdown(report, features))
+    (args.out / "features.md").write_text(markdown(report, features))
+
+
+def markdown(report: dict, features: dict) -> str:
+    out = ["| feature | emotion | vs majority | action | vs majority |", "|---|---|---|---|---|"]
+    for f, name in list(features.items()) + [("majority", "majority class")]:
+        cells = []
+        for kind in KINDS:
+            s = report["features"][kind]["systems"][f]
+            cells.append(f"{s['accuracy']:.0%} [{s['ci'][0]:.0%}, {s['ci'][1]:.0%}]")
+            cells.append(f"{s['difference']:+.0%} [{s['difference_ci'][0]:+.0%}, {s['difference_ci'][1]:+.0%}]"
+                         if "difference" in s else "")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "| share of training lines | " + " | ".join(f"{k}, {f}" for k in KINDS for f in ("served", "MiniLM"))
+            + " |", "|---" * 5 + "|"]
+    for share in SHARES:
+        out.append(f"| {share:.0%} | " + " | ".join(
+            f"{report['learning_curve'][k][f][str(share)]['mean']:.1%}" for k in KINDS for f in ("own_last", "minilm"))
+            + " |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -71,6 +71,16 @@ class Classifier:
         return _pick(asked, [float(z[self.classes.index(c)]) for c in asked])
 
 
+def asked_ids(ask: BeatAsk) -> tuple[tuple[str, list[str]], tuple[str, list[str]]]:
+    """(kind, the ids asked of it) for the emotion and the action; an empty list where the kind is not asked."""
+    return ("emotion", list(ask.emotions)), ("action", [a.id for a in ask.actions])
+
+
+def knows(c: Classifier | None, asked: list[str]) -> bool:
+    """The coverage rule, once: a classifier answers a kind's ask when every asked id is among its classes."""
+    return c is not None and set(asked) <= set(c.classes)
+
+
 @dataclass(frozen=True)
 class BeatHead:
     """A role's learned beats (neeko/beat_head.py fits them at bake time): a Classifier per kind, or None where
@@ -82,8 +92,7 @@ class BeatHead:
 
     def covers(self, ask: BeatAsk) -> bool:
         """Whether every asked id is one this head was trained to tell apart."""
-        return ((not ask.emotions or (self.emotion is not None and set(ask.emotions) <= set(self.emotion.classes)))
-                and (not ask.actions or (self.action is not None and {a.id for a in ask.actions} <= set(self.action.classes))))
+        return all(not asked or knows(getattr(self, kind), asked) for kind, asked in asked_ids(ask))
 
     def choose(self, h: np.ndarray, ask: BeatAsk) -> tuple["Beat | None", "Beat | None"]:
         """(emotion, action) for the line whose last hidden state is ``h``; the ask must be covered."""
@@ -114,11 +123,10 @@ class MixedHead:
         return self.parts[0][0].dim
 
     def _knowing(self, kind: str, asked: list[str]) -> list[tuple[Classifier, float]]:
-        return [(c, w) for h, w in self.parts if (c := getattr(h, kind)) is not None and set(asked) <= set(c.classes)]
+        return [(c, w) for h, w in self.parts if knows(c := getattr(h, kind), asked)]
 
     def covers(self, ask: BeatAsk) -> bool:
-        return ((not ask.emotions or bool(self._knowing("emotion", list(ask.emotions))))
-                and (not ask.actions or bool(self._knowing("action", [a.id for a in ask.actions]))))
+        return all(not asked or bool(self._knowing(kind, asked)) for kind, asked in asked_ids(ask))
 
     def choose(self, h: np.ndarray, ask: BeatAsk) -> tuple["Beat | None", "Beat | None"]:
         """(emotion, action) for the line whose last hidden state is ``h``; the ask must be covered."""

@@ -14,7 +14,8 @@ roles, beside the majority class of each role's training lines (paired bootstrap
 - ``MiniLM, line``: the profile encoder's embedding of the line's text alone, a feature nobody serves: a check
   from outside the model of how much the text says.
 
-Then a learning curve: the served feature and MiniLM's, each head fitted on a random share of the role's training
+Each feature is also compared with the served one, paired on the same lines. Then (unless ``--no-curve``) a
+learning curve: the served feature and MiniLM's, each head fitted on a random share of the role's training
 lines (10 draws a share), to say whether more annotated lines of the same kind would lift the head.
 """
 
@@ -93,6 +94,7 @@ def main() -> None:
     ap.add_argument("--src", default="assets/roles/src")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--draws", type=int, default=10)
+    ap.add_argument("--no-curve", action="store_true", help="the features' table only, no learning curve")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -124,6 +126,10 @@ def main() -> None:
             hits[f], majority = score(roles, f, kind)
         hits["majority"] = majority
         report["features"][kind] = paired_accuracy(hits, "majority")
+        report.setdefault("against_served", {})[kind] = paired_accuracy(
+            {f: h for f, h in hits.items() if f != "majority"}, "own_last")
+        if args.no_curve:
+            continue
         rng = np.random.default_rng(0)
         curve = {}
         for f in ("own_last", "minilm"):
@@ -150,6 +156,15 @@ def markdown(report: dict, features: dict) -> str:
             cells.append(f"{s['difference']:+.0%} [{s['difference_ci'][0]:+.0%}, {s['difference_ci'][1]:+.0%}]"
                          if "difference" in s else "")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "| feature | emotion against the served feature | action against the served feature |", "|---|---|---|"]
+    for f, name in features.items():
+        if f != "own_last":
+            out.append(f"| {name} | " + " | ".join(
+                "{difference:+.0%} [{lo:+.0%}, {hi:+.0%}]".format(
+                    difference=(d := report["against_served"][k]["systems"][f])["difference"],
+                    lo=d["difference_ci"][0], hi=d["difference_ci"][1]) for k in KINDS) + " |")
+    if not report["learning_curve"]:
+        return "\n".join(out) + "\n"
     out += ["", "| share of training lines | " + " | ".join(f"{k}, {f}" for k in KINDS for f in ("served", "MiniLM"))
             + " |", "|---" * 5 + "|"]
     for share in SHARES:

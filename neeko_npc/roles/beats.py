@@ -96,8 +96,8 @@ class BeatHead:
 
     def choose(self, h: np.ndarray, ask: BeatAsk) -> tuple["Beat | None", "Beat | None"]:
         """(emotion, action) for the line whose last hidden state is ``h``; the ask must be covered."""
-        return (self.emotion.pick(h, list(ask.emotions)) if ask.emotions else None,
-                self.action.pick(h, [a.id for a in ask.actions]) if ask.actions else None)
+        emotion, action = (getattr(self, kind).pick(h, asked) if asked else None for kind, asked in asked_ids(ask))
+        return emotion, action
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,8 @@ class MixedHead:
 
     def choose(self, h: np.ndarray, ask: BeatAsk) -> tuple["Beat | None", "Beat | None"]:
         """(emotion, action) for the line whose last hidden state is ``h``; the ask must be covered."""
-        return (self._mix("emotion", list(ask.emotions), h) if ask.emotions else None,
-                self._mix("action", [a.id for a in ask.actions], h) if ask.actions else None)
+        emotion, action = (self._mix(kind, asked, h) if asked else None for kind, asked in asked_ids(ask))
+        return emotion, action
 
     def _mix(self, kind: str, asked: list[str], h: np.ndarray) -> "Beat":
         parts = self._knowing(kind, asked)

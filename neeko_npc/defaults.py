@@ -113,6 +113,7 @@ LR = 2e-3
 BATCH_SIZE = 4
 MAX_LEN = 320  # tokens per training example
 SEED = 0
+DISTINCT = 0.0  # bake --distinct: weight of the term that keeps a block from lowering other roles' loss (neeko/train.py)
 PRECISION = "auto"  # base weights while training (bf16 where the hardware has it, else fp32); blocks are float32
 PRECISIONS = ("auto", "fp32", "bf16")  # --precision of bake, bake-role and eval
 HOLDOUT = 0.2  # share of scenes held out to measure a block

@@ -53,8 +53,9 @@ def test_adamw_moves_only_the_stepped_block_even_with_momentum():
         assert same != moved, f"block {k}"
 
 
-def test_interrupted_bake_resumes_to_the_identical_result(tmp_path):
-    cfg = TrainConfig(epochs=2, batch_size=2, lr=1e-2, warmup=2, seed=3, checkpoint_every=1)
+@pytest.mark.parametrize("distinct", [0.0, 1.0])
+def test_interrupted_bake_resumes_to_the_identical_result(tmp_path, distinct):
+    cfg = TrainConfig(epochs=2, batch_size=2, lr=1e-2, warmup=2, seed=3, checkpoint_every=1, distinct=distinct)
     data = {"a": examples("a"), "b": examples("b", seed=1)}
 
     def fresh():
@@ -66,7 +67,7 @@ def test_interrupted_bake_resumes_to_the_identical_result(tmp_path):
         return n
 
     full = fresh()
-    train_blocks(full, data, ["a", "b"], cfg, pad_id=0, progress=False)
+    train_blocks(full, data, ["a", "b"], cfg, pad_id=0, progress=False, negatives=data)
 
     ck = tmp_path / "ck.pt"
     broken = fresh()
@@ -74,18 +75,19 @@ def test_interrupted_bake_resumes_to_the_identical_result(tmp_path):
     calls = {"n": 0}
 
     def crash_after_four(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] > 4:
+        calls["n"] += kw.get("reduction", "mean") == "mean"  # not the base model's scoring of the negatives
+        if calls["n"] > (8 if distinct else 4):  # with the distinct term, two losses a step
             raise KeyboardInterrupt
         return real_loss(*a, **kw)
 
     broken.loss = crash_after_four
     with pytest.raises(KeyboardInterrupt):
-        train_blocks(broken, data, ["a", "b"], cfg, pad_id=0, checkpoint=ck, progress=False)
+        train_blocks(broken, data, ["a", "b"], cfg, pad_id=0, checkpoint=ck, progress=False, negatives=data)
     assert torch.load(ck, weights_only=True)["step"] == 4
 
     resumed = fresh()
-    res = train_blocks(resumed, data, ["a", "b"], cfg, pad_id=0, checkpoint=ck, resume=True, progress=False)
+    res = train_blocks(resumed, data, ["a", "b"], cfg, pad_id=0, checkpoint=ck, resume=True, progress=False,
+                       negatives=data)
     assert res.resumed_from == 4
     for x, y in zip(snapshot(full), snapshot(resumed)):
         assert torch.equal(x, y)
@@ -310,3 +312,43 @@ def test_contrastive_replies_push_away_from_the_base_within_the_blocks_plausible
     got = _decoded(neeko, tok, ids, mask, neeko.weights(["a", "a"]), 6, None, rngs, contrast=2.0)
     assert got == [contrasted_alone(r, 6, 2.0) for r in rows]
     assert got != _decoded(neeko, tok, ids, mask, neeko.weights(["a", "a"]), 6, None, rngs, contrast=0.0)
+
+
+def patterned(role, tail, n=8, seed=0):
+    """Lines that share a run of tokens with every other role's (20..24) and end in the role's own (``tail``)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(40, 96, (4,), generator=g).tolist() + [20, 21, 22, 23, 24] + tail
+        out.append(Example(role, ids, [IGNORE] * 4 + ids[4:]))
+    return out
+
+
+def test_the_distinct_term_keeps_a_block_from_learning_what_the_roles_share():
+    """Plainly trained, block a learns the run every role's lines share, so it also lowers b's loss below the
+    base model's; with --distinct it stays near the base on b's lines and still learns its own. Block b, not
+    trained here, does not move by a bit: the term only ever reaches the trained block."""
+    from neeko_npc.neeko.train import heldout_loss
+
+    data = {"a": patterned("a", [30, 31, 32, 33]), "b": patterned("b", [35, 36, 37, 38], seed=1)}
+
+    def trained(distinct):
+        torch.manual_seed(0)
+        n = NeekoLoRA(tiny_llama(), r=4, alpha=32)
+        gen = torch.Generator().manual_seed(2)
+        n.add_role("a", generator=gen)
+        n.add_role("b", generator=gen)
+        before_b = block_slices(n, snapshot(n), 1)
+        cfg = TrainConfig(epochs=12, batch_size=4, lr=2e-2, warmup=2, seed=3, distinct=distinct)
+        res = train_blocks(n, {"a": data["a"]}, ["a"], cfg, pad_id=0, progress=False, negatives=data)
+        assert all(torch.equal(x, y) for x, y in zip(before_b, block_slices(n, snapshot(n), 1)))
+        return n, res
+
+    plain, plain_res = trained(0.0)
+    held, held_res = trained(1.0)
+    assert plain_res.records["a"].distinct == [] and len(held_res.records["a"].distinct) == held_res.steps
+    base_b, base_a = heldout_loss(plain, data["b"], None, 0), heldout_loss(plain, data["a"], None, 0)
+    plain_b, held_b = heldout_loss(plain, data["b"], "a", 0), heldout_loss(held, data["b"], "a", 0)
+    assert base_b - plain_b > 0.1, (base_b, plain_b)  # plainly, a's block helps b's lines: the term has work to do
+    assert base_b - held_b < 0.25 * (base_b - plain_b), (base_b, held_b, plain_b)
+    assert heldout_loss(held, data["a"], "a", 0) < base_a - 0.15  # and it still learns its own lines

@@ -35,10 +35,10 @@ def train_options(f):
     return f
 
 
-def _train_config(epochs, lr, batch_size, max_len, seed):
+def _train_config(epochs, lr, batch_size, max_len, seed, distinct=D.DISTINCT):
     from ..neeko.train import TrainConfig
 
-    return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_len=max_len, seed=seed)
+    return TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_len=max_len, seed=seed, distinct=distinct)
 
 
 def _print_heldout(report) -> None:
@@ -65,10 +65,14 @@ def _print_heldout(report) -> None:
 @click.option("--tau", default=D.GATE_TAU, show_default=True, type=click.FloatRange(0, min_open=True), help="Gate temperature.")
 @click.option("--top-k", default=D.TOP_K, show_default=True, type=click.IntRange(1, 64), help="Gate: at most this many blocks per request.")
 @click.option("--min-weight", default=D.MIN_WEIGHT, show_default=True, type=click.FloatRange(0, 1), help="Gate: drop blocks weighted below this.")
+@click.option("--distinct", default=D.DISTINCT, show_default=True, type=click.FloatRange(0, 100),
+              help="Also hold each block away from the other roles' lines: each step adds this weight times how far "
+                   "the block lowers a batch of another role's lines below the base model's loss. 0 is off; above 0 "
+                   "a step takes about twice as long.")
 @train_options
 @friendly_errors
-def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, epochs, lr, batch_size, max_len, seed,
-         precision, holdout, beat_question, resume, quiet):
+def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, distinct, epochs, lr, batch_size, max_len,
+         seed, precision, holdout, beat_question, resume, quiet):
     """Pre-finetune: train several roles together, one LoRA block each.
 
     Each ROLE_DIR holds profile.json and lines.jsonl (docs/making-roles.md). Writes one
@@ -84,7 +88,7 @@ def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, 
     for s in sources:
         click.echo(f"  {s.profile.id:<20} {s.n_lines:>4} lines, {len(s.train)} train / {len(s.held)} held-out scenes")
     lora = LoraConfig(r=r, alpha=alpha, targets=tuple(t.strip() for t in targets.split(",") if t.strip()), precision=precision)
-    report = pre_finetune(ref, sources, out, _train_config(epochs, lr, batch_size, max_len, seed), lora,
+    report = pre_finetune(ref, sources, out, _train_config(epochs, lr, batch_size, max_len, seed, distinct), lora,
                           GateSettings(tau=tau, top_k=top_k, min_weight=min_weight), resume=resume, progress=not quiet,
                           beat_question=beat_question)
     _print_heldout(report)

@@ -120,6 +120,7 @@ def _training_record(mode: str, src: RoleSource, rec, cfg: TrainConfig, lora: Lo
         "heldout_scenes": len(src.held), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
         "max_len": cfg.max_len, "precision": resolve_precision(lora.precision),
         "heldout_loss_base": held.base, "heldout_loss_block": held.block, "beat_question": question,
+        "distinct": cfg.distinct,
     }
 
 
@@ -185,8 +186,10 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
     question = {s.profile.id: question_trained(s.profile, s.train, beat_question) for s in sources}
     examples = {s.profile.id: training_examples(tok, s.profile, s.train, cfg.max_len, question[s.profile.id])
                 for s in sources}
+    negatives = ({s.profile.id: [ex for sc in s.train for ex in encode_lines(tok, s.profile, sc, cfg.max_len)]
+                  for s in sources} if cfg.distinct > 0 else None)  # the roles' lines alone, for the distinct term
     result = train_blocks(neeko, examples, ids, cfg, tok.pad_token_id, checkpoint=out_dir / ".bake-checkpoint.pt",
-                          resume=resume, run_tag=info.fingerprint, progress=progress)
+                          resume=resume, run_tag=info.fingerprint, progress=progress, negatives=negatives)
     embeddings = embed_texts([s.profile.embedding_text() for s in sources])
     held, paths = {}, []
     for i, src in enumerate(sources):

@@ -36,6 +36,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = defaults.SEED
     checkpoint_every: int = 20
+    distinct: float = defaults.DISTINCT  # weight of the distinct term (distinct_penalty); 0 is off
 
 
 @dataclass
@@ -44,6 +45,7 @@ class RoleRecord:
     tokens: int = 0
     final_loss: float = float("nan")
     losses: list = field(default_factory=list)
+    distinct: list = field(default_factory=list)  # the distinct term at each of the role's steps, when on
 
 
 @dataclass
@@ -71,6 +73,27 @@ def make_schedule(examples: dict[str, list[Example]], roles: list[str], cfg: Tra
     return schedule
 
 
+def negative_batch(negatives: dict[str, list[Example]], rid: str, step: int, cfg: TrainConfig) -> tuple[str, list[int]] | None:
+    """The other role's examples that step ``step`` (training ``rid``) holds its block away from: one role
+    drawn from the others, then a batch of its examples. Depends only on the seed and the step, so a resumed
+    bake draws the same. None when no other role has examples."""
+    others = sorted(o for o, exs in negatives.items() if o != rid and exs)
+    if not others:
+        return None
+    rng = random.Random(f"{cfg.seed}:{step}")
+    o = rng.choice(others)
+    return o, rng.sample(range(len(negatives[o])), min(cfg.batch_size, len(negatives[o])))
+
+
+def distinct_penalty(block_nll: torch.Tensor, base_nll: float) -> torch.Tensor:
+    """d = max(0, L_base(x_o) - L_k(x_o)): how far block k lowers the per-token loss of another role's lines
+    x_o below what the base model gives them (each under its own role's profile prompt). Added as
+    ``distinct * d`` to the step's loss, it lets block k learn what its role shares with the base model and
+    with its own lines, but not what it would share with the other roles: their lines under block k stay no
+    likelier than under no block. Only block k's gradient changes, so blocks stay isolated."""
+    return torch.clamp(base_nll - block_nll, min=0.0)
+
+
 def _run_key(neeko: NeekoLoRA, roles: list[str], examples: dict[str, list[Example]], cfg: TrainConfig, extra: str) -> str:
     h = hashlib.sha256(json.dumps([asdict(cfg), roles, neeko.role_ids, neeko.r, neeko.alpha, list(neeko.targets), extra]).encode())
     for rid in roles:
@@ -82,12 +105,15 @@ def _run_key(neeko: NeekoLoRA, roles: list[str], examples: dict[str, list[Exampl
 def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: list[str], cfg: TrainConfig,
                  pad_id: int, checkpoint: Path | None = None, resume: bool = False, run_tag: str = "",
                  progress: bool = True, groups: dict[str, list[str]] | None = None, group_weight: float = 1.0,
-                 desc: str = "baking") -> dict:
+                 desc: str = "baking", negatives: dict[str, list[Example]] | None = None) -> dict:
     """Train the blocks of ``roles`` (all already added to ``neeko``). Returns per-role records and speed.
 
     ``groups`` maps a role of the schedule to several blocks that train together, all at gate weight
     ``group_weight``: M blocks of rank r trained that way are one ordinary LoRA of rank M*r, scaled
-    by group_weight * alpha / r (the evaluation's shared-LoRA baseline)."""
+    by group_weight * alpha / r (the evaluation's shared-LoRA baseline).
+
+    With ``cfg.distinct`` above 0 and ``negatives`` (each role's own lines), each step also adds
+    ``cfg.distinct * distinct_penalty`` on a batch of another role's lines (negative_batch)."""
     for rid in roles:
         if not examples.get(rid):
             raise InputError(f"role {rid!r} has no training examples")
@@ -95,7 +121,9 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
     total = len(schedule)
     opt = BlockAdamW([neeko.modules[k] for k in sorted(neeko.modules)], lr=cfg.lr, weight_decay=cfg.weight_decay)
     records = {rid: RoleRecord() for rid in roles}
-    key = _run_key(neeko, roles, examples, cfg, run_tag)
+    use_negatives = cfg.distinct > 0 and bool(negatives)
+    key = _run_key(neeko, roles, examples, cfg, run_tag + (_negatives_tag(negatives) if use_negatives else ""))
+    base_cache: dict[tuple[str, int], tuple[float, int]] = {}  # (role, example) -> its NLL sum and tokens, base model
     start = 0
     if checkpoint is not None and resume and checkpoint.is_file():
         ck = torch.load(checkpoint, weights_only=True)
@@ -128,6 +156,11 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at step {step} (role {rid}); lower --lr")
+            neg = negative_batch(negatives, rid, step, cfg) if use_negatives else None
+            if neg is not None:
+                d = _distinct_term(neeko, negatives, neg, w[:1], pad_id, base_cache)
+                loss = loss + cfg.distinct * d
+                records[rid].distinct.append(round(float(d.detach()), 5))
             opt.zero_grad()
             loss.backward()
             for k in ks:
@@ -151,6 +184,29 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
         neeko.model.eval()
     elapsed = time.perf_counter() - t0
     return TrainResult(records, total, elapsed, tokens_seen / elapsed if elapsed > 0 else 0.0, start)
+
+
+def _negatives_tag(negatives: dict[str, list[Example]]) -> str:
+    h = hashlib.sha256()
+    for rid in sorted(negatives):
+        h.update(rid.encode())
+        for e in negatives[rid]:
+            h.update(bytes(str(e.input_ids), "ascii"))
+    return ":negatives:" + h.hexdigest()
+
+
+def _distinct_term(neeko: NeekoLoRA, negatives: dict[str, list[Example]], neg: tuple[str, list[int]], w_row: torch.Tensor,
+                   pad_id: int, base_cache: dict) -> torch.Tensor:
+    """distinct_penalty on the batch ``neg``: the base model's loss of each example is computed once and kept."""
+    o, idx = neg
+    todo = [i for i in idx if (o, i) not in base_cache]
+    if todo:
+        sums, counts = heldout_sums(neeko, [negatives[o][i] for i in todo], None, pad_id, batch_size=len(todo))
+        for i, s_, c in zip(todo, sums, counts):
+            base_cache[(o, i)] = (float(s_), int(c))
+    base_nll = sum(base_cache[(o, i)][0] for i in idx) / max(1, sum(base_cache[(o, i)][1] for i in idx))
+    batch = collate([negatives[o][i] for i in idx], pad_id)
+    return distinct_penalty(neeko.loss(w_row.expand(len(idx), -1), **batch), base_nll)
 
 
 def _save_checkpoint(path: Path, key: str, step: int, neeko: NeekoLoRA, opt: BlockAdamW, records: dict) -> None:

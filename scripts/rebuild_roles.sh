@@ -14,6 +14,7 @@ rm -f "$OUT"/*.nrole
 # fp32, as the shipped files were baked: the same weights on every CPU, and no emulated bf16 (docs/making-roles.md)
 neeko-npc bake "$SRC/blacksmith" "$SRC/innkeeper" "$SRC/guard_captain" "$SRC/hedge_witch" --out "$OUT" --seed 0 --precision fp32 \
   ${SET_FLAGS:-} "$@"
-neeko-npc bake-role --profile "$SRC/merchant/profile.json" --data "$SRC/merchant/lines.jsonl" --roles "$OUT" --seed 0 --precision fp32 "$@"
+neeko-npc bake-role --profile "$SRC/merchant/profile.json" --data "$SRC/merchant/lines.jsonl" --roles "$OUT" --seed 0 --precision fp32 \
+  --negatives "$SRC" "$@"
 neeko-npc bake-role --fuse --profile "$SRC/young_guard/profile.json" --roles "$OUT"
 ls -l "$OUT"/*.nrole

@@ -5,6 +5,7 @@ The bake itself is the session fixture `baked` in conftest.py.
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from neeko_npc.cli import main
 from neeko_npc.roles.asset_read import read_asset
 from neeko_npc.roles.base_model import base_info, resolve_base_model
 
-from tests.conftest import DATA, run
+from tests.conftest import DATA, FAST, run
 
 pytestmark = pytest.mark.slow  # the real model
 
@@ -211,6 +212,23 @@ def test_inspect_reports_the_block(baked):
     assert "[block]" in out and "r=8" in out and "expansion" in out and "held-out" in out
     js = json.loads(run("inspect", "--json", baked["dir"] / "fisher.nrole"))
     assert js["block"]["params"] == 30 * 8 * (576 + 576 + 576 + 192)
+
+
+def test_an_expansion_held_away_from_the_sets_lines_needs_them_and_says_so(baked, tmp_path):
+    """bake-role --distinct: without the set's role folders one clear error and no file; with them, the new block
+    is trained with the term on (its record says so) and the old blocks pass expansion's bit-identity check."""
+    roles = tmp_path / "roles"
+    shutil.copytree(baked["before"], roles)  # smith and bard, pre-finetuned
+    expand = ["bake-role", "--profile", str(DATA / "fisher" / "profile.json"), "--data", str(DATA / "fisher" / "lines.jsonl"),
+              "--roles", str(roles), "--distinct", "1", *map(str, FAST), "--epochs", "1"]
+    res = CliRunner().invoke(main, expand)
+    assert res.exit_code == 1 and "--distinct above 0 needs --negatives" in res.output
+    assert not (roles / "fisher.nrole").exists()
+    out = run(*expand, "--negatives", DATA)
+    assert "old roles' blocks verified bit-identical" in out
+    rec = read_asset(roles / "fisher.nrole").training
+    assert rec["distinct"] == 1.0 and rec["distinct_final"] >= 0.0
+    assert read_asset(baked["before"] / "smith.nrole").training["distinct"] == 0.0  # the fixture's bake: off
 
 
 def test_bake_role_refuses_an_existing_id(baked):

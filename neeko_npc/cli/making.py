@@ -35,6 +35,13 @@ def train_options(f):
     return f
 
 
+distinct_option = click.option(
+    "--distinct", default=D.DISTINCT, show_default=True, type=click.FloatRange(0, 100),
+    help="Hold each trained block away from the other roles' lines: each step adds this weight times how far the "
+         "block lowers a batch of another role's lines below the base model's loss (docs/corpora.md). 0 is off; "
+         "above 0 a step takes about 1.6 times as long.")
+
+
 def _train_config(epochs, lr, batch_size, max_len, seed, distinct=D.DISTINCT):
     from ..neeko.train import TrainConfig
 
@@ -65,10 +72,7 @@ def _print_heldout(report) -> None:
 @click.option("--tau", default=D.GATE_TAU, show_default=True, type=click.FloatRange(0, min_open=True), help="Gate temperature.")
 @click.option("--top-k", default=D.TOP_K, show_default=True, type=click.IntRange(1, 64), help="Gate: at most this many blocks per request.")
 @click.option("--min-weight", default=D.MIN_WEIGHT, show_default=True, type=click.FloatRange(0, 1), help="Gate: drop blocks weighted below this.")
-@click.option("--distinct", default=D.DISTINCT, show_default=True, type=click.FloatRange(0, 100),
-              help="Also hold each block away from the other roles' lines: each step adds this weight times how far "
-                   "the block lowers a batch of another role's lines below the base model's loss. 0 is off; above 0 "
-                   "a step takes about twice as long.")
+@distinct_option
 @train_options
 @friendly_errors
 def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, distinct, epochs, lr, batch_size, max_len,
@@ -110,10 +114,14 @@ def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, 
               help="Fusion: temperature (softer than the gate's, so close roles mix).")
 @click.option("--replace", is_flag=True, help="Overwrite a role with the same id.")
 @base_model_option
+@distinct_option
+@click.option("--negatives", "negatives_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Expansion with --distinct above 0: the folder of the set's role folders (ID/lines.jsonl), whose "
+                   "training lines the new block is held away from.")
 @train_options
 @friendly_errors
-def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, base_model, epochs, lr, batch_size, max_len,
-              seed, precision, holdout, beat_question, resume, quiet):
+def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, base_model, distinct, negatives_dir, epochs,
+              lr, batch_size, max_len, seed, precision, holdout, beat_question, resume, quiet):
     """Add one role to an existing set, without touching the others.
 
     With --data: expansion. A new block is appended and trained; every old
@@ -142,8 +150,9 @@ def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, bas
 
     src = RoleSource.from_files(profile_path, data, holdout)
     click.echo(f"  {src.profile.id:<20} {src.n_lines:>4} lines, {len(src.train)} train / {len(src.held)} held-out scenes")
-    report = expand(ref, roles_dir, src, _train_config(epochs, lr, batch_size, max_len, seed), out, lora_precision=precision,
-                    replace=replace, resume=resume, progress=not quiet, beat_question=beat_question)
+    report = expand(ref, roles_dir, src, _train_config(epochs, lr, batch_size, max_len, seed, distinct), out,
+                    lora_precision=precision, replace=replace, resume=resume, progress=not quiet,
+                    beat_question=beat_question, negatives_dir=negatives_dir)
     _print_heldout(report)
     click.echo(f"old roles' blocks verified bit-identical; wrote {report.assets[0]} ({report.assets[0].stat().st_size / 1e6:.2f} MB)")
 

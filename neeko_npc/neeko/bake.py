@@ -121,6 +121,7 @@ def _training_record(mode: str, src: RoleSource, rec, cfg: TrainConfig, lora: Lo
         "max_len": cfg.max_len, "precision": resolve_precision(lora.precision),
         "heldout_loss_base": held.base, "heldout_loss_block": held.block, "beat_question": question,
         "distinct": cfg.distinct,
+        **({"distinct_final": float(np.mean(rec.distinct[-5:]))} if rec.distinct else {}),
     }
 
 
@@ -186,8 +187,7 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
     question = {s.profile.id: question_trained(s.profile, s.train, beat_question) for s in sources}
     examples = {s.profile.id: training_examples(tok, s.profile, s.train, cfg.max_len, question[s.profile.id])
                 for s in sources}
-    negatives = ({s.profile.id: [ex for sc in s.train for ex in encode_lines(tok, s.profile, sc, cfg.max_len)]
-                  for s in sources} if cfg.distinct > 0 else None)  # the roles' lines alone, for the distinct term
+    negatives = line_negatives(tok, sources, cfg.max_len) if cfg.distinct > 0 else None
     result = train_blocks(neeko, examples, ids, cfg, tok.pad_token_id, checkpoint=out_dir / ".bake-checkpoint.pt",
                           resume=resume, run_tag=info.fingerprint, progress=progress, negatives=negatives)
     embeddings = embed_texts([s.profile.embedding_text() for s in sources])
@@ -206,9 +206,27 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
     return BakeReport(ids, paths, held, result)
 
 
+def line_negatives(tok, sources: list[RoleSource], max_len: int) -> dict[str, list]:
+    """Each role's training lines alone (no beat questions, no held-out scene): what the distinct term
+    (train.distinct_penalty) holds the other roles' blocks away from."""
+    return {s.profile.id: [ex for sc in s.train for ex in encode_lines(tok, s.profile, sc, max_len)] for s in sources}
+
+
+def negative_sources(src_dir: Path | None, role_ids: list[str], holdout: float) -> list[RoleSource]:
+    """The role folders ``src_dir``/ID of the set's trained roles, for an expansion's distinct term."""
+    if src_dir is None:
+        raise InputError("--distinct above 0 needs --negatives: the folder of the set's role folders (ID/profile.json, "
+                         "ID/lines.jsonl), whose lines the new block is held away from; or pass --distinct 0")
+    found = [RoleSource.from_dir(src_dir / rid, holdout) for rid in role_ids if (src_dir / rid / "lines.jsonl").is_file()]
+    if not found:
+        raise InputError(f"{src_dir} holds no folder of the set's roles ({', '.join(role_ids)}): --negatives must be "
+                         "the folder the set was baked from")
+    return found
+
+
 def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainConfig, out_path: Path | None = None,
            lora_precision: str = defaults.PRECISION, replace: bool = False, resume: bool = False, progress: bool = True,
-           beat_question: bool = defaults.BEAT_QUESTION) -> BakeReport:
+           beat_question: bool = defaults.BEAT_QUESTION, negatives_dir: Path | None = None) -> BakeReport:
     info = base_info(base_ref)
     assets, errors = load_role_assets(roles_dir, info)
     old = [a for a in assets if a.block is not None and a.id != src.profile.id]
@@ -217,6 +235,7 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
     if not old:
         raise InputError(f"{roles_dir} has no trained roles to expand; run `neeko-npc bake` first"
                          + (f" ({len(errors)} file(s) could not be read: {errors[0]})" if errors else ""))
+    others = negative_sources(negatives_dir, [a.id for a in old], src.holdout) if cfg.distinct > 0 else []
     first = old[0].block
     lora = LoraConfig(r=first.r, alpha=first.alpha, targets=tuple(first.targets), precision=lora_precision, dtype=first.dtype)
     model, tok = _load(base_ref, lora)
@@ -230,7 +249,8 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
     out_path = out_path or roles_dir / f"{src.profile.id}{SUFFIX}"
     result = train_blocks(neeko, examples, [src.profile.id], cfg, tok.pad_token_id,
                           checkpoint=out_path.with_name(f".{src.profile.id}.bake-checkpoint.pt"), resume=resume,
-                          run_tag=info.fingerprint, progress=progress)
+                          run_tag=info.fingerprint, progress=progress,
+                          negatives=line_negatives(tok, others, cfg.max_len) if others else None)
     # Nothing forgotten: every old block must be exactly what its file holds.
     for a in old:
         now = neeko.export_block(a.id, a.block.dtype)

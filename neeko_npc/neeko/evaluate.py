@@ -280,10 +280,12 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
                                 "top_p": cfg.top_p, "strength": cfg.strength, "contrast": cfg.contrast, "load_problems": [str(e) for e in errors]})
 
 
-def _coherence(neeko, tok, convs: list[list[dict]], replies: list[str], seed: int) -> dict:
-    """Words a reply, the share that loop, and the base model's perplexity of them after their prompts."""
+def _coherence(neeko, tok, convs: list[list[dict]], replies: list[str], seed: int, loops: list[bool] | None = None) -> dict:
+    """Words a reply, the share that loop (``loops``: each reply's ``repeats``, when already known), and the base
+    model's perplexity of them after their prompts."""
+    loops = [repeats(r) for r in replies] if loops is None else loops
     return {"mean_words": float(np.mean([len(r.split()) for r in replies])) if replies else 0.0,
-            "repeating": float(np.mean([repeats(r) for r in replies])) if replies else 0.0,
+            "repeating": float(np.mean(loops)) if replies else 0.0,
             "base_perplexity": perplexity(*reply_nll(neeko, tok, convs, replies), seed=seed)}
 
 
@@ -320,7 +322,7 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
         acc = accuracy(predicted, truth)
         out["systems"][name] = {"per_role": acc, "mean": float(np.mean(list(acc.values()))),
                                 "ci": bootstrap_accuracy(hits_by_role(predicted, truth), seed=cfg.seed),
-                                **_coherence(neeko, tok, convs, replies, cfg.seed)}
+                                **_coherence(neeko, tok, convs, replies, cfg.seed, loops[name])}
     bar.close()
     # the same judge on the real lines that answered these prompts, in their own speaker's voice
     real_convs = [prompt_messages(sources[p.source_role].profile, p) for p in prompts]

@@ -174,7 +174,8 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
             rec.final_loss = float(sum(rec.losses[-5:]) / len(rec.losses[-5:]))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(role=rid, loss=f"{loss_value:.3f}")
+                bar.set_postfix(role=rid, loss=f"{loss_value:.3f}",
+                                **({"distinct": f"{rec.distinct[-1]:.3f}"} if neg is not None else {}))
             done = step + 1
             if checkpoint is not None and (done % cfg.checkpoint_every == 0 or done == total):
                 _save_checkpoint(checkpoint, key, done, neeko, opt, records)

@@ -38,8 +38,8 @@ def train_options(f):
 distinct_option = click.option(
     "--distinct", default=D.DISTINCT, show_default=True, type=click.FloatRange(0, 100),
     help="Hold each trained block away from the other roles' lines: each step adds this weight times how far the "
-         "block lowers a batch of another role's lines below the base model's loss (docs/corpora.md). 0 is off; "
-         "above 0 a step takes about 1.6 times as long.")
+         "block lowers a batch of another role's lines below the base model's loss. 0 is off; above 0 each step "
+         "also runs that batch, so a bake takes longer (docs/corpora.md).")
 
 
 def _train_config(epochs, lr, batch_size, max_len, seed, distinct=D.DISTINCT):

@@ -37,6 +37,12 @@ def test_bake_reports_a_missing_profile(tmp_path):
     assert res.exit_code == 1 and "needs profile.json and lines.jsonl" in res.output
 
 
+def test_a_distinct_bake_of_one_role_is_refused_before_any_work(tmp_path):
+    res = invoke("bake", Path(__file__).parent / "data" / "roles" / "smith", "--distinct", "1", "--out", tmp_path / "out")
+    assert res.exit_code == 1 and "needs at least two roles" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_base_model_path(tmp_path):
     f = tmp_path / "model.bin"
     f.write_bytes(b"not a model")

@@ -177,6 +177,9 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
     ids = [s.profile.id for s in sources]
     if len(set(ids)) != len(ids):
         raise InputError(f"duplicate role ids: {ids}")
+    if cfg.distinct > 0 and len(ids) < 2:
+        raise InputError("--distinct holds each block away from the other roles' lines, so the bake needs at least two "
+                         "roles; pass --distinct 0 for one")
     out_dir.mkdir(parents=True, exist_ok=True)
     info = base_info(base_ref)
     model, tok = _load(base_ref, lora)

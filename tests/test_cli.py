@@ -1,5 +1,7 @@
 """CLI behaviour that needs no model: clear errors, exit code 1, no tracebacks."""
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 

@@ -212,7 +212,7 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
 def line_negatives(tok, sources: list[RoleSource], max_len: int) -> dict[str, list]:
     """Each role's training lines alone (no beat questions, no held-out scene): what the distinct term
     (train.distinct_penalty) holds the other roles' blocks away from."""
-    return {s.profile.id: [ex for sc in s.train for ex in encode_lines(tok, s.profile, sc, max_len)] for s in sources}
+    return {s.profile.id: training_examples(tok, s.profile, s.train, max_len, question=False) for s in sources}
 
 
 def negative_sources(src_dir: Path | None, role_ids: list[str], holdout: float) -> list[RoleSource]:

@@ -94,10 +94,16 @@ def distinct_penalty(block_nll: torch.Tensor, base_nll: float) -> torch.Tensor:
     return torch.clamp(base_nll - block_nll, min=0.0)
 
 
-def _run_key(neeko: NeekoLoRA, roles: list[str], examples: dict[str, list[Example]], cfg: TrainConfig, extra: str) -> str:
+def _run_key(neeko: NeekoLoRA, roles: list[str], examples: dict[str, list[Example]], cfg: TrainConfig, extra: str,
+             negatives: dict[str, list[Example]] | None = None) -> str:
+    """What a checkpoint must match to be resumed: the settings, the blocks, the examples and any negatives."""
     h = hashlib.sha256(json.dumps([asdict(cfg), roles, neeko.role_ids, neeko.r, neeko.alpha, list(neeko.targets), extra]).encode())
     for rid in roles:
         for e in examples[rid]:
+            h.update(bytes(str(e.input_ids), "ascii"))
+    for rid in sorted(negatives or {}):
+        h.update(f":negatives:{rid}".encode())
+        for e in negatives[rid]:
             h.update(bytes(str(e.input_ids), "ascii"))
     return h.hexdigest()
 
@@ -122,7 +128,7 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
     opt = BlockAdamW([neeko.modules[k] for k in sorted(neeko.modules)], lr=cfg.lr, weight_decay=cfg.weight_decay)
     records = {rid: RoleRecord() for rid in roles}
     use_negatives = cfg.distinct > 0 and bool(negatives)
-    key = _run_key(neeko, roles, examples, cfg, run_tag + (_negatives_tag(negatives) if use_negatives else ""))
+    key = _run_key(neeko, roles, examples, cfg, run_tag, negatives if use_negatives else None)
     base_cache: dict[tuple[str, int], tuple[float, int]] = {}  # (role, example) -> its NLL sum and tokens, base model
     start = 0
     if checkpoint is not None and resume and checkpoint.is_file():
@@ -185,15 +191,6 @@ def train_blocks(neeko: NeekoLoRA, examples: dict[str, list[Example]], roles: li
         neeko.model.eval()
     elapsed = time.perf_counter() - t0
     return TrainResult(records, total, elapsed, tokens_seen / elapsed if elapsed > 0 else 0.0, start)
-
-
-def _negatives_tag(negatives: dict[str, list[Example]]) -> str:
-    h = hashlib.sha256()
-    for rid in sorted(negatives):
-        h.update(rid.encode())
-        for e in negatives[rid]:
-            h.update(bytes(str(e.input_ids), "ascii"))
-    return ":negatives:" + h.hexdigest()
 
 
 def _distinct_term(neeko: NeekoLoRA, negatives: dict[str, list[Example]], neg: tuple[str, list[int]], w_row: torch.Tensor,

@@ -11,8 +11,10 @@ roles, beside the majority class of each role's training lines (paired bootstrap
   block;
 - ``own block, mean``: the same, averaged over the line's tokens;
 - ``base model, last token`` and ``base model, mean``: the same without any block;
+- ``base model, the prompt's last token``: the state before the line, which has read what was said to the NPC
+  (a line's beat often answers it); and that state beside the line's last, without the block and with it;
 - ``MiniLM, line``: the profile encoder's embedding of the line's text alone, a feature nobody serves: a check
-  from outside the model of how much the text says.
+  from outside the model of how much the text says; and of what was said to the NPC and its line together.
 
 Each feature is also compared with the served one, paired on the same lines. Then (unless ``--no-curve``) a
 learning curve: the served feature and MiniLM's, each head fitted on a random share of the role's training
@@ -65,7 +67,8 @@ def model_features(neeko: NeekoLoRA, tok, src: RoleSource, scenes, weights) -> l
             h = neeko.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0].double().numpy()
         for i, t in lines:
             end, start = last_token(tok, msgs, i), len(_ids(tok, msgs[:i], gen=True))
-            out.append({"last": h[end], "mean": h[start:end + 1].mean(0), "text": t.text,
+            out.append({"last": h[end], "mean": h[start:end + 1].mean(0), "prompt": h[start - 1], "text": t.text,
+                        "heard": msgs[i - 1]["content"] if i and msgs[i - 1]["role"] == "user" else "",
                         "emotion": t.emotion, "action": t.action})
     return out
 
@@ -111,14 +114,21 @@ def main() -> None:
         for part, scenes in (("train", src.train), ("held", src.held)):
             own, base = model_features(neeko, tok, src, scenes, a.id), model_features(neeko, tok, src, scenes, None)
             mini = embed_texts([d["text"] for d in own]).astype(np.float64)
+            pair = embed_texts([f'{d["heard"]}\n{d["text"]}' for d in own]).astype(np.float64)
             r[part] = [{"own_last": o["last"], "own_mean": o["mean"], "base_last": b["last"], "base_mean": b["mean"],
-                        "minilm": m, "emotion": o["emotion"], "action": o["action"]} for o, b, m in zip(own, base, mini)]
+                        "base_prompt": b["prompt"], "base_both": np.concatenate([b["prompt"], b["last"]]),
+                        "own_both": np.concatenate([o["prompt"], o["last"]]),
+                        "minilm": m, "minilm_pair": p, "emotion": o["emotion"], "action": o["action"]}
+                       for o, b, m, p in zip(own, base, mini, pair)]
         roles[a.id] = r
         print(f"{a.id}: {len(r['train'])} training lines, {len(r['held'])} held out ({time.monotonic() - t0:.0f} s)",
               flush=True)
     features = {"own_last": "own block, last token (served)", "own_mean": "own block, mean over the line",
                 "base_last": "base model, last token", "base_mean": "base model, mean over the line",
-                "minilm": "MiniLM, the line's text"}
+                "base_prompt": "base model, the prompt's last token (before the line)",
+                "base_both": "base model, the prompt's last token and the line's",
+                "own_both": "own block, the prompt's last token and the line's",
+                "minilm": "MiniLM, the line's text", "minilm_pair": "MiniLM, the player's line and the NPC's"}
     report = {"roles": sorted(roles), "features": {}, "learning_curve": {}}
     for kind in KINDS:
         hits = {}

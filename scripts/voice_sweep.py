@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from neeko_npc.neeko.eval_table import loop_verdict  # noqa: E402
+from neeko_npc.neeko.eval_table import loop_difference  # noqa: E402
 
 COMMON = ["--quick", "--no-shared", "--quiet"]
 ROWS = {
@@ -57,10 +57,7 @@ def row_of(name: str, flags: list[str], rep: dict, seconds: float) -> dict:
 
 def loops(d: dict | None) -> str:
     """The paired difference in the share of replies that loop, and whether it is worse beyond noise."""
-    if not d:
-        return "n/a"
-    lo, hi = d["difference_ci"]
-    return f"{d['difference']:+.0%} [{lo:+.0%}, {hi:+.0%}], " + loop_verdict(d["difference_ci"])
+    return loop_difference(d) if d else "n/a"
 
 
 def markdown(rows: list[dict]) -> str:

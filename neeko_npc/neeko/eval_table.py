@@ -18,6 +18,12 @@ def loop_verdict(ci: list[float]) -> str:
     return "more, beyond noise" if ci[0] > 0 else "fewer, beyond noise" if ci[1] < 0 else "within noise"
 
 
+def loop_difference(c: dict) -> str:
+    """That difference (a paired_accuracy system) in points, with its interval and the verdict."""
+    lo, hi = c["difference_ci"]
+    return f"{100 * c['difference']:+.0f} points [{100 * lo:+.0f}, {100 * hi:+.0f}], " + loop_verdict(c["difference_ci"])
+
+
 def report_table(rep: EvalReport) -> str:
     w = max(12, *(len(c) for c in rep.blocks))
     out = ["held-out loss of ROW's lines with COLUMN's block (* = lowest in the row)"]
@@ -105,9 +111,8 @@ def report_table(rep: EvalReport) -> str:
                                       f"{c['mean_words']:.1f} words, {c.get('repeating', float('nan')):.0%} repeating" for n, c in cols))
         for n, c in a.get("loops_vs_in_context", {}).get("systems", {}).items():
             if "difference" in c:
-                out.append(f"  replies that loop, {n.replace('_', ' ')} against in-context (paired): {100 * c['difference']:+.0f} "
-                           f"points [{100 * c['difference_ci'][0]:+.0f}, {100 * c['difference_ci'][1]:+.0f}], "
-                           + loop_verdict(c["difference_ci"]))
+                out.append(f"  replies that loop, {n.replace('_', ' ')} against in-context (paired): "
+                           + loop_difference(c))
     if rep.beats:
         out.append("\nBeats: held-out annotated lines, the emotion and action each system picks (scored like the daemon) "
                    "beside the majority class of the role's training lines")

@@ -14,7 +14,9 @@ roles, beside the majority class of each role's training lines (paired bootstrap
 - ``base model, the prompt's last token``: the state before the line, which has read what was said to the NPC
   (a line's beat often answers it); and that state beside the line's last, without the block and with it;
 - ``MiniLM, line``: the profile encoder's embedding of the line's text alone, a feature nobody serves: a check
-  from outside the model of how much the text says; and of what was said to the NPC and its line together.
+  from outside the model of how much the text says; and of what was said to the NPC and its line together;
+- ``tokens of the line``: which of the tokens of the role's training lines the line holds (a bag of token ids,
+  0 or 1 each), a feature the daemon could serve from the tokens it decoded.
 
 Each feature is also compared with the served one, paired on the same lines. Then (unless ``--no-curve``) a
 learning curve: the served feature and MiniLM's, each head fitted on a random share of the role's training
@@ -51,8 +53,9 @@ SHARES = (0.25, 0.5, 0.75, 1.0)
 
 
 @torch.no_grad()
-def model_features(neeko: NeekoLoRA, tok, src: RoleSource, scenes, weights) -> list[dict]:
-    """Per annotated line of the role: the hidden state at its last token and its mean over the line's tokens."""
+def model_features(neeko: NeekoLoRA, tok, src: RoleSource, scenes, weights, layers: tuple[int, ...] = ()) -> list[dict]:
+    """Per annotated line of the role: the hidden state at its last token and its mean over the line's tokens (and,
+    for each of ``layers``, that layer's output at the last token and its mean: ``L<n>_last``, ``L<n>_mean``)."""
     w = None if weights is None else neeko.weights([weights])
     out = []
     for scene in scenes:
@@ -64,12 +67,16 @@ def model_features(neeko: NeekoLoRA, tok, src: RoleSource, scenes, weights) -> l
             continue
         ids = _ids(tok, msgs)
         with neeko.gate(w):
-            h = neeko.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0].double().numpy()
+            o = neeko.model.base_model(input_ids=torch.tensor([ids]), output_hidden_states=bool(layers))
+        h = o.last_hidden_state[0].double().numpy()
+        mid = {n: o.hidden_states[n][0].double().numpy() for n in layers}
         for i, t in lines:
             end, start = last_token(tok, msgs, i), len(_ids(tok, msgs[:i], gen=True))
             out.append({"last": h[end], "mean": h[start:end + 1].mean(0), "prompt": h[start - 1], "text": t.text,
                         "heard": msgs[i - 1]["content"] if i and msgs[i - 1]["role"] == "user" else "",
-                        "emotion": t.emotion, "action": t.action})
+                        "emotion": t.emotion, "action": t.action,
+                        **{f"L{n}_{k}": v for n, x in mid.items() for k, v in (("last", x[end]),
+                                                                               ("mean", x[start:end + 1].mean(0)))}})
     return out
 
 
@@ -98,6 +105,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--draws", type=int, default=10)
     ap.add_argument("--no-curve", action="store_true", help="the features' table only, no learning curve")
+    ap.add_argument("--layers", type=lambda v: tuple(int(x) for x in v.split(",")), default=(),
+                    help="also each of these layers' outputs (0 the embeddings; e.g. 4,8,12,16,20,24), own and base")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -112,14 +121,22 @@ def main() -> None:
         src = RoleSource.from_dir(Path(args.src) / a.id)
         r = {"actions": declared_actions(src.train)}
         for part, scenes in (("train", src.train), ("held", src.held)):
-            own, base = model_features(neeko, tok, src, scenes, a.id), model_features(neeko, tok, src, scenes, None)
+            own, base = (model_features(neeko, tok, src, scenes, w, args.layers) for w in (a.id, None))
             mini = embed_texts([d["text"] for d in own]).astype(np.float64)
             pair = embed_texts([f'{d["heard"]}\n{d["text"]}' for d in own]).astype(np.float64)
             r[part] = [{"own_last": o["last"], "own_mean": o["mean"], "base_last": b["last"], "base_mean": b["mean"],
                         "base_prompt": b["prompt"], "base_both": np.concatenate([b["prompt"], b["last"]]),
                         "own_both": np.concatenate([o["prompt"], o["last"]]),
-                        "minilm": m, "minilm_pair": p, "emotion": o["emotion"], "action": o["action"]}
+                        "minilm": m, "minilm_pair": p, "emotion": o["emotion"], "action": o["action"],
+                        "ids": tok(o["text"], add_special_tokens=False)["input_ids"]}
                        for o, b, m, p in zip(own, base, mini, pair)]
+            for d, o, b in zip(r[part], own, base):
+                d.update({f"{who}_{k}": v for who, x in (("own", o), ("base", b)) for k, v in x.items()
+                          if k.startswith("L")})
+        vocab = {i: n for n, i in enumerate(dict.fromkeys(i for d in r["train"] for i in d["ids"]))}
+        for d in r["train"] + r["held"]:
+            d["tokens"] = np.zeros(len(vocab))
+            d["tokens"][[vocab[i] for i in d["ids"] if i in vocab]] = 1.0
         roles[a.id] = r
         print(f"{a.id}: {len(r['train'])} training lines, {len(r['held'])} held out ({time.monotonic() - t0:.0f} s)",
               flush=True)
@@ -128,7 +145,11 @@ def main() -> None:
                 "base_prompt": "base model, the prompt's last token (before the line)",
                 "base_both": "base model, the prompt's last token and the line's",
                 "own_both": "own block, the prompt's last token and the line's",
-                "minilm": "MiniLM, the line's text", "minilm_pair": "MiniLM, the player's line and the NPC's"}
+                "minilm": "MiniLM, the line's text", "minilm_pair": "MiniLM, the player's line and the NPC's",
+                "tokens": "tokens of the line (which of the role's training tokens it holds)",
+                **{f"{who}_L{n}_{k}": f"{name}, layer {n}, {'last token' if k == 'last' else 'mean over the line'}"
+                   for n in args.layers for who, name in (("own", "own block"), ("base", "base model"))
+                   for k in ("last", "mean")}}
     report = {"roles": sorted(roles), "features": {}, "learning_curve": {}}
     for kind in KINDS:
         hits = {}

@@ -1,6 +1,6 @@
 """What in a line tells its beat? The learned head's ceiling on the shipped roles' annotated lines (docs/beats.md).
 
-    python3 scripts/beat_features.py --out /tmp/beat-features        # writes features.json; about 10 min on 2 cores
+    python3 scripts/beat_features.py --out /tmp/beat-features        # writes features.json (run times: docs/beats.md)
 
 Every row fits each role's head exactly as the bake does (neeko/beat_head.py ``fit_classifier``: a multinomial
 logistic regression, its L2 weight chosen by cross-validation on the role's training lines) on one kind of
@@ -16,7 +16,8 @@ roles, beside the majority class of each role's training lines (paired bootstrap
 - ``MiniLM, line``: the profile encoder's embedding of the line's text alone, a feature nobody serves: a check
   from outside the model of how much the text says; and of what was said to the NPC and its line together;
 - ``tokens of the line``: which of the tokens of the role's training lines the line holds (a bag of token ids,
-  0 or 1 each), a feature the daemon could serve from the tokens it decoded.
+  0 or 1 each), a feature the daemon could serve from the tokens it decoded;
+- with ``--layers 8,16``: each named layer's output at the line's last token and its mean, own block and base.
 
 Each feature is also compared with the served one, paired on the same lines. Then (unless ``--no-curve``) a
 learning curve: the served feature and MiniLM's, each head fitted on a random share of the role's training

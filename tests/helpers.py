@@ -34,12 +34,12 @@ def random_head(base=TINY_BASE, actions=("quote_price", "none"), seed=0):
     return BeatHead(base.hidden, clf(EMOTIONS), clf(actions))
 
 
-def block_asset(rid, base=TINY_BASE, seed=0, beats=False, **kw):
+def block_asset(rid, base=TINY_BASE, seed=0, beats=False, contrast=None, **kw):
     rng = np.random.default_rng(seed + 100)
     emb = rng.standard_normal(16).astype(np.float32)
     return RoleAsset(profile=RoleProfile(id=rid, name=rid.title(), persona=f"{rid} persona"), embedding=emb / np.linalg.norm(emb),
                      base=base, gate=GateSettings(), block=random_block(base, seed=seed, **kw), training={"mode": "test"},
-                     beats=random_head(base, seed=seed) if beats else None)
+                     beats=random_head(base, seed=seed) if beats else None, contrast=contrast)
 
 
 def fusion_asset(rid, refs, base=TINY_BASE):

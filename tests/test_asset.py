@@ -26,6 +26,14 @@ def test_roundtrip_is_exact(tmp_path):
     assert np.array_equal(a.embedding, b.embedding)
 
 
+def test_a_roles_own_contrast_is_kept_and_a_role_without_one_has_none(tmp_path):
+    write_asset(block_asset("smith", contrast=0.5), tmp_path / "smith.nrole")
+    write_asset(block_asset("bard", seed=1), tmp_path / "bard.nrole")
+    smith, bard = read_asset(tmp_path / "smith.nrole"), read_asset(tmp_path / "bard.nrole")
+    assert smith.contrast == 0.5 and smith.summary()["voice"] == {"contrast": 0.5}
+    assert bard.contrast is None and "voice" not in bard.summary()
+
+
 def test_f16_storage_halves_the_file(tmp_path):
     big = write_asset(block_asset("a"), tmp_path / "a.nrole").stat().st_size
     small = write_asset(block_asset("a", dtype="f16"), tmp_path / "b.nrole").stat().st_size

@@ -21,7 +21,9 @@ from neeko_npc.server.app import Daemon, ServerConfig
 from neeko_npc.server.client import Client
 from neeko_npc.v1 import dialogue_pb2 as pb
 
-from .helpers import code_of, collect
+from neeko_npc.roles.asset import write_asset
+
+from .helpers import block_asset, code_of, collect, fusion_asset
 from .scripted import ScriptedEngine, write_roles
 
 TOKEN = "s3cret"
@@ -100,6 +102,58 @@ def test_contrast_defaults_to_the_daemons_and_a_request_may_set_it(daemon, clien
     assert daemon.service.engine.lines[-1]["opts"].contrast == defaults.CONTRAST
     collect(client.say("smith", "hi", contrast=0.0))
     assert daemon.service.engine.lines[-1]["opts"].contrast == 0.0
+
+
+def test_an_npc_speaks_at_its_own_contrast_unless_serve_or_the_request_says_otherwise(tmp_path):
+    """A role's file may carry its own contrast (its bake's voice check). A line that leaves contrast unset gets it;
+    serve --contrast overrides every NPC's, a request overrides both; a role without one, a fused role and a blend
+    get the default; each speaker of a conversation speaks at its own; a backend that cannot contrast gets 0."""
+    smith, bard = block_asset("smith", seed=1), block_asset("bard", seed=2, contrast=0.5)
+    for a in (smith, bard):
+        write_asset(a, tmp_path / f"{a.id}.nrole")
+    write_asset(fusion_asset("squire", [(smith, 0.25), (bard, 0.75)]), tmp_path / "squire.nrole")
+
+    def contrasts(d, *calls) -> list[float]:
+        c = Client(d.address, token=TOKEN)
+        try:
+            for call in calls:
+                collect(call(c))
+        finally:
+            c.close()
+        return [line["opts"].contrast for line in d.service.engine.lines]
+
+    bard_, smith_, squire_ = (lambda c: c.say("bard", "hi")), (lambda c: c.say("smith", "hi")), (lambda c: c.say("squire", "hi"))
+    blend_ = lambda c: c.say("ada", "hi", profile=ADA, blend={"bard": 1})  # noqa: E731
+    asked_ = lambda c: c.say("bard", "hi", contrast=2.0)  # noqa: E731
+    talk_ = lambda c: c.converse(["bard", "smith"], turns=2)  # noqa: E731
+    D = defaults.CONTRAST
+    for make, calls, want in [
+        (None, [bard_, smith_, squire_, blend_, asked_, talk_], [0.5, D, D, D, 2.0, 0.5, D]),
+        (lambda: ScriptedEngine(tmp_path, EngineConfig(contrast=0.25)), [bard_, smith_, squire_, blend_, asked_, talk_],
+         [0.25, 0.25, 0.25, 0.25, 2.0, 0.25, 0.25]),
+        (lambda: Bare(tmp_path), [bard_, smith_, squire_, talk_], [0.0] * 5),
+    ]:
+        d = start(tmp_path, make=make)
+        try:
+            assert d.loaded.wait(30)
+            assert contrasts(d, *calls) == want
+        finally:
+            d.stop(0)
+
+
+def test_the_base_model_warms_a_roles_prefix_only_where_its_lines_are_contrasted(tmp_path):
+    """llama.cpp reads each role's prompt prefix at start-up, and under the base model too where that role's lines
+    are contrasted unless a request says otherwise (its own contrast, serve --contrast, the default)."""
+    from neeko_npc.engine.llama_engine import LlamaEngine
+
+    smith, bard = block_asset("smith", seed=1, contrast=0.0), block_asset("bard", seed=2, contrast=0.5)
+    for a in (smith, bard):
+        write_asset(a, tmp_path / f"{a.id}.nrole")
+    write_asset(fusion_asset("squire", [(smith, 0.25), (bard, 0.75)]), tmp_path / "squire.nrole")
+    own = LlamaEngine._warm_prefixes(ScriptedEngine(tmp_path))  # the method reads only the facade's roles
+    assert own == [("bard", False), ("bard", True), ("smith", False), ("squire", False), ("squire", True)]
+    assert LlamaEngine._warm_prefixes(ScriptedEngine(tmp_path, EngineConfig(contrast=0.0))) == [
+        ("bard", False), ("smith", False), ("squire", False)]
 
 
 # -- failures: one status code a kind ----------------------------------------------------------

@@ -147,6 +147,13 @@ def block_cases(good: bytes) -> dict[str, bytes]:
             b[kind][name] = arr.tobytes()
         return mutate
     cases["beats_not_a_map"] = edit(good, lambda p: p.__setitem__("beats", [1, 2]))
+    # its own contrast: a number a request could ask for, nothing else
+    cases["voice_not_a_map"] = edit(good, lambda p: p.__setitem__("voice", 0.5))
+    cases["voice_contrast_missing"] = edit(good, lambda p: p.__setitem__("voice", {}))
+    cases["voice_contrast_string"] = edit(good, lambda p: p["voice"].__setitem__("contrast", "1"))
+    cases["voice_contrast_huge"] = edit(good, lambda p: p["voice"].__setitem__("contrast", 1e30))
+    cases["voice_contrast_negative"] = edit(good, lambda p: p["voice"].__setitem__("contrast", -1.0))
+    cases["voice_contrast_nan"] = edit(good, lambda p: p["voice"].__setitem__("contrast", float("nan")))
     cases["beats_dim_other_model"] = head(lambda b: b.__setitem__("dim", 64))
     cases["beats_weights_short"] = head(lambda b: b["emotion"].__setitem__("W", b["emotion"]["W"][:-4]))
     cases["beats_bias_missing"] = head(lambda b: b["action"].pop("b"))
@@ -184,7 +191,7 @@ def fusion_cases(good_fusion: bytes) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def good_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("good")
-    smith, bard = block_asset("smith", beats=True), block_asset("bard", seed=1)
+    smith, bard = block_asset("smith", beats=True, contrast=0.5), block_asset("bard", seed=1)
     write_asset(smith, d / "smith.nrole")
     write_asset(bard, d / "bard.nrole")
     write_asset(fusion_asset("knight", [(smith, 0.75), (bard, 0.25)]), d / "knight.nrole")
@@ -231,6 +238,9 @@ def test_every_hostile_file_is_refused_with_one_error_naming_it(cases, tmp_path)
     ("training_note_60k", "holds a string of 60000 characters"),
     ("deeply_nested_record", "nested more than 4 levels"),
     ("fusion_weight_huge", "fusion weight 1e+30"),
+    ("voice_contrast_huge", "voice.contrast = 1e+30; it must be between 0 and 4"),
+    ("voice_contrast_nan", "voice.contrast = nan"),
+    ("voice_contrast_string", "field voice.contrast has the wrong type"),
     ("fusion_ref_self", "references itself"),
     ("fusion_ref_path", "'../smith', which is not a role id"),
     ("fusion_weights_sum_2", "sum to 2"),

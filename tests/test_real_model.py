@@ -13,7 +13,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from neeko_npc import defaults
 from neeko_npc.cli import main
+from neeko_npc.neeko.voice_check import choose_contrast
 from neeko_npc.roles.asset_read import read_asset
 from neeko_npc.roles.base_model import base_info, resolve_base_model
 
@@ -167,6 +169,16 @@ def test_bake_writes_valid_assets_and_the_block_beats_the_base(baked):
         t = a.training
         assert t["heldout_loss_block"] < t["heldout_loss_base"], (rid, t)
         assert f"{rid:<20}" in out
+        # the voice check: each role speaks at the contrast its replies to the set's training prompts were most often
+        # recognised at (13 prompts: every training scene of the two roles)
+        v = t["voice_check"]
+        shares = {float(c): s for c, s in v["shares"].items()}
+        assert sorted(shares) == sorted(defaults.VOICE_CHECK_CONTRASTS) and all(0 <= s <= 1 for s in shares.values())
+        assert a.contrast == v["contrast"] == choose_contrast(shares) and v["prompts"] == 13
+        assert f"voice check: {rid} speaks at contrast {a.contrast:g}" in out
+    # an expansion given no other roles' lines cannot tell its voice from theirs: it speaks at the daemon's contrast
+    assert "voice check: skipped" in baked["expand_out"]
+    assert read_asset(baked["dir"] / "fisher.nrole").contrast is None
 
 
 def test_expansion_keeps_every_old_role_bit_identical(baked, base):
@@ -371,7 +383,7 @@ def test_eval_confusion_matrix_reproduces_the_bakes_own_figures(baked, quick_eva
     assert "own block lowest beyond noise in" in text
 
 
-def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(quick_eval):
+def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(baked, quick_eval):
     """On the expanded set (smith, bard, then fisher by expansion): our old roles' losses are identical
     before and after fisher's block, and after the shared LoRA trains beside them; the shared LoRA
     itself moves when it continues on fisher; leave-one-out fusion mixes only the other blocks; every
@@ -414,6 +426,9 @@ def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(quick_
     assert "Forgetting" in text and "Fusion, leave-one-out" in text and "Attribution" in text
     assert rep["settings"]["max_scenes"] == 4 and rep["seconds"]["total"] > 0
     assert rep["settings"]["temperature"] == 0.7 and rep["settings"]["strength"] == 1.0
+    own = {rid: read_asset(baked["dir"] / f"{rid}.nrole").contrast for rid in ("bard", "fisher", "smith")}
+    assert att["contrasts"] == {rid: defaults.CONTRAST if c is None else c for rid, c in own.items()}  # as served
+    assert "neeko's replies decoded at contrast" in text
     assert all(isinstance(v, str) for by in att["samples"].values() for v in by.values())
     assert any(v.strip() for by in att["samples"].values() for v in by.values())  # sampled replies say something
 

@@ -42,6 +42,21 @@ distinct_option = click.option(
          "also runs that batch, so a bake takes longer (docs/corpora.md).")
 
 
+voice_option = click.option(
+    "--voice-check/--no-voice-check", "voice", default=D.VOICE_CHECK, show_default=True,
+    help="Choose each trained role's own contrast (stored in its file; serve --contrast or a request overrides it): "
+         f"the one of {', '.join(f'{c:g}' for c in D.VOICE_CHECK_CONTRASTS)} whose replies to the set's training "
+         "prompts sound most like the role to the eval's judge. Needs two roles or more (bake-role: --negatives); "
+         "a few minutes more.")
+
+
+def _print_voices(report) -> None:
+    for rid, v in report.voices.items():
+        shares = ", ".join(f"{c}: {s:.0%}" for c, s in v["shares"].items())
+        click.echo(f"voice check: {rid} speaks at contrast {v['contrast']:g} (its replies recognised at {shares}; "
+                   f"{v['prompts']} training prompts)")
+
+
 def _train_config(epochs, lr, batch_size, max_len, seed, distinct=D.DISTINCT):
     from ..neeko.train import TrainConfig
 
@@ -73,10 +88,11 @@ def _print_heldout(report) -> None:
 @click.option("--top-k", default=D.TOP_K, show_default=True, type=click.IntRange(1, 64), help="Gate: at most this many blocks per request.")
 @click.option("--min-weight", default=D.MIN_WEIGHT, show_default=True, type=click.FloatRange(0, 1), help="Gate: drop blocks weighted below this.")
 @distinct_option
+@voice_option
 @train_options
 @friendly_errors
-def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, distinct, epochs, lr, batch_size, max_len,
-         seed, precision, holdout, beat_question, resume, quiet):
+def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, distinct, voice, epochs, lr, batch_size,
+         max_len, seed, precision, holdout, beat_question, resume, quiet):
     """Pre-finetune: train several roles together, one LoRA block each.
 
     Each ROLE_DIR holds profile.json and lines.jsonl (docs/making-roles.md). Writes one
@@ -94,8 +110,9 @@ def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, 
     lora = LoraConfig(r=r, alpha=alpha, targets=tuple(t.strip() for t in targets.split(",") if t.strip()), precision=precision)
     report = pre_finetune(ref, sources, out, _train_config(epochs, lr, batch_size, max_len, seed, distinct), lora,
                           GateSettings(tau=tau, top_k=top_k, min_weight=min_weight), resume=resume, progress=not quiet,
-                          beat_question=beat_question)
+                          beat_question=beat_question, voice=voice)
     _print_heldout(report)
+    _print_voices(report)
     for p in report.assets:
         click.echo(f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)")
 
@@ -116,12 +133,13 @@ def bake(role_dirs, out, base_model, r, alpha, targets, tau, top_k, min_weight, 
 @base_model_option
 @distinct_option
 @click.option("--negatives", "negatives_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Expansion with --distinct above 0: the folder of the set's role folders (ID/lines.jsonl), whose "
-                   "training lines the new block is held away from.")
+              help="Expansion: the folder of the set's role folders (ID/lines.jsonl), whose training lines the new "
+                   "block is held away from (--distinct above 0) and its voice is told from (--voice-check).")
+@voice_option
 @train_options
 @friendly_errors
-def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, base_model, distinct, negatives_dir, epochs,
-              lr, batch_size, max_len, seed, precision, holdout, beat_question, resume, quiet):
+def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, base_model, distinct, negatives_dir, voice,
+              epochs, lr, batch_size, max_len, seed, precision, holdout, beat_question, resume, quiet):
     """Add one role to an existing set, without touching the others.
 
     With --data: expansion. A new block is appended and trained; every old
@@ -152,8 +170,12 @@ def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, bas
     click.echo(f"  {src.profile.id:<20} {src.n_lines:>4} lines, {len(src.train)} train / {len(src.held)} held-out scenes")
     report = expand(ref, roles_dir, src, _train_config(epochs, lr, batch_size, max_len, seed, distinct), out,
                     lora_precision=precision, replace=replace, resume=resume, progress=not quiet,
-                    beat_question=beat_question, negatives_dir=negatives_dir)
+                    beat_question=beat_question, negatives_dir=negatives_dir, voice=voice)
     _print_heldout(report)
+    _print_voices(report)
+    if voice and not report.voices:
+        click.echo("voice check: skipped (pass --negatives, the set's role folders, to tell this voice from the "
+                   "others'); the role speaks at the daemon's contrast")
     click.echo(f"old roles' blocks verified bit-identical; wrote {report.assets[0]} ({report.assets[0].stat().st_size / 1e6:.2f} MB)")
 
 

@@ -36,9 +36,10 @@ from . import DEFAULT_ROLES, base_model_option, friendly_errors, main, need_matp
               help="Attribution replies: nucleus cut, with --temperature above 0.")
 @click.option("--strength", default=1.0, show_default=True, type=click.FloatRange(0, 4),
               help="Attribution replies: the own block's gate weight (1 is as served).")
-@click.option("--contrast", default=D.CONTRAST, show_default=True, type=click.FloatRange(0, D.MAX_CONTRAST),
+@click.option("--contrast", default=None, type=click.FloatRange(0, D.MAX_CONTRAST),
               help="Attribution replies: decode the blocks' logits pushed away from the base model's by this much "
-                   "(contrastive decoding as serve --contrast does it; 0 is off, two forwards a token).")
+                   "(contrastive decoding as serve --contrast does it; 0 is off, two forwards a token). Default: as "
+                   f"served, each role's own contrast (its bake's voice check), else {D.CONTRAST:g}.")
 @click.option("--reply-tokens", type=click.IntRange(1, 512), default=None,
               help="Attribution: the longest reply, in tokens (default 40; 16 with --quick).")
 @click.option("--prompts-per-role", type=click.IntRange(1, 1000), default=None,

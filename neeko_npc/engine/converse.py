@@ -6,7 +6,7 @@ The facade (facade.py) mixes :class:`Conversations` in; a turn is generated like
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 from .. import defaults
@@ -53,8 +53,9 @@ class Conversations:
         if not 2 <= len(npcs) <= defaults.MAX_CONVERSE_NPCS or len(set(npcs)) != len(npcs):
             raise BadRequest(f"npc_ids: a conversation needs 2 to {defaults.MAX_CONVERSE_NPCS} different NPCs, "
                              f"not {len(npcs)}" + (" (one appears twice)" if len(set(npcs)) != len(npcs) else ""))
-        opts = self._contrast(lim.check_say(npcs[0], "", opening_line, scene, opts or GenOptions(),
-                                            line_field="opening_line"))
+        opts = lim.check_say(npcs[0], "", opening_line, scene, opts or GenOptions(), line_field="opening_line")
+        if opts.contrast is not None:
+            self.check_contrast(opts.contrast)
         turns = turns or defaults.CONVERSE_TURNS
         bad = None
         if turns > lim.max_converse_turns:
@@ -91,7 +92,8 @@ class Conversations:
                 prompt = self._scene_prompt(profiles[speaker], render_scene(scene) + about, speaker, names, lines,
                                             opts.max_tokens)
                 key = adapter_key(adapters, scales)
-                stream = self._guarded(self._stream(adapters, scales, key, prompt, opts,
+                said_as = replace(opts, contrast=self.line_contrast(opts.contrast, voice.contrast))  # each speaker's own
+                stream = self._guarded(self._stream(adapters, scales, key, prompt, said_as,
                                                     lambda: self._closing or cancelled(), deadline, npc=speaker), voice, key)
                 first = True
                 try:

@@ -74,8 +74,8 @@ class EngineConfig:
     queue_timeout: float = defaults.QUEUE_TIMEOUT
     history_tokens: int = defaults.HISTORY_TOKENS  # memory budget per (session, NPC)
     max_batch: int = defaults.MAX_BATCH  # torch engine: NPC lines decoded together
-    contrast: float | None = None  # a line's contrast when its request leaves it unset; None: defaults.CONTRAST where
-    # the backend can contrast, else 0
+    contrast: float | None = None  # serve --contrast: every line's whose request leaves it unset; None: each NPC's own
+    # (Engine.line_contrast)
     snapshot_bytes: int = defaults.SNAPSHOT_MIB * 1024 * 1024  # llama.cpp: kept conversation states; 0 turns them off
     warm_dirs: tuple = ()  # llama.cpp: read-only folders of ready adapters and warm prefixes (a bundle's), beside the cache
     warm_save_dir: Path | None = None  # where new warm prefixes are saved; None: the cache (defaults.warm_dir())
@@ -125,9 +125,8 @@ class Engine(Conversations, Sessions, abc.ABC):
 
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
-        if self.config.contrast is None:
-            self.config = replace(self.config, contrast=defaults.CONTRAST if self.abilities.contrast else 0.0)
-        self.check_contrast(self.config.contrast)
+        if self.config.contrast is not None:
+            self.check_contrast(self.config.contrast)
         self.memory = Memory(max_chars=self.config.max_memory_chars)
         self.roleset: RoleSet | None = None
         self.load_result: ReloadResult | None = None
@@ -256,13 +255,16 @@ class Engine(Conversations, Sessions, abc.ABC):
         if self._closing:
             raise PoolBusy("the daemon is shutting down")
         scene = scene or SceneInfo()
-        opts = self._contrast(self.limits.check_say(npc_id, session, player_line, scene, opts or GenOptions()))
+        opts = self.limits.check_say(npc_id, session, player_line, scene, opts or GenOptions())
+        if opts.contrast is not None:
+            self.check_contrast(opts.contrast)
         check_procedural(blend, profile)
         if blend is not None and not self.abilities.blends:
             raise InvalidBlend(self.lacking("blends"))
         if profile is not None:
             profile = clean_profile(profile, self.specials)
         voice, adapters, scales = self.roleset.acquire(npc_id, blend, profile, self.limits.max_blend)
+        opts = replace(opts, contrast=self.line_contrast(opts.contrast, voice.contrast))
         return opts, self.clean(player_line), clean_scene(scene, self.specials), voice, adapters, scales
 
     @classmethod
@@ -273,11 +275,17 @@ class Engine(Conversations, Sessions, abc.ABC):
         if c > 0 and not cls.abilities.contrast:
             raise BadRequest(f"contrast {c:g}: {cls.lacking('contrast')}")
 
-    def _contrast(self, opts: GenOptions) -> GenOptions:
-        """``opts`` with its contrast filled in (unset: --contrast), checked by ``check_contrast``."""
-        c = self.config.contrast if opts.contrast is None else opts.contrast
-        self.check_contrast(c)
-        return replace(opts, contrast=c)
+    def line_contrast(self, requested: float | None, own: float | None) -> float:
+        """A line's contrast, the first that is set: the request's (checked already); serve --contrast; where the
+        backend can contrast, the NPC's ``own`` (Voice.contrast: its .nrole's, chosen by its bake's voice check), else
+        defaults.CONTRAST; else 0."""
+        if requested is not None:
+            return requested
+        if self.config.contrast is not None:
+            return self.config.contrast
+        if not self.abilities.contrast:
+            return 0.0
+        return defaults.CONTRAST if own is None else own
 
     def say(self, npc_id: str, player_line: str, scene: SceneInfo | None = None, opts: GenOptions | None = None,
             session: str = "", cancelled: Callable[[], bool] = lambda: False, deadline: float | None = None,
@@ -322,20 +330,22 @@ class Engine(Conversations, Sessions, abc.ABC):
         checked like ``say``'s (same errors). The prompt is kept like any line's, on its context or as a
         snapshot, under the NPC's adapter set."""
         t0 = time.perf_counter()
-        _, _, scene, voice, adapters, scales = self._request(npc_id, "", scene, None, session, blend, profile)
+        opts, _, scene, voice, adapters, scales = self._request(npc_id, "", scene, None, session, blend, profile)
         try:
             prefix = self.line_prefix(voice.profile, session, npc_id, scene)
             if self.abilities.prompt_cache:
-                read, cache, skipped = self._prefill(adapters, scales, adapter_key(adapters, scales), prefix)
+                read, cache, skipped = self._prefill(adapters, scales, adapter_key(adapters, scales), prefix,
+                                                     opts.contrast)
             else:
                 read, cache, skipped = 0, "", self.lacking("prompt_cache")
         finally:
             self.roleset.release(adapters)
         return Prepared(voice.id, len(prefix), read, cache, skipped, (time.perf_counter() - t0) * 1000)
 
-    def _prefill(self, adapters, scales, key: tuple, tokens: list[int]) -> tuple[int, str, str]:
-        """Read ``tokens`` into a free context and leave them there: (tokens read, how the start was served,
-        why nothing was read). Only a backend with a prompt cache implements it."""
+    def _prefill(self, adapters, scales, key: tuple, tokens: list[int], contrast: float) -> tuple[int, str, str]:
+        """Read ``tokens`` into a free context and leave them there (and, for lines at ``contrast`` above 0, under
+        the base model too): (tokens read, how the start was served, why nothing was read). Only a backend with a
+        prompt cache implements it."""
         raise NotImplementedError
 
     def line_prefix(self, profile: RoleProfile, session: str, npc_id: str, scene: SceneInfo) -> list[int]:

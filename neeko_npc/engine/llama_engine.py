@@ -73,7 +73,7 @@ class LlamaEngine(Engine):
                           base)
         return ReplyStream(chunks, lambda finish, text: self.pool.release(slot))
 
-    def _prefill(self, adapters, scales, key, tokens):
+    def _prefill(self, adapters, scales, key, tokens, contrast):
         if self.store is None:
             return 0, "", "kept states are off (--snapshot-mib 0)"
         handles = [a.handle for a in adapters]
@@ -83,7 +83,7 @@ class LlamaEngine(Engine):
             return 0, "", str(exc)
         try:
             _, reuse, source = read_prompt(slot, key, tokens, self.pool.cores, self.store, logits=False)
-            if contrasted_line(self.config.contrast, handles):  # its lines are contrasted: the base model reads the prefix too
+            if contrasted_line(contrast, handles):  # its lines are contrasted: the base model reads the prefix too
                 base = self.pool.base_of(slot)
                 keep_state(self.store, base, (), tokens)
                 read_prompt(base, (), tokens, self.pool.cores, self.store, logits=False)
@@ -152,10 +152,11 @@ class LlamaEngine(Engine):
             self.warmed.set()
 
     def _warm_prefixes(self) -> list[tuple[str, bool]]:
-        """(role id, base) for every prefix to warm: each role's under its own voice and, when lines are contrasted
-        by default (--contrast), the same prefix under the base model."""
-        kinds = (False, True) if self.config.contrast > 0 else (False,)
-        return [(rid, base) for rid in sorted(self.roles().roles) for base in kinds]
+        """(role id, base) for every prefix to warm: each role's under its own voice and, when its lines are
+        contrasted unless a request says otherwise (line_contrast), the same prefix under the base model."""
+        roles = self.roles().roles
+        return [(rid, base) for rid in sorted(roles)
+                for base in ((False, True) if self.line_contrast(None, roles[rid].contrast) > 0 else (False,))]
 
     @contextmanager
     def _warm_target(self, rid: str, base: bool = False):

@@ -54,6 +54,11 @@ class ServedRole:
     def id(self) -> str:
         return self.asset.id
 
+    @property
+    def contrast(self) -> float | None:
+        """Its own contrast: a trained role's, from its bake's voice check; a fused role has none."""
+        return self.asset.contrast if self.asset.block is not None else None
+
 
 @dataclass
 class Voice:
@@ -63,6 +68,7 @@ class Voice:
     profile: RoleProfile
     weights: dict[str, float]  # block role id -> scale
     beats: BeatHead | MixedHead | None = None  # its learned beats: its own head, or its blocks' heads mixed
+    contrast: float | None = None  # its own contrast (a trained role's .nrole, from its bake's voice check); None: none
 
 
 def mixed_heads(snap: "Roster", weights: dict[str, float]) -> MixedHead | None:
@@ -185,7 +191,7 @@ class RoleSet:
                 if role is None:
                     raise UnknownRole(f"no NPC {npc_id!r}; known: {known_roles(snap)}")
                 beats = role.asset.beats if role.asset.block is not None else mixed_heads(snap, role.weights)
-                voice = Voice(role.id, role.asset.profile, role.weights, beats)
+                voice = Voice(role.id, role.asset.profile, role.weights, beats, role.contrast)
             else:
                 weights = self._blend(snap, npc_id, blend, max_blend)
                 voice = Voice(npc_id, profile, weights, mixed_heads(snap, weights))

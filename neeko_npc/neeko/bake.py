@@ -32,6 +32,7 @@ from .embed import MODEL_NAME, embed_texts
 from ..roles.gate import fusion_weights
 from .model import NeekoLoRA
 from .train import TrainConfig, TrainResult, heldout_loss, train_blocks
+from .voice_check import voice_check
 
 
 @dataclass
@@ -92,6 +93,7 @@ class BakeReport:
     assets: list[Path]
     heldout: dict[str, HeldOut]
     train: TrainResult
+    voices: dict = field(default_factory=dict)  # role id -> its voice check (voice_check.py); none checked: {}
 
 
 def question_trained(profile: RoleProfile, scenes: list[Scene], beat_question: bool = defaults.BEAT_QUESTION) -> bool:
@@ -138,6 +140,13 @@ def _add_head(asset: RoleAsset, neeko: NeekoLoRA, tok, src: RoleSource) -> None:
         asset.training["beats"] = record
 
 
+def _add_voice(asset: RoleAsset, voices: dict) -> None:
+    """The role's own contrast, from the bake's voice check (not checked: none, the daemon's)."""
+    if asset.id in voices:
+        asset.contrast = voices[asset.id]["contrast"]
+        asset.training["voice_check"] = voices[asset.id]
+
+
 def fit_beats(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, precision: str | None = None,
               holdout: float = defaults.HOLDOUT) -> list[Path]:
     """Fit the beat head of every trained role in ``roles_dir`` that has lines in ``src_dir/<id>/lines.jsonl``
@@ -173,7 +182,8 @@ def fit_beats(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, precision:
 
 def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Path, cfg: TrainConfig,
                  lora: LoraConfig = LoraConfig(), gate: GateSettings = GateSettings(), resume: bool = False,
-                 progress: bool = True, beat_question: bool = defaults.BEAT_QUESTION) -> BakeReport:
+                 progress: bool = True, beat_question: bool = defaults.BEAT_QUESTION,
+                 voice: bool = defaults.VOICE_CHECK) -> BakeReport:
     ids = [s.profile.id for s in sources]
     if len(set(ids)) != len(ids):
         raise InputError(f"duplicate role ids: {ids}")
@@ -194,6 +204,7 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
     result = train_blocks(neeko, examples, ids, cfg, tok.pad_token_id, checkpoint=out_dir / ".bake-checkpoint.pt",
                           resume=resume, run_tag=info.fingerprint, progress=progress, negatives=negatives)
     embeddings = embed_texts([s.profile.embedding_text() for s in sources])
+    voices = voice_check(neeko, tok, {s.profile.id: s for s in sources}, ids, progress=progress) if voice else {}
     held, paths = {}, []
     for i, src in enumerate(sources):
         held[src.profile.id] = _evaluate(neeko, tok, src, cfg)
@@ -204,9 +215,10 @@ def pre_finetune(base_ref: BaseModelRef, sources: list[RoleSource], out_dir: Pat
                                       question[src.profile.id]),
         )
         _add_head(asset, neeko, tok, src)
+        _add_voice(asset, voices)
         paths.append(write_asset(asset, out_dir / f"{src.profile.id}{SUFFIX}"))
     (out_dir / ".bake-checkpoint.pt").unlink(missing_ok=True)
-    return BakeReport(ids, paths, held, result)
+    return BakeReport(ids, paths, held, result, voices)
 
 
 def line_negatives(tok, sources: list[RoleSource], max_len: int) -> dict[str, list]:
@@ -216,7 +228,7 @@ def line_negatives(tok, sources: list[RoleSource], max_len: int) -> dict[str, li
 
 
 def negative_sources(src_dir: Path | None, role_ids: list[str], holdout: float) -> list[RoleSource]:
-    """The role folders ``src_dir``/ID of the set's trained roles, for an expansion's distinct term."""
+    """The role folders ``src_dir``/ID of the set's trained roles, for an expansion's distinct term and voice check."""
     if src_dir is None:
         raise InputError("--distinct above 0 needs --negatives: the folder of the set's role folders (ID/profile.json, "
                          "ID/lines.jsonl), whose lines the new block is held away from; or pass --distinct 0")
@@ -229,7 +241,8 @@ def negative_sources(src_dir: Path | None, role_ids: list[str], holdout: float) 
 
 def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainConfig, out_path: Path | None = None,
            lora_precision: str = defaults.PRECISION, replace: bool = False, resume: bool = False, progress: bool = True,
-           beat_question: bool = defaults.BEAT_QUESTION, negatives_dir: Path | None = None) -> BakeReport:
+           beat_question: bool = defaults.BEAT_QUESTION, negatives_dir: Path | None = None,
+           voice: bool = defaults.VOICE_CHECK) -> BakeReport:
     info = base_info(base_ref)
     assets, errors = load_role_assets(roles_dir, info)
     old = [a for a in assets if a.block is not None and a.id != src.profile.id]
@@ -238,7 +251,8 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
     if not old:
         raise InputError(f"{roles_dir} has no trained roles to expand; run `neeko-npc bake` first"
                          + (f" ({len(errors)} file(s) could not be read: {errors[0]})" if errors else ""))
-    others = negative_sources(negatives_dir, [a.id for a in old], src.holdout) if cfg.distinct > 0 else []
+    others = (negative_sources(negatives_dir, [a.id for a in old], src.holdout)
+              if cfg.distinct > 0 or (voice and negatives_dir is not None) else [])
     first = old[0].block
     lora = LoraConfig(r=first.r, alpha=first.alpha, targets=tuple(first.targets), precision=lora_precision, dtype=first.dtype)
     model, tok = _load(base_ref, lora)
@@ -253,7 +267,7 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
     result = train_blocks(neeko, examples, [src.profile.id], cfg, tok.pad_token_id,
                           checkpoint=out_path.with_name(f".{src.profile.id}.bake-checkpoint.pt"), resume=resume,
                           run_tag=info.fingerprint, progress=progress,
-                          negatives=line_negatives(tok, others, cfg.max_len) if others else None)
+                          negatives=line_negatives(tok, others, cfg.max_len) if others and cfg.distinct > 0 else None)
     # Nothing forgotten: every old block must be exactly what its file holds.
     for a in old:
         now = neeko.export_block(a.id, a.block.dtype)
@@ -268,9 +282,12 @@ def expand(base_ref: BaseModelRef, roles_dir: Path, src: RoleSource, cfg: TrainC
                       training=_training_record("expansion", src, result.records[src.profile.id], cfg, lora, held[src.profile.id],
                                                 question))
     _add_head(asset, neeko, tok, src)
+    voices = (voice_check(neeko, tok, {s.profile.id: s for s in [*others, src]}, [src.profile.id], progress=progress)
+              if voice and others else {})  # the judge needs the set's other lines (--negatives)
+    _add_voice(asset, voices)
     write_asset(asset, out_path)
     out_path.with_name(f".{src.profile.id}.bake-checkpoint.pt").unlink(missing_ok=True)
-    return BakeReport([src.profile.id], [out_path], held, result)
+    return BakeReport([src.profile.id], [out_path], held, result, voices)
 
 
 def fuse(base_ref: BaseModelRef, roles_dir: Path, profile: RoleProfile, out_path: Path | None = None,

@@ -90,6 +90,8 @@ def report_table(rep: EvalReport) -> str:
         names = list(a["systems"])
         out.append(f"\nAttribution: {a['prompts']} held-out prompts answered by every role, each reply given to the nearest "
                    "role centroid of real lines (MiniLM)")
+        if a.get("contrasts"):
+            out.append("  neeko's replies decoded at contrast " + ", ".join(f"{c:g} ({rid})" for rid, c in a["contrasts"].items()))
         out.append(f"  {'role':<16}{'real lines':>12}" + "".join(f"{n:>13}" for n in names))
         for rid in rep.roles:
             out.append(f"  {rid:<16}{a['real_held_out_lines'].get(rid, float('nan')):>12.0%}"

@@ -87,7 +87,8 @@ class EvalConfig:
     temperature: float = 0.0  # attribution replies: 0 greedy; above 0, drawn as the daemon draws them (with top_p)
     top_p: float = defaults.TOP_P
     strength: float = 1.0  # the own block's gate weight in attribution replies (1: as served)
-    contrast: float = 0.0  # attribution replies of the blocks: contrastive decoding against the base (0: off)
+    contrast: float | None = 0.0  # attribution replies of the blocks: contrastive decoding against the base (0: off;
+    # None: as served, each role's own contrast from its bake's voice check, else defaults.CONTRAST)
     seed: int = 0
 
     @classmethod
@@ -243,7 +244,9 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
     attribution = {}
     if cfg.attribution:
         t0 = time.perf_counter()
-        attribution = _attribution(neeko, tok, sources, rows, shared_w, cfg, progress)
+        own = {a.id: defaults.CONTRAST if a.contrast is None else a.contrast for a in blocks}
+        contrasts = {rid: own[rid] if cfg.contrast is None else cfg.contrast for rid in rows}
+        attribution = _attribution(neeko, tok, sources, rows, shared_w, cfg, progress, contrasts)
         seconds["attribution"] = time.perf_counter() - t0
     beats = {}
     if cfg.beats:
@@ -289,7 +292,22 @@ def _coherence(neeko, tok, convs: list[list[dict]], replies: list[str], seed: in
             "base_perplexity": perplexity(*reply_nll(neeko, tok, convs, replies), seed=seed)}
 
 
-def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: EvalConfig, progress: bool) -> dict:
+def _replies(neeko, tok, convs: list, weights: list, contrasts: list[float], cfg: EvalConfig, progress) -> list[str]:
+    """generate_replies with a contrast per conversation: each contrast's rows in as few batches as they fit."""
+    out = [""] * len(convs)
+    for c in sorted(set(contrasts)):
+        at = [i for i, x in enumerate(contrasts) if x == c]
+        got = generate_replies(neeko, tok, [convs[i] for i in at], [weights[i] for i in at], cfg.reply_tokens,
+                               progress=progress, sampling=cfg, seed=cfg.seed, contrast=c)
+        for i, r in zip(at, got):
+            out[i] = r
+    return out
+
+
+def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: EvalConfig, progress: bool,
+                 contrasts: dict[str, float]) -> dict:
+    """Every system's replies to the held-out prompts, judged (module docstring); ``contrasts``: each role's own
+    replies' contrast (the other systems decode plainly)."""
     from tqdm.auto import tqdm
 
     classifier = CentroidClassifier({rid: role_lines(rid, sources[rid].train) for rid in rows})
@@ -312,9 +330,8 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
         # every role answers every prompt; all of a system's replies in as few batches as they fit
         convs = [prompt_messages(sources[rid].profile, p) for rid in rows for p in prompts]
         truth = [rid for rid in rows for _ in prompts]
-        replies = generate_replies(neeko, tok, convs, [weights_for(rid) for rid in truth], cfg.reply_tokens,
-                                   progress=bar.update, sampling=cfg, seed=cfg.seed,
-                                   contrast=cfg.contrast if name == "neeko" else 0.0)
+        replies = _replies(neeko, tok, convs, [weights_for(rid) for rid in truth],
+                           [contrasts[rid] if name == "neeko" else 0.0 for rid in truth], cfg, bar.update)
         for rid in rows:
             out["samples"].setdefault(rid, {})[name] = replies[truth.index(rid)] if prompts else ""
         loops[name] = [repeats(r) for r in replies]
@@ -339,5 +356,6 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
     if prompts:
         out["loops_vs_in_context"] = paired_accuracy(loops, "in_context", seed=cfg.seed)
     out["prompts"] = len(prompts)
+    out["contrasts"] = contrasts
     out["sample_prompt"] = prompts[0].scene.turns[prompts[0].cut - 1].text if prompts and prompts[0].cut else ""
     return out

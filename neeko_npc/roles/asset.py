@@ -22,6 +22,8 @@ The payload map::
     training    {"mode", "seed", "steps", "final_loss", "data_sha256", "lines", "tokens", ...}
     beats       (optional, a block) {"dim", "emotion"?, "action"?}, each {"classes": [id, ...],
                 "W": float32 bytes (classes x dim), "b": float32 bytes (classes)}: roles/beats.py BeatHead
+    voice       (optional, a block) {"contrast"}: the contrast its lines are decoded at when neither the request
+                nor serve --contrast sets one, chosen by the bake's voice check (neeko/voice_check.py)
     created, tool
 
 Reading and validating a file is asset_read.py's (``read_asset``).
@@ -146,6 +148,7 @@ class RoleAsset:
     fusion: list[FusionRef] | None = None
     training: dict = field(default_factory=dict)
     beats: BeatHead | None = None
+    contrast: float | None = None  # its own contrast (a block's, from the bake's voice check); None: the daemon's
     embedding_model: str = "all-MiniLM-L6-v2"
     created: str = ""
     tool: str = ""
@@ -174,6 +177,8 @@ class RoleAsset:
                              "tensors": 2 * len(b.A), "params": b.n_params()}
             if self.beats is not None:
                 info["beats"] = {k: list(c.classes) for k in ("emotion", "action") if (c := getattr(self.beats, k))}
+            if self.contrast is not None:
+                info["voice"] = {"contrast": self.contrast}
         else:
             info["fusion"] = [{"role": f.role, "weight": f.weight, "sha256": f.sha256} for f in self.fusion]
         return info
@@ -213,6 +218,8 @@ def encode(asset: RoleAsset) -> bytes:
         payload["lora"] = {"r": b.r, "alpha": float(b.alpha), "dtype": b.dtype, "targets": list(b.targets), "tensors": tensors}
         if asset.beats is not None:
             payload["beats"] = _encode_beats(asset.beats)
+        if asset.contrast is not None:
+            payload["voice"] = {"contrast": float(asset.contrast)}
     else:
         payload["fusion"] = {"weights": [{"role": f.role, "sha256": f.sha256, "weight": float(f.weight)} for f in asset.fusion]}
     body = msgpack.packb(payload, use_bin_type=True)

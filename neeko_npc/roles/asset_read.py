@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from .. import defaults
 from ..errors import AssetError, ProfileError
 from .asset import (DTYPES, FORMAT_VERSION, HEADER, MAGIC, MAX_ABS_VALUE, MAX_DIM, MAX_EMBED_DIM, MAX_FILE_BYTES,
                     MAX_FUSION_REFS, MAX_HEAD_ABS, MAX_HEAD_CLASSES, MAX_LAYERS, MAX_LORA_SCALE, MAX_RANK,
@@ -200,6 +201,8 @@ def _parse_payload(path: Path, p: Any) -> RoleAsset:
         asset.block = _parse_block(path, _req(path, p, "lora", dict, ""), base)
         if "beats" in p:
             asset.beats = _parse_beats(path, _req(path, p, "beats", dict, ""), base)
+        if "voice" in p:
+            asset.contrast = _parse_contrast(path, _req(path, p, "voice", dict, ""))
     else:
         asset.fusion = _parse_fusion(path, _req(path, p, "fusion", dict, ""), profile.id)
     return asset
@@ -311,3 +314,12 @@ def _parse_beats(path: Path, d: dict, base: BaseInfo) -> BeatHead:
             arrays.append(arr)
         parts[kind] = Classifier(tuple(classes), arrays[0].reshape(len(classes), dim), arrays[1])
     return BeatHead(dim, **parts)
+
+
+def _parse_contrast(path: Path, d: dict) -> float:
+    """A block's own contrast (voice.contrast): a finite number within what a request may ask for."""
+    c = _req(path, d, "contrast", float, "voice")
+    if not (math.isfinite(c) and 0 <= c <= defaults.MAX_CONTRAST):
+        raise AssetError(path, f"voice.contrast = {c:g}; it must be between 0 and {defaults.MAX_CONTRAST:g}",
+                         "the file is damaged or forged; re-bake the role")
+    return c

@@ -1,0 +1,58 @@
+"""The bake's voice check: each trained role's own contrast.
+
+Contrast (roles/sampling.py ``contrasted``) pushes an NPC's logits away from the base model's. One value does not
+suit every voice: on The Office at contrast 1 the loudest role's block took most of the others' replies, and two
+NPCs were recognised in 8% of theirs (docs/corpora.md, "A contrast per NPC"). So a bake tries each contrast of
+``defaults.VOICE_CHECK_CONTRASTS`` on each role it trained:
+
+- the prompts are the set's *training* prompts: the turns before each role's first line in its first
+  ``defaults.VOICE_CHECK_PROMPTS`` training scenes, every role's, as attribution.prompts_from takes them;
+- each checked role answers all of them, greedily, ``defaults.VOICE_CHECK_TOKENS`` tokens, as the eval's
+  attribution answers (attribution.generate_replies);
+- the eval's judge (attribution.CentroidClassifier: the nearest centroid of each role's training lines) names whose
+  each reply sounds like;
+- a role keeps the contrast whose replies were given to it most often; a tie goes to the contrast nearest
+  ``defaults.CONTRAST``.
+
+No held-out scene is read, so `neeko-npc eval`, which answers held-out prompts, scores the choice fairly. The judge
+needs the others' lines to tell a voice from: a set of one role is not checked.
+"""
+
+from __future__ import annotations
+
+from .. import defaults
+from .attribution import CentroidClassifier, generate_replies, prompt_messages, prompts_from, role_lines
+
+
+def choose_contrast(shares: dict[float, float]) -> float:
+    """The contrast whose replies were given to the role most often (``shares``: contrast -> that share); a tie goes
+    to the contrast nearest the served default."""
+    return max(shares, key=lambda c: (shares[c], -abs(c - defaults.CONTRAST)))
+
+
+def voice_check(neeko, tok, sources: dict, checked: list[str], contrasts=defaults.VOICE_CHECK_CONTRASTS,
+                prompts_per_role: int = defaults.VOICE_CHECK_PROMPTS, reply_tokens: int = defaults.VOICE_CHECK_TOKENS,
+                progress: bool = True) -> dict[str, dict]:
+    """Per checked role (each a block loaded in ``neeko``, each in ``sources``: role id -> RoleSource of the whole
+    set): {"contrast": the chosen one, "shares": {contrast: share of its replies given to it}, "prompts": n}. Empty
+    when the set has fewer than two roles or no training prompt."""
+    from tqdm.auto import tqdm
+
+    rows = sorted(sources)
+    prompts = [p for rid in rows for p in prompts_from(rid, sources[rid].train, prompts_per_role)]
+    if len(rows) < 2 or not prompts or not checked:
+        return {}
+    judge = CentroidClassifier({rid: role_lines(rid, sources[rid].train) for rid in rows})
+    convs = [prompt_messages(sources[rid].profile, p) for rid in checked for p in prompts]
+    truth = [rid for rid in checked for _ in prompts]
+    shares: dict[str, dict[float, float]] = {rid: {} for rid in checked}
+    with tqdm(total=len(contrasts) * len(convs), desc="voice check", unit="reply", disable=not progress) as bar:
+        for c in contrasts:  # every checked role's replies at one contrast in as few batches as they fit
+            replies = generate_replies(neeko, tok, convs, [{rid: 1.0} for rid in truth], reply_tokens,
+                                       progress=bar.update, contrast=c)
+            given = judge.classify(replies)
+            for rid in checked:
+                hits = [g == t for g, t in zip(given, truth) if t == rid]
+                shares[rid][c] = sum(hits) / len(hits)
+    return {rid: {"contrast": choose_contrast(s), "shares": {f"{c:g}": round(v, 4) for c, v in s.items()},
+                  "prompts": len(prompts)} for rid, s in shares.items()}

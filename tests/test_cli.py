@@ -18,6 +18,9 @@ def test_inspect_a_good_and_a_corrupt_file(tmp_path):
     path = write_asset(block_asset("smith"), tmp_path / "smith.nrole")
     res = invoke("inspect", path)
     assert res.exit_code == 0 and "smith" in res.output and "checksum ok" in res.output and "r=4" in res.output
+    assert "voice       the daemon's contrast (no voice check)" in res.output
+    res = invoke("inspect", write_asset(block_asset("bard", contrast=0.5), tmp_path / "bard.nrole"))
+    assert "voice       contrast 0.5 (its bake's voice check)" in res.output
     data = bytearray(path.read_bytes())
     data[100] ^= 1
     path.write_bytes(bytes(data))

@@ -233,6 +233,8 @@ def inspect(file, as_json):
                    f"({b['tensors']} tensors, {b['params']:,} params)")
         if a.beats is not None:
             click.echo("  beats       learned: " + "; ".join(f"{k} {', '.join(v)}" for k, v in info["beats"].items()))
+        click.echo("  voice       " + (f"contrast {a.contrast:g} (its bake's voice check)" if a.contrast is not None
+                                      else "the daemon's contrast (no voice check)"))
     else:
         click.echo("  fusion      " + ", ".join(f"{f.role} {f.weight:.3f}" for f in a.fusion))
     t = a.training

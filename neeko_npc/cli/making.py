@@ -1,4 +1,4 @@
-"""Making roles: bake, bake-role, fit-beats, inspect, export (a designer's commands; docs/making-roles.md)."""
+"""Making roles: bake, bake-role, fit-beats, voice-check, inspect, export (a designer's commands; docs/making-roles.md)."""
 
 from __future__ import annotations
 
@@ -201,6 +201,33 @@ def fit_beats(roles_dir, src_dir, holdout, base_model):
     for p in fit(resolve_base_model(base_model), roles_dir, src_dir, holdout=holdout):
         beats = read_asset(p).training.get("beats")
         what = ", ".join(f"{k} from {v['lines']} lines" for k, v in beats.items()) if beats else "re-pointed"
+        click.echo(f"wrote {p} ({what})")
+
+
+@main.command("voice-check")
+@roles_option("The role set whose trained roles get their own contrast.")
+@click.option("--src", "src_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of role folders (ID/profile.json, ID/lines.jsonl): the set's lines.")
+@click.option("--holdout", default=D.HOLDOUT, show_default=True, type=click.FloatRange(0, 0.9),
+              help="Share of scenes held out (the same split the bake used): only the others' prompts are read.")
+@base_model_option
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def voice_check_cmd(roles_dir, src_dir, holdout, base_model, quiet):
+    """The bake's voice check for roles baked without it, blocks untouched.
+
+    Every trained role in --roles with lines in --src/ID/lines.jsonl gets the
+    contrast a bake now chooses (bake --help, --voice-check) and is rewritten;
+    a fused role that mixes it is re-pointed.
+    """
+    from ..neeko.bake import check_voices
+    from ..roles.asset_read import read_asset
+    from ..roles.base_model import resolve_base_model
+
+    for p in check_voices(resolve_base_model(base_model), roles_dir, src_dir, holdout=holdout, progress=not quiet):
+        v = read_asset(p).training.get("voice_check")
+        what = (f"contrast {v['contrast']:g}; recognised at " + ", ".join(f"{c}: {s:.0%}" for c, s in v["shares"].items())
+                if v else "re-pointed")
         click.echo(f"wrote {p} ({what})")
 
 

@@ -150,8 +150,35 @@ def _add_voice(asset: RoleAsset, voices: dict) -> None:
 def fit_beats(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, precision: str | None = None,
               holdout: float = defaults.HOLDOUT) -> list[Path]:
     """Fit the beat head of every trained role in ``roles_dir`` that has lines in ``src_dir/<id>/lines.jsonl``
-    and rewrite its file; blocks, profiles and training records stay as they are. A fused role that mixes a
-    rewritten role is re-pointed at its new content hash (the blocks it mixes are bit-identical)."""
+    and rewrite its file (``refit``)."""
+    def heads(neeko, tok, todo, sources):
+        for a in todo:
+            _add_head(a, neeko, tok, sources[a.id])
+    return refit(base_ref, roles_dir, src_dir, heads, precision, holdout)
+
+
+def check_voices(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, precision: str | None = None,
+                 holdout: float = defaults.HOLDOUT, progress: bool = True) -> list[Path]:
+    """The bake's voice check (voice_check.py) for roles baked without it: every trained role in ``roles_dir`` with
+    lines in ``src_dir/<id>/lines.jsonl`` gets its own contrast, told from the others', and its file is rewritten
+    (``refit``)."""
+    def voices(neeko, tok, todo, sources):
+        if len(todo) < 2:
+            raise InputError(f"the voice check tells a role's voice from the others', so it needs two trained roles or "
+                             f"more with lines in {src_dir}/<id>/lines.jsonl; found {len(todo)}")
+        checked = voice_check(neeko, tok, sources, [a.id for a in todo], progress=progress)
+        for a in todo:
+            _add_voice(a, checked)
+    return refit(base_ref, roles_dir, src_dir, voices, precision, holdout)
+
+
+def refit(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, fit, precision: str | None = None,
+          holdout: float = defaults.HOLDOUT) -> list[Path]:
+    """What a bake now adds to a role file, for roles baked before: ``fit(neeko, tok, todo, sources)`` sets it on
+    every trained role in ``roles_dir`` with lines in ``src_dir/<id>/lines.jsonl`` (``todo``; ``sources``: id ->
+    RoleSource), all blocks loaded, and each is rewritten; blocks, profiles and the rest of each file stay as they
+    are. A fused role that mixes a rewritten role is re-pointed at its new content hash (the blocks it mixes are
+    bit-identical)."""
     info = base_info(base_ref)
     assets, errors = load_role_assets(roles_dir, info)
     blocks = [a for a in assets if a.block is not None]
@@ -166,11 +193,9 @@ def fit_beats(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, precision:
     neeko = NeekoLoRA(model, lora.r, lora.alpha, lora.targets)
     for a in blocks:
         neeko.load_block(a.id, a.block)
-    old_sha, paths = {}, []
-    for a in todo:
-        old_sha[a.id] = a.sha256
-        _add_head(a, neeko, tok, RoleSource.from_dir(src_dir / a.id, holdout))
-        paths.append(write_asset(a, Path(a.path)))
+    old_sha = {a.id: a.sha256 for a in todo}
+    fit(neeko, tok, todo, {a.id: RoleSource.from_dir(src_dir / a.id, holdout) for a in todo})
+    paths = [write_asset(a, Path(a.path)) for a in todo]
     new_sha = {a.id: a.sha256 for a in todo}
     for a in assets:
         moved = [f.role in old_sha and f.sha256 == old_sha[f.role] for f in a.fusion or []]

@@ -45,7 +45,8 @@ namespace Neeko.Npc
         public uint? Seed;
         public List<string> Stop = new List<string>();
         /// <summary>Contrastive decoding, 0 to 4: how far the NPC's own voice is pushed from the base model's
-        /// (0 is off; each token then costs two decodes). Null: the server's <c>--contrast</c>.</summary>
+        /// (0 is off; each token then costs two decodes). Null: the server's <c>--contrast</c>, else the NPC's own
+        /// (chosen by its bake's voice check), else 1.</summary>
         public float? Contrast;
     }
 

@@ -523,9 +523,9 @@ def test_fit_beats_gives_a_trained_role_its_head_and_leaves_its_block(baked, bas
 
 
 def test_voice_check_gives_roles_baked_without_it_their_own_contrast_and_leaves_their_blocks(baked, tmp_path):
-    """`voice-check` on the expanded set (fisher was expanded without the set's lines, so it has no contrast): every
-    trained role with lines gets the contrast its replies to the set's 20 training prompts were most often
-    recognised at; blocks stay bit-identical; a fused role that mixes one is re-pointed; one role alone is refused."""
+    """`voice-check` on the pre-finetuned pair, their bake's check taken out of their files: each gets the contrast its
+    replies to the pair's 13 training prompts were most often recognised at; blocks stay bit-identical; a fused role
+    that mixes one is re-pointed; one role alone is refused."""
     import shutil
 
     from neeko_npc.roles.asset import FusionRef, RoleAsset, write_asset
@@ -533,22 +533,28 @@ def test_voice_check_gives_roles_baked_without_it_their_own_contrast_and_leaves_
     from neeko_npc.roles.profile import RoleProfile
 
     roles = tmp_path / "roles"
-    shutil.copytree(baked["dir"], roles)
-    before = {rid: read_asset(roles / f"{rid}.nrole") for rid in ("bard", "fisher", "smith")}
-    assert before["fisher"].contrast is None
-    write_asset(RoleAsset(RoleProfile("squire", "Squire", "a squire"), before["fisher"].embedding, before["fisher"].base,
-                          fusion=[FusionRef("fisher", before["fisher"].sha256, 1.0)]), roles / "squire.nrole")
+    roles.mkdir()
+    before = {}
+    for rid in ("bard", "smith"):
+        a = read_asset(baked["before"] / f"{rid}.nrole")
+        a.contrast = None
+        a.training.pop("voice_check")
+        before[rid] = a
+        write_asset(a, roles / f"{rid}.nrole")
+    assert read_asset(roles / "smith.nrole").contrast is None
+    write_asset(RoleAsset(RoleProfile("squire", "Squire", "a squire"), before["smith"].embedding, before["smith"].base,
+                          fusion=[FusionRef("smith", before["smith"].sha256, 1.0)]), roles / "squire.nrole")
     out = run("voice-check", "--roles", roles, "--src", DATA, "--quiet")
     for rid, old in before.items():
         a = read_asset(roles / f"{rid}.nrole")
         v = a.training["voice_check"]
         assert a.contrast == v["contrast"] == choose_contrast({float(c): s for c, s in v["shares"].items()})
-        assert v["prompts"] == 20 and f"wrote {roles / f'{rid}.nrole'} (contrast {a.contrast:g}; recognised at" in out
+        assert v["prompts"] == 13 and f"wrote {roles / f'{rid}.nrole'} (contrast {a.contrast:g}; recognised at" in out
         assert all(np.array_equal(a.block.A[k], old.block.A[k]) and np.array_equal(a.block.B[k], old.block.B[k])
                    for k in old.block.A)
     assert f"wrote {roles / 'squire.nrole'} (re-pointed)" in out
     known = {x.id: x for x in load_role_assets(roles)[0]}
-    assert [(x.id, w) for x, w in resolve_fusion(known["squire"], known)] == [("fisher", 1.0)]
+    assert [(x.id, w) for x, w in resolve_fusion(known["squire"], known)] == [("smith", 1.0)]
 
     alone = tmp_path / "alone"
     alone.mkdir()

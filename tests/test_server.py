@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from neeko_npc.cli import main
+from neeko_npc.roles.asset_read import read_asset
 from neeko_npc.engine.llama_generate import generate
 from neeko_npc.engine.stream import GenOptions
 from neeko_npc.engine.facade import EngineConfig
@@ -105,9 +106,10 @@ def test_two_npcs_at_once_equal_their_solo_replies(daemon, client):
     assert a0 < b1 and b0 < a1  # the two streams really overlapped
 
 
-def test_contrast_travels_over_grpc_and_the_cli(daemon, client):
+def test_contrast_travels_over_grpc_and_the_cli(daemon, client, roles_dir):
     """GenerationOptions.contrast reaches the engine: a contrasted greedy line over gRPC and from `neeko-npc say
-    --contrast` equals the engine's own; a line that leaves it unset gets the default (1), and 0 is a plain line."""
+    --contrast` equals the engine's own; a line that leaves it unset gets the NPC's own (its bake's voice check), and
+    0 is a plain line."""
     e = daemon.service.engine
     line = "What do you do all day?"
 
@@ -116,7 +118,7 @@ def test_contrast_travels_over_grpc_and_the_cli(daemon, client):
         return "".join(c.text for c in e.say("smith", line, None, GenOptions(**GREEDY, **opts)).chunks)
 
     want = direct(contrast=1.0)
-    assert want == direct() and want != direct(contrast=0.0)
+    assert direct() == direct(contrast=read_asset(roles_dir / "smith.nrole").contrast) and want != direct(contrast=0.0)
     e.forget_cache()
     assert collect(client.say("smith", line, contrast=1.0, **GREEDY))[0] == want
     e.forget_cache()

@@ -52,6 +52,7 @@ def f32_setup(baked, gguf_base, tmp_path_factory):
             a = read_asset(baked["before"] / f"{rid}.nrole")
             a.base = info
             a.beats = random_head(info.hidden) if rid == "smith" else None
+            a.contrast = None  # served at the default contrast (1) unless a test asks otherwise
             write_asset(a, folders[name] / f"{rid}.nrole")
     return {"llama": (str(gguf), folders["llama"]), "torch": (str(hf), folders["torch"])}
 

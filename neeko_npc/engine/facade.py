@@ -74,7 +74,7 @@ class EngineConfig:
     queue_timeout: float = defaults.QUEUE_TIMEOUT
     history_tokens: int = defaults.HISTORY_TOKENS  # memory budget per (session, NPC)
     max_batch: int = defaults.MAX_BATCH  # torch engine: NPC lines decoded together
-    contrast: float | None = None  # serve --contrast: every line's whose request leaves it unset; None: each NPC's own
+    contrast: float | None = None  # serve --contrast: of every line whose request leaves it unset; None: each NPC's own
     # (Engine.line_contrast)
     snapshot_bytes: int = defaults.SNAPSHOT_MIB * 1024 * 1024  # llama.cpp: kept conversation states; 0 turns them off
     warm_dirs: tuple = ()  # llama.cpp: read-only folders of ready adapters and warm prefixes (a bundle's), beside the cache

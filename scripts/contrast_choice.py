@@ -34,13 +34,13 @@ from neeko_npc.neeko.load_base import load_for_training  # noqa: E402
 from neeko_npc.neeko.model import NeekoLoRA  # noqa: E402
 from neeko_npc.roles.base_model import base_info, resolve_base_model  # noqa: E402
 from neeko_npc.roles.folder import load_role_assets  # noqa: E402
+from neeko_npc.neeko.voice_check import choose_contrast  # noqa: E402
 
 
 def choose(hits: dict, grid: list[float]) -> dict:
-    """Per role, the contrast whose replies were most often given to the role (ties: nearest the default)."""
+    """Per role, the contrast the bake's voice check would keep (``choose_contrast``) on these hits."""
     roles = next(iter(hits.values())).keys()
-    return {rid: max(grid, key=lambda c: (sum(hits[c][rid]) / len(hits[c][rid]), -abs(c - defaults.CONTRAST)))
-            for rid in roles}
+    return {rid: choose_contrast({c: sum(hits[c][rid]) / len(hits[c][rid]) for c in grid}) for rid in roles}
 
 
 def chosen_hits(hits: dict, choice: dict) -> dict:

@@ -50,10 +50,14 @@ voice_option = click.option(
          "a few minutes more.")
 
 
+def _shares(v: dict) -> str:
+    """How often a role's replies were recognised at each contrast of its voice check."""
+    return ", ".join(f"{c}: {s:.0%}" for c, s in v["shares"].items())
+
+
 def _print_voices(report) -> None:
     for rid, v in report.voices.items():
-        shares = ", ".join(f"{c}: {s:.0%}" for c, s in v["shares"].items())
-        click.echo(f"voice check: {rid} speaks at contrast {v['contrast']:g} (its replies recognised at {shares}; "
+        click.echo(f"voice check: {rid} speaks at contrast {v['contrast']:g} (its replies recognised at {_shares(v)}; "
                    f"{v['prompts']} training prompts)")
 
 
@@ -179,13 +183,25 @@ def bake_role(profile_path, data, fuse, roles_dir, out, top_k, tau, replace, bas
     click.echo(f"old roles' blocks verified bit-identical; wrote {report.assets[0]} ({report.assets[0].stat().st_size / 1e6:.2f} MB)")
 
 
+def refit_options(roles_help: str, src_help: str):
+    """The options of a command that adds to roles baked before (neeko/bake.py ``refit``): the roles, their lines,
+    the bake's split and the base model."""
+    def wrap(f):
+        for o in reversed([
+            roles_option(roles_help),
+            click.option("--src", "src_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+                         help=src_help),
+            click.option("--holdout", default=D.HOLDOUT, show_default=True, type=click.FloatRange(0, 0.9),
+                         help="Share of scenes held out (the same split the bake used): only the others are read."),
+            base_model_option,
+        ]):
+            f = o(f)
+        return f
+    return wrap
+
+
 @main.command("fit-beats")
-@roles_option("The role set whose trained roles get beat heads.")
-@click.option("--src", "src_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of role folders (ID/lines.jsonl) with annotated lines.")
-@click.option("--holdout", default=D.HOLDOUT, show_default=True, type=click.FloatRange(0, 0.9),
-              help="Share of scenes held out (the same split the bake used): only the others are fitted.")
-@base_model_option
+@refit_options("The role set whose trained roles get beat heads.", "Folder of role folders (ID/lines.jsonl) with annotated lines.")
 @friendly_errors
 def fit_beats(roles_dir, src_dir, holdout, base_model):
     """Fit learned beats for roles baked before them, blocks untouched.
@@ -205,12 +221,8 @@ def fit_beats(roles_dir, src_dir, holdout, base_model):
 
 
 @main.command("voice-check")
-@roles_option("The role set whose trained roles get their own contrast.")
-@click.option("--src", "src_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder of role folders (ID/profile.json, ID/lines.jsonl): the set's lines.")
-@click.option("--holdout", default=D.HOLDOUT, show_default=True, type=click.FloatRange(0, 0.9),
-              help="Share of scenes held out (the same split the bake used): only the others' prompts are read.")
-@base_model_option
+@refit_options("The role set whose trained roles get their own contrast.",
+               "Folder of role folders (ID/profile.json, ID/lines.jsonl): the set's lines.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
 def voice_check_cmd(roles_dir, src_dir, holdout, base_model, quiet):
@@ -226,8 +238,7 @@ def voice_check_cmd(roles_dir, src_dir, holdout, base_model, quiet):
 
     for p in check_voices(resolve_base_model(base_model), roles_dir, src_dir, holdout=holdout, progress=not quiet):
         v = read_asset(p).training.get("voice_check")
-        what = (f"contrast {v['contrast']:g}; recognised at " + ", ".join(f"{c}: {s:.0%}" for c, s in v["shares"].items())
-                if v else "re-pointed")
+        what = f"contrast {v['contrast']:g}; recognised at {_shares(v)}" if v else "re-pointed"
         click.echo(f"wrote {p} ({what})")
 
 

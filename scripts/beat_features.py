@@ -39,8 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from neeko_npc.neeko.bake import RoleSource  # noqa: E402
-from neeko_npc.neeko.beat_head import declared_actions, fit_classifier, last_token  # noqa: E402
-from neeko_npc.neeko.data import _ids, scene_messages  # noqa: E402
+from neeko_npc.neeko.beat_head import annotated_scenes, declared_actions, fit_classifier, last_token  # noqa: E402
+from neeko_npc.neeko.data import _ids  # noqa: E402
 from neeko_npc.neeko.embed import embed_texts  # noqa: E402
 from neeko_npc.neeko.intervals import paired_accuracy  # noqa: E402
 from neeko_npc.neeko.load_base import load_for_training  # noqa: E402
@@ -59,14 +59,7 @@ def model_features(neeko: NeekoLoRA, tok, src: RoleSource, scenes, weights, laye
     for each of ``layers``, that layer's output at the last token and its mean: ``L<n>_last``, ``L<n>_mean``)."""
     w = None if weights is None else neeko.weights([weights])
     out = []
-    for scene in scenes:
-        msgs = scene_messages(src.profile, scene)
-        npc = [t for t in scene.turns if t.speaker == src.profile.id]
-        at = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
-        lines = [(i, t) for i, t in zip(at, npc) if t.emotion or t.action]
-        if not lines:
-            continue
-        ids = _ids(tok, msgs)
+    for msgs, ids, lines in annotated_scenes(tok, src.profile, scenes):
         with neeko.gate(w):
             o = neeko.model.base_model(input_ids=torch.tensor([ids]), output_hidden_states=bool(layers))
         h = o.last_hidden_state[0].double().numpy()

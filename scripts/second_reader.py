@@ -66,21 +66,23 @@ def write_sheet(srcs: list[RoleSource], out: Path) -> int:
     return len(rows)
 
 
-def eval_predictions(srcs: list[RoleSource], report: dict) -> dict[str, dict[str, tuple[str, str]]]:
-    """{system: {key: (emotion, action)}} from an eval report's beats, checked line for line against the labels."""
+def eval_predictions(held: dict[str, list[dict]], report: dict) -> dict[str, dict[str, tuple[str, str]]]:
+    """{system: {key: (emotion, action)}} from an eval report's beats, checked line for line against the labels
+    (``held``: role id -> its held_lines)."""
     out: dict[str, dict[str, tuple[str, str]]] = {}
-    for s in srcs:
-        rows, beats = held_lines(s), report["beats"].get(s.profile.id)
+    for rid, rows in held.items():
+        beats = report["beats"].get(rid)
         if beats is None or [tuple(t) for t in beats["truth"]] != [(r["emotion"], r["action"]) for r in rows]:
-            raise SystemExit(f"the eval report's beats for {s.profile.id} are not these held-out lines")
+            raise SystemExit(f"the eval report's beats for {rid} are not these held-out lines")
         for system, predicted in beats["predicted"].items():
             out.setdefault(system, {}).update({r["key"]: tuple(p) for r, p in zip(rows, predicted)})
     return out
 
 
 def score(srcs: list[RoleSource], sheet: Path, eval_report: dict | None = None) -> dict:
-    truth = {r["key"]: r for s in srcs for r in held_lines(s)}
-    systems = eval_predictions(srcs, eval_report) if eval_report else {}
+    held = {s.profile.id: held_lines(s) for s in srcs}
+    truth = {r["key"]: r for rows in held.values() for r in rows}
+    systems = eval_predictions(held, eval_report) if eval_report else {}
     common = {s.profile.id: {k: majority(s, k) for k in KINDS} for s in srcs}
     with sheet.open(newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))

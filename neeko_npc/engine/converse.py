@@ -53,9 +53,7 @@ class Conversations:
         if not 2 <= len(npcs) <= defaults.MAX_CONVERSE_NPCS or len(set(npcs)) != len(npcs):
             raise BadRequest(f"npc_ids: a conversation needs 2 to {defaults.MAX_CONVERSE_NPCS} different NPCs, "
                              f"not {len(npcs)}" + (" (one appears twice)" if len(set(npcs)) != len(npcs) else ""))
-        opts = lim.check_say(npcs[0], "", opening_line, scene, opts or GenOptions(), line_field="opening_line")
-        if opts.contrast is not None:
-            self.check_contrast(opts.contrast)
+        opts = self.checked_options(npcs[0], "", opening_line, scene, opts, line_field="opening_line")
         turns = turns or defaults.CONVERSE_TURNS
         bad = None
         if turns > lim.max_converse_turns:

@@ -255,9 +255,7 @@ class Engine(Conversations, Sessions, abc.ABC):
         if self._closing:
             raise PoolBusy("the daemon is shutting down")
         scene = scene or SceneInfo()
-        opts = self.limits.check_say(npc_id, session, player_line, scene, opts or GenOptions())
-        if opts.contrast is not None:
-            self.check_contrast(opts.contrast)
+        opts = self.checked_options(npc_id, session, player_line, scene, opts)
         check_procedural(blend, profile)
         if blend is not None and not self.abilities.blends:
             raise InvalidBlend(self.lacking("blends"))
@@ -266,6 +264,15 @@ class Engine(Conversations, Sessions, abc.ABC):
         voice, adapters, scales = self.roleset.acquire(npc_id, blend, profile, self.limits.max_blend)
         opts = replace(opts, contrast=self.line_contrast(opts.contrast, voice.contrast))
         return opts, self.clean(player_line), clean_scene(scene, self.specials), voice, adapters, scales
+
+    def checked_options(self, npc_id: str, session: str, line: str, scene: SceneInfo, opts: GenOptions | None,
+                        **field) -> GenOptions:
+        """A Say's or a Converse's options, checked (limits.check_say, then the request's own contrast against this
+        backend), before any voice is pinned."""
+        opts = self.limits.check_say(npc_id, session, line, scene, opts or GenOptions(), **field)
+        if opts.contrast is not None:
+            self.check_contrast(opts.contrast)
+        return opts
 
     @classmethod
     def check_contrast(cls, c: float) -> None:

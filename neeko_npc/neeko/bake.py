@@ -163,29 +163,31 @@ def check_voices(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, precisi
     lines in ``src_dir/<id>/lines.jsonl`` gets its own contrast, told from the others', and its file is rewritten
     (``refit``)."""
     def voices(neeko, tok, todo, sources):
-        if len(todo) < 2:
-            raise InputError(f"the voice check tells a role's voice from the others', so it needs two trained roles or "
-                             f"more with lines in {src_dir}/<id>/lines.jsonl; found {len(todo)}")
         checked = voice_check(neeko, tok, sources, [a.id for a in todo], progress=progress)
         for a in todo:
             _add_voice(a, checked)
-    return refit(base_ref, roles_dir, src_dir, voices, precision, holdout)
+    return refit(base_ref, roles_dir, src_dir, voices, precision, holdout,
+                 at_least=(2, "the voice check tells a role's voice from the others', so it needs two trained roles or "
+                              "more"))
 
 
 def refit(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, fit, precision: str | None = None,
-          holdout: float = defaults.HOLDOUT) -> list[Path]:
+          holdout: float = defaults.HOLDOUT, at_least: tuple[int, str] = (1, "")) -> list[Path]:
     """What a bake now adds to a role file, for roles baked before: ``fit(neeko, tok, todo, sources)`` sets it on
     every trained role in ``roles_dir`` with lines in ``src_dir/<id>/lines.jsonl`` (``todo``; ``sources``: id ->
     RoleSource), all blocks loaded, and each is rewritten; blocks, profiles and the rest of each file stay as they
     are. A fused role that mixes a rewritten role is re-pointed at its new content hash (the blocks it mixes are
-    bit-identical)."""
+    bit-identical). ``at_least`` (count, why): fewer roles to rewrite than count is refused before the model loads."""
     info = base_info(base_ref)
     assets, errors = load_role_assets(roles_dir, info)
     blocks = [a for a in assets if a.block is not None]
     todo = [a for a in blocks if (src_dir / a.id / "lines.jsonl").is_file()]
+    unread = f" ({len(errors)} file(s) could not be read: {errors[0]})" if errors else ""
     if not todo:
-        raise InputError(f"no trained role in {roles_dir} has lines in {src_dir}/<id>/lines.jsonl"
-                         + (f" ({len(errors)} file(s) could not be read: {errors[0]})" if errors else ""))
+        raise InputError(f"no trained role in {roles_dir} has lines in {src_dir}/<id>/lines.jsonl{unread}")
+    count, why = at_least
+    if len(todo) < count:
+        raise InputError(f"{why} with lines in {src_dir}/<id>/lines.jsonl; found {len(todo)}{unread}")
     first = blocks[0].block
     lora = LoraConfig(r=first.r, alpha=first.alpha, targets=tuple(first.targets),
                       precision=precision or blocks[0].training.get("precision", defaults.PRECISION))

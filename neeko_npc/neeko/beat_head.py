@@ -42,6 +42,18 @@ def last_token(tok, msgs: list[dict], i: int) -> int:
 
 
 @torch.no_grad()
+def annotated_scenes(tok, profile: RoleProfile, scenes: list[Scene]):
+    """Each scene with an annotated line of the role: (its messages, their token ids, [(message index, turn)] of
+    the role's annotated lines)."""
+    for scene in scenes:
+        msgs = scene_messages(profile, scene)
+        npc_turns = [t for t in scene.turns if t.speaker == profile.id]
+        lines = [(i, t) for i, t in zip((i for i, m in enumerate(msgs) if m["role"] == "assistant"), npc_turns)
+                 if t.emotion or t.action]
+        if lines:
+            yield msgs, _ids(tok, msgs), lines
+
+
 def line_states(neeko: NeekoLoRA, tok, profile: RoleProfile, scenes: list[Scene], weights,
                 max_len: int = FEATURE_TOKENS) -> list[tuple[np.ndarray, str, str]]:
     """(h, emotion, action) of every annotated line of the role in ``scenes``, under gate ``weights`` (a role
@@ -49,14 +61,8 @@ def line_states(neeko: NeekoLoRA, tok, profile: RoleProfile, scenes: list[Scene]
     scene longer than ``max_len`` tokens is cut to its first ``max_len``, and its later lines are left out."""
     w = None if weights is None else neeko.weights([weights])
     out = []
-    for scene in scenes:
-        msgs = scene_messages(profile, scene)
-        npc_turns = [t for t in scene.turns if t.speaker == profile.id]
-        lines = [(i, t) for i, t in zip((i for i, m in enumerate(msgs) if m["role"] == "assistant"), npc_turns)
-                 if t.emotion or t.action]
-        if not lines:
-            continue
-        ids = _ids(tok, msgs)[:max_len]
+    for msgs, ids, lines in annotated_scenes(tok, profile, scenes):
+        ids = ids[:max_len]
         with neeko.gate(w):
             h = neeko.model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0].float().numpy()
         for i, t in lines:

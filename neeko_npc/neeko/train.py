@@ -98,13 +98,12 @@ def _run_key(neeko: NeekoLoRA, roles: list[str], examples: dict[str, list[Exampl
              negatives: dict[str, list[Example]] | None = None) -> str:
     """What a checkpoint must match to be resumed: the settings, the blocks, the examples and any negatives."""
     h = hashlib.sha256(json.dumps([asdict(cfg), roles, neeko.role_ids, neeko.r, neeko.alpha, list(neeko.targets), extra]).encode())
-    for rid in roles:
-        for e in examples[rid]:
-            h.update(bytes(str(e.input_ids), "ascii"))
-    for rid in sorted(negatives or {}):
-        h.update(f":negatives:{rid}".encode())
-        for e in negatives[rid]:
-            h.update(bytes(str(e.input_ids), "ascii"))
+    for label, sets, ids in (("", examples, roles), ("negatives", negatives or {}, sorted(negatives or {}))):
+        for rid in ids:
+            if label:
+                h.update(f":{label}:{rid}".encode())
+            for e in sets[rid]:
+                h.update(bytes(str(e.input_ids), "ascii"))
     return h.hexdigest()
 
 

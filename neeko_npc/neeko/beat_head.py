@@ -41,7 +41,6 @@ def last_token(tok, msgs: list[dict], i: int) -> int:
     return (ends[0] if ends else len(full)) - 1
 
 
-@torch.no_grad()
 def annotated_scenes(tok, profile: RoleProfile, scenes: list[Scene]):
     """Each scene with an annotated line of the role: (its messages, their token ids, [(message index, turn)] of
     the role's annotated lines)."""
@@ -54,6 +53,7 @@ def annotated_scenes(tok, profile: RoleProfile, scenes: list[Scene]):
             yield msgs, _ids(tok, msgs), lines
 
 
+@torch.no_grad()
 def line_states(neeko: NeekoLoRA, tok, profile: RoleProfile, scenes: list[Scene], weights,
                 max_len: int = FEATURE_TOKENS) -> list[tuple[np.ndarray, str, str]]:
     """(h, emotion, action) of every annotated line of the role in ``scenes``, under gate ``weights`` (a role

@@ -177,3 +177,45 @@ def test_the_bake_trains_the_beat_question_only_where_no_head_will_answer():
         assert question_trained(smith, sc, beat_question=True)
         seen.add(fitted != annotated)
     assert seen == {True, False}
+
+
+def test_a_lines_feature_is_the_state_at_its_last_token_under_the_roles_block():
+    """line_states (what the bake fits a head on) on a tiny random llama: one state per annotated line of the role,
+    each the final norm's output at the line's last token under the role's block, the same as a forward of the
+    scene cut right after that token; unannotated lines and other speakers give none, and a scene cut at max_len
+    loses the lines past it. Called outside torch.no_grad, as the eval calls it."""
+    import torch
+
+    from neeko_npc.neeko.beat_head import line_states
+    from neeko_npc.neeko.data import _ids, scene_messages
+    from neeko_npc.neeko.model import NeekoLoRA
+    from neeko_npc.roles.dialogue import Scene, Turn
+    from neeko_npc.roles.profile import RoleProfile
+    from tests.tiny import randomize_blocks, tiny_llama, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    neeko = NeekoLoRA(tiny_llama(), r=4, alpha=8)
+    neeko.add_role("smith")
+    neeko.add_role("bard")
+    randomize_blocks(neeko)
+    smith = RoleProfile(id="smith", name="Smith", persona="a smith")
+    scene = Scene(turns=(Turn("player", "a sword?"), Turn("smith", "ten coins.", "happy", "quote_price"),
+                         Turn("bard", "too dear!"), Turn("smith", "then walk."), Turn("player", "fine."),
+                         Turn("smith", "good.", "neutral", "none")), scene="the forge")
+    got = line_states(neeko, tok, smith, [scene], "smith")
+    assert [(e, a) for _, e, a in got] == [("happy", "quote_price"), ("neutral", "none")]
+
+    msgs = scene_messages(smith, scene)
+    ids = _ids(tok, msgs)
+    ends = [i for i, t in enumerate(ids) if t == tok.convert_tokens_to_ids(tok.eos_token)]
+    said = [ids[:e] for e in ends]  # the scene up to each message's end of turn
+    for (h, _, _), text in zip(got, ("ten coins.", "good.")):
+        cut = next(s for s in said if tok.decode(s).endswith(text))
+        with torch.no_grad(), neeko.gate(neeko.weights(["smith"])):
+            ref = neeko.model.base_model(input_ids=torch.tensor([cut])).last_hidden_state[0, -1].numpy()
+        np.testing.assert_allclose(h, ref, rtol=1e-4, atol=1e-5)
+    base = line_states(neeko, tok, smith, [scene], None)
+    assert not np.allclose(base[0][0], got[0][0])  # the block changes the state it is read from
+
+    first_end = len(next(s for s in said if tok.decode(s).endswith("ten coins.")))
+    assert [e for _, e, _ in line_states(neeko, tok, smith, [scene], "smith", max_len=first_end + 1)] == ["happy"]

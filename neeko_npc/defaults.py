@@ -85,6 +85,7 @@ MAX_CONTRAST = 4.0  # the largest contrast a request or serve may ask for
 VOICE_CHECK = True  # bake --voice-check / --no-voice-check
 VOICE_CHECK_CONTRASTS = (0.0, 0.5, 1.0)
 VOICE_CHECK_PROMPTS = 12  # training prompts taken from each role of the set; every checked role answers all of them
+VOICE_CHECK_MAX_PROMPTS = 60  # ... but fewer a role in a larger cast, so a checked role answers at most this many
 VOICE_CHECK_TOKENS = 40  # the length of each reply the judge reads
 
 # -- request limits ---------------------------------------------------------------------------------------

@@ -29,3 +29,48 @@ def test_the_evals_replies_are_decoded_at_each_rows_contrast_and_come_back_in_or
     got = evaluate._replies(None, None, convs, weights, [1.0, 0.0, 1.0, 0.5], EvalConfig(), None)
     assert got == ["p0 at 1 as a", "p1 at 0 as b", "p2 at 1 as a", "p3 at 0.5 as c"]
     assert calls == [(0.0, ["p1"]), (0.5, ["p3"]), (1.0, ["p0", "p2"])]
+
+
+def test_a_large_cast_checks_each_role_on_a_bounded_number_of_prompts(monkeypatch):
+    """Each role of the set gives VOICE_CHECK_PROMPTS training prompts, fewer in a large cast (at least one), so a
+    checked role answers at most VOICE_CHECK_MAX_PROMPTS at each contrast whatever the cast's size; every role of
+    the set still gives prompts, and each reply is judged against the role that said it."""
+    from neeko_npc.neeko import voice_check as vc
+    from neeko_npc.neeko.bake import RoleSource
+    from neeko_npc.roles.dialogue import Scene, Turn
+    from neeko_npc.roles.profile import RoleProfile
+
+    assert [vc.prompts_per_role(n) for n in (2, 5, 6, 10, 50, 100)] == [12, 12, 10, 6, 1, 1]
+
+    def cast(n):
+        return {f"r{i}": RoleSource(RoleProfile(id=f"r{i}", name=f"R{i}", persona="x"),
+                                    [Scene((Turn("player", f"hello {i} {k}"), Turn(f"r{i}", f"line {i} {k}")))
+                                     for k in range(20)], holdout=0.0) for i in range(n)}
+
+    decoded = []
+
+    def decode(neeko, tok, convs, weights, max_new_tokens, progress=None, contrast=0.0):
+        decoded.append((contrast, convs, weights))
+        progress(len(convs))
+        # r0 sounds like itself only at contrast 0.5; every other role's replies sound like r1
+        return ["r0" if w == {"r0": 1.0} and contrast == 0.5 else "r1" for w in weights]
+
+    class Judge:
+        def __init__(self, lines):
+            assert sorted(lines) == sorted(sources)
+
+        def classify(self, replies):
+            return replies
+
+    monkeypatch.setattr(vc, "generate_replies", decode)
+    monkeypatch.setattr(vc, "CentroidClassifier", Judge)
+    for n, per in ((3, 12), (20, 3)):
+        sources, decoded = cast(n), []
+        got = vc.voice_check(None, None, sources, ["r0", "r1"], progress=False)
+        assert [c for c, _, _ in decoded] == list(defaults.VOICE_CHECK_CONTRASTS)
+        for _, convs, weights in decoded:
+            assert len(convs) == 2 * n * per and len(convs) <= 2 * defaults.VOICE_CHECK_MAX_PROMPTS
+            heard = {m["content"].split()[1] for c in convs for m in c if m["role"] == "user"}
+            assert heard == {str(i) for i in range(n)}  # every role of the set gave prompts
+        assert got["r0"] == {"contrast": 0.5, "shares": {"0": 0.0, "0.5": 1.0, "1": 0.0}, "prompts": n * per}
+        assert got["r1"]["contrast"] == 1.0 and got["r1"]["shares"]["0"] == 1.0

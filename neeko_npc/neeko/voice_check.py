@@ -6,7 +6,9 @@ NPCs were recognised in 8% of theirs (docs/corpora.md, "A contrast per NPC"). So
 ``defaults.VOICE_CHECK_CONTRASTS`` on each role it trained:
 
 - the prompts are the set's *training* prompts: the turns before each role's first line in its first
-  ``defaults.VOICE_CHECK_PROMPTS`` training scenes, every role's, as attribution.prompts_from takes them;
+  ``defaults.VOICE_CHECK_PROMPTS`` training scenes, every role's, as attribution.prompts_from takes them; in a
+  cast larger than ``defaults.VOICE_CHECK_MAX_PROMPTS // defaults.VOICE_CHECK_PROMPTS`` roles, fewer a role (at
+  least one), so a role's check costs the same in a cast of 5 or 50;
 - each checked role answers all of them, greedily, ``defaults.VOICE_CHECK_TOKENS`` tokens, as the eval's
   attribution answers (attribution.generate_replies);
 - the eval's judge (attribution.CentroidClassifier: the nearest centroid of each role's training lines) names whose
@@ -30,16 +32,25 @@ def choose_contrast(shares: dict[float, float]) -> float:
     return max(shares, key=lambda c: (shares[c], -abs(c - defaults.CONTRAST)))
 
 
+def prompts_per_role(n_roles: int, per_role: int = defaults.VOICE_CHECK_PROMPTS,
+                     most: int = defaults.VOICE_CHECK_MAX_PROMPTS) -> int:
+    """Training prompts the check takes from each role of a set of ``n_roles``: ``per_role``, fewer where the set's
+    prompts would pass ``most``, at least one."""
+    return max(1, min(per_role, most // max(1, n_roles)))
+
+
 def voice_check(neeko, tok, sources: dict, checked: list[str], contrasts=defaults.VOICE_CHECK_CONTRASTS,
-                prompts_per_role: int = defaults.VOICE_CHECK_PROMPTS, reply_tokens: int = defaults.VOICE_CHECK_TOKENS,
+                per_role: int | None = None, reply_tokens: int = defaults.VOICE_CHECK_TOKENS,
                 progress: bool = True) -> dict[str, dict]:
     """Per checked role (each a block loaded in ``neeko``, each in ``sources``: role id -> RoleSource of the whole
     set): {"contrast": the chosen one, "shares": {contrast: share of its replies given to it}, "prompts": n}. Empty
-    when the set has fewer than two roles or no training prompt."""
+    when the set has fewer than two roles or no training prompt. ``per_role``: prompts taken from each role (None:
+    ``prompts_per_role`` of the set's size)."""
     from tqdm.auto import tqdm
 
     rows = sorted(sources)
-    prompts = [p for rid in rows for p in prompts_from(rid, sources[rid].train, prompts_per_role)]
+    per_role = prompts_per_role(len(rows)) if per_role is None else per_role
+    prompts = [p for rid in rows for p in prompts_from(rid, sources[rid].train, per_role)]
     if len(rows) < 2 or not prompts or not checked:
         return {}
     judge = CentroidClassifier({rid: role_lines(rid, sources[rid].train) for rid in rows})

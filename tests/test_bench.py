@@ -114,7 +114,11 @@ def test_bench_quick_measures_every_section(quick_report):
     for run in nb["runs"].values():
         for lv in run["levels"].values():
             assert lv["errors"] == [] and lv["hot_ms"]["n"] == lv["cold_ms"]["n"] == 1
-            assert lv["cold_ms"]["p50"] > lv["hot_ms"]["p50"] > 0  # a cold line reads its whole prompt first
+            assert lv["cold_ms"]["p50"] > 0 and lv["hot_ms"]["p50"] > 0
+        # on the quiet machine a cold line reads its whole prompt first, so it is the slower; beside a neighbour one
+        # line each cannot say so: threads spinning for a core the neighbour holds can stall either line many times
+        # over (every core beside one neighbour once gave a hot line of 21.5 s and a cold one of 8.6 s)
+        assert run["levels"]["0"]["cold_ms"]["p50"] > run["levels"]["0"]["hot_ms"]["p50"]
         assert run["levels"]["0"]["hot_over_quiet"] == 1.0
     assert "Beside a game:" in text
     from neeko_npc.bench.neighbours import spinner_pids

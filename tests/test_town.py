@@ -168,7 +168,10 @@ def test_the_bench_town_day_with_and_without_kept_states(roles, tmp_path):
     assert one["ttft_ms_by_kind"]["follow-up"]["n"] == 2 and one["ttft_ms_by_kind"]["first visit"]["n"] == 2
     assert base["1"]["served"] == {"hot": 2, "snapshot": 0, "cold": 3}  # the baseline reads each first line whole
     assert all(v["snapshots"] == 0 for v in base.values())
-    assert tw["runs"]["snapshots"]["warm_up"].startswith("warm: 4 role prefix(es)")
+    # the first engine warms from nothing (the run's own folder, not an earlier run's files); the next restore it
+    assert tw["runs"]["snapshots"]["warm_up"].startswith("warm: 4 role prefix(es), 0 restored from saved states, 4 prefilled")
+    assert tw["runs"]["walks"]["warm_up"].startswith("warm: 4 role prefix(es), 4 restored from saved states, 0 prefilled")
+    assert len(list((tmp_path / "town" / "warm").iterdir())) >= 4
     # walking up: every visit (first, repeat, bark) was prepared; at 1 player none was skipped and each line,
     # first visits included, read only itself from a hot context
     walks = tw["runs"]["walks"]["levels"]

@@ -312,7 +312,9 @@ def run_town(cfg: BenchConfig, blocks, folder: Path, tick=None) -> dict:
 
     def make(pool: int, snapshots: bool):
         t0 = time.perf_counter()
-        config = EngineConfig(pool_size=pool, n_threads=cfg.threads)
+        # warm prefixes saved in this run's folder: the first engine warms from nothing (no earlier run's files,
+        # not even the base model's prefixes of the same profiles), the next ones restore what it saved
+        config = EngineConfig(pool_size=pool, n_threads=cfg.threads, warm_save_dir=folder / "warm")
         if not snapshots:
             config.snapshot_bytes = 0
         engine = LlamaEngine(folder, cfg.base_model, config)

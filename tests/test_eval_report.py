@@ -124,3 +124,39 @@ def test_coherence_beside_prompting_is_called_worse_only_beyond_noise():
     assert same["difference_ci"][0] < 0 < same["difference_ci"][1]
     assert re.search(r"shared lora against in-context \(paired\): [+-]\d+ points \[-\d+, \+\d+\], within noise", text)
     assert loop_verdict([-0.3, -0.1]) == "fewer, beyond noise" and loop_verdict([-0.1, 0.05]) == "within noise"
+
+
+def test_a_reply_that_takes_up_what_was_said_is_nearer_to_it_than_one_that_could_follow_anything():
+    from neeko_npc.neeko.attribution import on_topic
+
+    said = "How much for the longsword on the wall?"
+    sims = on_topic([said, said, said, None],
+                    ["That blade is forty crowns, and worth every one.", "I'm not sure.", "Aye, aye, aye, aye.",
+                     "Welcome to my forge."])
+    assert len(sims) == 3  # the scene the NPC opens has nothing to answer: left out
+    answer, flat, loop = sims
+    assert answer > flat and answer > loop
+    assert on_topic([said], [said])[0] > 0.99 > answer  # repeating the line back scores highest: why real lines are shown
+    assert on_topic([None], ["anything"]) == [] and on_topic(["Hello."], [""]) != []  # an empty reply is still judged
+
+
+def test_on_topic_beside_prompting_is_called_only_beyond_noise():
+    from neeko_npc.neeko.eval_table import topic_difference
+    from neeko_npc.neeko.intervals import paired_accuracy
+
+    rng = np.random.default_rng(0)
+    in_context = list(rng.uniform(0.1, 0.4, 60))
+    nearer = [x + 0.1 for x in in_context]
+    level = [x + rng.normal(0, 0.05) for x in in_context]
+    rep = report()
+    coherence = {"base_perplexity": {"value": 9.0, "ci": [8.0, 10.0]}, "mean_words": 8.0, "repeating": 0.1}
+    rep.attribution["real_lines"] = {**coherence, "on_topic": 0.31}
+    for system in rep.attribution["systems"].values():
+        system.update(coherence)
+    rep.attribution["on_topic_vs_in_context"] = paired_accuracy(
+        {"neeko": nearer, "in_context": in_context, "shared_lora": level}, "in_context")
+    text = report_table(rep)
+    assert "on topic: the MiniLM cosine of a reply with the line it answers (60 prompts that answer one): real lines 0.310" in text
+    assert "on topic, neeko against in-context (paired): +0.100 [+0.100, +0.100], nearer, beyond noise" in text
+    assert re.search(r"on topic, shared lora against in-context \(paired\): [+-]0\.\d{3} \[-0\.\d{3}, \+0\.\d{3}\], within noise", text)
+    assert topic_difference({"difference": -0.1, "difference_ci": [-0.2, -0.05]}).endswith("further, beyond noise")

@@ -422,6 +422,11 @@ def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(baked,
             assert res["difference"] == pytest.approx(res["accuracy"] - att["systems"]["in_context"]["repeating"])
             assert res["difference_ci"][0] <= res["difference"] <= res["difference_ci"][1]
     assert "replies that loop, neeko against in-context (paired)" in text
+    topic = att["on_topic_vs_in_context"]  # the same prompts' replies beside what they answer, MiniLM's cosine
+    assert set(topic["systems"]) == set(att["systems"]) and 0 < topic["items"] <= loops["items"]
+    for sysname, res in topic["systems"].items():
+        assert res["accuracy"] == pytest.approx(att["systems"][sysname]["on_topic"]) and -1 <= res["accuracy"] <= 1
+    assert -1 <= att["real_lines"]["on_topic"] <= 1 and "on topic, neeko against in-context (paired)" in text
     assert all(isinstance(c["separated"], bool) for c in att["comparisons"]) and "95% interval" in text
     assert "Forgetting" in text and "Fusion, leave-one-out" in text and "Attribution" in text
     assert rep["settings"]["max_scenes"] == 4 and rep["seconds"]["total"] > 0

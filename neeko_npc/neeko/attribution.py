@@ -156,6 +156,18 @@ def repeats(text: str, n: int = 3) -> bool:
     return len(set(grams)) < len(grams)
 
 
+def on_topic(said: list[str | None], replies: list[str]) -> list[float]:
+    """Coherence by a judge other than the base model: the cosine of each reply's MiniLM embedding with the line it
+    answers. A reply that takes up what was said scores higher than one that could follow anything ("I'm not sure.")
+    or a loop; one that repeats the line back scores highest, so the real lines show where an answer sits.
+    ``said`` is None where the NPC opens the scene (nothing to answer): those replies are left out."""
+    pairs = [(s, r) for s, r in zip(said, replies) if s is not None]
+    if not pairs:
+        return []
+    e = embed_texts([t if t.strip() else "..." for p in pairs for t in p])
+    return [float(x) for x in np.sum(e[0::2] * e[1::2], axis=1)]
+
+
 def _ids(tok, msgs):
     x = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
     return x["input_ids"] if hasattr(x, "keys") else x

@@ -18,6 +18,13 @@ def loop_verdict(ci: list[float]) -> str:
     return "more, beyond noise" if ci[0] > 0 else "fewer, beyond noise" if ci[1] < 0 else "within noise"
 
 
+def topic_difference(c: dict) -> str:
+    """A paired difference in mean similarity to the line answered (``on_topic``), called only beyond noise."""
+    lo, hi = c["difference_ci"]
+    verdict = "nearer, beyond noise" if lo > 0 else "further, beyond noise" if hi < 0 else "within noise"
+    return f"{c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], {verdict}"
+
+
 def loop_difference(c: dict) -> str:
     """That difference (a paired_accuracy system) in points, with its interval and the verdict."""
     lo, hi = c["difference_ci"]
@@ -115,6 +122,14 @@ def report_table(rep: EvalReport) -> str:
             if "difference" in c:
                 out.append(f"  replies that loop, {n.replace('_', ' ')} against in-context (paired): "
                            + loop_difference(c))
+        topic = a.get("on_topic_vs_in_context", {})
+        if topic:
+            out.append(f"  on topic: the MiniLM cosine of a reply with the line it answers ({topic['items']} prompts that "
+                       f"answer one): real lines {a['real_lines']['on_topic']:.3f}; "
+                       + "; ".join(f"{n.replace('_', ' ')} {c['accuracy']:.3f}" for n, c in topic["systems"].items()))
+            for n, c in topic["systems"].items():
+                if "difference" in c:
+                    out.append(f"  on topic, {n.replace('_', ' ')} against in-context (paired): " + topic_difference(c))
     if rep.beats:
         out.append("\nBeats: held-out annotated lines, the emotion and action each system picks (scored like the daemon) "
                    "beside the majority class of the role's training lines")

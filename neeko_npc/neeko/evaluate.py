@@ -34,8 +34,8 @@ from ..errors import InputError
 from .. import defaults
 from ..roles.base_model import BaseModelRef
 from ..roles.folder import load_role_assets
-from .attribution import (CentroidClassifier, accuracy, generate_replies, hits_by_role, prompt_messages, prompts_from,
-                          repeats, reply_nll, role_lines)
+from .attribution import (CentroidClassifier, accuracy, generate_replies, hits_by_role, on_topic, prompt_messages,
+                          prompts_from, repeats, reply_nll, role_lines)
 from .intervals import LEVEL, bootstrap_accuracy, loss_difference, paired_accuracy, perplexity, separated
 from .bake import RoleSource, training_examples
 from .load_base import resolve_precision
@@ -283,12 +283,13 @@ def evaluate(base_ref: BaseModelRef, roles_dir: Path, src_dir: Path, cfg: EvalCo
                                 "top_p": cfg.top_p, "strength": cfg.strength, "contrast": cfg.contrast, "load_problems": [str(e) for e in errors]})
 
 
-def _coherence(neeko, tok, convs: list[list[dict]], replies: list[str], seed: int, loops: list[bool] | None = None) -> dict:
-    """Words a reply, the share that loop (``loops``: each reply's ``repeats``, when already known), and the base
-    model's perplexity of them after their prompts."""
-    loops = [repeats(r) for r in replies] if loops is None else loops
+def _coherence(neeko, tok, convs: list[list[dict]], replies: list[str], seed: int, loops: list[bool],
+               topic: list[float]) -> dict:
+    """Words a reply, the share that loop (``loops``: each reply's ``repeats``), how near each is to the line it
+    answers (``topic``: ``on_topic``), and the base model's perplexity of them after their prompts."""
     return {"mean_words": float(np.mean([len(r.split()) for r in replies])) if replies else 0.0,
             "repeating": float(np.mean(loops)) if replies else 0.0,
+            "on_topic": float(np.mean(topic)) if topic else math.nan,
             "base_perplexity": perplexity(*reply_nll(neeko, tok, convs, replies), seed=seed)}
 
 
@@ -325,7 +326,8 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
     if shared_w is not None:
         systems["shared_lora"] = lambda rid: shared_w
     bar = tqdm(total=len(systems) * len(rows) * len(prompts), desc="attribution replies", unit="reply", disable=not progress)
-    loops = {}
+    loops, topic = {}, {}
+    said = [p.scene.turns[p.cut - 1].text if p.cut else None for p in prompts]  # the line each prompt ends on
     for name, weights_for in systems.items():
         # every role answers every prompt; all of a system's replies in as few batches as they fit
         convs = [prompt_messages(sources[rid].profile, p) for rid in rows for p in prompts]
@@ -335,16 +337,18 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
         for rid in rows:
             out["samples"].setdefault(rid, {})[name] = replies[truth.index(rid)] if prompts else ""
         loops[name] = [repeats(r) for r in replies]
+        topic[name] = on_topic(said * len(rows), replies)
         predicted = classifier.classify(replies)
         acc = accuracy(predicted, truth)
         out["systems"][name] = {"per_role": acc, "mean": float(np.mean(list(acc.values()))),
                                 "ci": bootstrap_accuracy(hits_by_role(predicted, truth), seed=cfg.seed),
-                                **_coherence(neeko, tok, convs, replies, cfg.seed, loops[name])}
+                                **_coherence(neeko, tok, convs, replies, cfg.seed, loops[name], topic[name])}
     bar.close()
     # the same judge on the real lines that answered these prompts, in their own speaker's voice
     real_convs = [prompt_messages(sources[p.source_role].profile, p) for p in prompts]
     real_lines = [p.scene.turns[p.cut].text for p in prompts]
-    out["real_lines"] = _coherence(neeko, tok, real_convs, real_lines, cfg.seed)
+    out["real_lines"] = _coherence(neeko, tok, real_convs, real_lines, cfg.seed, [repeats(r) for r in real_lines],
+                                   on_topic(said, real_lines))
     # differences are called only where the 95% intervals of the means do not overlap
     real = {"mean": float(np.mean(list(out["real_held_out_lines"].values()))), "ci": out["real_held_out_lines_ci"]}
     against = [(b, out["systems"][b]) for b in out["systems"] if b != "neeko"] + [("real_held_out_lines", real)]
@@ -355,6 +359,8 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
     # replies that loop, against in-context's; worse only where the difference's interval lies above 0
     if prompts:
         out["loops_vs_in_context"] = paired_accuracy(loops, "in_context", seed=cfg.seed)
+        if topic["in_context"]:  # the mean similarity to what was said, paired the same way
+            out["on_topic_vs_in_context"] = paired_accuracy(topic, "in_context", seed=cfg.seed)
     out["prompts"] = len(prompts)
     out["contrasts"] = contrasts
     out["sample_prompt"] = prompts[0].scene.turns[prompts[0].cut - 1].text if prompts and prompts[0].cut else ""

@@ -111,15 +111,15 @@ def test_bench_quick_measures_every_section(quick_report):
 
     assert list(nb["runs"])[0] == f"--threads {defaults.default_threads()} (default)" and nb["levels"] == [0, 1]
     assert len(nb["runs"]) == (1 if defaults.cores() == defaults.default_threads() else 2)
-    for run in nb["runs"].values():
-        for lv in run["levels"].values():
+    for by_threads in nb["runs"].values():
+        for lv in by_threads["levels"].values():
             assert lv["errors"] == [] and lv["hot_ms"]["n"] == lv["cold_ms"]["n"] == 1
             assert lv["cold_ms"]["p50"] > 0 and lv["hot_ms"]["p50"] > 0
         # on the quiet machine a cold line reads its whole prompt first, so it is the slower; beside a neighbour one
         # line each cannot say so: threads spinning for a core the neighbour holds can stall either line many times
         # over (every core beside one neighbour once gave a hot line of 21.5 s and a cold one of 8.6 s)
-        assert run["levels"]["0"]["cold_ms"]["p50"] > run["levels"]["0"]["hot_ms"]["p50"]
-        assert run["levels"]["0"]["hot_over_quiet"] == 1.0
+        assert by_threads["levels"]["0"]["cold_ms"]["p50"] > by_threads["levels"]["0"]["hot_ms"]["p50"]
+        assert by_threads["levels"]["0"]["hot_over_quiet"] == 1.0
     assert "Beside a game:" in text
     from neeko_npc.bench.neighbours import spinner_pids
 

@@ -4,6 +4,7 @@ differences called only where the intervals separate, and the heat-map PNG."""
 import re
 
 import numpy as np
+import pytest
 
 from neeko_npc.neeko.attribution import hits_by_role
 from neeko_npc.neeko.intervals import bootstrap_accuracy, loss_difference, separated
@@ -126,6 +127,7 @@ def test_coherence_beside_prompting_is_called_worse_only_beyond_noise():
     assert loop_verdict([-0.3, -0.1]) == "fewer, beyond noise" and loop_verdict([-0.1, 0.05]) == "within noise"
 
 
+@pytest.mark.slow  # loads the MiniLM encoder
 def test_a_reply_that_takes_up_what_was_said_is_nearer_to_it_than_one_that_could_follow_anything():
     from neeko_npc.neeko.attribution import on_topic
 

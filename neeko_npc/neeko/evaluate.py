@@ -289,7 +289,7 @@ def _coherence(neeko, tok, convs: list[list[dict]], replies: list[str], seed: in
     answers (``topic``: ``on_topic``), and the base model's perplexity of them after their prompts."""
     return {"mean_words": float(np.mean([len(r.split()) for r in replies])) if replies else 0.0,
             "repeating": float(np.mean(loops)) if replies else 0.0,
-            "on_topic": float(np.mean(topic)) if topic else math.nan,
+            "on_topic": float(np.mean(topic)) if topic else None,  # no prompt answers a line
             "base_perplexity": perplexity(*reply_nll(neeko, tok, convs, replies), seed=seed)}
 
 

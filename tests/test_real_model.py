@@ -436,6 +436,13 @@ def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(baked,
     assert "neeko's replies decoded at contrast" in text
     assert all(isinstance(v, str) for by in att["samples"].values() for v in by.values())
     assert any(v.strip() for by in att["samples"].values() for v in by.values())  # sampled replies say something
+    kept = att["replies"]  # every reply as generated, for a judge to read later: role i's to prompt j at i*P + j
+    assert kept["roles"] == ["bard", "fisher", "smith"] and len(kept["prompts"]) == att["prompts"]
+    assert set(kept["systems"]) == set(att["systems"])
+    for sysname, replies in kept["systems"].items():
+        assert len(replies) == 3 * att["prompts"]
+        assert [replies[i * att["prompts"]] for i in range(3)] == [att["samples"][r][sysname] for r in kept["roles"]]
+    assert all(p["real_line"].strip() and p["source_role"] in kept["roles"] for p in kept["prompts"])
 
 
 def test_eval_scores_beats_on_the_held_out_annotated_lines(quick_eval):

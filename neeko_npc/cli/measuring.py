@@ -29,6 +29,7 @@ from . import DEFAULT_ROLES, base_model_option, friendly_errors, main, need_matp
               help="Gate weight of each of the shared LoRA's M blocks. Default 1/M: one LoRA of rank M*r with the roles' "
                    "alpha. 1 gives it M times that scale.")
 @click.option("--no-attribution", is_flag=True, help="Skip attribution (it generates replies for every role).")
+@click.option("--no-beats", is_flag=True, help="Skip the beats (each annotated held-out line's emotion and action).")
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(0, 2),
               help="Attribution replies: 0 is greedy; above 0 they are drawn as the daemon draws them "
                    f"(its default is {D.TEMPERATURE}).")
@@ -51,7 +52,7 @@ from . import DEFAULT_ROLES, base_model_option, friendly_errors, main, need_matp
               help="Also write a PNG: the confusion matrix as a heat-map, and attribution with its intervals (needs matplotlib).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
-def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_shared, shared_weight, no_attribution,
+def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_shared, shared_weight, no_attribution, no_beats,
              temperature, top_p, strength, contrast, reply_tokens, prompts_per_role, quick, json_out, plot_out, quiet):
     """Role fidelity, beside baselines trained and scored in the same run.
 
@@ -68,7 +69,7 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
 
     need_matplotlib(plot_out)
     cfg = replace(EvalConfig.quick() if quick else EvalConfig(), holdout=holdout, max_len=max_len, precision=precision,
-                  shared=not no_shared, shared_weight=shared_weight, attribution=not no_attribution,
+                  shared=not no_shared, shared_weight=shared_weight, attribution=not no_attribution, beats=not no_beats,
                   temperature=temperature, top_p=top_p, strength=strength, contrast=contrast)
     if prompts_per_role is not None:
         cfg = replace(cfg, prompts_per_role=prompts_per_role)

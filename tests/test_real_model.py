@@ -445,6 +445,19 @@ def test_eval_quick_reports_forgetting_fusion_shared_lora_and_attribution(baked,
     assert all(p["real_line"].strip() and p["source_role"] in kept["roles"] for p in kept["prompts"])
 
 
+def test_eval_leaves_out_what_it_is_told_to_and_scores_the_rest_the_same(baked, quick_eval, tmp_path):
+    """--no-shared, --no-attribution and --no-beats skip their parts (the full quick eval above scored all three on
+    these roles); the held-out losses are the full run's."""
+    out = tmp_path / "lean.json"
+    run("eval", "--quick", "--roles", baked["dir"], "--src", DATA, "--max-len", "256", "--no-shared",
+        "--no-attribution", "--no-beats", "--json", out, "--quiet")
+    lean, full = json.loads(out.read_text()), quick_eval[1]
+    assert full["beats"] and full["attribution"] and full["shared"]
+    assert not lean["beats"] and not lean["attribution"] and not lean["shared"]
+    assert set(lean["seconds"]) == {"held_out_and_fusion", "total"}
+    np.testing.assert_allclose(lean["confusion"], full["confusion"], rtol=1e-6)
+
+
 def test_eval_scores_beats_on_the_held_out_annotated_lines(quick_eval):
     """The test roles' held-out scenes carry beats (their training scenes do not): each system's picks are among
     the candidates asked, the accuracies follow from them, and with no annotated training line there is no

@@ -17,7 +17,8 @@ For role i's reply to prompt j, the transcript is prompt j's turns with role i a
 prompt j is read after its own speaker's transcript. Each system's perplexity is exp(sum of the replies' token NLLs /
 their token count); against in-context it is the ratio of perplexities with a 95% paired bootstrap interval (the
 prompts redrawn together for every system): above 1 beyond noise means the system's replies read as less likely
-than prompting's. Loops ("aye, aye, aye") read as likely to any language model, so the same figures are given again
+than prompting's. Each role's replies to its own prompts are also set beside the real lines that answered those
+prompts, paired the same way (the ratio to the real lines). Loops ("aye, aye, aye") read as likely to any language model, so the same figures are given again
 over the replies where neither the system's nor prompting's reply loops (attribution.repeats). For scale, the
 blocks' replies are scored once more with each reply's words shuffled (``neeko_shuffled``): the same words, no
 sentence, which is what nonsense reads as to the judge.
@@ -156,11 +157,20 @@ def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:
     calm = ~loops["in_context"]
     for k in loops:
         calm &= ~loops[k]
+    # each role's replies to its own prompts beside the real lines that answered them, paired on those prompts
+    own = [i * P + j for i, rid in enumerate(roles) for j, p in enumerate(prompts) if rid == p["source_role"]]
+    by_line = [j for i, rid in enumerate(roles) for j, p in enumerate(prompts) if rid == p["source_role"]]
     return {"judge": model.path.name, "items": len(roles) * P,
             "all_replies": paired_perplexity(sums, counts, "in_context"),
             "neither_loops": paired_perplexity({k: v[calm] for k, v in sums.items()},
                                                {k: v[calm] for k, v in counts.items()}, "in_context"),
-            "real_lines": perplexity(real_s, real_c), "seconds": time.time() - t0}
+            "real_lines": perplexity(real_s, real_c),
+            "own_prompts_against_real_lines": paired_perplexity(
+                {"real_lines": real_s[by_line], **{k: v[own] for k, v in sums.items()}},
+                {"real_lines": real_c[by_line], **{k: v[own] for k, v in counts.items()}}, "real_lines"),
+            "per_item": {k: {"nll": sums[k].tolist(), "tokens": counts[k].tolist()} for k in sums}
+            | {"real_lines": {"nll": real_s.tolist(), "tokens": real_c.tolist()}},
+            "seconds": time.time() - t0}
 
 
 def lines(res: dict) -> list[str]:
@@ -174,6 +184,12 @@ def lines(res: dict) -> list[str]:
         for k, v in r["systems"].items():
             ratio = (f"; x{v['ratio']:.2f} [{v['ratio_ci'][0]:.2f}, {v['ratio_ci'][1]:.2f}]" if "ratio" in v else "")
             out.append(f"  {k:<12} {v['perplexity']:7.1f} [{v['ci'][0]:.1f}, {v['ci'][1]:.1f}]{ratio}")
+    r = res["own_prompts_against_real_lines"]
+    if r:
+        out.append(f"each role's replies to its own prompts ({r['items']}), against the real lines that answered them:")
+        for k, v in r["systems"].items():
+            ratio = (f"; x{v['ratio']:.2f} [{v['ratio_ci'][0]:.2f}, {v['ratio_ci'][1]:.2f}]" if "ratio" in v else "")
+            out.append(f"  {k:<14} {v['perplexity']:7.1f} [{v['ci'][0]:.1f}, {v['ci'][1]:.1f}]{ratio}")
     rl = res["real_lines"]
     out.append(f"real lines (their own speaker's transcript): {rl['value']:.1f} [{rl['ci'][0]:.1f}, {rl['ci'][1]:.1f}]")
     return out

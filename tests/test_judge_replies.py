@@ -90,6 +90,9 @@ def test_the_ratio_is_paired_and_a_loop_is_left_out_of_the_calm_figures(judge_mo
     assert lo <= ours["ratio"] <= hi and ours["ratio"] == pytest.approx(
         ours["perplexity"] / res["all_replies"]["systems"]["in_context"]["perplexity"])
     assert math.isfinite(res["real_lines"]["value"])  # each prompt's real line, in its own speaker's transcript
+    against_real = res["own_prompts_against_real_lines"]  # the blacksmith's first prompt, the innkeeper's second
+    assert against_real["items"] == 2 and against_real["systems"]["neeko"]["ratio"] > 0
+    assert res["per_item"]["neeko"]["tokens"][0] > 0 and res["per_item"]["real_lines"]["tokens"][1] > 0
     # the control, the blocks' replies with their words shuffled, reads as far less likely than the replies
     assert res["all_replies"]["systems"]["neeko_shuffled"]["perplexity"] > 2 * ours["perplexity"]
 

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from neeko_npc.engine.llamacpp import LlamaModel, load_cpu_backend  # noqa: E402
 from neeko_npc.neeko.attribution import repeats  # noqa: E402
+from neeko_npc.roles.beats import continuation_logprob  # noqa: E402
 from neeko_npc.neeko.intervals import LEVEL, REPLICATES, _interval, perplexity  # noqa: E402
 
 BRANCH_TOKENS = 512  # what one decode_branches call takes in all
@@ -81,7 +82,7 @@ def reply_nlls(model: LlamaModel, ctx, prefix: str, replies: list[str]) -> list[
     one; each reply's tokens follow it as a branch of its own, as if alone). An empty reply is (0, 0)."""
     ctx.clear()
     head = model.encode(prefix)
-    first = _log_softmax(ctx.decode(head))
+    first = ctx.decode(head)
     toks = [model.tokenize(" " + r.strip(), add_special=False, parse_special=False) if r.strip() else [] for r in replies]
     out = [(0.0, 0)] * len(replies)
     todo = [i for i, t in enumerate(toks) if t]
@@ -98,16 +99,9 @@ def reply_nlls(model: LlamaModel, ctx, prefix: str, replies: list[str]) -> list[
         rows = ctx.decode_branches([toks[i][:BRANCH_TOKENS] for i in g], len(head))
         for i, logits in zip(g, rows):
             t = toks[i][:BRANCH_TOKENS]
-            nll = -first[t[0]] - sum(_log_softmax(logits[j])[t[j + 1]] for j in range(len(t) - 1))
-            out[i] = (float(nll), len(t))
+            out[i] = (-continuation_logprob(first, logits, t), len(t))
     ctx.clear()
     return out
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max()
-    return x - m - np.log(np.exp(x - m).sum())
 
 
 def paired_perplexity(sums: dict[str, np.ndarray], counts: dict[str, np.ndarray], against: str,

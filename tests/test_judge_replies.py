@@ -10,7 +10,8 @@ import pytest
 
 from neeko_npc.engine.llamacpp import LlamaModel, load_cpu_backend
 from neeko_npc.roles.base_model import resolve_base_model
-from scripts.judge_replies import (BRANCH_TOKENS, _log_softmax, judge, paired_perplexity, reply_nlls, shuffled,
+from neeko_npc.roles.beats import log_softmax
+from scripts.judge_replies import (BRANCH_TOKENS, judge, paired_perplexity, reply_nlls, shuffled,
                                    transcript)
 
 pytestmark = pytest.mark.slow  # the real model
@@ -49,7 +50,7 @@ def test_a_reply_read_as_a_branch_scores_what_reading_it_whole_gives(judge_model
         alone = 0.0
         logits = ctx.decode(head)
         for t in toks:  # one token at a time, each predicted from everything before it
-            alone -= _log_softmax(logits)[t]
+            alone -= log_softmax(logits)[t]
             logits = ctx.decode([t])
         ctx.clear()
         assert count == len(toks) and nll == pytest.approx(alone, rel=1e-3)

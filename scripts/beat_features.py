@@ -54,6 +54,7 @@ from neeko_npc.roles.folder import load_role_assets  # noqa: E402
 from neeko_npc.roles.prompt import EMOTIONS  # noqa: E402
 
 KINDS = ("emotion", "action")
+SHARES = (0.25, 0.5, 0.75, 1.0)
 
 
 def reader_features(model, ctx, role_id: str, scenes) -> list[dict]:
@@ -73,13 +74,11 @@ def reader_features(model, ctx, role_id: str, scenes) -> list[dict]:
             ctx.set_embeddings(True)
             toks = model.tokenize(" " + t.text.strip(), add_special=False, parse_special=False)
             ctx.decode(toks)
-            h = np.stack([np.ctypeslib.as_array(ctx.L.llama_get_embeddings_ith(ctx.ptr, j), shape=(model.n_embd,))
-                          for j in range(len(toks))]).astype(np.float64)
+            h = ctx.hidden_states(len(toks)).astype(np.float64)
             out.append({"last": h[-1], "mean": h.mean(0)})
     ctx.set_embeddings(False)
     ctx.clear()
     return out
-SHARES = (0.25, 0.5, 0.75, 1.0)
 
 
 @torch.no_grad()

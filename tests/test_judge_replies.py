@@ -106,3 +106,19 @@ def test_paired_perplexity_is_the_token_weighted_mean_and_its_ratio():
     assert got["systems"]["neeko"]["ratio"] == pytest.approx(math.exp(12 / 4) / math.exp(8 / 4))
     # every item's NLL is higher for neeko, so every redraw's ratio is above 1
     assert got["systems"]["neeko"]["ratio_ci"][0] > 1
+
+
+def test_every_token_of_a_batch_keeps_its_hidden_state_and_the_last_is_the_served_one(judge_model):
+    """LlamaContext.hidden_states (the rows beat_features --reader averages) ends on what hidden() serves."""
+    model, ctx = judge_model
+    ctx.clear()
+    ctx.decode(model.encode(transcript(PROMPT, "blacksmith")))
+    ctx.set_embeddings(True)
+    toks = model.tokenize(" " + REPLIES[0], add_special=False, parse_special=False)
+    ctx.decode(toks)
+    rows = ctx.hidden_states(len(toks))
+    assert rows.shape == (len(toks), model.n_embd) and np.array_equal(rows[-1], ctx.hidden())
+    assert not np.allclose(rows[0], rows[-1])  # one state a token, not one repeated
+    ctx.set_embeddings(False)
+    ctx.clear()
+

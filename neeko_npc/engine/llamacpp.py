@@ -285,6 +285,14 @@ class LlamaContext:
             raise LlamaError("llama.cpp kept no hidden state for the last token")
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_embd,)).copy()
 
+    def hidden_states(self, n: int) -> np.ndarray:
+        """The final norm's output at each of the last decoded batch's first ``n`` tokens, one row a token
+        (set_embeddings(True) before that decode; a batch is at most 512 tokens)."""
+        ptrs = [self.L.llama_get_embeddings_ith(self.ptr, i) for i in range(n)]
+        if not all(ptrs):
+            raise LlamaError("llama.cpp kept no hidden state for some token of the last batch")
+        return np.stack([np.ctypeslib.as_array(p, shape=(self.model.n_embd,)) for p in ptrs]).copy()
+
     def clear(self) -> None:
         self.L.llama_memory_clear(self.L.llama_get_memory(self.ptr), True)
 

@@ -17,11 +17,12 @@ For role i's reply to prompt j, the transcript is prompt j's turns with role i a
 prompt j is read after its own speaker's transcript. Each system's perplexity is exp(sum of the replies' token NLLs /
 their token count); against in-context it is the ratio of perplexities with a 95% paired bootstrap interval (the
 prompts redrawn together for every system): above 1 beyond noise means the system's replies read as less likely
-than prompting's. Each role's replies to its own prompts are also set beside the real lines that answered those
-prompts, paired the same way (the ratio to the real lines). Loops ("aye, aye, aye") read as likely to any language model, so the same figures are given again
-over the replies where neither the system's nor prompting's reply loops (attribution.repeats). For scale, the
-blocks' replies are scored once more with each reply's words shuffled (``neeko_shuffled``): the same words, no
-sentence, which is what nonsense reads as to the judge.
+than prompting's (neeko/intervals.py ``paired_perplexity``). Each role's replies to its own prompts are also set
+beside the real lines that answered those prompts, paired the same way (the ratio to the real lines). Loops ("aye,
+aye, aye") read as likely to any language model, so the same figures are given again over the replies where neither
+the system's nor prompting's reply loops (attribution.repeats). For scale, the blocks' replies are scored once more
+with each reply's words shuffled (``neeko_shuffled``): the same words, no sentence, which is what nonsense reads as
+to the judge.
 
     python3 scripts/judge_replies.py eval.json --out judge.json        # a few minutes on 2 cores
 """
@@ -43,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from neeko_npc.engine.llamacpp import LlamaModel, load_cpu_backend  # noqa: E402
 from neeko_npc.neeko.attribution import repeats  # noqa: E402
 from neeko_npc.roles.beats import continuation_logprob  # noqa: E402
-from neeko_npc.neeko.intervals import LEVEL, REPLICATES, _interval, perplexity  # noqa: E402
+from neeko_npc.neeko.intervals import paired_perplexity, perplexity  # noqa: E402
 
 BRANCH_TOKENS = 512  # what one decode_branches call takes in all
 
@@ -102,25 +103,6 @@ def reply_nlls(model: LlamaModel, ctx, prefix: str, replies: list[str]) -> list[
             out[i] = (-continuation_logprob(first, logits, t), len(t))
     ctx.clear()
     return out
-
-
-def paired_perplexity(sums: dict[str, np.ndarray], counts: dict[str, np.ndarray], against: str,
-                      n: int = REPLICATES, level: float = LEVEL, seed: int = 0) -> dict:
-    """Each system's perplexity over the same items and its ratio to system ``against``'s, with percentile
-    intervals of the items redrawn together for every system (paired)."""
-    m = len(sums[against])
-    if m == 0:
-        return {}
-    idx = np.random.default_rng(seed).integers(0, m, size=(n, m))
-    reps = {k: np.exp(sums[k][idx].sum(1) / np.maximum(counts[k][idx].sum(1), 1)) for k in sums}
-    out = {}
-    for k in sums:
-        row = {"perplexity": float(np.exp(sums[k].sum() / max(counts[k].sum(), 1))), "ci": _interval(reps[k], level)}
-        if k != against:
-            row["ratio"] = row["perplexity"] / float(np.exp(sums[against].sum() / max(counts[against].sum(), 1)))
-            row["ratio_ci"] = _interval(reps[k] / reps[against], level)
-        out[k] = row
-    return {"level": level, "items": m, "systems": out}
 
 
 def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:

@@ -61,6 +61,25 @@ def perplexity(sums: np.ndarray, counts: np.ndarray, n: int = REPLICATES, level:
     return {"value": float(np.exp(sums.sum() / counts.sum())), "ci": _interval(reps, level)}
 
 
+def paired_perplexity(sums: dict[str, np.ndarray], counts: dict[str, np.ndarray], against: str,
+                      n: int = REPLICATES, level: float = LEVEL, seed: int = 0) -> dict:
+    """Each system's perplexity over the same items and its ratio to system ``against``'s, with percentile
+    intervals of the items redrawn together for every system (paired)."""
+    m = len(sums[against])
+    if m == 0:
+        return {}
+    idx = np.random.default_rng(seed).integers(0, m, size=(n, m))
+    reps = {k: np.exp(sums[k][idx].sum(1) / np.maximum(counts[k][idx].sum(1), 1)) for k in sums}
+    out = {}
+    for k in sums:
+        row = {"perplexity": float(np.exp(sums[k].sum() / max(counts[k].sum(), 1))), "ci": _interval(reps[k], level)}
+        if k != against:
+            row["ratio"] = row["perplexity"] / float(np.exp(sums[against].sum() / max(counts[against].sum(), 1)))
+            row["ratio_ci"] = _interval(reps[k] / reps[against], level)
+        out[k] = row
+    return {"level": level, "items": m, "systems": out}
+
+
 def paired_accuracy(hits: dict[str, list[bool]], against: str, n: int = REPLICATES, level: float = LEVEL,
                     seed: int = 0) -> dict:
     """Each system's accuracy over the same items, its interval, and the interval of its difference from system

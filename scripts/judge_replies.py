@@ -41,13 +41,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from neeko_npc.engine.llamacpp import LlamaModel, load_cpu_backend  # noqa: E402
+from neeko_npc.engine.llamacpp import BRANCH_TOKENS, LlamaModel, load_cpu_backend  # noqa: E402
 from neeko_npc.neeko.attribution import repeats  # noqa: E402
 from neeko_npc.roles.beats import continuation_logprob  # noqa: E402
 from neeko_npc.neeko.intervals import paired_perplexity, perplexity  # noqa: E402
-
-BRANCH_TOKENS = 512  # what one decode_branches call takes in all
-
 
 def speaker_name(speaker: str) -> str:
     """How a transcript names a speaker: a corpus's own name as it is ("King Claudius"), a role id spelled out
@@ -84,23 +81,12 @@ def reply_nlls(model: LlamaModel, ctx, prefix: str, replies: list[str]) -> list[
     ctx.clear()
     head = model.encode(prefix)
     first = ctx.decode(head)
-    toks = [model.tokenize(" " + r.strip(), add_special=False, parse_special=False) if r.strip() else [] for r in replies]
+    toks = [model.tokenize(" " + r.strip(), add_special=False, parse_special=False)[:BRANCH_TOKENS] if r.strip()
+            else [] for r in replies]
     out = [(0.0, 0)] * len(replies)
     todo = [i for i, t in enumerate(toks) if t]
-    groups, cur, n = [], [], 0
-    for i in todo:  # decode_branches takes BRANCH_TOKENS in all a call
-        if cur and n + len(toks[i]) > BRANCH_TOKENS:
-            groups.append(cur)
-            cur, n = [], 0
-        cur.append(i)
-        n += len(toks[i])
-    if cur:
-        groups.append(cur)
-    for g in groups:
-        rows = ctx.decode_branches([toks[i][:BRANCH_TOKENS] for i in g], len(head))
-        for i, logits in zip(g, rows):
-            t = toks[i][:BRANCH_TOKENS]
-            out[i] = (-continuation_logprob(first, logits, t), len(t))
+    for i, logits in zip(todo, ctx.decode_branches([toks[i] for i in todo], len(head))):
+        out[i] = (-continuation_logprob(first, logits, toks[i]), len(toks[i]))
     ctx.clear()
     return out
 
@@ -115,17 +101,19 @@ def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:
     sums = {k: np.zeros(len(roles) * P) for k in systems}
     counts = {k: np.zeros(len(roles) * P) for k in systems}
     real_s, real_c = np.zeros(P), np.zeros(P)
+    own, by_line = [], []  # each role's replies to its own prompts, and those prompts (for the real lines)
     t0 = time.time()
     for i, rid in enumerate(roles):
         for j, p in enumerate(prompts):
-            names = list(systems)
-            replies = [systems[k][i * P + j] for k in names]
-            own = rid == p["source_role"]
-            got = reply_nlls(model, ctx, transcript(p, rid), replies + ([p["real_line"]] if own else []))
-            for k, (s, c) in zip(names, got):
-                sums[k][i * P + j], counts[k][i * P + j] = s, c
-            if own:
+            item, is_own = i * P + j, rid == p["source_role"]
+            replies = [systems[k][item] for k in systems]
+            got = reply_nlls(model, ctx, transcript(p, rid), replies + ([p["real_line"]] if is_own else []))
+            for k, (s, c) in zip(systems, got):
+                sums[k][item], counts[k][item] = s, c
+            if is_own:
                 real_s[j], real_c[j] = got[-1]
+                own.append(item)
+                by_line.append(j)
         if progress:
             print(f"  {rid}: {(i + 1) * P}/{len(roles) * P} prompts, {time.time() - t0:.0f} s", file=sys.stderr)
     ctx.close()
@@ -133,20 +121,27 @@ def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:
     calm = ~loops["in_context"]
     for k in loops:
         calm &= ~loops[k]
-    # each role's replies to its own prompts beside the real lines that answered them, paired on those prompts
-    own = [i * P + j for i, rid in enumerate(roles) for j, p in enumerate(prompts) if rid == p["source_role"]]
-    by_line = [j for i, rid in enumerate(roles) for j, p in enumerate(prompts) if rid == p["source_role"]]
     return {"judge": model.path.name, "items": len(roles) * P,
             "all_replies": paired_perplexity(sums, counts, "in_context"),
             "neither_loops": paired_perplexity({k: v[calm] for k, v in sums.items()},
                                                {k: v[calm] for k, v in counts.items()}, "in_context"),
             "real_lines": perplexity(real_s, real_c),
+            # each role's replies to its own prompts beside the real lines that answered them, paired on them
             "own_prompts_against_real_lines": paired_perplexity(
                 {"real_lines": real_s[by_line], **{k: v[own] for k, v in sums.items()}},
                 {"real_lines": real_c[by_line], **{k: v[own] for k, v in counts.items()}}, "real_lines"),
             "per_item": {k: {"nll": sums[k].tolist(), "tokens": counts[k].tolist()} for k in sums}
             | {"real_lines": {"nll": real_s.tolist(), "tokens": real_c.tolist()}},
             "seconds": time.time() - t0}
+
+
+def _rows(systems: dict) -> list[str]:
+    """One line a system: its perplexity and interval, and its ratio to the comparison's reference."""
+    out = []
+    for k, v in systems.items():
+        ratio = f"; x{v['ratio']:.2f} [{v['ratio_ci'][0]:.2f}, {v['ratio_ci'][1]:.2f}]" if "ratio" in v else ""
+        out.append(f"  {k:<14} {v['perplexity']:7.1f} [{v['ci'][0]:.1f}, {v['ci'][1]:.1f}]{ratio}")
+    return out
 
 
 def lines(res: dict) -> list[str]:
@@ -156,16 +151,12 @@ def lines(res: dict) -> list[str]:
         if not r:
             out.append(f"{title}: none")
             continue
-        out.append(f"{title} ({r['items']} a system): perplexity [95% interval]; ratio to in-context, paired")
-        for k, v in r["systems"].items():
-            ratio = (f"; x{v['ratio']:.2f} [{v['ratio_ci'][0]:.2f}, {v['ratio_ci'][1]:.2f}]" if "ratio" in v else "")
-            out.append(f"  {k:<12} {v['perplexity']:7.1f} [{v['ci'][0]:.1f}, {v['ci'][1]:.1f}]{ratio}")
+        out += [f"{title} ({r['items']} a system): perplexity [95% interval]; ratio to in-context, paired",
+                *_rows(r["systems"])]
     r = res["own_prompts_against_real_lines"]
     if r:
-        out.append(f"each role's replies to its own prompts ({r['items']}), against the real lines that answered them:")
-        for k, v in r["systems"].items():
-            ratio = (f"; x{v['ratio']:.2f} [{v['ratio_ci'][0]:.2f}, {v['ratio_ci'][1]:.2f}]" if "ratio" in v else "")
-            out.append(f"  {k:<14} {v['perplexity']:7.1f} [{v['ci'][0]:.1f}, {v['ci'][1]:.1f}]{ratio}")
+        out += [f"each role's replies to its own prompts ({r['items']}), against the real lines that answered them:",
+                *_rows(r["systems"])]
     rl = res["real_lines"]
     out.append(f"real lines (their own speaker's transcript): {rl['value']:.1f} [{rl['ci'][0]:.1f}, {rl['ci'][1]:.1f}]")
     return out

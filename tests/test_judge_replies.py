@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from neeko_npc.engine.llamacpp import LlamaModel, load_cpu_backend
+from neeko_npc.engine.llamacpp import BRANCH_TOKENS, LlamaModel, load_cpu_backend
 from neeko_npc.roles.base_model import resolve_base_model
 from neeko_npc.roles.beats import log_softmax
 from neeko_npc.neeko.intervals import paired_perplexity
-from scripts.judge_replies import BRANCH_TOKENS, judge, reply_nlls, shuffled, transcript
+from scripts.judge_replies import judge, reply_nlls, shuffled, transcript
 
 pytestmark = pytest.mark.slow  # the real model
 

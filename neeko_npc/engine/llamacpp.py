@@ -85,6 +85,7 @@ except Exception:  # llama-cpp-python missing: errors surface when a model is lo
 
 
 BRANCHES = 16  # sequences decode_branches decodes in one batch beside the conversation's
+BRANCH_TOKENS = 512  # tokens of all branches in one such batch (the context's n_batch); a longer branch is refused
 
 
 def binding_version() -> str:
@@ -335,18 +336,26 @@ class LlamaContext:
     def decode_branches(self, branches: list[list[int]], pos: int) -> list[np.ndarray]:
         """Decode each branch on top of the context's first ``pos`` tokens as if alone, all in one batch: every
         branch is a sequence of its own that shares the prefix's cells. Returns each branch's logits after each of
-        its tokens (one row a token); afterwards the context holds only the prefix again."""
+        its tokens (one row a token); afterwards the context holds only the prefix again. Branches go in batches of
+        at most BRANCHES sequences and BRANCH_TOKENS tokens."""
         out: list[np.ndarray] = []
-        for start in range(0, len(branches), BRANCHES):
-            out += self._branches(branches[start:start + BRANCHES], pos)
+        group, n = [], 0
+        for b in branches:
+            if group and (len(group) == BRANCHES or n + len(b) > BRANCH_TOKENS):
+                out += self._branches(group, pos)
+                group, n = [], 0
+            group.append(b)
+            n += len(b)
+        if group:
+            out += self._branches(group, pos)
         return out
 
     def _branches(self, branches: list[list[int]], pos: int) -> list[np.ndarray]:
         L = self.L
         mem = L.llama_get_memory(self.ptr)
         n = sum(len(b) for b in branches)
-        if not all(branches) or n > 512:
-            raise LlamaError(f"decode_branches takes non-empty branches of 512 tokens in all, not {n}")
+        if not all(branches) or n > BRANCH_TOKENS:
+            raise LlamaError(f"decode_branches takes non-empty branches of {BRANCH_TOKENS} tokens in all, not {n}")
         batch = L.llama_batch_init(n, 0, 1)
         try:
             i = 0

@@ -79,9 +79,10 @@ TOP_P = 0.95
 CONTRAST = 1.0
 MAX_CONTRAST = 4.0  # the largest contrast a request or serve may ask for
 # The voice check of a bake (neeko/voice_check.py): each trained role's own contrast, stored in its .nrole and served
-# when neither the request nor serve --contrast sets one, is the one of these whose replies to the set's training
-# prompts the judge gives to the role most often. On the Office it lifted attribution from 39% to 55% (docs/corpora.md,
-# "A contrast per NPC").
+# when neither the request nor serve --contrast sets one, is the lowest of these whose replies to the set's training
+# prompts the judge gives to the role within noise as often as at the best one: contrast buys a louder voice with less
+# expected replies (docs/corpora.md, "The dial"), so it is spent only where the check hears what it buys. Choosing the
+# best alone lifted the Office's attribution from 39% to 55% (docs/corpora.md, "A contrast per NPC").
 VOICE_CHECK = True  # bake --voice-check / --no-voice-check
 VOICE_CHECK_CONTRASTS = (0.0, 0.5, 1.0)
 VOICE_CHECK_PROMPTS = 12  # training prompts taken from each role of the set; every checked role answers all of them

@@ -8,8 +8,8 @@ nearest centroid of each role's training lines; the same reply length and seed),
 - ``spare``: the next N held-out prompts of each role, never scored by that eval;
 - ``train``: the first N prompts of each role's training scenes (its block has read these scenes).
 
-Each role's contrast is chosen on ``spare`` and, separately, on ``train`` (the highest share of the role's replies
-given to it; a tie goes to the contrast nearest the served default), and the choice is scored on ``eval`` beside
+Each role's contrast is chosen on ``spare`` and, separately, on ``train`` (as the bake's voice check chooses:
+``voice_check.choose_contrast``), and the choice is scored on ``eval`` beside
 every single contrast and in-context prompting, paired on the same prompts. Rows are written to OUT as they come.
 
     python3 scripts/contrast_choice.py --roles /tmp/out-office400/roles --src /tmp/office400 --out /tmp/cc-office
@@ -40,7 +40,7 @@ from neeko_npc.neeko.voice_check import choose_contrast  # noqa: E402
 def choose(hits: dict, grid: list[float]) -> dict:
     """Per role, the contrast the bake's voice check would keep (``choose_contrast``) on these hits."""
     roles = next(iter(hits.values())).keys()
-    return {rid: choose_contrast({c: sum(hits[c][rid]) / len(hits[c][rid]) for c in grid}) for rid in roles}
+    return {rid: choose_contrast({c: hits[c][rid] for c in grid}) for rid in roles}
 
 
 def chosen_hits(hits: dict, choice: dict) -> dict:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from neeko_npc import defaults
 from neeko_npc.cli import main
-from neeko_npc.neeko.voice_check import choose_contrast
+from neeko_npc.neeko.voice_check import choose_contrast, stored_hits
 from neeko_npc.roles.asset_read import read_asset
 from neeko_npc.roles.base_model import base_info, resolve_base_model
 
@@ -169,12 +169,13 @@ def test_bake_writes_valid_assets_and_the_block_beats_the_base(baked):
         t = a.training
         assert t["heldout_loss_block"] < t["heldout_loss_base"], (rid, t)
         assert f"{rid:<20}" in out
-        # the voice check: each role speaks at the contrast its replies to the set's training prompts were most often
+        # the voice check: each role speaks at the lowest contrast its replies to the set's training prompts were
         # recognised at (13 prompts: every training scene of the two roles)
         v = t["voice_check"]
         shares = {float(c): s for c, s in v["shares"].items()}
         assert sorted(shares) == sorted(defaults.VOICE_CHECK_CONTRASTS) and all(0 <= s <= 1 for s in shares.values())
-        assert a.contrast == v["contrast"] == choose_contrast(shares) and v["prompts"] == 13
+        assert a.contrast == v["contrast"] == choose_contrast(stored_hits(v)) and v["prompts"] == 13
+        assert {float(c): sum(h) / len(h) for c, h in stored_hits(v).items()} == pytest.approx(shares, abs=1e-4)
         assert f"voice check: {rid} speaks at contrast {a.contrast:g}" in out
     # an expansion given no other roles' lines cannot tell its voice from theirs: it speaks at the daemon's contrast
     assert "voice check: skipped" in baked["expand_out"]
@@ -573,7 +574,7 @@ def test_voice_check_gives_roles_baked_without_it_their_own_contrast_and_leaves_
     for rid, old in before.items():
         a = read_asset(roles / f"{rid}.nrole")
         v = a.training["voice_check"]
-        assert a.contrast == v["contrast"] == choose_contrast({float(c): s for c, s in v["shares"].items()})
+        assert a.contrast == v["contrast"] == choose_contrast(stored_hits(v))
         assert v["prompts"] == 13 and f"wrote {roles / f'{rid}.nrole'} (contrast {a.contrast:g}; recognised at" in out
         assert all(np.array_equal(a.block.A[k], old.block.A[k]) and np.array_equal(a.block.B[k], old.block.B[k])
                    for k in old.block.A)

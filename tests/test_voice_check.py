@@ -4,15 +4,36 @@ real model, and the eval reading each file's contrast, are test_real_model.py's 
 from neeko_npc import defaults
 from neeko_npc.neeko import evaluate
 from neeko_npc.neeko.evaluate import EvalConfig
-from neeko_npc.neeko.voice_check import choose_contrast
+from neeko_npc.neeko.voice_check import choose_contrast, hits_text, stored_hits
 
 
-def test_a_role_keeps_the_contrast_its_replies_were_most_often_recognised_at():
-    assert choose_contrast({0.0: 0.42, 0.5: 0.15, 1.0: 0.12}) == 0.0
-    assert choose_contrast({0.0: 0.10, 0.5: 0.30, 1.0: 0.25}) == 0.5
-    # a tie goes to the contrast nearest the served default
-    assert choose_contrast({0.0: 0.3, 0.5: 0.3, 1.0: 0.3}) == defaults.CONTRAST
-    assert choose_contrast({0.0: 0.5, 0.5: 0.5, 1.0: 0.1}) == 0.5
+def hits(share: float, n: int = 48, *, wrong_first: bool = False) -> list[bool]:
+    """n replies of which round(share * n) were recognised, the misses first or last."""
+    k = round(share * n)
+    return [False] * (n - k) + [True] * k if wrong_first else [True] * k + [False] * (n - k)
+
+
+def test_a_role_speaks_at_the_lowest_contrast_heard_within_noise_of_its_best():
+    # the best contrast, beyond noise: kept
+    assert choose_contrast({0.0: hits(0.42), 0.5: hits(0.15), 1.0: hits(0.12)}) == 0.0
+    assert choose_contrast({0.0: hits(0.10), 0.5: hits(0.90), 1.0: hits(0.88)}) == 0.5
+    assert choose_contrast({0.0: hits(0.20), 0.5: hits(0.40), 1.0: hits(0.90)}) == 1.0
+    # a tie, or two replies in 48 fewer on the same prompts: within noise, so the lower contrast
+    assert choose_contrast({0.0: hits(0.3), 0.5: hits(0.3), 1.0: hits(0.3)}) == 0.0
+    assert choose_contrast({0.0: [False, False] + hits(0.5)[2:], 0.5: hits(0.5), 1.0: hits(0.1)}) == 0.0
+    # ... but the same prompts lost every time, ten in 48, are beyond noise
+    assert choose_contrast({0.0: hits(0.5)[:14] + [False] * 34, 0.5: hits(0.5), 1.0: hits(0.1)}) == 0.5
+    # the same shares on different prompts are noisier than on the same ones: 56% against 73%, paired both ways
+    same = {0.0: hits(0.56), 1.0: hits(0.73)}
+    crossed = {0.0: hits(0.56, wrong_first=True), 1.0: hits(0.73)}
+    assert choose_contrast(same) == 1.0 and choose_contrast(crossed) == 0.0
+
+
+def test_a_stored_check_gives_back_its_hits():
+    h = {0.0: [True, False, True], 0.5: [False, False, True]}
+    stored = {"hits": {f"{c:g}": hits_text(x) for c, x in h.items()}}
+    assert stored == {"hits": {"0": "101", "0.5": "001"}} and stored_hits(stored) == h
+    assert stored_hits({"contrast": 1.0, "shares": {"1": 0.5}}) == {}  # a check stored before hits were
 
 
 def test_the_evals_replies_are_decoded_at_each_rows_contrast_and_come_back_in_order(monkeypatch):
@@ -72,5 +93,8 @@ def test_a_large_cast_checks_each_role_on_a_bounded_number_of_prompts(monkeypatc
             assert len(convs) == 2 * n * per and len(convs) <= 2 * defaults.VOICE_CHECK_MAX_PROMPTS
             heard = {m["content"].split()[1] for c in convs for m in c if m["role"] == "user"}
             assert heard == {str(i) for i in range(n)}  # every role of the set gave prompts
-        assert got["r0"] == {"contrast": 0.5, "shares": {"0": 0.0, "0.5": 1.0, "1": 0.0}, "prompts": n * per}
-        assert got["r1"]["contrast"] == 1.0 and got["r1"]["shares"]["0"] == 1.0
+        every = n * per
+        assert got["r0"] == {"contrast": 0.5, "shares": {"0": 0.0, "0.5": 1.0, "1": 0.0}, "prompts": every,
+                             "hits": {"0": "0" * every, "0.5": "1" * every, "1": "0" * every}}
+        # r1's replies are given to it at every contrast: the lowest
+        assert got["r1"]["contrast"] == 0.0 and got["r1"]["shares"] == {"0": 1.0, "0.5": 1.0, "1": 1.0}

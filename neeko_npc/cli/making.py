@@ -45,9 +45,9 @@ distinct_option = click.option(
 voice_option = click.option(
     "--voice-check/--no-voice-check", "voice", default=D.VOICE_CHECK, show_default=True,
     help="Choose each trained role's own contrast (stored in its file; serve --contrast or a request overrides it): "
-         f"the one of {', '.join(f'{c:g}' for c in D.VOICE_CHECK_CONTRASTS)} whose replies to the set's training "
-         "prompts sound most like the role to the eval's judge. Needs two roles or more (bake-role: --negatives); "
-         "a few minutes more.")
+         f"the lowest of {', '.join(f'{c:g}' for c in D.VOICE_CHECK_CONTRASTS)} whose replies to the set's training "
+         "prompts the eval's judge gives to the role within noise as often as at the best one. Needs two roles or "
+         "more (bake-role: --negatives); a few minutes more.")
 
 
 def _shares(v: dict) -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-bake the shipped village roles from assets/roles/src/ with fixed seeds (same data, same weights).
 # Shows all three ways a role is made: four roles pre-finetuned together, one added by expansion,
-# one added by fusion; then the voice check of the five trained roles together, as the shipped files were checked.
+# one added by fusion. With the defaults: no voice check, so every NPC speaks at the daemon's contrast (0).
 # Usage: bash scripts/rebuild_roles.sh [OUT_DIR] [extra bake flags...]   (default assets/roles;
 # the extra flags, e.g. --epochs 2, go to the two trainings, not to the fusion; the set's shape, --rank, --alpha
 # or --targets, is the pre-finetune's alone: SET_FLAGS="--rank 16" bash scripts/rebuild_roles.sh /tmp/r16)
@@ -13,12 +13,10 @@ SRC=assets/roles/src
 mkdir -p "$OUT"
 rm -f "$OUT"/*.nrole
 # fp32, as the shipped files were baked: the same weights on every CPU, and no emulated bf16 (docs/making-roles.md)
-# The trainings skip their own voice checks: the last step checks all five trained roles against each other at once.
 # (--negatives: the set's lines, which an expansion held away from them needs: `... /tmp/village-d1 --distinct 1`.)
 neeko-npc bake "$SRC/blacksmith" "$SRC/innkeeper" "$SRC/guard_captain" "$SRC/hedge_witch" --out "$OUT" --seed 0 --precision fp32 \
-  --no-voice-check ${SET_FLAGS:-} "$@"
+  ${SET_FLAGS:-} "$@"
 neeko-npc bake-role --profile "$SRC/merchant/profile.json" --data "$SRC/merchant/lines.jsonl" --roles "$OUT" --seed 0 --precision fp32 \
-  --negatives "$SRC" --no-voice-check "$@"
+  --negatives "$SRC" "$@"
 neeko-npc bake-role --fuse --profile "$SRC/young_guard/profile.json" --roles "$OUT"
-neeko-npc voice-check --roles "$OUT" --src "$SRC"
 ls -l "$OUT"/*.nrole

@@ -58,12 +58,13 @@ def gguf_base(private_cache):
 
 @pytest.fixture(scope="session")
 def baked(tmp_path_factory, gguf_base):
-    """smith + bard pre-finetuned on the real SmolLM2 (kept in `before`), then fisher added by expansion in `dir`."""
+    """smith + bard pre-finetuned on the real SmolLM2 (kept in `before`), then fisher added by expansion in `dir`; both
+    asked for the voice check (off by default), which the expansion, given no other roles' lines, cannot run."""
     root = tmp_path_factory.mktemp("roles")
     out = root / "set"
-    bake_out = run("bake", DATA / "smith", DATA / "bard", "--out", out, "--seed", "1", *FAST)
+    bake_out = run("bake", DATA / "smith", DATA / "bard", "--out", out, "--seed", "1", "--voice-check", *FAST)
     before = root / "before"
     shutil.copytree(out, before)
     expand_out = run("bake-role", "--profile", DATA / "fisher" / "profile.json", "--data", DATA / "fisher" / "lines.jsonl",
-                     "--roles", out, *FAST)
+                     "--roles", out, "--voice-check", *FAST)
     return {"dir": out, "before": before, "bake_out": bake_out, "expand_out": expand_out}

@@ -106,7 +106,7 @@ def test_export_and_load_block_roundtrip():
     model, neeko = make()
     blk = neeko.export_block("role2")
     model2 = tiny_llama()
-    n2 = NeekoLoRA(model2, r=4, alpha=8)
+    n2 = NeekoLoRA(model2, r=4, alpha=8, targets=blk.targets)
     n2.load_block("role2", blk)
     ids = torch.randint(0, 96, (1, 5))
     assert torch.equal(logits(neeko, ids, neeko.weights(["role2"])), logits(n2, ids, n2.weights(["role2"])))

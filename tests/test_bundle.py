@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from neeko_npc import __version__
+from neeko_npc import __version__, defaults
 from neeko_npc.bundle import LEFT_OUT, MANIFEST, RUNTIME_DIR, TRAINING
 from neeko_npc.bundle.build import cpu_features, cpu_variants, executable_name, folder_bytes, llama_lib_dir
+from neeko_npc.roles.asset_read import read_asset
 from neeko_npc.server.client import Client
 from neeko_npc.server.launch import process_alive
 
@@ -142,9 +143,11 @@ def test_the_bundle_speaks_where_nothing_is_installed_as_serve_does(bundle, tmp_
 
 def test_two_bundles_on_one_machine_each_get_a_port_and_sigterm_stops_them(bundle, tmp_path):
     """With their defaults: each loads the adapters and restores the roles' prefixes the bundle ships (its HOME is
-    empty, and stays so), so even the first line after start reads only its scene and line. Lines are contrasted by
-    default, so each of the 6 roles ships two prefixes: under its own voice and under the base model."""
-    assert len(list((bundle / "warm").glob("*.kv"))) == 2 * 6 and len(list((bundle / "warm").glob("*.gguf"))) == 5
+    empty, and stays so), so even the first line after start reads only its scene and line. Lines are plain by default
+    and no shipped role has a contrast of its own, so each of the 6 roles ships one prefix, under its own voice (a
+    contrasted role would ship a second, under the base model: test_contract)."""
+    assert defaults.CONTRAST == 0 and not any(read_asset(p).contrast for p in ROLES.glob("*.nrole"))
+    assert len(list((bundle / "warm").glob("*.kv"))) == 6 and len(list((bundle / "warm").glob("*.gguf"))) == 5
     servers = []
     try:
         for _ in range(2):  # started one by one inside the try, so a failed second start still stops the first

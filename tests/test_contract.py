@@ -143,7 +143,7 @@ def test_an_npc_speaks_at_its_own_contrast_unless_serve_or_the_request_says_othe
 
 def test_the_base_model_warms_a_roles_prefix_only_where_its_lines_are_contrasted(tmp_path):
     """llama.cpp reads each role's prompt prefix at start-up, and under the base model too where that role's lines
-    are contrasted unless a request says otherwise (its own contrast, serve --contrast, the default)."""
+    are contrasted unless a request says otherwise (serve --contrast, else its own contrast, else the default)."""
     from neeko_npc.engine.llama_engine import LlamaEngine
 
     smith, bard = block_asset("smith", seed=1, contrast=0.0), block_asset("bard", seed=2, contrast=0.5)
@@ -151,7 +151,11 @@ def test_the_base_model_warms_a_roles_prefix_only_where_its_lines_are_contrasted
         write_asset(a, tmp_path / f"{a.id}.nrole")
     write_asset(fusion_asset("squire", [(smith, 0.25), (bard, 0.75)]), tmp_path / "squire.nrole")
     own = LlamaEngine._warm_prefixes(ScriptedEngine(tmp_path))  # the method reads only the facade's roles
-    assert own == [("bard", False), ("bard", True), ("smith", False), ("squire", False), ("squire", True)]
+    # the squire has no contrast of its own: the default's (0, off)
+    assert own == [("bard", False), ("bard", True), ("smith", False), ("squire", False)] + (
+        [("squire", True)] if defaults.CONTRAST else [])
+    assert LlamaEngine._warm_prefixes(ScriptedEngine(tmp_path, EngineConfig(contrast=1.0))) == [
+        ("bard", False), ("bard", True), ("smith", False), ("smith", True), ("squire", False), ("squire", True)]
     assert LlamaEngine._warm_prefixes(ScriptedEngine(tmp_path, EngineConfig(contrast=0.0))) == [
         ("bard", False), ("smith", False), ("squire", False)]
 

@@ -224,7 +224,10 @@ def test_inspect_reports_the_block(baked):
     out = run("inspect", baked["dir"] / "fisher.nrole")
     assert "[block]" in out and "r=8" in out and "expansion" in out and "held-out" in out
     js = json.loads(run("inspect", "--json", baked["dir"] / "fisher.nrole"))
-    assert js["block"]["params"] == 30 * 8 * (576 + 576 + 576 + 192)
+    # rank 8 on each of 30 layers' q, k, v and o (the default targets): A reads the input, B writes the output
+    q = o = 576 + 576
+    k = v = 576 + 192
+    assert js["block"]["params"] == 30 * 8 * (q + k + v + o)
 
 
 def test_an_expansion_held_away_from_the_sets_lines_needs_them_and_says_so(baked, tmp_path):

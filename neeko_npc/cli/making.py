@@ -229,7 +229,7 @@ def voice_check_cmd(roles_dir, src_dir, holdout, base_model, quiet):
     """The bake's voice check for roles baked without it, blocks untouched.
 
     Every trained role in --roles with lines in --src/ID/lines.jsonl gets the
-    contrast a bake now chooses (bake --help, --voice-check) and is rewritten;
+    contrast a bake with --voice-check chooses (bake --help) and is rewritten;
     a fused role that mixes it is re-pointed.
     """
     from ..neeko.bake import check_voices

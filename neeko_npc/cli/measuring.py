@@ -97,7 +97,8 @@ def eval_cmd(roles_dir, src_dir, base_model, holdout, max_len, precision, no_sha
 @click.option("--pool-size", default=D.POOL_SIZE, show_default=True, type=click.IntRange(1, 64), help="In process: llama.cpp contexts.")
 @click.option("--threads", default=None, type=click.IntRange(1, 256), help="In process: CPU threads, shared by the contexts decoding at once. Default: half the cores, leaving the rest to the game.")
 @click.option("--contrast", type=click.FloatRange(0, D.MAX_CONTRAST, min_open=True), default=None,
-              help=f"The contrasted decode row's contrast. Default: serve's (--contrast {D.CONTRAST:g}), or 1 when that is 0.")
+              help=f"The contrasted decode row's contrast. Default: {D.CONTRAST or 1.0:g} (serve's --contrast, or 1 where "
+                   "serve's is 0, off).")
 @click.option("--no-memory", is_flag=True, help="Skip the memory section (it starts one daemon per role count).")
 @click.option("--no-town", is_flag=True, help="Skip the town section (a day of 24 NPCs on 4 contexts, with and without snapshots).")
 @click.option("--no-startup", is_flag=True, help="Skip the start-up section (server processes started cold, to the ready line).")

@@ -44,8 +44,8 @@ from . import base_model_option, friendly_errors, main, roles_option
 @click.option("--contrast", default=None, type=click.FloatRange(0, D.MAX_CONTRAST),
               help=f"Contrastive decoding for every line that leaves it unset: each NPC's own voice pushed this far from "
                    f"the base model's before a token is drawn (0 is off; two decodes a token). Default: each NPC's own "
-                   f"(chosen by its bake's voice check), else {D.CONTRAST:g}; 0 with --engine openai, which cannot "
-                   "contrast. docs/corpora.md measures what it does to how recognisable an NPC is.")
+                   f"(chosen by its bake's voice check, where it had one), else {D.CONTRAST:g}; 0 with --engine openai, "
+                   "which cannot contrast. docs/corpora.md measures what it does to how recognisable an NPC is.")
 @click.option("--history-tokens", default=D.HISTORY_TOKENS, show_default=True, type=click.IntRange(0), help="Memory budget per (session, NPC).")
 @click.option("--max-tokens-limit", default=D.MAX_TOKENS_LIMIT, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
 @click.option("--max-player-line-chars", default=D.MAX_PLAYER_LINE_CHARS, show_default=True, type=click.IntRange(1),

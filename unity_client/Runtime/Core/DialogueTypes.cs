@@ -46,7 +46,7 @@ namespace Neeko.Npc
         public List<string> Stop = new List<string>();
         /// <summary>Contrastive decoding, 0 to 4: how far the NPC's own voice is pushed from the base model's
         /// (0 is off; each token then costs two decodes). Null: the server's <c>--contrast</c>, else the NPC's own
-        /// (chosen by its bake's voice check), else 1.</summary>
+        /// (chosen by its bake's voice check, where it had one), else 0.</summary>
         public float? Contrast;
     }
 

@@ -849,7 +849,7 @@ namespace Neeko.Npc.V1 {
     /// <summary>
     /// Contrastive decoding: how far the NPC's own voice is pushed from the base model's before each token is drawn
     /// (0 to 4; 0 is off; two decodes a token). Unset: the server's --contrast, else the NPC's own (chosen by its
-    /// bake's voice check), else 1.
+    /// bake's voice check, where it had one), else 0.
     /// </summary>
     [global::System.Diagnostics.DebuggerNonUserCodeAttribute]
     [global::System.CodeDom.Compiler.GeneratedCode("protoc", null)]

@@ -151,9 +151,8 @@ def test_the_base_model_warms_a_roles_prefix_only_where_its_lines_are_contrasted
         write_asset(a, tmp_path / f"{a.id}.nrole")
     write_asset(fusion_asset("squire", [(smith, 0.25), (bard, 0.75)]), tmp_path / "squire.nrole")
     own = LlamaEngine._warm_prefixes(ScriptedEngine(tmp_path))  # the method reads only the facade's roles
-    # the squire has no contrast of its own: the default's (0, off)
-    assert own == [("bard", False), ("bard", True), ("smith", False), ("squire", False)] + (
-        [("squire", True)] if defaults.CONTRAST else [])
+    # the squire has no contrast of its own: the default's, 0 (off)
+    assert defaults.CONTRAST == 0 and own == [("bard", False), ("bard", True), ("smith", False), ("squire", False)]
     assert LlamaEngine._warm_prefixes(ScriptedEngine(tmp_path, EngineConfig(contrast=1.0))) == [
         ("bard", False), ("bard", True), ("smith", False), ("smith", True), ("squire", False), ("squire", True)]
     assert LlamaEngine._warm_prefixes(ScriptedEngine(tmp_path, EngineConfig(contrast=0.0))) == [

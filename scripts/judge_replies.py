@@ -20,9 +20,10 @@ prompts redrawn together for every system): above 1 beyond noise means the syste
 than prompting's (neeko/intervals.py ``paired_perplexity``). Each role's replies to its own prompts are also set
 beside the real lines that answered those prompts, paired the same way (the ratio to the real lines). Loops ("aye,
 aye, aye") read as likely to any language model, so the same figures are given again over the replies where neither
-the system's nor prompting's reply loops (attribution.repeats). For scale, the blocks' replies are scored once more
-with each reply's words shuffled (``neeko_shuffled``): the same words, no sentence, which is what nonsense reads as
-to the judge.
+the system's nor prompting's reply loops (attribution.repeats), and over every reply up to where it starts repeating
+itself (attribution.until_loop: "Aye, aye, aye, aye" reads as "Aye,"), which drops no prompt. For scale, the
+blocks' replies are scored once more with each reply's words shuffled (``neeko_shuffled``): the same words, no
+sentence, which is what nonsense reads as to the judge.
 
     python3 scripts/judge_replies.py eval.json --out judge.json        # a few minutes on 2 cores
 """
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from neeko_npc.engine.llamacpp import BRANCH_TOKENS, LlamaModel, load_cpu_backend  # noqa: E402
-from neeko_npc.neeko.attribution import repeats  # noqa: E402
+from neeko_npc.neeko.attribution import repeats, until_loop  # noqa: E402
 from neeko_npc.roles.beats import continuation_logprob  # noqa: E402
 from neeko_npc.neeko.intervals import paired_perplexity, perplexity  # noqa: E402
 
@@ -102,14 +103,23 @@ def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:
     counts = {k: np.zeros(len(roles) * P) for k in systems}
     real_s, real_c = np.zeros(P), np.zeros(P)
     own, by_line = [], []  # each role's replies to its own prompts, and those prompts (for the real lines)
+    # every kept reply again, up to where it starts repeating itself: read only where that cuts something
+    cut = {k: [until_loop(r) for r in kept["systems"][k]] for k in kept["systems"]}
+    cut_s = {k: np.zeros(len(roles) * P) for k in cut}
+    cut_c = {k: np.zeros(len(roles) * P) for k in cut}
     t0 = time.time()
     for i, rid in enumerate(roles):
         for j, p in enumerate(prompts):
             item, is_own = i * P + j, rid == p["source_role"]
             replies = [systems[k][item] for k in systems]
-            got = reply_nlls(model, ctx, transcript(p, rid), replies + ([p["real_line"]] if is_own else []))
+            shorter = [k for k in cut if cut[k][item] != systems[k][item]]
+            got = reply_nlls(model, ctx, transcript(p, rid), replies + [cut[k][item] for k in shorter]
+                             + ([p["real_line"]] if is_own else []))
             for k, (s, c) in zip(systems, got):
                 sums[k][item], counts[k][item] = s, c
+            for k in cut:
+                cut_s[k][item], cut_c[k][item] = got[len(systems) + shorter.index(k)] if k in shorter else \
+                    (sums[k][item], counts[k][item])
             if is_own:
                 real_s[j], real_c[j] = got[-1]
                 own.append(item)
@@ -125,13 +135,17 @@ def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:
             "all_replies": paired_perplexity(sums, counts, "in_context"),
             "neither_loops": paired_perplexity({k: v[calm] for k, v in sums.items()},
                                                {k: v[calm] for k, v in counts.items()}, "in_context"),
+            # the loops' own words left out of every reply, so nothing is dropped: each reply until it repeats itself
+            "until_loop": paired_perplexity(cut_s, cut_c, "in_context") | {
+                "cut": {k: int(sum(a != b for a, b in zip(cut[k], kept["systems"][k]))) for k in cut}},
             "real_lines": perplexity(real_s, real_c),
             # each role's replies to its own prompts beside the real lines that answered them, paired on them
             "own_prompts_against_real_lines": paired_perplexity(
                 {"real_lines": real_s[by_line], **{k: v[own] for k, v in sums.items()}},
                 {"real_lines": real_c[by_line], **{k: v[own] for k, v in counts.items()}}, "real_lines"),
             "per_item": {k: {"nll": sums[k].tolist(), "tokens": counts[k].tolist()} for k in sums}
-            | {"real_lines": {"nll": real_s.tolist(), "tokens": real_c.tolist()}},
+            | {"real_lines": {"nll": real_s.tolist(), "tokens": real_c.tolist()}}
+            | {f"{k}_until_loop": {"nll": cut_s[k].tolist(), "tokens": cut_c[k].tolist()} for k in cut},
             "seconds": time.time() - t0}
 
 
@@ -146,7 +160,8 @@ def _rows(systems: dict) -> list[str]:
 
 def lines(res: dict) -> list[str]:
     out = [f"judge: {res['judge']}, {res['items']} replies a system"]
-    for part, title in (("all_replies", "every reply"), ("neither_loops", "replies where neither loops")):
+    for part, title in (("all_replies", "every reply"), ("neither_loops", "replies where neither loops"),
+                        ("until_loop", "every reply up to where it repeats itself")):
         r = res[part]
         if not r:
             out.append(f"{title}: none")

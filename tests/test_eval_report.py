@@ -106,6 +106,17 @@ def test_a_reply_that_loops_is_counted_as_repeating():
     assert not repeats("Aye aye.") and not repeats("")
 
 
+def test_a_loop_is_cut_where_it_starts_saying_again_what_it_said():
+    from neeko_npc.neeko.attribution import loop_start, until_loop
+
+    assert until_loop("Aye, aye, aye, aye, aye, a") == "Aye,"
+    assert until_loop("Why, I am a man of the world, and I am a man of") == "Why, I am a man of the world, and"
+    assert loop_start("Why, I am a man of the world, and I am a man of") == 9
+    line = "What, Hal! what a pox have I to do with my hostess of the tavern?"
+    assert until_loop(line) == line and loop_start(line) is None  # no run of three words comes twice
+    assert until_loop("") == "" and until_loop("I said it. I said it.") == "I said it."
+
+
 def test_coherence_beside_prompting_is_called_worse_only_beyond_noise():
     from neeko_npc.neeko.intervals import paired_accuracy
 

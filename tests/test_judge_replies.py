@@ -94,6 +94,12 @@ def test_the_ratio_is_paired_and_a_loop_is_left_out_of_the_calm_figures(judge_mo
     against_real = res["own_prompts_against_real_lines"]  # the blacksmith's first prompt, the innkeeper's second
     assert against_real["items"] == 2 and against_real["systems"]["neeko"]["ratio"] > 0
     assert res["per_item"]["neeko"]["tokens"][0] > 0 and res["per_item"]["real_lines"]["tokens"][1] > 0
+    # up to where each reply repeats itself: no prompt dropped, only the looping reply read shorter
+    cut = res["until_loop"]
+    assert cut["items"] == 4 and cut["cut"] == {"neeko": 0, "in_context": 1}
+    full, short = res["per_item"]["in_context"], res["per_item"]["in_context_until_loop"]
+    assert 0 < short["tokens"][0] < full["tokens"][0]  # "Aye," of the loop
+    assert short["nll"][1:] == full["nll"][1:] and res["per_item"]["neeko_until_loop"] == res["per_item"]["neeko"]
     # the control, the blocks' replies with their words shuffled, reads as far less likely than the replies
     assert res["all_replies"]["systems"]["neeko_shuffled"]["perplexity"] > 2 * ours["perplexity"]
 

@@ -148,12 +148,31 @@ def reply_nll(neeko: NeekoLoRA, tok, conversations: list[list[dict]], replies: l
     return sums, counts
 
 
+def loop_start(text: str, n: int = 3) -> int | None:
+    """Where a reply starts saying again a run of ``n`` words it already said, as an index into ``text.split()``
+    (words compared lower-case, without the punctuation around them), or None where no run comes twice.
+    "Aye, aye, aye, aye" starts again at 1: the run "aye aye aye" at 1 is the one at 0 said again."""
+    words = [w.strip(".,;:!?'\"()").lower() for w in text.split()]
+    seen = set()
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i:i + n])
+        if gram in seen:
+            return i
+        seen.add(gram)
+    return None
+
+
 def repeats(text: str, n: int = 3) -> bool:
     """Whether a reply says some run of ``n`` words twice ("Aye, aye, aye, aye"): a loop the base model's
     perplexity rewards, so the eval counts it beside."""
-    words = [w.strip(".,;:!?'\"()").lower() for w in text.split()]
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    return len(set(grams)) < len(grams)
+    return loop_start(text, n) is not None
+
+
+def until_loop(text: str, n: int = 3) -> str:
+    """The reply up to where it starts repeating itself (``loop_start``), the whole reply where it never does: what
+    a judge's perplexity can read without being paid for the loop ("Aye, aye, aye, aye" reads as "Aye,")."""
+    at = loop_start(text, n)
+    return text if at is None else " ".join(text.split()[:at])
 
 
 def on_topic(said: list[str | None], replies: list[str]) -> list[float]:

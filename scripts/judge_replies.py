@@ -42,6 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from neeko_npc.defaults import HOLDOUT  # noqa: E402
 from neeko_npc.engine.llamacpp import BRANCH_TOKENS, LlamaModel, load_cpu_backend  # noqa: E402
 from neeko_npc.neeko.attribution import repeats, until_loop  # noqa: E402
 from neeko_npc.roles.beats import continuation_logprob  # noqa: E402
@@ -53,11 +54,27 @@ def speaker_name(speaker: str) -> str:
     return speaker if any(c.isupper() or c == " " for c in speaker) else speaker.replace("_", " ").title()
 
 
-def transcript(prompt: dict, answerer: str) -> str:
-    """The plain transcript a reply by ``answerer`` continues (module docstring), ending on "{Name}:"."""
+def transcript(prompt: dict, answerer: str, primer: str = "") -> str:
+    """The plain transcript a reply by ``answerer`` continues (module docstring), ending on "{Name}:", after
+    ``primer`` (``primer_text``: lines the answerer said elsewhere) where one is given."""
     head = f"{prompt['scene']}\n\n" if prompt.get("scene") else ""
     said = "".join(f"{speaker_name(s)}: {t}\n" for s, t in prompt["turns"])
-    return f"{head}{said}{speaker_name(answerer)}:"
+    return f"{primer}{head}{said}{speaker_name(answerer)}:"
+
+
+def primer_text(role: str, lines: list[str]) -> str:
+    """What the judge reads first when it is told how the answerer speaks: lines of theirs from other scenes."""
+    said = "".join(f"{speaker_name(role)}: {t}\n" for t in lines)
+    return f"Lines of {speaker_name(role)} from other scenes:\n{said}\n" if lines else ""
+
+
+def primers_from(src: Path, roles: list[str], n: int, holdout: float) -> dict[str, str]:
+    """Each role's primer: the first ``n`` of its lines in its *training* scenes (the eval's split, so no held-out
+    line, and no line a prompt ends on, is shown), from its folder under ``src``."""
+    from neeko_npc.neeko.attribution import role_lines
+    from neeko_npc.neeko.bake import RoleSource
+
+    return {rid: primer_text(rid, role_lines(rid, RoleSource.from_dir(src / rid, holdout).train)[:n]) for rid in roles}
 
 
 def shuffled(text: str, seed: int) -> str:
@@ -92,7 +109,7 @@ def reply_nlls(model: LlamaModel, ctx, prefix: str, replies: list[str]) -> list[
     return out
 
 
-def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:
+def judge(report: dict, model: LlamaModel, progress: bool = True, primers: dict[str, str] | None = None) -> dict:
     kept = report["attribution"]["replies"]
     roles, prompts, systems = kept["roles"], kept["prompts"], dict(kept["systems"])
     if "neeko" in systems:  # the control: each of the blocks' replies with its words shuffled
@@ -113,7 +130,8 @@ def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:
             item, is_own = i * P + j, rid == p["source_role"]
             replies = [systems[k][item] for k in systems]
             shorter = [k for k in cut if cut[k][item] != systems[k][item]]
-            got = reply_nlls(model, ctx, transcript(p, rid), replies + [cut[k][item] for k in shorter]
+            got = reply_nlls(model, ctx, transcript(p, rid, (primers or {}).get(rid, "")),
+                             replies + [cut[k][item] for k in shorter]
                              + ([p["real_line"]] if is_own else []))
             for k, (s, c) in zip(systems, got):
                 sums[k][item], counts[k][item] = s, c
@@ -131,7 +149,7 @@ def judge(report: dict, model: LlamaModel, progress: bool = True) -> dict:
     calm = ~loops["in_context"]
     for k in loops:
         calm &= ~loops[k]
-    return {"judge": model.path.name, "items": len(roles) * P,
+    return {"judge": model.path.name, "items": len(roles) * P, "primed": bool(primers),
             "all_replies": paired_perplexity(sums, counts, "in_context"),
             "neither_loops": paired_perplexity({k: v[calm] for k, v in sums.items()},
                                                {k: v[calm] for k, v in counts.items()}, "in_context"),
@@ -159,7 +177,8 @@ def _rows(systems: dict) -> list[str]:
 
 
 def lines(res: dict) -> list[str]:
-    out = [f"judge: {res['judge']}, {res['items']} replies a system"]
+    out = [f"judge: {res['judge']}{', told how each answerer speaks' if res.get('primed') else ''}, "
+           f"{res['items']} replies a system"]
     for part, title in (("all_replies", "every reply"), ("neither_loops", "replies where neither loops"),
                         ("until_loop", "every reply up to where it repeats itself")):
         r = res[part]
@@ -182,6 +201,9 @@ def main(argv=None) -> int:
     ap.add_argument("eval_json", type=Path, help="a `neeko-npc eval --json` report that kept its replies")
     ap.add_argument("--model", type=Path, help="the judge, a .gguf (default: Gemma 3 270M from its PyPI package)")
     ap.add_argument("--out", type=Path, help="write the figures here as JSON")
+    ap.add_argument("--src", type=Path, help="the roles' source folders (DIR/<role>/lines.jsonl): with it the judge "
+                    "first reads lines each answerer said in its training scenes, so it knows how they speak")
+    ap.add_argument("--primer-lines", type=int, default=12, help="how many such lines (with --src; default 12)")
     a = ap.parse_args(argv)
     report = json.loads(a.eval_json.read_text())
     if "replies" not in report.get("attribution", {}):
@@ -189,7 +211,11 @@ def main(argv=None) -> int:
                          "--no-attribution): run `neeko-npc eval --json` again")
     load_cpu_backend()
     model = LlamaModel(a.model or default_judge())
-    res = judge(report, model)
+    primers = None
+    if a.src:
+        primers = primers_from(a.src, report["attribution"]["replies"]["roles"], a.primer_lines,
+                               report.get("settings", {}).get("holdout", HOLDOUT))
+    res = judge(report, model, primers=primers)
     print("\n".join(lines(res)))
     if a.out:
         a.out.write_text(json.dumps(res, indent=1))

@@ -12,7 +12,7 @@ from neeko_npc.engine.llamacpp import BRANCH_TOKENS, LlamaModel, load_cpu_backen
 from neeko_npc.roles.base_model import resolve_base_model
 from neeko_npc.roles.beats import log_softmax
 from neeko_npc.neeko.intervals import paired_perplexity
-from scripts.judge_replies import judge, reply_nlls, shuffled, transcript
+from scripts.judge_replies import judge, primer_text, primers_from, reply_nlls, shuffled, transcript
 
 pytestmark = pytest.mark.slow  # the real model
 
@@ -128,3 +128,32 @@ def test_every_token_of_a_batch_keeps_its_hidden_state_and_the_last_is_the_serve
     ctx.set_embeddings(False)
     ctx.clear()
 
+
+
+def test_a_primed_judge_reads_only_training_lines_of_the_answerer_first():
+    from pathlib import Path
+
+    from neeko_npc.neeko.attribution import role_lines
+    from neeko_npc.neeko.bake import RoleSource
+
+    src = Path(__file__).resolve().parents[1] / "assets/roles/src"
+    got = primers_from(src, ["blacksmith"], 12, 0.2)["blacksmith"]
+    role = RoleSource.from_dir(src / "blacksmith", 0.2)
+    shown = [line.split(": ", 1)[1] for line in got.splitlines()[1:] if line]
+    assert got.startswith("Lines of Blacksmith from other scenes:\n") and len(shown) == 12
+    assert set(shown) <= set(role_lines("blacksmith", role.train))
+    assert not set(shown) & set(role_lines("blacksmith", role.held))  # no held-out line, so no prompt's answer
+    assert transcript(PROMPT, "blacksmith", got) == got + transcript(PROMPT, "blacksmith")
+    assert primer_text("blacksmith", []) == ""
+
+
+def test_telling_the_judge_how_the_answerer_speaks_changes_what_it_reads(judge_model):
+    model, _ = judge_model
+    report = {"attribution": {"replies": {"roles": ["blacksmith"], "prompts": [PROMPT],
+                                          "systems": {"neeko": [REPLIES[0]], "in_context": [REPLIES[1]]}}}}
+    plain = judge(report, model, progress=False)
+    primed = judge(report, model, progress=False, primers={"blacksmith": primer_text("blacksmith", [
+        "Aye, the forge is hot and the iron is ready.", "Bring it to the anvil before sundown."])})
+    assert primed["primed"] and not plain["primed"]
+    assert primed["per_item"]["neeko"]["tokens"] == plain["per_item"]["neeko"]["tokens"]  # the same reply read
+    assert primed["per_item"]["neeko"]["nll"] != plain["per_item"]["neeko"]["nll"]  # after another transcript

@@ -1,6 +1,6 @@
 """The beat question with each candidate's prior under the same prompt subtracted (docs/beats.md).
 
-    python3 scripts/beat_question_prior.py --out beat_question_prior.json     # about 10 min on 2 cores
+    python3 scripts/beat_question_prior.py --out beat_question_prior.json     # an hour here, beside other jobs
 
 A language model asked to classify leans toward the answers it finds likely whatever the input (Zhao et al.,
 "Calibrate Before Use", 2021). For each annotated held-out line of the shipped roles, the beat question is read

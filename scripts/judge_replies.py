@@ -25,7 +25,13 @@ itself (attribution.until_loop: "Aye, aye, aye, aye" reads as "Aye,"), which dro
 blocks' replies are scored once more with each reply's words shuffled (``neeko_shuffled``): the same words, no
 sentence, which is what nonsense reads as to the judge.
 
+A judge that has never heard a character charges its voice as unlikely (the writers' own lines read ten times
+prompting's perplexity). With ``--src`` the judge is told how each answerer speaks: every transcript starts with
+lines that role said in its training scenes (the eval's split: no held-out line is shown), the same for every
+system and the real lines (docs/corpora.md, "How coherence is read").
+
     python3 scripts/judge_replies.py eval.json --out judge.json        # a few minutes on 2 cores
+    python3 scripts/judge_replies.py eval.json --src assets/roles/src  # told how each role speaks
 """
 
 from __future__ import annotations

@@ -28,13 +28,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from neeko_npc.neeko.bake import RoleSource  # noqa: E402
-from neeko_npc.neeko.beat_eval import TorchScorer  # noqa: E402
+from neeko_npc.neeko.beat_eval import TorchScorer, shared_head  # noqa: E402
 from neeko_npc.neeko.data import beat_items, beat_prompt_ids, piece_ids  # noqa: E402
 from neeko_npc.neeko.intervals import paired_accuracy  # noqa: E402
 from neeko_npc.neeko.load_base import load_for_training  # noqa: E402
 from neeko_npc.neeko.model import NeekoLoRA  # noqa: E402
 from neeko_npc.roles.base_model import resolve_base_model  # noqa: E402
 from neeko_npc.roles.folder import load_role_assets  # noqa: E402
+from neeko_npc.roles.beats import candidate_tokens  # noqa: E402
 from neeko_npc.roles.prompt import ACTION_PIECE, EMOTION_PIECE  # noqa: E402
 
 CONTENT_FREE = ("N/A", "")
@@ -45,9 +46,7 @@ def read(neeko, tok, item, systems: list, piece, end) -> list[dict]:
     the base model), the systems rows of one batch. The line and its content-free stand-ins share the prompt up to
     the line, which is read once."""
     ids = [beat_prompt_ids(tok, replace(item, line=line)) for line in (item.line, *CONTENT_FREE)]
-    head = 0
-    while head < min(len(i) for i in ids) - 1 and all(i[head] == ids[0][head] for i in ids):
-        head += 1
+    head = shared_head(ids)
     R = len(systems)
     root = TorchScorer(neeko, systems)
     if head:
@@ -58,13 +57,13 @@ def read(neeko, tok, item, systems: list, piece, end) -> list[dict]:
         states.append((s, s.extend_rows([v[head:]] * R)))
     out = [{"plain": [], "calibrated": []} for _ in range(R)]
     emotions, actions = list(item.ask.emotions), [x.id for x in item.ask.actions]
-    if emotions:  # as roles/beats.py ``choose`` scores them: each with the first token of what follows it
+    if emotions:  # as roles/beats.py ``choose`` scores them
         after = piece(ACTION_PIECE) if actions else end
         scores = []  # [variant][row] -> log-probabilities of the emotions
         for s, _ in states:
             f = s.fork()
             lg = f.extend_rows([piece(EMOTION_PIECE)] * R)
-            scores.append(np.array(f.continuations_rows(lg, [[piece(" " + e) + after[:1] for e in emotions]] * R)))
+            scores.append(np.array(f.continuations_rows(lg, [candidate_tokens(piece, emotions, after)] * R)))
         for r in range(R):
             prior = np.mean([sc[r] for sc in scores[1:]], 0)
             out[r]["plain"].append(emotions[int(np.argmax(scores[0][r]))])
@@ -84,7 +83,7 @@ def read(neeko, tok, item, systems: list, piece, end) -> list[dict]:
         for s, _ in states:
             f = s.fork()
             lg = f.extend_rows(heads)
-            scores.append(np.array(f.continuations_rows(lg, [[piece(" " + a) + end[:1] for a in actions]] * R)))
+            scores.append(np.array(f.continuations_rows(lg, [candidate_tokens(piece, actions, end)] * R)))
         for r in range(R):
             pick = scores[0][r] if how == "plain" else scores[0][r] - np.mean([sc[r] for sc in scores[1:]], 0)
             out[r][how].append(actions[int(np.argmax(pick))])

@@ -50,7 +50,8 @@ sys.path.insert(0, str(ROOT))
 
 from neeko_npc.defaults import HOLDOUT  # noqa: E402
 from neeko_npc.engine.llamacpp import BRANCH_TOKENS, LlamaModel, load_cpu_backend  # noqa: E402
-from neeko_npc.neeko.attribution import repeats, until_loop  # noqa: E402
+from neeko_npc.neeko.attribution import repeats, role_lines, until_loop  # noqa: E402
+from neeko_npc.neeko.bake import RoleSource  # noqa: E402
 from neeko_npc.roles.beats import continuation_logprob  # noqa: E402
 from neeko_npc.neeko.intervals import paired_perplexity, perplexity  # noqa: E402
 
@@ -77,9 +78,6 @@ def primer_text(role: str, lines: list[str]) -> str:
 def primers_from(src: Path, roles: list[str], n: int, holdout: float) -> dict[str, str]:
     """Each role's primer: the first ``n`` of its lines in its *training* scenes (the eval's split, so no held-out
     line, and no line a prompt ends on, is shown), from its folder under ``src``."""
-    from neeko_npc.neeko.attribution import role_lines
-    from neeko_npc.neeko.bake import RoleSource
-
     return {rid: primer_text(rid, role_lines(rid, RoleSource.from_dir(src / rid, holdout).train)[:n]) for rid in roles}
 
 

@@ -161,6 +161,17 @@ class _RowScorer:
         return self.lock.call(self.row, "continuations", (logits, conts))
 
 
+def shared_head(prompts: list[list[int]]) -> int:
+    """How many leading tokens several prompts share, to be read once (0 for a single prompt); each prompt keeps at
+    least one token of its own to decode."""
+    head = 0
+    if len(prompts) > 1:
+        shortest = min(len(p) for p in prompts) - 1
+        while head < shortest and all(p[head] == prompts[0][head] for p in prompts):
+            head += 1
+    return head
+
+
 def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], systems: list) -> list[list[tuple[str, str]]]:
     """For each system (a role id, {role: weight} or None), the (emotion, action) it chooses for each annotated
     line of one scene ("" for what a line does not ask). The systems are rows of one batch.
@@ -169,11 +180,7 @@ def predict(neeko: NeekoLoRA, tok, items: list[BeatItem], systems: list) -> list
     decodes the rest on a copy of it, as the daemon decodes a prompt on a cached prefix."""
     piece = lambda text: piece_ids(tok, text)  # noqa: E731
     prompts = [beat_prompt_ids(tok, it) for it in items]
-    head = 0
-    if len(prompts) > 1:
-        shortest = min(len(p) for p in prompts) - 1  # each line keeps at least one token of its own to decode
-        while head < shortest and all(p[head] == prompts[0][head] for p in prompts):
-            head += 1
+    head = shared_head(prompts)
     root = TorchScorer(neeko, systems)
     if head:
         root.extend_rows([prompts[0][:head]] * len(systems))

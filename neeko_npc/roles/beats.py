@@ -160,6 +160,12 @@ def _pick(ids: list[str], logps: list[float]) -> Beat:
     return Beat(ids[best], float(p[best]), {i: float(x) for i, x in zip(ids, p)})
 
 
+def candidate_tokens(piece: Callable[[str], list[int]], ids: list[str], follow: list[int]) -> list[list[int]]:
+    """What is scored for each candidate: its tokens and the first token of what must follow it (``follow``: the
+    next piece, or the end of turn), so that ``open`` never wins by being a prefix of ``open_shop``."""
+    return [piece(" " + c) + follow[:1] for c in ids]
+
+
 def choose(scorer: Scorer, logits: np.ndarray, job: BeatJob) -> tuple[Beat | None, Beat | None]:
     """(emotion, action) for the state whose logits are those after the beat prompt."""
     ask, piece = job.ask, job.piece
@@ -167,12 +173,13 @@ def choose(scorer: Scorer, logits: np.ndarray, job: BeatJob) -> tuple[Beat | Non
     if ask.emotions:
         logits = scorer.extend(piece(EMOTION_PIECE))
         after = piece(ACTION_PIECE) if ask.actions else job.end
-        emotion = _pick(list(ask.emotions), scorer.continuations(logits, [piece(" " + e) + after[:1] for e in ask.emotions]))
+        emotions = list(ask.emotions)
+        emotion = _pick(emotions, scorer.continuations(logits, candidate_tokens(piece, emotions, after)))
         if ask.actions:
             logits = scorer.extend(piece(" " + emotion.id) + after)
     elif ask.actions:
         logits = scorer.extend(piece(ACTION_PIECE.lstrip()))
     if ask.actions:
         ids = [a.id for a in ask.actions]
-        action = _pick(ids, scorer.continuations(logits, [piece(" " + a) + job.end[:1] for a in ids]))
+        action = _pick(ids, scorer.continuations(logits, candidate_tokens(piece, ids, job.end)))
     return emotion, action
